@@ -1,0 +1,181 @@
+"""The ``inve`` command line (contract fixed in ARCHITECTURE.md).
+
+Each subcommand parses its arguments here and calls one function of the engine; errors a
+user can cause arrive as :class:`~core.errors.InveError` and become one line on stderr and a
+non-zero exit status (plus an ``error`` event with ``--progress json``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from core import __version__
+from core.errors import Cancelled, InveError
+from core.progress import Progress
+
+EXIT_ERROR = 2
+EXIT_CANCELLED = 130
+
+
+def _frame_range(text: str) -> tuple[int, int]:
+    """Parse ``START:END`` (half-open, 0-based; either side may be empty)."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"--frames must look like START:END, got {text!r}")
+    try:
+        start = int(parts[0]) if parts[0].strip() else 0
+        end = int(parts[1]) if parts[1].strip() else -1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--frames must hold integers, got {text!r}") from None
+    if start < 0 or (end != -1 and end <= start):
+        raise argparse.ArgumentTypeError(f"--frames {text!r} is empty or negative (END must be > START >= 0)")
+    return start, end
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="inve", description="Interactive neural video editing: layered neural atlases.")
+    p.add_argument("--version", action="version", version=f"inve {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="fit the layered atlas networks to a video and bake the maps")
+    t.add_argument("video", help="movie file or folder of images")
+    t.add_argument("-o", "--output", required=True, help="project folder to create (or resume)")
+    t.add_argument("--frames", type=_frame_range, default=None, help="START:END, half-open, 0-based")
+    t.add_argument("--max-side", type=_positive_int, default=None, help="working resolution: longest side in px")
+    t.add_argument("--masks", default=None, help="folder of rough foreground masks, one PNG per frame")
+    t.add_argument("--iters", type=_positive_int, default=None, help="training iterations")
+    t.add_argument("--minutes", type=_positive_float, default=None, help="training time budget")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue a project from its checkpoint")
+    t.add_argument("--single-layer", action="store_true", help="one (background) layer only, no foreground")
+    t.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+
+    k = sub.add_parser("track", help="track points through every frame")
+    k.add_argument("project")
+    k.add_argument("--points", required=True, help="POINTS.json")
+    k.add_argument("-o", "--output", required=True, help="TRACKS.json to write")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    e = sub.add_parser("edit", help="propagate an edit stack to every frame")
+    e.add_argument("project")
+    e.add_argument("--edits", required=True, help="EDITS.json")
+    e.add_argument("-o", "--output", required=True, help="folder of PNGs, or a .mp4/.mov/.mkv movie")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output movie")
+    e.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+
+    a = sub.add_parser("atlas", help="write the atlas images (to paint on)")
+    a.add_argument("project")
+    a.add_argument("-o", "--output", required=True, help="folder for the atlas PNGs")
+
+    i = sub.add_parser("info", help="print a project's settings and metrics as JSON")
+    i.add_argument("project")
+
+    d = sub.add_parser("demo", help="the bundled clip, end to end: train, edit, render, contact sheet")
+    d.add_argument("-o", "--output", default="demo_out", help="output folder (default: demo_out)")
+    d.add_argument("--minutes", type=_positive_float, default=None, help="training time budget")
+    d.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+    return p
+
+
+def _info(project_dir: str) -> dict:
+    from core.project import Project
+
+    proj = Project.open(project_dir)
+    return {"project": str(proj.path.resolve()), "trained": proj.is_trained,
+            **proj.info.to_json(), "metrics": proj.metrics()}
+
+
+def run(args: argparse.Namespace, progress: Progress) -> dict:
+    """Dispatch one parsed command; returns the result reported with the ``done`` event."""
+    if args.command == "train":
+        from core.train import train_command
+
+        return train_command(args, progress)
+    if args.command == "track":
+        from core.track import track_command
+
+        return track_command(Path(args.project), Path(args.points), Path(args.output), overwrite=args.overwrite)
+    if args.command == "edit":
+        from core.edits import edit_command
+
+        return edit_command(Path(args.project), Path(args.edits), Path(args.output), progress,
+                            overwrite=args.overwrite)
+    if args.command == "atlas":
+        from core.atlas_io import export_atlases
+
+        return export_atlases(Path(args.project), Path(args.output))
+    if args.command == "info":
+        return _info(args.project)
+    if args.command == "demo":
+        from core.demo import demo_command
+
+        return demo_command(Path(args.output), progress, minutes=args.minutes)
+    raise InveError(f"unknown command {args.command!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    progress = Progress(getattr(args, "progress", "bar"))
+    progress.cancel.install_signal_handlers()
+    try:
+        result = run(args, progress)
+    except Cancelled as exc:
+        progress.error(str(exc))
+        sys.stderr.write(f"inve: {exc}\n")
+        return EXIT_CANCELLED
+    except InveError as exc:
+        progress.error(str(exc))
+        sys.stderr.write(f"inve: error: {exc}\n")
+        return EXIT_ERROR
+    except MemoryError:
+        msg = "out of memory; try a smaller --max-side or fewer --frames"
+        progress.error(msg)
+        sys.stderr.write(f"inve: error: {msg}\n")
+        return EXIT_ERROR
+    if args.command == "info":
+        print(json.dumps(result, indent=2))
+    elif progress.mode == "json":
+        progress.done(**result)
+    else:
+        progress.done()
+        if result:
+            summary = result.get("summary")
+            if summary:
+                print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
