@@ -1,0 +1,227 @@
+"""Video input/output: exact probing of real clips, folders, ranges, errors, writing round trips."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from core import fsutil, video
+from core.errors import InveError
+
+CLIPS = Path(__file__).resolve().parents[2] / "shared" / "clips"
+if not CLIPS.is_dir():  # the repository may live elsewhere than /work/main
+    CLIPS = Path("/work/shared/clips")
+needs_clips = pytest.mark.skipif(not CLIPS.is_dir(), reason="shared clips not present")
+
+# Ground truth from ../shared/clips/SOURCES.md (frames decoded at the constant frame rate).
+REAL = {"bbb_640x360.mp4": (132, 640, 360, 25.0), "cup.mp4": (217, 640, 480, 26.78),
+        "box.mp4": (458, 640, 480, 29.97)}
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([video._ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+@needs_clips
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_probe_real_clips_exact(name: str) -> None:
+    t0 = time.monotonic()
+    info = video.probe(CLIPS / name)
+    elapsed = time.monotonic() - t0
+    n, w, h, fps = REAL[name]
+    assert (info.n_frames, info.width, info.height) == (n, w, h)
+    assert info.fps == pytest.approx(fps, abs=0.01)
+    assert elapsed < 3.0  # well under a second on a quiet machine; generous for a loaded CI
+
+
+@needs_clips
+def test_probe_count_matches_decoded_frames() -> None:
+    """box.mp4 has irregular timestamps; the count must equal what reading yields."""
+    info = video.probe(CLIPS / "box.mp4")
+    decoded = sum(1 for _ in video.iter_frames(CLIPS / "box.mp4", 0, -1, info=info))
+    assert decoded == info.n_frames == 458
+
+
+def test_bundled_clip() -> None:
+    path = video.default_clip()
+    info = video.probe(path)
+    assert (info.width, info.height) == (480, 270)
+    assert info.n_frames == 48 and info.fps == pytest.approx(25.0)
+    assert path.stat().st_size < 1_000_000
+    assert "CC-BY 3.0" in (path.parent / "CREDITS.md").read_text()
+
+
+@needs_clips
+def test_load_clip_range_and_npy(tmp_path: Path) -> None:
+    src = CLIPS / "cup.mp4"
+    npy = tmp_path / "frames.npy"
+    small = video.load_clip(src, 40, 50, (256, 192), npy)
+    full = np.load(npy)
+    assert small.shape == (10, 192, 256, 3) and small.dtype == np.uint8
+    assert full.shape == (10, 480, 640, 3) and full.dtype == np.uint8
+    # Frames 40..49 as an independent decoder (imageio's own reader) yields them; ours rounds
+    # YUV->RGB accurately where ffmpeg's default is about one level darker.
+    ref = np.stack([f for i, f in enumerate(iio.imiter(src, plugin="FFMPEG")) if 40 <= i < 50])
+    diff = full.astype(np.float32) - ref
+    assert np.abs(diff).mean() < 2.0 and np.percentile(np.abs(diff), 99) <= 6
+    assert np.abs(full[1:].astype(np.float32) - ref[:-1]).mean() > 2 * np.abs(diff).mean()  # not off by one frame
+    expect = cv2.resize(full[3], (256, 192), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(small[3], expect)
+    assert [p.name for p in tmp_path.iterdir()] == ["frames.npy"]  # no temp file left behind
+
+
+def _write_folder(folder: Path, n: int, size: tuple[int, int] = (40, 30)) -> list[np.ndarray]:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(n):
+        img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        frames.append(img)
+        iio.imwrite(folder / f"frame{i}.png", img)  # unpadded names: natural sort needed
+    return frames
+
+
+def test_folder_input(tmp_path: Path) -> None:
+    frames = _write_folder(tmp_path / "seq", 12)
+    (tmp_path / "seq" / "notes.txt").write_text("not an image")
+    info = video.probe(tmp_path / "seq")
+    assert (info.n_frames, info.width, info.height) == (12, 40, 30)
+    out = video.load_clip(tmp_path / "seq", 2, 11, (40, 30), tmp_path / "f.npy")
+    np.testing.assert_array_equal(out, np.stack(frames[2:11]))
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), np.stack(frames[2:11]))
+
+
+def test_folder_channel_layouts(tmp_path: Path) -> None:
+    """Gray, RGBA and 16-bit images all arrive as RGB uint8."""
+    d = tmp_path / "mixed"
+    d.mkdir()
+    gray = np.tile(np.arange(16, dtype=np.uint8)[None] * 16, (12, 1))
+    rgba = np.zeros((12, 16, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 10
+    deep = np.full((12, 16, 3), 65535, np.uint16)
+    deep[..., 1] = 257 * 100
+    cv2.imwrite(str(d / "0000.png"), gray)
+    iio.imwrite(d / "0001.png", rgba)
+    cv2.imwrite(str(d / "0002.png"), deep[..., ::-1])
+    out = video.load_clip(d, 0, 3, (16, 12), None)
+    np.testing.assert_array_equal(out[0], np.repeat(gray[..., None], 3, axis=2))
+    assert tuple(out[1, 0, 0]) == (200, 0, 0)
+    assert tuple(out[2, 0, 0]) == (255, 100, 255)
+
+
+def test_errors(tmp_path: Path) -> None:
+    with pytest.raises(InveError, match="not found"):
+        video.probe(tmp_path / "missing.mp4")
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("this is not a video\n")
+    with pytest.raises(InveError, match="cannot read"):
+        video.probe(fake)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(InveError):
+        video.probe(empty)
+    zero = tmp_path / "zero.mp4"  # a valid container whose video stream has no frames
+    _ffmpeg("-f", "lavfi", "-i", "color=c=red:s=64x48:r=25", "-frames:v", "0", "-c:v", "libx264", str(zero))
+    with pytest.raises(InveError, match="zero"):
+        video.probe(zero)
+    audio = tmp_path / "audio.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "anullsrc", "-t", "0.3", "-c:a", "aac", str(audio))
+    with pytest.raises(InveError, match="no video stream"):
+        video.probe(audio)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(InveError, match="no images"):
+        video.probe(tmp_path / "nothing")
+    odd = tmp_path / "odd"
+    _write_folder(odd, 2)
+    iio.imwrite(odd / "frame9.png", np.zeros((31, 40, 3), np.uint8))
+    with pytest.raises(InveError, match="differ in size"):
+        video.probe(odd)
+    broken = tmp_path / "broken"
+    _write_folder(broken, 2)
+    (broken / "frame5.png").write_bytes(b"garbage")
+    with pytest.raises(InveError, match="cannot read image"):
+        video.probe(broken)
+
+
+def test_resolve_range() -> None:
+    info = video.VideoInfo("clip.mp4", 100, 64, 48, 25.0)
+    assert video.resolve_range(info, None) == (0, 100)
+    assert video.resolve_range(info, (10, -1)) == (10, 100)
+    assert video.resolve_range(info, (0, 100)) == (0, 100)
+    assert video.resolve_range(info, (99, 100)) == (99, 100)
+    for bad, msg in (((100, -1), "past the end"), ((0, 101), "past the end"), ((5, 5), "empty"),
+                     ((7, 3), "empty"), ((-1, 4), "negative")):
+        with pytest.raises(InveError, match=msg):
+            video.resolve_range(info, bad)
+
+
+def test_working_size() -> None:
+    assert video.working_size(640, 360, 480) == (480, 270)
+    assert video.working_size(640, 480, 256) == (256, 192)
+    assert video.working_size(360, 640, 480) == (270, 480)
+    assert video.working_size(320, 240, 1000) == (320, 240)  # never upscales
+    assert video.working_size(4000, 20, 256) == (256, 8)  # at least 8 px
+    with pytest.raises(InveError):
+        video.working_size(6, 100, 256)
+
+
+def test_resource_checks(tmp_path: Path) -> None:
+    with pytest.raises(InveError, match="--max-side"):
+        video.check_resources(1000, (3840, 2160), (1920, 1080), None, ram=8 * 2**30)
+    video.check_resources(100, (3840, 2160), (480, 270), None, ram=8 * 2**30)  # 4K streams fine
+    with pytest.raises(InveError, match="free"):
+        video.check_resources(10**7, (3840, 2160), (64, 36), tmp_path / "frames.npy", ram=2**50)
+
+
+def test_movie_round_trip(tmp_path: Path) -> None:
+    # A smooth moving pattern (noise would not survive any lossy codec) with odd sizes.
+    yy, xx = np.mgrid[0:61, 0:83].astype(np.float32)
+    frames = []
+    for t in range(10):
+        r = 127 + 100 * np.sin((xx + 3 * t) / 9.0)
+        g = 127 + 100 * np.cos((yy - 2 * t) / 7.0)
+        b = np.full_like(r, 40 + 15 * t)
+        frames.append(np.stack([r, g, b], -1).astype(np.uint8))
+    out = tmp_path / "clip.mp4"
+    video.write_movie(out, iter(frames), fps=12.5)
+    info = video.probe(out)
+    assert (info.n_frames, info.width, info.height) == (10, 84, 62)  # padded to even sides
+    assert info.fps == pytest.approx(12.5)
+    back = video.load_clip(out, 0, 10, (84, 62), None)[:, :61, :83].astype(np.float32)
+    err = np.abs(back - np.stack(frames).astype(np.float32))
+    assert err.mean() < 2.0 and np.percentile(err, 99) < 8  # crf 17, 4:2:0 chroma: visually lossless
+    with pytest.raises(InveError, match="exists"):
+        video.write_movie(out, frames, fps=12.5)
+    before = out.stat().st_mtime_ns
+    video.write_movie(out, frames[:3], fps=12.5, overwrite=True)
+    assert video.probe(out).n_frames == 3 and out.stat().st_mtime_ns >= before
+    with pytest.raises(InveError, match="must end in"):
+        video.write_movie(tmp_path / "clip.gif", frames, fps=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # no temp files
+
+
+def test_png_sequence(tmp_path: Path) -> None:
+    img = np.zeros((8, 9, 3), np.uint8)
+    img[2, 3] = (10, 20, 30)
+    out = tmp_path / "pngs"
+    paths = video.write_png_sequence(out, ((i, img) for i in (40, 41, 42)))
+    assert [p.name for p in paths] == ["0040.png", "0041.png", "0042.png"]
+    np.testing.assert_array_equal(iio.imread(paths[1]), img)
+    # Rewriting a folder inve wrote replaces its sequence (stale frames go away).
+    paths = video.write_png_sequence(out, ((i, img) for i in (7, 8)))
+    assert sorted(p.name for p in out.glob("*.png")) == ["0007.png", "0008.png"]
+    wide = video.write_png_sequence(tmp_path / "wide", [(5, img), (12345, img)], last_index=12345)
+    assert [p.name for p in wide] == ["00005.png", "12345.png"]
+    # A user's folder is never written into.
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(InveError, match="did not write"):
+        video.write_png_sequence(user, [(0, img)])
+    assert sorted(p.name for p in user.iterdir()) == ["holiday.jpg"]
+    assert (out / fsutil.OUTPUT_MARKER).exists()
