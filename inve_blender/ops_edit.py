@@ -1,0 +1,304 @@
+"""Operators: strokes/stickers -> layers, the layer list, Propagate."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
+
+from . import edit_stack, jobs, strips, strokes
+from .ops_common import (current_source_frame, engine_ready, movie_strip, poll_movie_strip, project_info,
+                         settings, timing, workspace)
+from .ops_train import _report_end
+from .worker import Worker
+
+
+def find_annotation(context: bpy.types.Context) -> object | None:
+    """The Sequencer preview's annotations: the current editor's, else the first preview's."""
+    space = context.space_data
+    if space is not None and space.type == "SEQUENCE_EDITOR":
+        data = strokes.annotation_data(space)
+        if data is not None:
+            return data
+    wm = context.window_manager
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type == "SEQUENCE_EDITOR":
+                for sp in area.spaces:
+                    if sp.type == "SEQUENCE_EDITOR":
+                        data = strokes.annotation_data(sp)
+                        if data is not None:
+                            return data
+    return None
+
+
+def gp_objects(context: bpy.types.Context) -> list[bpy.types.Object]:
+    """Selected Grease Pencil objects, else the active one, else all visible ones in the scene."""
+    scene = strips.sequencer_scene(context)
+    objs = [o for o in getattr(context, "selected_objects", []) or [] if strokes.is_gp_object(o)]
+    active = getattr(context, "active_object", None)
+    if not objs and strokes.is_gp_object(active):
+        objs = [active]
+    if not objs:
+        objs = [o for o in scene.objects if strokes.is_gp_object(o) and not o.hide_render]
+    return objs
+
+
+def collect_strokes(op: bpy.types.Operator, context: bpy.types.Context, strip: object,
+                    source: str) -> list[strokes.Stroke] | None:
+    scene = strips.sequencer_scene(context)
+    try:
+        placement = strips.strip_placement(scene, strip)
+    except ValueError as exc:
+        op.report({"ERROR"}, str(exc))
+        return None
+    if source == "ANNOTATION":
+        found = strokes.read_annotation_strokes(find_annotation(context), scene.frame_current, placement)
+        where = "annotation strokes in the Sequencer preview on this frame"
+    else:
+        found = []
+        try:
+            for obj in gp_objects(context):
+                found += strokes.read_gp_object_strokes(obj, scene, scene.frame_current, placement)
+        except ValueError as exc:
+            op.report({"ERROR"}, str(exc))
+            return None
+        where = "Grease Pencil strokes on this frame"
+    if not found:
+        op.report({"ERROR"}, f"No {where}: draw some first")
+        return None
+    return found
+
+
+def add_layer(context: bpy.types.Context, kind: str, layer: dict, name: str, image: str = "") -> object:
+    s = settings(context)
+    item = s.layers.add()
+    item.name = edit_stack.unique_name(name, [it.name for it in s.layers if it != item])
+    item.kind = kind
+    item.data = json.dumps({k: v for k, v in layer.items() if k not in ("type", "image")})
+    item.image = image
+    if layer.get("layer") in ("fg", "bg"):
+        item.attach = layer["layer"]
+    s.active_layer = len(s.layers) - 1
+    return item
+
+
+class _NeedsProject:
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return poll_movie_strip(cls, context)
+
+
+class INVE_OT_add_strokes(_NeedsProject, bpy.types.Operator):
+    """Turn the strokes drawn on this frame into an edit layer that follows the surface"""
+
+    bl_idname = "inve.add_strokes"
+    bl_label = "Add Strokes as Layer"
+    bl_options = {"REGISTER", "UNDO"}
+
+    source: EnumProperty(name="Strokes From", items=[
+        ("SETTINGS", "As in Panel", ""), ("ANNOTATION", "Annotations", ""), ("GPENCIL", "Grease Pencil", "")],
+        default="SETTINGS")
+    as_region: EnumProperty(name="Closed Strokes", items=[
+        ("SETTINGS", "As in Panel", ""), ("LINE", "Lines", ""), ("REGION", "Adjust Regions", "")],
+        default="SETTINGS")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        s = settings(context)
+        strip = movie_strip(context)
+        spec = engine_ready(self, context)
+        if spec is None:
+            return {"CANCELLED"}
+        info = project_info(self, context, strip, spec)
+        if info is None:
+            return {"CANCELLED"}
+        frame = current_source_frame(self, context, strip, info)
+        if frame is None:
+            return {"CANCELLED"}
+        source = s.stroke_source if self.source == "SETTINGS" else self.source
+        found = collect_strokes(self, context, strip, source)
+        if found is None:
+            return {"CANCELLED"}
+        regions = s.as_region if self.as_region == "SETTINGS" else self.as_region == "REGION"
+        lines = [st for st in found if not (regions and strokes.is_closed(st))]
+        closed = [st for st in found if regions and strokes.is_closed(st)]
+        for st in closed:
+            add_layer(context, "adjust", strokes.adjust_layer(st, frame, s.hue, s.saturation, s.brightness,
+                                                               s.contrast), f"Region f{frame}")
+        if lines:
+            add_layer(context, "sketch", strokes.sketch_layer(lines, frame), f"Sketch f{frame}")
+        self.report({"INFO"}, f"Added {len(lines)} stroke(s)" + (f" and {len(closed)} region(s)" if closed else "")
+                    + f" on source frame {frame}")
+        return {"FINISHED"}
+
+
+class INVE_OT_add_sticker(_NeedsProject, bpy.types.Operator):
+    """Place an image on the current frame; it follows the surface under its centre"""
+
+    bl_idname = "inve.add_sticker"
+    bl_label = "Add Sticker"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(subtype="FILE_PATH")
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    center_x: FloatProperty(name="Centre X", description="Source pixels from the left (-1: frame centre)",
+                            default=-1.0)
+    center_y: FloatProperty(name="Centre Y", description="Source pixels from the top (-1: frame centre)",
+                            default=-1.0)
+    scale: FloatProperty(name="Scale", default=1.0, min=0.01, max=100.0)
+    rotation: FloatProperty(name="Rotation", subtype="ANGLE", default=0.0)
+    mode: EnumProperty(name="Mode", items=[("rigid", "Rigid", "Follows position, rotation and scale"),
+                                           ("deform", "Deform", "Bends with the surface")], default="rigid")
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        path = bpy.path.abspath(self.filepath)
+        if not os.path.isfile(path):
+            self.report({"ERROR"}, f"Sticker image not found: {path or '(none chosen)'}")
+            return {"CANCELLED"}
+        strip = movie_strip(context)
+        spec = engine_ready(self, context)
+        if spec is None:
+            return {"CANCELLED"}
+        info = project_info(self, context, strip, spec)
+        if info is None:
+            return {"CANCELLED"}
+        frame = current_source_frame(self, context, strip, info)
+        if frame is None:
+            return {"CANCELLED"}
+        w, h = info.get("source_size", [0, 0])
+        cx = self.center_x if self.center_x >= 0 else w / 2.0
+        cy = self.center_y if self.center_y >= 0 else h / 2.0
+        # keep a copy with the edits so the project is self-contained
+        ws = workspace(context, strip)
+        os.makedirs(ws.edits_dir, exist_ok=True)
+        dest = os.path.join(ws.edits_dir, os.path.basename(path))
+        if os.path.abspath(dest) != os.path.abspath(path):
+            shutil.copy2(path, dest)
+        layer = {"type": "sticker", "frame": frame, "center": [cx, cy], "scale": self.scale,
+                 "rotation": self.rotation, "mode": self.mode}
+        add_layer(context, "sticker", layer, f"Sticker f{frame}", image=dest)
+        self.report({"INFO"}, f"Sticker placed on source frame {frame}")
+        return {"FINISHED"}
+
+
+class INVE_OT_layer_move(bpy.types.Operator):
+    """Move the active layer up (earlier, underneath) or down (later, on top)"""
+
+    bl_idname = "inve.layer_move"
+    bl_label = "Move Layer"
+    bl_options = {"REGISTER", "UNDO"}
+
+    direction: EnumProperty(items=[("UP", "Up", ""), ("DOWN", "Down", "")])
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        s = settings(context)
+        if len(s.layers) < 2:
+            cls.poll_message_set("Nothing to reorder")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        s = settings(context)
+        i = s.active_layer
+        j = edit_stack.move_index(i, self.direction, len(s.layers))
+        if i != j:
+            s.layers.move(i, j)
+            s.active_layer = j
+        return {"FINISHED"}
+
+
+class INVE_OT_layer_remove(bpy.types.Operator):
+    """Delete the active layer"""
+
+    bl_idname = "inve.layer_remove"
+    bl_label = "Delete Layer"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        s = settings(context)
+        if not (0 <= s.active_layer < len(s.layers)):
+            cls.poll_message_set("No layer selected")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        s = settings(context)
+        s.layers.remove(s.active_layer)
+        s.active_layer = min(s.active_layer, len(s.layers) - 1)
+        return {"FINISHED"}
+
+
+class INVE_OT_propagate(_NeedsProject, bpy.types.Operator):
+    """Render the visible layers into every frame and show them as an image strip above the movie"""
+
+    bl_idname = "inve.propagate"
+    bl_label = "Propagate"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if not poll_movie_strip(cls, context):
+            return False
+        if not any(it.visible for it in settings(context).layers):
+            cls.poll_message_set("No visible layers: add strokes, a sticker or a painted atlas first")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        s = settings(context)
+        strip = movie_strip(context)
+        spec = engine_ready(self, context)
+        if spec is None:
+            return {"CANCELLED"}
+        info = project_info(self, context, strip, spec)
+        if info is None:
+            return {"CANCELLED"}
+        ws = workspace(context, strip)
+        try:
+            edits = edit_stack.write_edits(s.layers, ws.edits_file, abspath=bpy.path.abspath)
+        except (ValueError, FileNotFoundError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        cmd = spec.command("edit", ws.project, "--edits", ws.edits_file, "-o", ws.frames, "--progress", "json")
+        worker = Worker(cmd, env=spec.env(), title=f"Propagating {len(edits['layers'])} layer(s)")
+        job = jobs.Job("edit", worker, scene_name=strips.sequencer_scene(context).name, on_done=_propagate_done,
+                       context_data={"strip": strip.name, "frames_dir": ws.frames,
+                                     "source_frames": list(info.get("frames") or []),
+                                     "timing": timing(context, strip)})
+        jobs.start(job)
+        if job.state.finished:
+            return _report_end(self, job)
+        return {"FINISHED"}
+
+
+def _propagate_done(job: jobs.Job) -> None:
+    st = job.state
+    if not st.ok:
+        job.outcome = "Propagation cancelled" if st.cancelled else f"Propagation failed: {st.error}"
+        return
+    scene = bpy.data.scenes.get(job.scene_name)
+    if scene is None:
+        job.outcome = "Propagated, but the scene is gone"
+        return
+    movie = next((s for s in strips.all_strips(scene) if s.name == job.context_data["strip"]), None)
+    if movie is None:
+        job.outcome = f"Propagated, but the strip '{job.context_data['strip']}' is gone"
+        return
+    result = strips.place_result_strip(scene, movie, job.context_data["frames_dir"],
+                                       job.context_data["source_frames"], job.context_data["timing"])
+    job.outcome = (f"Propagated into '{result.name}' (channel {result.channel}, "
+                   f"{len(result.elements)} frames)")
+    if jobs.interactive():
+        bpy.ops.ed.undo_push(message="INVE Propagate")
+
+
+CLASSES = (INVE_OT_add_strokes, INVE_OT_add_sticker, INVE_OT_layer_move, INVE_OT_layer_remove, INVE_OT_propagate)

@@ -1,0 +1,53 @@
+"""Add-on preferences: which Python runs the engine, and the one-click dependency installer."""
+from __future__ import annotations
+
+import os
+
+import bpy
+from bpy.props import StringProperty
+
+from . import engine_env
+
+ADDON_ID = __package__
+
+
+def prefs(context: bpy.types.Context | None = None) -> "INVE_AP_preferences | None":
+    ctx = context or bpy.context
+    addon = ctx.preferences.addons.get(ADDON_ID)
+    return addon.preferences if addon is not None else None
+
+
+def deps_dir(create: bool = False) -> str:
+    """``deps/`` in the extension's user directory (survives updates of the extension)."""
+    try:
+        return bpy.utils.extension_path_user(ADDON_ID, path="deps", create=create)
+    except (ValueError, AttributeError):  # not installed as an extension (development)
+        base = os.path.join(bpy.utils.user_resource("SCRIPTS", path="inve_deps", create=create))
+        return base
+
+
+def engine_spec(context: bpy.types.Context | None = None) -> engine_env.EngineSpec:
+    p = prefs(context)
+    python = p.python_path if p is not None else ""
+    return engine_env.resolve(bpy.path.abspath(python) if python else "", deps_dir())
+
+
+class INVE_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    python_path: StringProperty(
+        name="Engine Python", subtype="FILE_PATH", default="",
+        description="A Python interpreter that has torch, numpy, imageio and OpenCV (for example "
+                    "<project>/.venv/bin/python). Empty: Blender's own Python plus the dependencies "
+                    "installed with Install Dependencies")
+
+    def draw(self, context: bpy.types.Context) -> None:
+        from .panels import draw_engine_status
+
+        layout = self.layout
+        layout.prop(self, "python_path")
+        draw_engine_status(layout, context, in_preferences=True)
+        layout.label(text=f"Dependencies folder: {deps_dir()}", icon="FILE_FOLDER")
+
+
+CLASSES = (INVE_AP_preferences,)

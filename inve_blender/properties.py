@@ -1,0 +1,86 @@
+"""Data saved in the .blend: per-scene settings and the edit layer stack."""
+from __future__ import annotations
+
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
+                       PointerProperty, StringProperty)
+
+QUALITY_SIDES = {"DRAFT": 256, "NORMAL": 384, "HIGH": 512}
+
+
+class INVE_PG_layer(bpy.types.PropertyGroup):
+    """One edit layer (an EDITS.json layer kept as JSON plus what the list edits)."""
+
+    name: StringProperty(name="Name", default="Layer")
+    kind: EnumProperty(
+        name="Type",
+        items=[("sketch", "Sketch", "Vector strokes carried with the surface", "GREASEPENCIL", 0),
+               ("paint", "Paint", "An image painted over one frame", "BRUSH_DATA", 1),
+               ("sticker", "Sticker", "An image placed on one frame", "IMAGE_DATA", 2),
+               ("adjust", "Adjust", "A colour adjustment inside a region", "MOD_HUE_SATURATION", 3),
+               ("atlas", "Atlas", "A painted atlas image", "TEXTURE", 4)],
+        default="sketch")
+    visible: BoolProperty(name="Show", description="Include this layer when propagating", default=True)
+    data: StringProperty(name="Layer data", description="The EDITS.json layer as JSON", default="{}")
+    image: StringProperty(name="Image", subtype="FILE_PATH", default="")
+    attach: EnumProperty(
+        name="Attach to",
+        items=[("AUTO", "Automatic", "The layer visible where it was drawn"),
+               ("fg", "Foreground", "The moving foreground layer"),
+               ("bg", "Background", "The background layer")],
+        default="AUTO")
+
+
+class INVE_PG_settings(bpy.types.PropertyGroup):
+    """Per-scene INVE settings (``scene.inve``)."""
+
+    quality: EnumProperty(
+        name="Quality",
+        description="Working resolution of training (longest side); higher is sharper and slower",
+        items=[("DRAFT", "Draft (256 px)", "Fast, for trying things out"),
+               ("NORMAL", "Normal (384 px)", "A good balance"),
+               ("HIGH", "High (512 px)", "Sharper edits, slower"),
+               ("CUSTOM", "Custom", "Set the working resolution")],
+        default="NORMAL")
+    max_side: IntProperty(name="Max Side", description="Longest side of the working resolution in pixels",
+                          default=384, min=64, max=4096)
+    minutes: FloatProperty(name="Time Budget", description="Training time in minutes (it stops early "
+                           "when this runs out and the result is still usable)", default=10.0,
+                           min=0.05, max=24 * 60, unit="NONE")
+    single_layer: BoolProperty(name="Background Only", description="Train one layer only (no moving "
+                               "foreground): faster, for shots without a foreground object", default=False)
+    device: EnumProperty(name="Device", items=[("auto", "Automatic", "CUDA when available"),
+                                               ("cpu", "CPU", ""), ("cuda", "CUDA", "")], default="auto")
+    project_dir: StringProperty(name="Project Folder", subtype="DIR_PATH", default="",
+                                description="Where the trained project lives (empty: //inve/<strip name> "
+                                            "next to the .blend)")
+    layers: CollectionProperty(type=INVE_PG_layer)
+    active_layer: IntProperty(name="Active Layer", default=0)
+    stroke_source: EnumProperty(
+        name="Strokes From",
+        items=[("ANNOTATION", "Annotations", "Strokes drawn with the Annotate tool in the Sequencer preview"),
+               ("GPENCIL", "Grease Pencil", "Strokes of the selected Grease Pencil objects, seen through the camera")],
+        default="ANNOTATION")
+    as_region: BoolProperty(name="Closed Strokes as Regions", description="A closed stroke becomes a colour "
+                            "adjustment region instead of a line", default=False)
+    hue: FloatProperty(name="Hue", default=0.0, min=-0.5, max=0.5)
+    saturation: FloatProperty(name="Saturation", default=1.0, min=0.0, max=4.0)
+    brightness: FloatProperty(name="Brightness", default=0.0, min=-1.0, max=1.0)
+    contrast: FloatProperty(name="Contrast", default=1.0, min=0.0, max=4.0)
+    info_json: StringProperty(name="Project Info", default="", options={"HIDDEN"})
+    info_strip: StringProperty(name="Project Strip", default="", options={"HIDDEN"})
+
+    def working_side(self) -> int:
+        return self.max_side if self.quality == "CUSTOM" else QUALITY_SIDES[self.quality]
+
+
+CLASSES = (INVE_PG_layer, INVE_PG_settings)
+
+
+def register_props() -> None:
+    bpy.types.Scene.inve = PointerProperty(type=INVE_PG_settings)
+
+
+def unregister_props() -> None:
+    if hasattr(bpy.types.Scene, "inve"):
+        del bpy.types.Scene.inve
