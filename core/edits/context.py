@@ -1,0 +1,204 @@
+"""What every edit layer reads: the source frames, the baked maps and the mapping.
+
+Why one object: the baked maps are at the working size while edits render at source
+resolution, and every layer needs the same conversions (source pixel -> map sample,
+visibility tests, atlas-space resolution). Sampling follows ARCHITECTURE.md exactly: a
+source position x maps to xn = 2x/W - 1 for ``grid_sample(align_corners=False)``, so a map
+at any working size is read consistently. Networks are only called here through
+:meth:`inverse_grid` (one atlas-sized grid per layer and drawing frame, cached).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.project import BakedMaps, LayeredMapping, Project
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in source pixels, half-open
+
+
+@dataclass
+class Patch:
+    """A premultiplied RGBA rectangle to composite over a frame at (x0, y0)."""
+
+    x0: int
+    y0: int
+    rgb: np.ndarray  # float32 [h, w, 3], premultiplied by a
+    a: np.ndarray  # float32 [h, w]
+
+    @property
+    def box(self) -> Box:
+        h, w = self.a.shape
+        return self.x0, self.y0, self.x0 + w, self.y0 + h
+
+    @property
+    def nbytes(self) -> int:
+        return self.rgb.nbytes + self.a.nbytes
+
+
+class RenderContext:
+    """Frames, maps and mapping of one project, with cached conversions."""
+
+    #: inverse-mapping grid per (layer, frame); finer textures upsample it bilinearly
+    INVERSE_GRID = 256
+    #: a point whose forward(inverse(uv)) misses uv by more than this many pixels is not visible
+    CYCLE_TOL_PX = 2.0
+
+    def __init__(self, project: Project, mapping: LayeredMapping | None = None,
+                 maps: BakedMaps | None = None, frames: np.ndarray | None = None) -> None:
+        self.project = project
+        self.info = project.info
+        self.maps = maps if maps is not None else project.maps()
+        self._mapping = mapping
+        self.frames = frames if frames is not None else project.frames()
+        self.W, self.H = self.info.source_size
+        self.w, self.h = self.maps.work_size
+        self.T = self.maps.n_frames
+        self.layers: list[str] = [L for L in self.info.layers if L in self.maps.uv]
+        # [T, C, h, w] tensors sharing memory layout suited to grid_sample
+        self._uv = {L: torch.from_numpy(np.ascontiguousarray(self.maps.uv[L])).permute(0, 3, 1, 2)
+                    for L in self.layers}
+        self._alpha = torch.from_numpy(np.ascontiguousarray(self.maps.alpha))[:, None]
+        self._px_per_uv: dict[str, float] = {}
+        self._inv_cache: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    # -- mapping (networks) ------------------------------------------------------------
+    @property
+    def mapping(self) -> LayeredMapping:
+        if self._mapping is None:
+            self._mapping = self.project.mapping()
+        return self._mapping
+
+    # -- sampling the baked maps at source positions -----------------------------------
+    def _grid_box(self, box: Box) -> torch.Tensor:
+        x0, y0, x1, y1 = box
+        xn = (torch.arange(x0, x1, dtype=torch.float32) + 0.5) * (2.0 / self.W) - 1.0
+        yn = (torch.arange(y0, y1, dtype=torch.float32) + 0.5) * (2.0 / self.H) - 1.0
+        gy, gx = torch.meshgrid(yn, xn, indexing="ij")
+        return torch.stack([gx, gy], -1)[None]
+
+    def _grid_points(self, xy: np.ndarray) -> torch.Tensor:
+        p = torch.as_tensor(np.asarray(xy, np.float32)).reshape(1, 1, -1, 2)
+        return p * torch.tensor([2.0 / self.W, 2.0 / self.H]) - 1.0
+
+    @staticmethod
+    def _sample(src: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+    def uv_box(self, layer: str, t: int, box: Box) -> torch.Tensor:
+        """Atlas uv of the source pixels in ``box`` at frame t: [h, w, 2]."""
+        return self._sample(self._uv[layer][t:t + 1], self._grid_box(box)).permute(1, 2, 0)
+
+    def alpha_box(self, t: int, box: Box) -> np.ndarray:
+        """Foreground alpha of the source pixels in ``box`` at frame t: [h, w]."""
+        if not self.has_fg:
+            return np.zeros((box[3] - box[1], box[2] - box[0]), np.float32)
+        return self._sample(self._alpha[t:t + 1], self._grid_box(box))[0].numpy()
+
+    def alpha_at(self, t: int, xy: np.ndarray) -> np.ndarray:
+        """Foreground alpha at source points [N, 2] of frame t: [N]."""
+        if not self.has_fg or len(xy) == 0:
+            return np.zeros(len(xy), np.float32)
+        return self._sample(self._alpha[t:t + 1], self._grid_points(xy))[0, 0].numpy()
+
+    def uv_at(self, layer: str, t: int, xy: np.ndarray) -> np.ndarray:
+        """Baked atlas uv at source points [N, 2] of frame t: [N, 2]."""
+        return self._sample(self._uv[layer][t:t + 1], self._grid_points(xy))[:, 0].T.numpy()
+
+    def occlusion_weight(self, layer: str, t: int, box: Box) -> np.ndarray:
+        """How much of an edit on ``layer`` shows at each pixel: 1-alpha (bg) or alpha (fg)."""
+        a = self.alpha_box(t, box)
+        return a if layer == "fg" else 1.0 - a
+
+    @property
+    def has_fg(self) -> bool:
+        return "fg" in self.layers
+
+    def auto_layer(self, t: int, xy: np.ndarray) -> str:
+        """The layer seen at the drawing location: fg where the mean alpha there exceeds 0.5."""
+        if not self.has_fg:
+            return "bg"
+        return "fg" if float(np.mean(self.alpha_at(t, np.asarray(xy).reshape(-1, 2)))) > 0.5 else "bg"
+
+    # -- geometry of the atlas ---------------------------------------------------------
+    def px_per_uv(self, layer: str) -> float:
+        """Typical source pixels per atlas unit on ``layer`` (median over a few frames).
+
+        Turns uv distances into pixels (cycle tests) and sizes atlas-space textures.
+        """
+        if layer not in self._px_per_uv:
+            vals = []
+            sx, sy = self.W / self.w, self.H / self.h
+            for t in np.unique(np.linspace(0, self.T - 1, min(self.T, 5)).round().astype(int)):
+                uv = self.maps.uv[layer][t].astype(np.float64)
+                du_dx = np.diff(uv, axis=1)[:-1] / sx
+                du_dy = np.diff(uv, axis=0)[:, :-1] / sy
+                det = np.abs(du_dx[..., 0] * du_dy[..., 1] - du_dx[..., 1] * du_dy[..., 0])
+                if layer == "fg":
+                    det = det[self.maps.alpha[t, :-1, :-1] > 0.5]
+                det = det[np.isfinite(det) & (det > 0)]
+                if det.size:
+                    vals.append(1.0 / np.sqrt(np.median(det)))
+            self._px_per_uv[layer] = float(np.median(vals)) if vals else float(max(self.W, self.H)) / 2.0
+        return self._px_per_uv[layer]
+
+    def texture_res(self, layer: str) -> int:
+        """Atlas-space texture resolution that keeps about 1.5 texels per source pixel."""
+        need = 2.0 * self.px_per_uv(layer) * 1.5
+        return int(np.clip(2 ** np.ceil(np.log2(max(need, 1.0))), 256, 2048))
+
+    # -- networks: batched, cached ---------------------------------------------------------
+    def visible(self, layer: str, uv: np.ndarray, xy: np.ndarray, t: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Cycle-consistent and inside the frame (plus ``margin`` px): [N] bool."""
+        back = self.mapping.forward(layer, xy, t)
+        err_px = np.linalg.norm(np.asarray(back, np.float64) - uv, axis=-1) * self.px_per_uv(layer)
+        inside = ((xy[:, 0] >= -margin) & (xy[:, 0] <= self.W + margin)
+                  & (xy[:, 1] >= -margin) & (xy[:, 1] <= self.H + margin))
+        return inside & (err_px < self.CYCLE_TOL_PX) & np.isfinite(xy).all(-1)
+
+    def propagate(self, layer: str, xy: np.ndarray, t_from: int,
+                  frames: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Carry source points of frame ``t_from`` to other frames in one batched call.
+
+        Returns (uv [N, 2], xy_t [F, N, 2], cycle-consistent [F, N]) for ``frames``
+        (default: all). Visibility inside the frame is left to the caller (margins differ).
+        """
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        frames = np.arange(self.T) if frames is None else np.asarray(frames, int)
+        n, nf = len(xy), len(frames)
+        uv = np.asarray(self.mapping.forward(layer, xy, np.full(n, float(t_from))), np.float64)
+        uv_all = np.tile(uv, (nf, 1))
+        t_all = np.repeat(frames.astype(np.float64), n)
+        xy_all = np.asarray(self.mapping.inverse(layer, uv_all, t_all), np.float64)
+        back = np.asarray(self.mapping.forward(layer, xy_all, t_all), np.float64)
+        err_px = np.linalg.norm(back - uv_all, axis=-1) * self.px_per_uv(layer)
+        ok = (err_px < self.CYCLE_TOL_PX) & np.isfinite(xy_all).all(-1)
+        return uv, xy_all.reshape(nf, n, 2), ok.reshape(nf, n)
+
+    def inverse_grid(self, layer: str, t: int, res: int) -> torch.Tensor:
+        """Source position of every atlas texel at frame t: [2, res, res] (x, y).
+
+        The network runs once on an INVERSE_GRID^2 grid per (layer, frame); finer
+        resolutions are bilinear upsamples (the inverse mapping is smooth).
+        """
+        key = (layer, t, res)
+        if key not in self._inv_cache:
+            base_key = (layer, t, -1)
+            if base_key not in self._inv_cache:
+                g = self.INVERSE_GRID
+                c = (np.arange(g) + 0.5) * 2.0 / g - 1.0
+                u, v = np.meshgrid(c, c)
+                uv = np.stack([u, v], -1).reshape(-1, 2)
+                xy = np.asarray(self.mapping.inverse(layer, uv, np.full(len(uv), float(t))), np.float32)
+                self._inv_cache[base_key] = torch.from_numpy(xy.reshape(g, g, 2)).permute(2, 0, 1).contiguous()
+            base = self._inv_cache[base_key]
+            if res == base.shape[-1]:
+                self._inv_cache[key] = base
+            else:
+                self._inv_cache[key] = F.interpolate(base[None], size=(res, res), mode="bilinear",
+                                                     align_corners=False)[0]
+        return self._inv_cache[key]
