@@ -237,7 +237,9 @@ def movie_strip_problem(scene: Any) -> str | None:
     if strip is None:
         return "No active strip: click a movie strip in the Sequencer"
     if strip.type != "MOVIE":
-        return f"The active strip '{strip.name}' is a {strip.type.lower()} strip, not a movie"
+        kind = strip.type.lower().replace("_", " ")
+        article = "an" if kind[:1] in "aeiou" else "a"
+        return f"The active strip '{strip.name}' is {article} {kind} strip, not a movie"
     if not os.path.isfile(abs_path(strip.filepath)):
         return f"The movie file of '{strip.name}' is missing: {abs_path(strip.filepath)}"
     return None

@@ -68,7 +68,7 @@ def polyline_length(points: Sequence[Point]) -> float:
 def is_closed(stroke: Stroke, tolerance: float | None = None) -> bool:
     """A stroke encloses a region if Blender marks it cyclic or its ends (nearly) meet.
 
-    Default tolerance: the larger of three stroke widths and a tenth of the bounding box
+    Default tolerance: the larger of three stroke widths and 15 % of the bounding box
     diagonal, so a hand-drawn loop whose ends miss by a few pixels still counts.
     """
     pts = stroke.points
@@ -80,7 +80,7 @@ def is_closed(stroke: Stroke, tolerance: float | None = None) -> bool:
     diag = math.hypot(max(xs) - min(xs), max(ys) - min(ys))
     if diag <= 0 or polyline_length(pts) < 2.0 * diag:
         return False  # a straight-ish line never encloses anything
-    tol = tolerance if tolerance is not None else max(3.0 * stroke.width, 0.1 * diag)
+    tol = tolerance if tolerance is not None else max(3.0 * stroke.width, 0.15 * diag)
     return math.dist(pts[0], pts[-1]) <= tol
 
 

@@ -9,6 +9,7 @@ the tests drive it directly: a reader thread parses stdout into events, the UI t
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import queue
@@ -35,17 +36,19 @@ class JsonLinesParser:
 
     def __init__(self) -> None:
         self._buf = ""
+        # a multi-byte character may be split between two reads
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, chunk: str | bytes) -> list[dict[str, Any]]:
         if isinstance(chunk, bytes):
-            chunk = chunk.decode("utf-8", errors="replace")
+            chunk = self._decoder.decode(chunk)
         self._buf += chunk
         *lines, self._buf = self._buf.split("\n")
         return [ev for ev in (parse_line(line) for line in lines) if ev is not None]
 
     def flush(self) -> list[dict[str, Any]]:
         """Events from a last line that had no newline (the process ended)."""
-        rest, self._buf = self._buf, ""
+        rest, self._buf = self._buf + self._decoder.decode(b"", final=True), ""
         ev = parse_line(rest)
         return [ev] if ev is not None else []
 
@@ -190,7 +193,8 @@ class Worker:
         kwargs: dict[str, Any] = {}
         if sys.platform == "win32":
             # CTRL_BREAK_EVENT reaches only a process in its own group (and not Blender itself).
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+            kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+                                       | subprocess.CREATE_NO_WINDOW)  # type: ignore[attr-defined]
         try:
             self._proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd, **kwargs)
