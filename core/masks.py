@@ -33,7 +33,7 @@ DECAY = 0.97  # per-frame fade of carried evidence: a pause of ~22 frames on eac
 EDGE_PX = 3  # half a DIS patch: how far flow bleeds across an object's outline
 PHOTO_TOL = 16.0  # mean RGB difference (0..255) over a patch above which a carried pixel is another surface
 PHOTO_WINDOW = 7
-ANCHOR = 0.6  # a frame's own evidence covering this much of the carried mask re-anchors it
+ANCHOR = 0.9  # a frame's own evidence covering this much of the carried mask re-anchors it
 MIN_MOVING_FRAMES = 0.15  # fewer frames with motion than this fraction: no separate object
 MAX_AREA = 0.75  # a "foreground" covering more than this of most frames is a failed camera fit
 

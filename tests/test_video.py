@@ -36,7 +36,7 @@ def test_probe_real_clips_exact(name: str) -> None:
     n, w, h, fps = REAL[name]
     assert (info.n_frames, info.width, info.height) == (n, w, h)
     assert info.fps == pytest.approx(fps, abs=0.01)
-    assert elapsed < 3.0  # well under a second on a quiet machine; generous for a loaded CI
+    assert elapsed < 10.0  # ~0.3-0.6 s on a quiet 2-core machine; generous for a loaded CI
 
 
 @needs_clips
