@@ -8,11 +8,13 @@ so that the count from :func:`probe` is exactly the number of frames :func:`load
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -38,6 +40,17 @@ DEFAULT_CLIP = "bbb_excerpt.mp4"
 WORKING_BYTES_PER_PIXEL = 3 + 16 + 2 + 4 + 12
 RAM_FRACTION = 1.0 / 3.0
 DISK_MARGIN = 64 * 2**20
+
+
+class _RotationNotice(logging.Filter):
+    """imageio-ffmpeg warns whenever a phone video's rotation swaps width and height; we
+    expect that (sizes come from the rotated output), so the warning would only confuse."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is different from the source frame size" not in record.getMessage()
+
+
+logging.getLogger("imageio_ffmpeg").addFilter(_RotationNotice())
 
 
 @dataclass
@@ -162,12 +175,26 @@ def _probe_movie(path: Path) -> VideoInfo:
     return VideoInfo(str(path), n, width, height, fps)
 
 
+_PROBED: dict[tuple[str, int, int], VideoInfo] = {}
+
+
 def probe(path: str | Path) -> VideoInfo:
-    """Exact frame count, size and frame rate of a movie file or an image folder."""
+    """Exact frame count, size and frame rate of a movie file or an image folder.
+
+    Counting decodes the movie once; the answer is remembered for an unchanged file (same
+    path, size and modification time), so probing and then loading does not decode twice.
+    """
     path = Path(path)
     if not path.exists():
         raise InveError(f"video not found: {path}")
-    info = _probe_folder(path) if path.is_dir() else _probe_movie(path)
+    if path.is_dir():
+        info = _probe_folder(path)
+    else:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _PROBED:
+            _PROBED[key] = _probe_movie(path)
+        info = dataclasses.replace(_PROBED[key], path=str(path))
     if info.width < MIN_SIDE or info.height < MIN_SIDE:
         raise InveError(f"{path} is {info.width}x{info.height}; frames must be at least {MIN_SIDE} px on each side")
     return info

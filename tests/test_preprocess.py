@@ -216,3 +216,14 @@ def test_preprocess_static_clip_is_single_layer(tmp_path: Path) -> None:
     assert out.masks is None and out.mask_source == "none"
     assert out.flow.fwd.shape == (7, H, W, 2)
     assert np.median(out.flow.fwd[..., 0]) == pytest.approx(-1.0, abs=0.1)  # content slides left
+
+
+def test_flow_cancel() -> None:
+    from core.errors import Cancelled
+    from core.progress import Progress
+
+    frames, _ = square_clip(T=4)
+    progress = Progress("none")
+    progress.cancel.cancel()
+    with pytest.raises(Cancelled):
+        compute_flow(frames, progress)

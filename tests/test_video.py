@@ -225,3 +225,42 @@ def test_png_sequence(tmp_path: Path) -> None:
         video.write_png_sequence(user, [(0, img)])
     assert sorted(p.name for p in user.iterdir()) == ["holiday.jpg"]
     assert (out / fsutil.OUTPUT_MARKER).exists()
+
+
+def test_rotated_phone_video(tmp_path: Path) -> None:
+    """A movie with display rotation 90 degrees arrives upright: width and height swap."""
+    plain, rot = tmp_path / "plain.mp4", tmp_path / "rot.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=s=64x48:r=25", "-frames:v", "6", "-c:v", "libx264",
+            "-pix_fmt", "yuv420p", str(plain))
+    _ffmpeg("-display_rotation", "90", "-i", str(plain), "-c", "copy", str(rot))
+    info = video.probe(rot)
+    assert (info.width, info.height, info.n_frames) == (48, 64, 6)
+    upright = video.load_clip(rot, 0, 6, (48, 64), None)
+    flat = video.load_clip(plain, 0, 6, (64, 48), None)
+    # rotating the stored picture by 90 degrees (either way) gives the upright frame
+    diffs = [np.abs(np.rot90(flat[0], k).astype(int) - upright[0]).mean() for k in (1, 3)]
+    assert min(diffs) < 3.0
+
+
+def test_load_progress_and_cancel(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from core.errors import Cancelled
+    from core.progress import Progress
+
+    frames = _write_folder(tmp_path / "seq", 6)
+    stream = io.StringIO()
+    progress = Progress("json", stream=stream, min_interval=0.0)
+    video.load_clip(tmp_path / "seq", 0, 6, (20, 15), None, progress)
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [e["step"] for e in events if e["stage"] == "load"][-1] == 6
+    assert all(e["total"] == 6 for e in events)
+
+    progress = Progress("none")
+    progress.cancel.cancel()
+    out = tmp_path / "proj" / "frames.npy"
+    with pytest.raises(Cancelled):
+        video.load_clip(tmp_path / "seq", 0, 6, (40, 30), out, progress)
+    assert list((tmp_path / "proj").iterdir()) == []  # neither frames.npy nor a temp file
+    assert len(frames) == 6
