@@ -150,9 +150,6 @@ def preprocess(cache_dir: Path, frames: np.ndarray, masks_dir: Path | None, sing
         fsutil.save_npz(path, key=np.array(key), masks=stored.astype(np.float32))
         if masks is not None:
             save_mask_preview(frames, masks, cache_dir / PREVIEW_FILE)
-    if masks is None:
-        if progress is not None:
-            progress.message("no object moves apart from the background: training a single layer "
-                             "(give --masks to separate one)")
+    if masks is None:  # nothing moves apart from the background (the caller tells the user)
         return Preprocessed(frames, fl, None, "none")
     return Preprocessed(frames, fl, masks.astype(np.float32), source)
