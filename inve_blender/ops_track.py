@@ -5,6 +5,7 @@ import json
 import os
 
 import bpy
+from bpy.props import EnumProperty
 
 from . import atlas_paint, edit_stack, jobs, strips, tracking
 from .ops_common import (current_source_frame, engine_ready, movie_strip, poll_movie_strip, project_info,
@@ -22,6 +23,10 @@ class INVE_OT_track(bpy.types.Operator):
     bl_label = "Track Points"
     bl_options = {"REGISTER", "UNDO"}
 
+    source: EnumProperty(name="Points From", items=[
+        ("SETTINGS", "As in Panel", ""), ("ANNOTATION", "Annotations", ""), ("GPENCIL", "Grease Pencil", "")],
+        default="SETTINGS")
+
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
         return poll_movie_strip(cls, context)
@@ -38,7 +43,7 @@ class INVE_OT_track(bpy.types.Operator):
         frame = current_source_frame(self, context, strip, info)
         if frame is None:
             return {"CANCELLED"}
-        found = collect_strokes(self, context, strip, s.stroke_source)
+        found = collect_strokes(self, context, strip, s.stroke_source if self.source == "SETTINGS" else self.source)
         if found is None:
             return {"CANCELLED"}
         centres = [(sum(p[0] for p in st.points) / len(st.points), sum(p[1] for p in st.points) / len(st.points))

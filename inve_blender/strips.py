@@ -280,8 +280,11 @@ def free_channel_above(scene: Any, movie_strip: Any, start: int, end: int, ignor
 
 
 def frame_files(folder: str, source_frames: Iterable[int]) -> list[str]:
-    """The PNG names ``inve edit`` writes: source frame index, zero-padded to 4 digits."""
-    names = [f"{int(f):04d}.png" for f in source_frames]
+    """The PNG names ``inve edit`` writes: source frame index, zero-padded to 4 digits (or to
+    the width of the last index, so names sort)."""
+    frames = [int(f) for f in source_frames]
+    width = max(4, len(str(max(frames)))) if frames else 4
+    names = [f"{f:0{width}d}.png" for f in frames]
     missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
     if missing:
         raise FileNotFoundError(f"{len(missing)} propagated frame(s) missing in {folder}, e.g. {missing[0]}")

@@ -128,6 +128,125 @@ def test_install_ui_logic_and_clean_unregister(extension_zip: Path, tmp_path: Pa
     assert r["unregistered"], "every class is gone after disabling"
 
 
+# ---------------------------------------------------------------------------------------
+# end to end: train, draw, propagate, render, track
+CLIP_T, CLIP_SIZE = 12, (160, 96)
+STRIP_START, TRIM = 3, 1  # strip at scene frame 3 with one frame trimmed: scene f shows source f - 3
+STROKE_SCENE_FRAME = 6  # source frame 3
+STROKE_SRC = [(52.0, 30.0), (68.0, 30.0), (84.0, 34.0), (98.0, 44.0)]  # source pixels on frame 3
+STROKE_WIDTH = 4.0
+CHECK_SOURCE_FRAMES = (1, 7, 11)
+# Ground truth says where the stroke must be; a network trained for a few seconds on two CPU
+# cores is accurate to a few pixels (its PSNR is printed). Tolerance in source pixels:
+TOL_PX = 3.0
+
+
+def _expected_polyline(clip: Any, k: int, j: int, step: float = 1.0) -> "np.ndarray":
+    import numpy as np
+
+    pts = np.array(STROKE_SRC, np.float64)
+    dense = []
+    for a, b in zip(pts[:-1], pts[1:]):
+        n = max(2, int(np.ceil(np.linalg.norm(b - a) / step)))
+        dense += [a + (b - a) * i / n for i in range(n)]
+    dense.append(pts[-1])
+    dense = np.array(dense)
+    uv = clip.gt.forward("bg", dense, np.full(len(dense), float(k)))
+    return clip.gt.inverse("bg", uv, np.full(len(dense), float(j)))
+
+
+def _stroke_mask(edited: "np.ndarray", original: "np.ndarray") -> "np.ndarray":
+    """Pixels the red stroke changed: much redder than the original frame there."""
+    import numpy as np
+
+    e = edited.astype(np.float32)
+    o = original.astype(np.float32)
+    red_e = e[..., 0] - np.maximum(e[..., 1], e[..., 2])
+    red_o = o[..., 0] - np.maximum(o[..., 1], o[..., 2])
+    return (red_e > 120) & (red_e - red_o > 60)
+
+
+def _coverage(mask: "np.ndarray", expected: "np.ndarray", tol: float) -> tuple[float, float]:
+    """(fraction of expected stroke samples with a stroke pixel within tol, fraction of stroke
+    pixels within tol + half the width of the expected stroke)."""
+    import numpy as np
+
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return 0.0, 0.0
+    got = np.stack([xs + 0.5, ys + 0.5], -1)
+    d = np.linalg.norm(got[:, None, :] - expected[None, :, :], axis=-1)
+    recall = float((d.min(0) <= tol).mean())
+    precision = float((d.min(1) <= tol + STROKE_WIDTH / 2).mean())
+    return recall, precision
+
+
+def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) -> None:
+    """The user's path end to end in real Blender, checked against the synthetic clip's truth."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import synth
+    from core.video import write_movie
+
+    clip = synth.make_clip(T=CLIP_T, size=CLIP_SIZE, camera="pan", occluder=False, fps=24.0)
+    movie = tmp_path / "pan.mp4"
+    write_movie(movie, list(clip.frames), fps=24.0)
+    minutes = float(os.environ.get("INVE_TEST_TRAIN_MINUTES", "0.75"))
+    r = run_child("e2e", {"zip": str(extension_zip), "clip": str(movie), "tmp": str(tmp_path),
+                          "minutes": minutes, "stroke_src": STROKE_SRC, "width": STROKE_WIDTH,
+                          "strip_start": STRIP_START, "trim": TRIM, "stroke_frame": STROKE_SCENE_FRAME},
+                  tmp_path, timeout=900)
+    print(f"e2e scenario: {r['_seconds']:.1f} s, train {r['train_seconds']:.1f} s, PSNR {r['psnr']}")
+    # the project lives next to the saved .blend
+    assert Path(r["project_dir"]) == tmp_path / "inve" / "pan" / "project"
+    assert r["train_ok"], r["train_state"]
+    assert r["trained"] and isinstance(r["psnr"], (int, float))
+    # the sketch layer sits on the source frame of the scene frame it was drawn on
+    layer = r["layer"]
+    assert layer["type"] == "sketch" and layer["frame"] == STROKE_SCENE_FRAME - STRIP_START
+    assert np.allclose(layer["strokes"][0]["points"], STROKE_SRC, atol=1e-2)
+    assert abs(layer["strokes"][0]["width"] - STROKE_WIDTH) < 1e-2
+    assert np.allclose(layer["strokes"][0]["color"], [1, 0, 0, 1], atol=1e-3)
+    # the image strip: channel above, aligned in time, one image per project frame
+    res = r["result"]
+    frames = list(range(TRIM, CLIP_T))
+    assert res["channel"] == r["movie_channel"] + 1
+    assert res["frame_final_start"] == STRIP_START + TRIM and res["n_elements"] == len(frames)
+    assert res["elements"] == [f"{f:04d}.png" for f in frames]
+    assert r["result_again"]["name"] == res["name"] and r["result_again"]["n_strips"] == res["n_strips"]
+    k = STROKE_SCENE_FRAME - STRIP_START
+    out_dir = Path(res["directory"])
+    for j in CHECK_SOURCE_FRAMES:
+        edited = iio.imread(out_dir / f"{j:04d}.png")[..., :3]
+        expected = _expected_polyline(clip, k, j)
+        recall, precision = _coverage(_stroke_mask(edited, clip.frames[j]), expected, TOL_PX)
+        print(f"frame {j}: stroke shift {np.mean(expected - np.array(_expected_polyline(clip, k, k)), 0)} px, "
+              f"recall {recall:.2f}, precision {precision:.2f}")
+        assert recall >= 0.9 and precision >= 0.9, (j, recall, precision)
+    # the rendered movie (VSE, 2x render size) shows the stroke at the same places
+    video = iio.imread(r["render_path"], index=None)
+    assert video.shape[0] == r["render_frames"] and video.shape[1:3] == (192, 320)
+    for j in CHECK_SOURCE_FRAMES:
+        scene_frame = j + STRIP_START
+        rendered = video[scene_frame - r["render_start"]]
+        small = rendered.reshape(96, 2, 160, 2, 3).mean(axis=(1, 3))
+        recall, precision = _coverage(_stroke_mask(small, clip.frames[j]), _expected_polyline(clip, k, j), TOL_PX + 1)
+        print(f"render frame {scene_frame}: recall {recall:.2f}, precision {precision:.2f}")
+        assert recall >= 0.85 and precision >= 0.85, (scene_frame, recall, precision)
+    # tracking markers: the stroke's centre, tracked, against the truth
+    centre = np.mean(np.array(STROKE_SRC), 0)
+    markers = {int(f): xy for f, xy in r["markers"].items()}
+    assert sorted(markers) == [f + 1 for f in frames], "one marker per project frame (clip frames from 1)"
+    for f in frames:
+        want = clip.gt.inverse("bg", clip.gt.forward("bg", centre[None], np.array([float(k)])), np.array([float(f)]))[0]
+        got = np.array(markers[f + 1][:2])
+        assert np.linalg.norm(got - want) <= TOL_PX, (f, got, want)
+    assert r["clip_frame_start"] == STRIP_START, "clip frames line up with the strip in the timeline"
+    assert r["layers_after_reload"] == r["layers_before_reload"] >= 1, "the layer stack is saved in the .blend"
+
+
 # =======================================================================================
 # child side (runs inside the bpy module)
 def _child_setup(args: dict[str, Any]) -> Any:
@@ -325,7 +444,97 @@ def child_install(args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-SCENARIOS = {"install": child_install}
+def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
+    import glob
+    from importlib import import_module
+
+    import bpy
+
+    _child_setup(args)
+    jobs = import_module(ADDON_MODULE + ".jobs")
+    strips = import_module(ADDON_MODULE + ".strips")
+    tracking = import_module(ADDON_MODULE + ".tracking")
+    out: dict[str, Any] = {}
+    blend = os.path.join(args["tmp"], "edit.blend")
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 320, 192, 100
+    scene.render.fps, scene.render.fps_base = 24, 1.0
+    scene.view_settings.view_transform = "Standard"
+    bpy.ops.wm.save_as_mainfile(filepath=blend)
+    coll = strips.strip_collection(scene)
+    movie = coll.new_movie("pan", args["clip"], 1, args["strip_start"], fit_method="FIT")
+    movie.frame_offset_start = args["trim"]
+    scene.sequence_editor.active_strip = movie
+    out["movie_channel"] = movie.channel
+    s = scene.inve
+    s.quality, s.max_side, s.minutes, s.single_layer, s.device = "CUSTOM", 160, args["minutes"], True, "cpu"
+
+    t0 = time.monotonic()
+    bpy.ops.inve.train()  # background: the worker runs to completion right here
+    out["train_seconds"] = time.monotonic() - t0
+    job = jobs.last()
+    out["train_ok"], out["train_state"] = job.state.ok, job.state.status_text()
+    info = json.loads(s.info_json)
+    out["trained"], out["psnr"] = info.get("trained"), (info.get("metrics") or {}).get("psnr")
+    out["project_dir"] = job.context_data["project"]
+
+    # a red stroke on scene frame `stroke_frame`, as a Grease Pencil object seen by an ortho camera
+    _ortho_camera(bpy, scene, 3.2)  # 100 render px per unit; the clip is fitted x2 into the render
+    world = [((2 * x - 160) / 100.0, 0.0, (96 - 2 * y) / 100.0) for x, y in args["stroke_src"]]
+    radius = args["width"] / 2 * 2 / 100.0  # half the width, in render px (x2), in units
+    _add_gp_stroke(bpy, scene, args["stroke_frame"], world, radius)
+    scene.frame_set(args["stroke_frame"])
+    bpy.ops.inve.add_strokes(source="GPENCIL", as_region="LINE")
+    out["layer"] = {"type": s.layers[-1].kind, **json.loads(s.layers[-1].data)}
+
+    def describe(strip: Any) -> dict[str, Any]:
+        return {"name": strip.name, "channel": strip.channel, "frame_final_start": strip.frame_final_start,
+                "n_elements": len(strip.elements), "elements": [e.filename for e in strip.elements],
+                "directory": bpy.path.abspath(strip.directory), "n_strips": len(list(coll))}
+
+    bpy.ops.inve.propagate()
+    result = strips.find_result_strip(scene, movie)
+    assert result is not None, jobs.last().state.status_text()
+    out["result"] = describe(result)
+    bpy.ops.inve.propagate()  # again: the same strip is updated in place
+    out["result_again"] = describe(strips.find_result_strip(scene, movie))
+
+    # render the sequencer to a movie
+    r = scene.render
+    r.use_sequencer = True
+    if hasattr(r.image_settings, "media_type"):
+        r.image_settings.media_type = "VIDEO"
+    r.image_settings.file_format = "FFMPEG"
+    r.ffmpeg.format, r.ffmpeg.codec = "MPEG4", "H264"
+    r.ffmpeg.constant_rate_factor = "PERC_LOSSLESS"
+    scene.frame_start, scene.frame_end = movie.frame_final_start, movie.frame_final_end - 1
+    r.filepath = os.path.join(args["tmp"], "render", "edit_")
+    bpy.ops.render.render(animation=True)
+    found = glob.glob(os.path.join(args["tmp"], "render", "edit_*.mp4"))
+    assert len(found) == 1, found
+    out.update(render_path=found[0], render_start=scene.frame_start,
+               render_frames=scene.frame_end - scene.frame_start + 1)
+
+    # track the stroke's centre into a Movie Clip
+    scene.frame_set(args["stroke_frame"])
+    bpy.ops.inve.track(source="GPENCIL")
+    clip = next(c for c in bpy.data.movieclips if c.tracking.tracks.get(tracking.TRACK_PREFIX + "p0"))
+    track = clip.tracking.tracks[tracking.TRACK_PREFIX + "p0"]
+    size = tuple(clip.size)
+    out["markers"] = {m.frame: [*tracking.from_marker_co(m.co[0], m.co[1], size), m.mute] for m in track.markers}
+    out["clip_frame_start"] = clip.frame_start
+
+    # the layer stack survives saving and reopening the .blend
+    out["layers_before_reload"] = len(s.layers)
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.open_mainfile(filepath=blend)
+    out["layers_after_reload"] = len(bpy.context.scene.inve.layers)
+    out["unregistered"] = _child_teardown()
+    return out
+
+
+SCENARIOS = {"install": child_install, "e2e": child_e2e}
 
 
 def child_main(scenario: str, args_file: str) -> int:
