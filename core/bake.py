@@ -1,0 +1,119 @@
+"""Bake: evaluate the trained networks once on every pixel and on the atlas grid.
+
+After this, edits only sample arrays (UV maps, alpha maps, atlases) instead of running
+networks per pixel, which is what makes propagation interactive. The same pass measures
+reconstruction PSNR and the forward->inverse cycle error reported in ``metrics.json``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.model import LayeredAtlasModel
+from core.progress import Progress
+from core.project import BakedMaps
+
+
+@dataclass
+class BakeResult:
+    maps: BakedMaps
+    psnr: float
+    cycle_error_px: dict[str, float]  # median forward->inverse error per layer, source pixels
+
+
+def frame_grid(w: int, h: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normalised positions of the pixel centres of a w x h frame, [h*w, 2] row-major."""
+    half = max(w, h) / 2.0
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
+                            torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
+    return torch.stack([(xs + 0.5 - w / 2) / half, (ys + 0.5 - h / 2) / half], dim=-1).reshape(-1, 2)
+
+
+def atlas_grid(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uv of the texel centres of a size x size atlas covering [-1, 1]^2, [size*size, 2]."""
+    c = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) * 2.0 / size - 1.0
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([u, v], dim=-1).reshape(-1, 2)
+
+
+def default_atlas_size(work_size: tuple[int, int], uv_scale: float) -> int:
+    """About one atlas texel per working pixel, rounded up to a multiple of 64."""
+    texels = max(work_size) / uv_scale
+    return int(min(4096, max(256, 64 * math.ceil(texels / 64))))
+
+
+@torch.no_grad()
+def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, int],
+         progress: Progress | None = None, atlas_size: int | None = None, chunk: int = 1 << 15) -> BakeResult:
+    """Evaluate maps for every frame of ``frames`` (uint8 [T,h,w,3], working resolution)."""
+    model.eval()
+    device = next(model.parameters()).device
+    n, h, w = frames.shape[:3]
+    layers = list(model.cfg.layers)
+    grid = frame_grid(w, h, device)
+    uv_maps = {L: np.zeros((n, h, w, 2), np.float32) for L in layers}
+    alpha_maps = np.zeros((n, h, w), np.float32)
+    sq_err = 0.0
+    cycle_err: dict[str, list[np.ndarray]] = {L: [] for L in layers}
+    # source pixels per normalised unit: the long side spans 2 units
+    px_per_unit = max(source_size) / 2.0
+    rng = np.random.default_rng(0)
+    total = n + len(layers)
+    for t in range(n):
+        if progress is not None:
+            progress.update("bake", t, total)
+        target = torch.from_numpy(frames[t].reshape(-1, 3)).to(device).float() / 255.0
+        for s in range(0, grid.shape[0], chunk):
+            p = grid[s:s + chunk]
+            tt = torch.full((p.shape[0],), float(t), device=device)
+            rgb, uvs, a = model.reconstruct(p, tt)
+            sq_err += float(((rgb - target[s:s + chunk]) ** 2).sum())
+            rows = slice(s, s + p.shape[0])
+            for L in layers:
+                uv_maps[L][t].reshape(-1, 2)[rows] = uvs[L].cpu().numpy()
+            alpha_maps[t].reshape(-1)[rows] = a.cpu().numpy()
+        # cycle error on a subsample of the pixels each layer shows
+        sel = torch.from_numpy(rng.choice(grid.shape[0], size=min(4096, grid.shape[0]), replace=False)).to(device)
+        p = grid[sel]
+        tt = torch.full((p.shape[0],), float(t), device=device)
+        a = torch.from_numpy(alpha_maps[t].reshape(-1)).to(device)[sel]
+        for L in layers:
+            shown = (a > 0.5) if L == "fg" else (a <= 0.5)
+            if not bool(shown.any()):
+                continue
+            uv = torch.from_numpy(uv_maps[L][t].reshape(-1, 2)).to(device)[sel]
+            back = model.inverse(L, uv[shown], tt[shown])
+            cycle_err[L].append(((back - p[shown]).norm(dim=1) * px_per_unit).cpu().numpy())
+    mse = sq_err / (n * h * w * 3)
+    psnr = float(10 * math.log10(1.0 / max(mse, 1e-12)))
+
+    size = atlas_size or default_atlas_size((w, h), model.cfg.uv_scale)
+    agrid = atlas_grid(size, device)
+    atlases, used = {}, {}
+    for i, L in enumerate(layers):
+        if progress is not None:
+            progress.update("bake", n + i, total)
+        cols = [model.atlas(L, agrid[s:s + chunk]).cpu().numpy() for s in range(0, agrid.shape[0], chunk)]
+        atlases[L] = np.concatenate(cols).reshape(size, size, 3).astype(np.float32)
+        used[L] = atlas_usage(uv_maps[L], alpha_maps if L == "fg" else 1.0 - alpha_maps, size)
+    if progress is not None:
+        progress.update("bake", total, total)
+    maps = BakedMaps(uv=uv_maps, alpha=alpha_maps, atlas=atlases, atlas_used=used)
+    cyc = {L: float(np.median(np.concatenate(v))) for L, v in cycle_err.items() if v}
+    return BakeResult(maps=maps, psnr=psnr, cycle_error_px=cyc)
+
+
+def atlas_usage(uv: np.ndarray, visibility: np.ndarray, size: int) -> np.ndarray:
+    """How strongly each atlas texel is seen by some frame (0..1): a visibility-weighted splat."""
+    coords = ((uv.reshape(-1, 2) + 1.0) * 0.5 * size).astype(np.int64)
+    weight = visibility.reshape(-1)
+    inside = (coords >= 0).all(1) & (coords < size).all(1) & (weight > 0.5)
+    hist = np.bincount(coords[inside, 1] * size + coords[inside, 0], minlength=size * size)
+    hist = hist.reshape(size, size)
+    import cv2  # noqa: PLC0415 - heavy import only when baking
+
+    hist = cv2.dilate((hist > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+    return cv2.GaussianBlur(hist, (0, 0), 1.0)

@@ -1,0 +1,421 @@
+"""Fit: video -> preprocess -> train the layered atlas model -> bake, into a project folder.
+
+The loop is budgeted by iterations and/or wall time; the learning-rate schedule follows
+whichever budget is further along, so a 2-minute run and a 2000-iteration run both end with
+a decayed rate. Checkpoints are written atomically every ``checkpoint_seconds`` and on
+cancel; ``--resume`` continues from the last one towards the (total) budget. A non-finite
+loss stops the run without saving the diverged state.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import __version__, fsutil
+from core import losses as L
+from core.bake import bake
+from core.errors import Cancelled, InveError
+from core.model import LayeredAtlasModel, ModelConfig, config_from_json, config_to_json
+from core.progress import Progress
+from core.project import Project, ProjectInfo
+
+DEFAULT_MAX_SIDE = 256
+DEFAULT_MINUTES = 4.0
+
+
+@dataclass
+class LossWeights:
+    flow: float = 0.02
+    alpha_flow: float = 0.05
+    rigidity: float = 0.002
+    sparsity: float = 0.002
+    bootstrap: float = 0.05
+    bootstrap_until: float = 0.4  # fraction of the budget over which bootstrapping fades out
+    bootstrap_floor_user: float = 0.1  # user-given masks keep this fraction of their weight
+    cycle: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how a project is trained (stored in project.json)."""
+
+    frames: tuple[int, int] | None = None
+    max_side: int = DEFAULT_MAX_SIDE
+    masks: str | None = None
+    iters: int | None = None
+    minutes: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    single_layer: bool = False
+    batch: int = 8192
+    lr_table: float = 1e-2
+    lr_mlp: float = 3e-3
+    lr_final: float = 0.1  # fraction of the initial rates reached at the end of the budget
+    map_warmup: float = 0.03  # fraction of the budget before the mappings start to move
+    checkpoint_seconds: float = 30.0
+    weights: LossWeights = field(default_factory=LossWeights)
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
+
+    def budget(self) -> tuple[int | None, float | None]:
+        if self.iters is None and self.minutes is None:
+            return None, DEFAULT_MINUTES * 60
+        return self.iters, None if self.minutes is None else self.minutes * 60
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InveError("--device cuda was asked for but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+# -- training data -------------------------------------------------------------------------
+
+class TrainingData:
+    """Flattened per-pixel tensors and batch sampling."""
+
+    def __init__(self, frames: np.ndarray, flow: Any, masks: np.ndarray | None, device: torch.device) -> None:
+        self.n, self.h, self.w = frames.shape[:3]
+        self.device = device
+        self.rgb = torch.from_numpy(frames.reshape(-1, 3)).to(device)  # uint8, converted per batch
+        self.half = max(self.w, self.h) / 2.0
+        self.has_flow = self.n > 1 and flow is not None
+        if self.has_flow:
+            self.fwd = torch.from_numpy(np.ascontiguousarray(flow.fwd.reshape(-1, 2))).to(device)
+            self.bwd = torch.from_numpy(np.ascontiguousarray(flow.bwd.reshape(-1, 2))).to(device)
+            self.fwd_ok = torch.from_numpy(np.ascontiguousarray(flow.fwd_ok.reshape(-1))).to(device)
+            self.bwd_ok = torch.from_numpy(np.ascontiguousarray(flow.bwd_ok.reshape(-1))).to(device)
+        self.masks = None if masks is None else torch.from_numpy(masks.reshape(-1).astype(np.float32)).to(device)
+
+    def sample(self, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        hw = self.h * self.w
+        idx = torch.randint(0, self.n * hw, (n,), generator=gen, device="cpu").to(self.device)
+        t = idx // hw
+        rem = idx % hw
+        y, x = rem // self.w, rem % self.w
+        p = torch.stack([(x.float() + 0.5 - self.w / 2) / self.half, (y.float() + 0.5 - self.h / 2) / self.half], 1)
+        batch = {"p": p, "t": t.float(), "rgb": self.rgb[idx].float() / 255.0}
+        if self.masks is not None:
+            batch["mask"] = self.masks[idx]
+        if self.has_flow:
+            go_fwd = torch.rand(n, generator=gen, device="cpu").to(self.device) < 0.5
+            go_fwd = torch.where(t == 0, torch.ones_like(go_fwd), go_fwd)
+            go_fwd = torch.where(t == self.n - 1, torch.zeros_like(go_fwd), go_fwd)
+            fi = (t.clamp(max=self.n - 2)) * hw + rem  # forward flow of frame t
+            bi = (t - 1).clamp(min=0) * hw + rem  # bwd[t-1] goes from frame t to t-1
+            vec = torch.where(go_fwd.unsqueeze(1), self.fwd[fi], self.bwd[bi])
+            ok = torch.where(go_fwd, self.fwd_ok[fi], self.bwd_ok[bi])
+            batch["p_next"] = p + vec / self.half
+            batch["t_next"] = torch.where(go_fwd, t + 1, t - 1).float()
+            batch["flow_ok"] = ok.float()
+        return batch
+
+
+# -- the loop ------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, model: LayeredAtlasModel, data: TrainingData, cfg: TrainConfig, mask_source: str) -> None:
+        self.model, self.data, self.cfg = model, data, cfg
+        self.mask_source = mask_source
+        groups = model.param_groups()
+        self.base_lrs = {"map_tables": cfg.lr_table, "map_mlps": cfg.lr_mlp, "tables": cfg.lr_table,
+                         "mlps": cfg.lr_mlp}
+        self.group_names = [k for k in groups if groups[k]]
+        fused = data.device.type == "cpu" or data.device.type == "cuda"
+        self.opt = torch.optim.Adam([{"params": groups[k], "lr": self.base_lrs[k], "name": k}
+                                     for k in self.group_names], betas=(0.9, 0.99), eps=1e-15, fused=fused)
+        self.step = 0
+        self.elapsed = 0.0  # seconds of training so far, over all sessions
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.mse_ema: float | None = None
+        self.px_per_unit = data.half  # working pixels per normalised unit
+        self.px_per_uv = data.half / model.cfg.uv_scale
+        self.step_p = 1.0 / data.half  # one working pixel in normalised units
+
+    # schedule ------------------------------------------------------------------------
+    def fraction(self) -> float:
+        iters, seconds = self.cfg.budget()
+        fr = 0.0
+        if iters:
+            fr = max(fr, self.step / iters)
+        if seconds:
+            fr = max(fr, self.elapsed / seconds)
+        return min(1.0, fr)
+
+    def done(self) -> bool:
+        iters, seconds = self.cfg.budget()
+        return (iters is not None and self.step >= iters) or (seconds is not None and self.elapsed >= seconds)
+
+    def set_rates(self, fr: float) -> None:
+        decay = self.cfg.lr_final ** fr
+        warm = min(1.0, fr / self.cfg.map_warmup) if self.cfg.map_warmup > 0 else 1.0
+        for group in self.opt.param_groups:
+            lr = self.base_lrs[group["name"]] * decay
+            group["lr"] = lr * warm if group["name"].startswith("map_") else lr
+
+    # one step ------------------------------------------------------------------------
+    def losses(self, b: dict[str, torch.Tensor], fr: float) -> tuple[torch.Tensor, dict[str, float]]:
+        m, w = self.model, self.cfg.weights
+        layers = m.cfg.layers
+        n = b["p"].shape[0]
+        # Regularisers see a subset of the batch: they are smooth and need fewer samples
+        # than the reconstruction, and each costs extra network evaluations.
+        nf = n // 4 if "p_next" in b else 0
+        nr = n // 8
+        p, t = b["p"], b["t"]
+        dx = torch.tensor([self.step_p, 0.0], device=p.device)
+        dy = torch.tensor([0.0, self.step_p], device=p.device)
+        # One mapping call per layer for every point that needs it: p, flow targets, p+dx, p+dy.
+        p_all = torch.cat([p] + ([b["p_next"][:nf]] if nf else []) + [p[:nr] + dx, p[:nr] + dy])
+        t_all = torch.cat([t] + ([b["t_next"][:nf]] if nf else []) + [t[:nr], t[:nr]])
+        uv_all = {layer: m.uv(layer, p_all, t_all) for layer in layers}
+        uv = {layer: v[:n] for layer, v in uv_all.items()}
+        if "fg" in layers:
+            pa = torch.cat([p] + ([b["p_next"][:nf]] if nf else []))
+            ta = torch.cat([t] + ([b["t_next"][:nf]] if nf else []))
+            alpha_all = m.alpha(pa, ta)
+            alpha = alpha_all[:n]
+        else:
+            alpha = torch.zeros(n, device=p.device)
+        bg = m.atlas("bg", uv["bg"])
+        if "fg" in layers:
+            fg = m.atlas("fg", uv["fg"])
+            pred = alpha.unsqueeze(1) * fg + (1 - alpha.unsqueeze(1)) * bg
+        else:
+            pred = bg
+        terms: dict[str, torch.Tensor] = {"rgb": L.rgb_loss(pred, b["rgb"])}
+        vis = {"bg": (1 - alpha).detach(), "fg": alpha.detach()}
+        if nf:
+            ok = b["flow_ok"][:nf]
+            flow_terms = []
+            for layer in layers:
+                uv_next = uv_all[layer][n:n + nf]
+                flow_terms.append(L.flow_loss(uv[layer][:nf], uv_next, ok * vis[layer][:nf], self.px_per_uv))
+            terms["flow"] = w.flow * sum(flow_terms)
+            if "fg" in layers:
+                terms["alpha_flow"] = w.alpha_flow * L.alpha_flow_loss(alpha[:nf], alpha_all[n:n + nf], ok)
+        off = n + nf
+        rig = []
+        for layer in layers:
+            u = uv_all[layer]
+            weight = torch.ones(nr, device=p.device) if layer == "bg" else vis["fg"][:nr] + 0.05
+            rig.append(L.rigidity_loss(u[:nr], u[off:off + nr], u[off + nr:off + 2 * nr],
+                                       self.step_p * m.cfg.uv_scale, weight))
+        terms["rigidity"] = w.rigidity * sum(rig)
+        if "fg" in layers:
+            terms["sparsity"] = w.sparsity * L.sparsity_loss(alpha, fg)
+            if "mask" in b:
+                fade = max(0.0, 1.0 - fr / w.bootstrap_until)
+                if self.mask_source == "user":
+                    fade = max(fade, w.bootstrap_floor_user)
+                if fade > 0:
+                    terms["bootstrap"] = w.bootstrap * fade * L.bootstrap_loss(alpha, b["mask"])
+        cyc = []
+        nc = n // 4
+        for layer in layers:
+            back = m.inverse(layer, uv[layer][:nc].detach(), t[:nc])
+            weight = torch.ones(nc, device=p.device) if layer == "bg" else vis["fg"][:nc] + 0.01
+            cyc.append(L.cycle_loss(back, p[:nc], weight, self.px_per_unit))
+        terms["cycle"] = w.cycle * sum(cyc)
+        total = sum(terms.values())
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    def train_step(self) -> dict[str, float]:
+        fr = self.fraction()
+        self.set_rates(fr)
+        self.model.train()
+        batch = self.data.sample(self.cfg.batch, self.gen)
+        total, terms = self.losses(batch, fr)
+        if not math.isfinite(float(total)):
+            bad = [k for k, v in terms.items() if not math.isfinite(v)]
+            raise InveError(f"training diverged at step {self.step}: non-finite loss ({', '.join(bad) or 'total'}); "
+                            "nothing was saved from this run past the last checkpoint; try another --seed "
+                            "or --resume from the checkpoint")
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        self.step += 1
+        mse = terms["rgb"]
+        self.mse_ema = mse if self.mse_ema is None else 0.95 * self.mse_ema + 0.05 * mse
+        return terms
+
+    @property
+    def psnr_estimate(self) -> float:
+        return 10 * math.log10(1.0 / max(self.mse_ema or 1.0, 1e-12))
+
+    # checkpoints ---------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
+                "elapsed": self.elapsed, "generator": self.gen.get_state(), "mse_ema": self.mse_ema,
+                "model_config": config_to_json(self.model.cfg), "tool_version": __version__}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.gen.set_state(state["generator"])
+        self.mse_ema = state.get("mse_ema")
+
+    def save(self, path: Path) -> None:
+        fsutil.write_with(path, lambda tmp: torch.save(self.state(), tmp))
+
+
+# -- project-level orchestration -----------------------------------------------------------
+
+def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
+    """Existing project when resuming; refuse to clobber anything otherwise."""
+    info_path = project_dir / Project.INFO
+    if info_path.exists():
+        if not resume:
+            raise InveError(f"{project_dir} already holds a project; pass --resume to continue training it, "
+                            "or choose a new folder")
+        return Project.open(project_dir)
+    if resume:
+        raise InveError(f"--resume: {project_dir} holds no project to resume")
+    if project_dir.exists():
+        if not project_dir.is_dir():
+            raise InveError(f"project path {project_dir} exists and is not a folder")
+        if any(project_dir.iterdir()):
+            raise InveError(f"{project_dir} is not empty and is not an inve project; choose an empty or new folder")
+    return None
+
+
+def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, progress: Progress,
+                  resume: bool = False) -> Project:
+    """Train (or resume) a project and bake it. Returns the opened project."""
+    from core import video as vio  # noqa: PLC0415
+    from core.preprocess import preprocess  # noqa: PLC0415
+
+    project_dir = Path(project_dir)
+    existing = _open_or_create(project_dir, resume)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    if existing is not None:
+        info = existing.info
+        stored = info.settings.get("train", {})
+        # A resume keeps the data settings of the project; new budgets replace old ones.
+        cfg.frames = (info.frames[0], info.frames[-1] + 1)
+        cfg.max_side = int(stored.get("max_side", cfg.max_side))
+        cfg.single_layer = info.layers == ["bg"]
+        if cfg.masks is None:
+            cfg.masks = stored.get("masks")
+        if cfg.iters is None and cfg.minutes is None:
+            cfg.iters, cfg.minutes = stored.get("iters"), stored.get("minutes")
+        source = info.source
+    else:
+        source = str(Path(video).resolve())
+    vinfo = vio.probe(source)
+    start, end = vio.resolve_range(vinfo, cfg.frames)
+    work = vio.working_size(vinfo.width, vinfo.height, cfg.max_side)
+    if existing is not None and tuple(existing.info.source_size) != (vinfo.width, vinfo.height):
+        raise InveError(f"the source video {source} changed size since the project was made; start a new project")
+    vio.check_resources(end - start, (vinfo.width, vinfo.height), work, project_dir / Project.FRAMES)
+
+    project_dir.mkdir(parents=True, exist_ok=True)
+    frames_npy = project_dir / Project.FRAMES
+    if existing is not None and frames_npy.is_file():
+        frames = _resize_stack(np.load(frames_npy, mmap_mode="r"), work)
+    else:
+        frames = vio.load_clip(source, start, end, work, frames_npy, progress)
+    prep = preprocess(project_dir / "cache", frames, Path(cfg.masks) if cfg.masks else None, cfg.single_layer,
+                      start, progress)
+    layers = ["bg"] if prep.masks is None else ["bg", "fg"]
+    if prep.masks is None and not cfg.single_layer:
+        progress.message("no moving foreground found: training a single (background) layer")
+
+    info = ProjectInfo(source=source, frames=list(range(start, end)), source_size=(vinfo.width, vinfo.height),
+                       work_size=work, fps=vinfo.fps, layers=layers,
+                       settings={"train": _settings(cfg), "mask_source": prep.mask_source})
+    project = Project(project_dir, info)
+    project.save_info()
+
+    ckpt_path = project_dir / Project.CHECKPOINT
+    if existing is not None and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        mcfg = config_from_json(state["model_config"])
+    else:
+        state = None
+        backend = "auto"
+        mcfg = ModelConfig(n_frames=end - start, work_size=work, layers=tuple(layers), **cfg.model)
+        from core.encoding import tinycudann_available  # noqa: PLC0415
+
+        mcfg.backend = "tcnn" if backend == "auto" and tinycudann_available(device) else "torch"
+    model = LayeredAtlasModel(mcfg, device=str(device))
+    data = TrainingData(prep.frames, prep.flow, prep.masks, device)
+    trainer = Trainer(model, data, cfg, prep.mask_source)
+    if state is not None:
+        trainer.load_state(state)
+
+    run_loop(trainer, ckpt_path, progress)
+    progress.message(f"trained {trainer.step} iterations in {trainer.elapsed:.0f} s "
+                     f"(running PSNR ~{trainer.psnr_estimate:.1f} dB); baking maps")
+    result = bake(model, prep.frames, info.source_size, progress)
+    result.maps.save(project_dir / Project.MAPS)
+    for layer, atlas in result.maps.atlas.items():
+        fsutil.write_png(project_dir / f"atlas_{layer}.png", atlas)
+    metrics = {"psnr": round(result.psnr, 3), "iterations": trainer.step, "train_seconds": round(trainer.elapsed, 2),
+               "cycle_error_px": {k: round(v, 4) for k, v in result.cycle_error_px.items()},
+               "device": device.type, "backend": mcfg.backend, "layers": layers, "mask_source": prep.mask_source}
+    fsutil.write_json(project_dir / Project.METRICS, metrics)
+    return Project.open(project_dir)
+
+
+def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress) -> None:
+    """Train until the budget is spent; checkpoint periodically and on cancel."""
+    iters, seconds = trainer.cfg.budget()
+    last_ckpt = time.monotonic()
+    try:
+        while not trainer.done():
+            t0 = time.monotonic()
+            trainer.train_step()
+            trainer.elapsed += time.monotonic() - t0
+            fr = trainer.fraction()
+            progress.update("train", int(round(fr * 1000)), 1000, psnr=round(trainer.psnr_estimate, 2),
+                            iteration=trainer.step)
+            if time.monotonic() - last_ckpt > trainer.cfg.checkpoint_seconds:
+                trainer.save(ckpt_path)
+                last_ckpt = time.monotonic()
+    except Cancelled:
+        trainer.save(ckpt_path)
+        progress.message(f"cancelled at iteration {trainer.step}; checkpoint saved, continue with --resume")
+        raise
+    trainer.save(ckpt_path)
+
+
+def _resize_stack(frames: np.ndarray, work: tuple[int, int]) -> np.ndarray:
+    """Working-resolution copy of the project's stored source frames (a resume needs no decode)."""
+    import cv2  # noqa: PLC0415
+
+    if frames.shape[2] == work[0] and frames.shape[1] == work[1]:
+        return np.array(frames)
+    return np.stack([cv2.resize(np.asarray(f), work, interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def _settings(cfg: TrainConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["frames"] = list(cfg.frames) if cfg.frames else None
+    return d
+
+
+def train_command(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    cfg = TrainConfig(frames=args.frames, max_side=args.max_side or DEFAULT_MAX_SIDE, masks=args.masks,
+                      iters=args.iters, minutes=args.minutes, device=args.device, seed=args.seed,
+                      single_layer=args.single_layer)
+    project = train_project(args.video, args.output, cfg, progress, resume=args.resume)
+    metrics = project.metrics()
+    return {"project": str(project.path.resolve()), **metrics,
+            "summary": f"project {project.path}: PSNR {metrics['psnr']:.2f} dB after {metrics['iterations']} "
+                       f"iterations ({metrics['train_seconds']:.0f} s)"}
