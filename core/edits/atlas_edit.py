@@ -66,18 +66,23 @@ def texture_box(ctx: RenderContext, tex: AtlasTexture, t: int) -> Box | None:
     """Rectangle of frame t (source px) whose uv can land on the texture's non-empty part."""
     if tex.bounds is None:
         return None
+    S = ctx.SCAN_STRIDE
+    sx, sy = ctx.W / ctx.w, ctx.H / ctx.h
+    # scan every S-th work pixel; widen the bounds by what uv can change between samples
+    # (S + 2 work pixels at twice the typical scale), so nothing is missed where uv is smooth
+    m = 2.0 * (S + 2) * max(sx, sy) / ctx.px_per_uv(tex.layer)
     u0, v0, u1, v1 = tex.bounds
-    uv = ctx.maps.uv[tex.layer][t]
-    hit = (uv[..., 0] >= u0) & (uv[..., 0] <= u1) & (uv[..., 1] >= v0) & (uv[..., 1] <= v1)
+    uv = ctx.maps.uv[tex.layer][t, ::S, ::S]
+    u, v = uv[..., 0], uv[..., 1]
+    hit = (u >= u0 - m) & (u <= u1 + m) & (v >= v0 - m) & (v <= v1 + m)
     rows = np.flatnonzero(hit.any(1))
     if rows.size == 0:
         return None
     cols = np.flatnonzero(hit.any(0))
-    sx, sy = ctx.W / ctx.w, ctx.H / ctx.h
-    x0 = max(0, int(np.floor(cols[0] * sx - sx)) - 1)
-    y0 = max(0, int(np.floor(rows[0] * sy - sy)) - 1)
-    x1 = min(ctx.W, int(np.ceil((cols[-1] + 1) * sx + sx)) + 1)
-    y1 = min(ctx.H, int(np.ceil((rows[-1] + 1) * sy + sy)) + 1)
+    x0 = max(0, int(np.floor((cols[0] * S - S) * sx)) - 1)
+    y0 = max(0, int(np.floor((rows[0] * S - S) * sy)) - 1)
+    x1 = min(ctx.W, int(np.ceil((cols[-1] * S + S + 1) * sx)) + 1)
+    y1 = min(ctx.H, int(np.ceil((rows[-1] * S + S + 1) * sy)) + 1)
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 

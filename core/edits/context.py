@@ -47,6 +47,10 @@ class RenderContext:
     INVERSE_GRID = 256
     #: a point whose forward(inverse(uv)) misses uv by more than this many pixels is not visible
     CYCLE_TOL_PX = 2.0
+    #: source-resolution maps kept (alpha + uv of each layer for the frame being rendered)
+    FULL_CACHE = 6
+    #: stride (work pixels) of the uv scan that finds where a texture can show in a frame
+    SCAN_STRIDE = 2
 
     def __init__(self, project: Project, mapping: LayeredMapping | None = None,
                  maps: BakedMaps | None = None, frames: np.ndarray | None = None) -> None:
@@ -65,6 +69,7 @@ class RenderContext:
         self._alpha = torch.from_numpy(np.ascontiguousarray(self.maps.alpha))[:, None]
         self._px_per_uv: dict[str, float] = {}
         self._inv_cache: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._full_cache: dict[tuple[str, int], torch.Tensor] = {}
 
     # -- mapping (networks) ------------------------------------------------------------
     @property
@@ -74,13 +79,6 @@ class RenderContext:
         return self._mapping
 
     # -- sampling the baked maps at source positions -----------------------------------
-    def _grid_box(self, box: Box) -> torch.Tensor:
-        x0, y0, x1, y1 = box
-        xn = (torch.arange(x0, x1, dtype=torch.float32) + 0.5) * (2.0 / self.W) - 1.0
-        yn = (torch.arange(y0, y1, dtype=torch.float32) + 0.5) * (2.0 / self.H) - 1.0
-        gy, gx = torch.meshgrid(yn, xn, indexing="ij")
-        return torch.stack([gx, gy], -1)[None]
-
     def _grid_points(self, xy: np.ndarray) -> torch.Tensor:
         p = torch.as_tensor(np.asarray(xy, np.float32)).reshape(1, 1, -1, 2)
         return p * torch.tensor([2.0 / self.W, 2.0 / self.H]) - 1.0
@@ -89,15 +87,37 @@ class RenderContext:
     def _sample(src: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
 
+    def _full(self, key: str, t: int) -> torch.Tensor:
+        """A baked map at source resolution for frame t: alpha [H, W] or a layer's uv [H, W, 2].
+
+        Bilinear with ``align_corners=False`` and clamped borders is exactly the
+        ``grid_sample`` convention at pixel centres; at equal sizes it is the map itself.
+        The last few frames are kept (layers of one frame share them).
+        """
+        k = (key, t)
+        hit = self._full_cache.get(k)
+        if hit is not None:
+            return hit
+        src = self._alpha[t:t + 1] if key == "alpha" else self._uv[key][t:t + 1]
+        if (self.w, self.h) != (self.W, self.H):
+            src = F.interpolate(src, size=(self.H, self.W), mode="bilinear", align_corners=False)
+        full = src[0, 0] if key == "alpha" else src[0].permute(1, 2, 0)
+        self._full_cache[k] = full
+        while len(self._full_cache) > self.FULL_CACHE:
+            self._full_cache.pop(next(iter(self._full_cache)))
+        return full
+
     def uv_box(self, layer: str, t: int, box: Box) -> torch.Tensor:
         """Atlas uv of the source pixels in ``box`` at frame t: [h, w, 2]."""
-        return self._sample(self._uv[layer][t:t + 1], self._grid_box(box)).permute(1, 2, 0)
+        x0, y0, x1, y1 = box
+        return self._full(layer, t)[y0:y1, x0:x1].contiguous()
 
     def alpha_box(self, t: int, box: Box) -> np.ndarray:
         """Foreground alpha of the source pixels in ``box`` at frame t: [h, w]."""
+        x0, y0, x1, y1 = box
         if not self.has_fg:
-            return np.zeros((box[3] - box[1], box[2] - box[0]), np.float32)
-        return self._sample(self._alpha[t:t + 1], self._grid_box(box))[0].numpy()
+            return np.zeros((y1 - y0, x1 - x0), np.float32)
+        return self._full("alpha", t)[y0:y1, x0:x1].numpy()
 
     def alpha_at(self, t: int, xy: np.ndarray) -> np.ndarray:
         """Foreground alpha at source points [N, 2] of frame t: [N]."""
@@ -147,9 +167,9 @@ class RenderContext:
         return self._px_per_uv[layer]
 
     def texture_res(self, layer: str) -> int:
-        """Atlas-space texture resolution that keeps about 1.5 texels per source pixel."""
-        need = 2.0 * self.px_per_uv(layer) * 1.5
-        return int(np.clip(2 ** np.ceil(np.log2(max(need, 1.0))), 256, 2048))
+        """Atlas-space texture resolution: about 1.25 texels per source pixel (multiple of 64)."""
+        need = 2.0 * self.px_per_uv(layer) * 1.25
+        return int(np.clip(64 * np.ceil(need / 64.0), 256, 2048))
 
     # -- networks: batched, cached ---------------------------------------------------------
     def visible(self, layer: str, uv: np.ndarray, xy: np.ndarray, t: np.ndarray, margin: float = 0.0) -> np.ndarray:

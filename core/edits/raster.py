@@ -14,7 +14,6 @@ import math
 
 import cv2
 import numpy as np
-import torch
 
 from core.edits.context import Box
 
@@ -53,30 +52,29 @@ def stroke_coverage(a: np.ndarray, b: np.ndarray, radius: float, W: int, H: int)
     pa, pb, mid = pa[keep], pb[keep], mid[keep]
     if len(pa) == 0:
         return None
-    K = int(math.ceil(PIECE_PX + 2 * radius + 2)) + 1
-    ta = torch.from_numpy(pa.astype(np.float32))
-    tb = torch.from_numpy(pb.astype(np.float32))
-    origin = torch.from_numpy(np.floor(mid - K / 2).astype(np.int64))  # [P, 2]
-    off = torch.arange(K)
-    px = origin[:, 0:1, None] + off[None, None, :]  # [P, 1, K]
-    py = origin[:, 1:2, None] + off[None, :, None]  # [P, K, 1]
-    cx = px.float() + 0.5
-    cy = py.float() + 0.5
-    d = tb - ta
-    dd = (d * d).sum(-1).clamp_min(1e-12)
-    ax, ay = ta[:, 0, None, None], ta[:, 1, None, None]
-    s = (((cx - ax) * d[:, 0, None, None] + (cy - ay) * d[:, 1, None, None]) / dd[:, None, None]).clamp(0.0, 1.0)
-    ex = cx - (ax + s * d[:, 0, None, None])
-    ey = cy - (ay + s * d[:, 1, None, None])
-    cov = (radius + 0.5 - torch.sqrt(ex * ex + ey * ey)).clamp(0.0, 1.0)  # [P, K, K]
+    longest = float(np.linalg.norm(pb - pa, axis=1).max())
+    K = int(math.ceil(longest + 2 * radius + 2)) + 1
+    origin = np.floor(mid - K / 2).astype(np.int64)  # [P, 2]
+    off = np.arange(K)
+    px = origin[:, 0, None, None] + off[None, None, :]  # [P, 1, K]
+    py = origin[:, 1, None, None] + off[None, :, None]  # [P, K, 1]
+    d = (pb - pa).astype(np.float32)
+    dd = np.maximum((d * d).sum(-1), 1e-12)
+    # pixel centre relative to the piece start
+    rx = (px + 0.5 - pa[:, 0, None, None]).astype(np.float32)
+    ry = (py + 0.5 - pa[:, 1, None, None]).astype(np.float32)
+    dx, dy = d[:, 0, None, None], d[:, 1, None, None]
+    s = np.clip((rx * dx + ry * dy) / dd[:, None, None], 0.0, 1.0)
+    ex = rx - s * dx
+    ey = ry - s * dy
+    cov = np.clip(np.float32(radius + 0.5) - np.sqrt(ex * ex + ey * ey), 0.0, 1.0)  # [P, K, K]
     bw, bh = x1 - x0, y1 - y0
-    lx = (px - x0).expand(-1, K, K)
-    ly = (py - y0).expand(-1, K, K)
+    lx = np.broadcast_to(px - x0, cov.shape)
+    ly = np.broadcast_to(py - y0, cov.shape)
     inside = (lx >= 0) & (lx < bw) & (ly >= 0) & (ly < bh) & (cov > 0)
-    flat = (ly * bw + lx)[inside]
-    canvas = torch.zeros(bh * bw)
-    canvas.scatter_reduce_(0, flat, cov[inside], reduce="amax", include_self=True)
-    out = canvas.reshape(bh, bw).numpy()
+    out = np.zeros(bh * bw, np.float32)
+    np.maximum.at(out, (ly * bw + lx)[inside], cov[inside])
+    out = out.reshape(bh, bw)
     return (x0, y0, x1, y1), out
 
 

@@ -19,7 +19,7 @@ import torch
 from core.edits.context import Patch, RenderContext
 from core.edits.paint import AdjustRenderer, AtlasPaintRenderer, PaintRenderer
 from core.edits.render import composite
-from core.edits.sketch import CarriedStroke, SketchRenderer
+from core.edits.sketch import SketchRenderer, StrokeCache
 from core.edits.spec import (AdjustLayer, AtlasLayer, EditLayer, PaintLayer, SketchLayer, StickerLayer,
                              load_edits, parse_edits)
 from core.edits.sticker import DeformStickerRenderer, RigidStickerRenderer
@@ -52,7 +52,7 @@ class Renderer(Protocol):
     def render(self, ctx: RenderContext, t: int) -> list[Patch]: ...
 
 
-def make_renderer(spec: EditLayer, stroke_cache: dict[str, CarriedStroke]) -> Renderer:
+def make_renderer(spec: EditLayer, stroke_cache: StrokeCache) -> Renderer:
     if isinstance(spec, SketchLayer):
         return SketchRenderer(spec, stroke_cache)
     if isinstance(spec, PaintLayer):
@@ -81,7 +81,7 @@ class EditSession:
         self.ctx = RenderContext(project, mapping=mapping, maps=maps)
         self.layers: list[EditLayer] = []
         self._renderers: dict[str, Renderer] = {}
-        self._strokes: dict[str, CarriedStroke] = {}
+        self._strokes = StrokeCache()
         self._patches: OrderedDict[tuple[str, int], list[Patch]] = OrderedDict()
         self._patch_bytes = 0
         self.cache_bytes = cache_bytes

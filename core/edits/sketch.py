@@ -10,7 +10,9 @@ is applied per pixel by the foreground alpha.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -80,29 +82,56 @@ def render_stroke(ctx: RenderContext, stroke: Stroke, carried: CarriedStroke, t:
     return Patch(box[0], box[1], rgb.astype(np.float32), alpha.astype(np.float32))
 
 
+class StrokeCache:
+    """Session-wide memo of carried strokes and their per-frame patches.
+
+    Adding a stroke to a layer changes the layer's key, but the other strokes' carried
+    vertices and rasterized patches stay valid: only the new stroke costs anything.
+    """
+
+    MAX_PATCHES = 20000
+
+    def __init__(self) -> None:
+        self.carried: dict[str, CarriedStroke] = {}
+        self.patches: OrderedDict[tuple[str, int], Patch | None] = OrderedDict()
+
+    def patch(self, key: str, t: int, make: Callable[[], Patch | None]) -> Patch | None:
+        k = (key, t)
+        if k in self.patches:
+            self.patches.move_to_end(k)
+            return self.patches[k]
+        p = make()
+        self.patches[k] = p
+        if len(self.patches) > self.MAX_PATCHES:
+            self.patches.popitem(last=False)
+        return p
+
+
 class SketchRenderer:
     """A sketch layer: strokes carried once (cached per stroke), rasterized per frame."""
 
-    def __init__(self, spec: SketchLayer, stroke_cache: dict[str, CarriedStroke] | None = None) -> None:
+    def __init__(self, spec: SketchLayer, cache: StrokeCache | None = None) -> None:
         self.spec = spec
-        self._cache = stroke_cache if stroke_cache is not None else {}
+        self._cache = cache if cache is not None else StrokeCache()
         self._carried: list[CarriedStroke] | None = None
+        self._keys: list[str] = []
 
     def prepare(self, ctx: RenderContext) -> None:
-        carried = []
+        carried, keys = [], []
         for s in self.spec.strokes:
             k = stroke_key(s, self.spec.t, self.spec.layer)
-            if k not in self._cache:
-                self._cache[k] = carry_stroke(ctx, s, self.spec.t, self.spec.layer)
-            carried.append(self._cache[k])
-        self._carried = carried
+            if k not in self._cache.carried:
+                self._cache.carried[k] = carry_stroke(ctx, s, self.spec.t, self.spec.layer)
+            carried.append(self._cache.carried[k])
+            keys.append(f"{k}|{s.color}|{s.width}")
+        self._carried, self._keys = carried, keys
 
     def render(self, ctx: RenderContext, t: int) -> list[Patch]:
         if self._carried is None:
             self.prepare(ctx)
         out = []
-        for s, c in zip(self.spec.strokes, self._carried):
-            p = render_stroke(ctx, s, c, t)
+        for s, c, k in zip(self.spec.strokes, self._carried, self._keys):
+            p = self._cache.patch(k, t, lambda: render_stroke(ctx, s, c, t))
             if p is not None:
                 out.append(p)
         return out
