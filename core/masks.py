@@ -211,14 +211,15 @@ def _carry_weight(frames: np.ndarray, t: int, s: int, to_s: np.ndarray, ok: np.n
     return (ok & (diff < PHOTO_TOL)).astype(np.float32)
 
 
-def _anchor(carried: np.ndarray, ev: np.ndarray, near: np.ndarray) -> np.ndarray:
+def _anchor(carried: np.ndarray, ev: np.ndarray, near: np.ndarray, flat: np.ndarray) -> np.ndarray:
     """Where a frame has its own evidence for most of the carried object, keep the carried
-    mask only close to that evidence: small leaks at the outline then cannot pile up along
-    the object's path. Frames with little evidence (a pause, a mostly still object with a
+    mask only close to that evidence or on flat areas (whose motion shows only at their
+    outline, like a smooth body): small leaks at the outline then cannot pile up along the
+    object's path. Frames with little evidence (a pause, a mostly still object with a
     moving part) keep everything that was carried."""
     own = int(ev.sum())
     if own and own >= ANCHOR * int((carried > 0.5).sum()):
-        return carried * (cv2.dilate(ev.astype(np.uint8), near) > 0)
+        return carried * ((cv2.dilate(ev.astype(np.uint8), near) > 0) | flat)
     return carried
 
 
@@ -227,16 +228,17 @@ def _carry(core: np.ndarray, ev: np.ndarray, frames: np.ndarray, flow: FlowField
     t_count, h, w = core.shape
     grid = _grid(h, w)
     near = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (4 * EDGE_PX + 1, 4 * EDGE_PX + 1))
+    flat = np.stack([_texture(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32)) < MIN_TEXTURE for f in frames])
     fwd_pass = core.astype(np.float32)
     for t in range(1, t_count):
         # frame t's pixel p continues p + bwd[t-1](p) of frame t-1
         wgt = _carry_weight(frames, t, t - 1, flow.bwd[t - 1], flow.bwd_ok[t - 1], grid)
-        prev = _anchor(DECAY * sample(fwd_pass[t - 1], grid + flow.bwd[t - 1]) * wgt, ev[t], near)
+        prev = _anchor(DECAY * sample(fwd_pass[t - 1], grid + flow.bwd[t - 1]) * wgt, ev[t], near, flat[t])
         fwd_pass[t] = np.maximum(fwd_pass[t], prev)
     bwd_pass = core.astype(np.float32)
     for t in range(t_count - 2, -1, -1):
         wgt = _carry_weight(frames, t, t + 1, flow.fwd[t], flow.fwd_ok[t], grid)
-        nxt = _anchor(DECAY * sample(bwd_pass[t + 1], grid + flow.fwd[t]) * wgt, ev[t], near)
+        nxt = _anchor(DECAY * sample(bwd_pass[t + 1], grid + flow.fwd[t]) * wgt, ev[t], near, flat[t])
         bwd_pass[t] = np.maximum(bwd_pass[t], nxt)
     return np.maximum(fwd_pass, bwd_pass)
 
