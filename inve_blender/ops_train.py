@@ -26,6 +26,27 @@ def train_args(video: str, project: str, frames: tuple[int, int], max_side: int,
     return args
 
 
+# What the engine writes into a project folder before project.json exists (a run cancelled
+# while loading or preprocessing); dot-files are its temporary files of atomic writes.
+ENGINE_PARTIALS = {"cache", "frames.npy", "checkpoint.pt", "maps.npz", "metrics.json", "atlas_bg.png",
+                   "atlas_fg.png"}
+
+
+def clear_partial_project(path: str) -> bool:
+    """Remove the add-on's own project folder when a cancelled run left only partial engine
+    files (no project.json): the engine refuses such a folder, and nothing in it is resumable.
+    Anything unexpected inside keeps the folder untouched."""
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "project.json")):
+        return False
+    entries = os.listdir(path)
+    if not entries or any(e not in ENGINE_PARTIALS and not e.startswith(".") for e in entries):
+        return False
+    import shutil
+
+    shutil.rmtree(path)
+    return True
+
+
 class INVE_OT_train(bpy.types.Operator):
     """Fit the neural atlases to the active movie strip's visible frames (runs in the background)"""
 
@@ -53,6 +74,8 @@ class INVE_OT_train(bpy.types.Operator):
         except ValueError as exc:
             self.report({"ERROR"}, f"'{strip.name}': {exc}")
             return {"CANCELLED"}
+        if clear_partial_project(ws.project):
+            self.report({"INFO"}, "Removed the unfinished project of a run cancelled before it saved anything")
         resume = os.path.isfile(os.path.join(ws.project, "project.json"))
         args = train_args(strips.abs_path(strip.filepath), ws.project, frames, s.working_side(), s.minutes,
                           s.device, s.single_layer, resume)

@@ -123,13 +123,15 @@ class ProgressState:
         elif kind == "message":
             self.message = str(ev.get("message", ""))
         elif kind == "done":
-            self.finished, self.ok = True, True
+            # `finished` waits for the process to exit (Worker._finish): only then is the
+            # result complete and the exit status known (130 = cancelled).
+            self.ok = True
             self.result = {k: v for k, v in ev.items() if k != "event"}
             psnr = _number(ev.get("psnr"))
             if psnr is not None:
                 self.psnr = psnr
         elif kind == "error":
-            self.finished, self.ok = True, False
+            self.ok = False
             self.error = str(ev.get("message", "the engine failed"))
 
     def status_text(self) -> str:
@@ -201,6 +203,7 @@ class Worker:
         except OSError as exc:
             self.state.apply({"event": "error", "message": f"cannot start the engine ({self.cmd[0]}): {exc}"})
             self.returncode = -1
+            self.state.finished = True
             return self
         out = threading.Thread(target=self._read_stdout, name="inve-worker-stdout", daemon=True)
         err = threading.Thread(target=self._read_stderr, name="inve-worker-stderr", daemon=True)
@@ -278,18 +281,17 @@ class Worker:
                 self.state.apply(ev)
 
     def _finish(self) -> None:
+        """The process exited: its status decides (events only describe the way there)."""
         st = self.state
         rc = self.returncode
+        st.finished = True
         if rc == EXIT_CANCELLED or (self._cancel_requested and rc != 0):
-            st.finished, st.ok, st.cancelled = True, False, True
+            st.ok, st.cancelled = False, True
             st.error = st.error or "cancelled"
-            return
-        if rc == 0 and not st.finished:
-            # `inve info` prints plain JSON, not events; a success without 'done' is still a success
-            st.finished, st.ok = True, True
-            return
-        if rc != 0:
-            st.finished, st.ok = True, False
+        elif rc == 0:
+            st.ok, st.error = True, ""
+        else:
+            st.ok = False
             if not st.error:
                 st.error = self.stderr_tail[-1] if self.stderr_tail else f"the engine exited with status {rc}"
 

@@ -136,6 +136,7 @@ STROKE_SCENE_FRAME = 6  # source frame 3
 STROKE_SRC = [(52.0, 30.0), (68.0, 30.0), (84.0, 34.0), (98.0, 44.0)]  # source pixels on frame 3
 STROKE_WIDTH = 4.0
 CHECK_SOURCE_FRAMES = (1, 7, 11)
+STICKER_CENTER = (130.0, 70.0)  # a 12x12 blue sticker on frame 3
 # Ground truth says where the stroke must be; a network trained for a few seconds on two CPU
 # cores is accurate to a few pixels (its PSNR is printed). Tolerance in source pixels:
 TOL_PX = 3.0
@@ -194,13 +195,19 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
     movie = tmp_path / "pan.mp4"
     write_movie(movie, list(clip.frames), fps=24.0)
     minutes = float(os.environ.get("INVE_TEST_TRAIN_MINUTES", "0.75"))
+    sticker = np.zeros((12, 12, 4), np.uint8)
+    sticker[..., 2] = sticker[..., 3] = 255  # an opaque blue square
+    iio.imwrite(tmp_path / "blue.png", sticker)
     r = run_child("e2e", {"zip": str(extension_zip), "clip": str(movie), "tmp": str(tmp_path),
+                          "sticker": str(tmp_path / "blue.png"), "sticker_center": STICKER_CENTER,
                           "minutes": minutes, "stroke_src": STROKE_SRC, "width": STROKE_WIDTH,
                           "strip_start": STRIP_START, "trim": TRIM, "stroke_frame": STROKE_SCENE_FRAME},
                   tmp_path, timeout=900)
     print(f"e2e scenario: {r['_seconds']:.1f} s, train {r['train_seconds']:.1f} s, PSNR {r['psnr']}")
     # the project lives next to the saved .blend
     assert Path(r["project_dir"]) == tmp_path / "inve" / "pan" / "project"
+    assert r["cancelled"] and "cancelled" in r["cancel_outcome"] and not r["busy_after_cancel"], \
+        (r["progress_seen"], r["cancel_outcome"])
     assert r["train_ok"], r["train_state"]
     assert r["trained"] and isinstance(r["psnr"], (int, float))
     # the sketch layer sits on the source frame of the scene frame it was drawn on
@@ -225,6 +232,18 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
         print(f"frame {j}: stroke shift {np.mean(expected - np.array(_expected_polyline(clip, k, k)), 0)} px, "
               f"recall {recall:.2f}, precision {precision:.2f}")
         assert recall >= 0.9 and precision >= 0.9, (j, recall, precision)
+    # the sticker (placed on frame k, rigid) follows the background's known motion
+    sl = r["sticker_layer"]
+    assert sl["type"] == "sticker" and sl["frame"] == k and sl["center"] == list(STICKER_CENTER)
+    assert Path(sl["image"]).parent == tmp_path / "inve" / "pan" / "edits", "a copy is kept with the edits"
+    for j in CHECK_SOURCE_FRAMES:
+        edited = iio.imread(out_dir / f"{j:04d}.png")[..., :3].astype(np.int32)
+        ys, xs = np.nonzero(edited[..., 2] - np.maximum(edited[..., 0], edited[..., 1]) > 150)
+        want = clip.gt.inverse("bg", clip.gt.forward("bg", np.array([STICKER_CENTER]), np.array([float(k)])),
+                               np.array([float(j)]))[0]
+        got = np.array([xs.mean() + 0.5, ys.mean() + 0.5]) if len(xs) else np.array([np.nan, np.nan])
+        print(f"sticker frame {j}: {len(xs)} px at {got}, truth {want}")
+        assert 0.6 * 144 <= len(xs) <= 1.4 * 144 and np.linalg.norm(got - want) <= TOL_PX, (j, len(xs), got, want)
     # the rendered movie (VSE, 2x render size) shows the stroke at the same places
     video = iio.imread(r["render_path"], index=None)
     assert video.shape[0] == r["render_frames"] and video.shape[1:3] == (192, 320)
@@ -470,6 +489,26 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     s = scene.inve
     s.quality, s.max_side, s.minutes, s.single_layer, s.device = "CUSTOM", 160, args["minutes"], True, "cpu"
 
+    # Train, then Cancel, through the interactive path: timers never fire under the bpy module,
+    # so this drives the timer callback by hand, as Blender's event loop would.
+    real_interactive = jobs.interactive
+    jobs.interactive = lambda: True
+    try:
+        bpy.ops.inve.train()
+        job = jobs.current()
+        deadline = time.monotonic() + 120
+        while not job.state.stage and not job.state.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
+            assert jobs._tick() is not None or job.state.finished
+        out["progress_seen"] = job.state.status_text()
+        bpy.ops.inve.cancel()
+        while jobs._tick() is not None and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
+        out["cancelled"], out["cancel_outcome"] = job.state.cancelled, job.outcome
+        out["busy_after_cancel"] = jobs.busy()
+    finally:
+        jobs.interactive = real_interactive
+
     t0 = time.monotonic()
     bpy.ops.inve.train()  # background: the worker runs to completion right here
     out["train_seconds"] = time.monotonic() - t0
@@ -487,6 +526,9 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     scene.frame_set(args["stroke_frame"])
     bpy.ops.inve.add_strokes(source="GPENCIL", as_region="LINE")
     out["layer"] = {"type": s.layers[-1].kind, **json.loads(s.layers[-1].data)}
+    cx, cy = args["sticker_center"]
+    bpy.ops.inve.add_sticker(filepath=args["sticker"], center_x=cx, center_y=cy, scale=1.0)
+    out["sticker_layer"] = {"type": s.layers[-1].kind, "image": s.layers[-1].image, **json.loads(s.layers[-1].data)}
 
     def describe(strip: Any) -> dict[str, Any]:
         return {"name": strip.name, "channel": strip.channel, "frame_final_start": strip.frame_final_start,
