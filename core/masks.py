@@ -13,13 +13,14 @@ neighbouring frames (forward and backward, fading slowly).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from core.errors import InveError
-from core.flow import FlowField, sample, _grid
+from core.flow import FlowField, _grid, norm2, sample
 from core.video import list_images, read_image
 
 # --- automatic masks (working-resolution pixels; sizes relative to the frame) ---
@@ -141,7 +142,7 @@ def _camera_residual(flow: np.ndarray, ok: np.ndarray, textured: np.ndarray,
         return None
     pts = grid.reshape(-1, 1, 2)
     cam = cv2.perspectiveTransform(pts, H).reshape(h, w, 2) - grid
-    res = np.linalg.norm(flow - cam, axis=-1)
+    res = norm2(flow - cam)
     inliers = inl.ravel().astype(bool) & textured[ys, xs]
     typical = float(np.median(res[ys[inliers], xs[inliers]])) if inliers.any() else 0.0
     return res, typical
@@ -161,12 +162,33 @@ def _clean(mask: np.ndarray, min_area: int) -> np.ndarray:
     # fill holes: background is what the border reaches
     inv = (1 - m).astype(np.uint8)
     n2, lab2, _, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
-    border = np.unique(np.concatenate([lab2[0], lab2[-1], lab2[:, 0], lab2[:, -1]]))
-    outside = np.isin(lab2, border) & (inv > 0)
+    touches = np.zeros(n2, bool)
+    touches[np.concatenate([lab2[0], lab2[-1], lab2[:, 0], lab2[:, -1]])] = True
+    outside = touches[lab2] & (inv > 0)
     return ~outside
 
 
-def motion_evidence(frames: np.ndarray, flow: FlowField) -> np.ndarray:
+@dataclass
+class _Continuity:
+    """``nxt[t]``: frame t's pixel continues into frame t+1 along fwd[t] (consistent, same colour);
+    ``prv[t-1]``: frame t's pixel continues into frame t-1 along bwd[t-1]. Both bool [T-1, h, w]."""
+
+    nxt: np.ndarray
+    prv: np.ndarray
+
+    @classmethod
+    def compute(cls, frames: np.ndarray, flow: FlowField) -> "_Continuity":
+        h, w = frames.shape[1:3]
+        grid = _grid(h, w)
+        nxt = np.zeros(flow.fwd_ok.shape, bool)
+        prv = np.zeros(flow.bwd_ok.shape, bool)
+        for t in range(flow.n_pairs):
+            nxt[t] = _carry_weight(frames, t, t + 1, flow.fwd[t], flow.fwd_ok[t], grid) > 0
+            prv[t] = _carry_weight(frames, t + 1, t, flow.bwd[t], flow.bwd_ok[t], grid) > 0
+        return cls(nxt, prv)
+
+
+def motion_evidence(frames: np.ndarray, flow: FlowField, cont: "_Continuity | None" = None) -> np.ndarray:
     """bool [T, h, w]: pixels of each frame that move against the camera motion to a neighbour.
 
     A vector counts only where it is forward-backward consistent, has texture nearby (flow
@@ -175,7 +197,7 @@ def motion_evidence(frames: np.ndarray, flow: FlowField) -> np.ndarray:
     """
     t_count, h, w = frames.shape[:3]
     rng = np.random.default_rng(0)
-    grid = _grid(h, w)
+    cont = cont or _Continuity.compute(frames, flow)
     ev = np.zeros((t_count, h, w), bool)
     min_area = int(MIN_BLOB * h * w)
     for t in range(t_count):
@@ -184,17 +206,20 @@ def motion_evidence(frames: np.ndarray, flow: FlowField) -> np.ndarray:
         near_texture = cv2.dilate(textured.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
         moving = np.zeros((h, w), bool)
         # frame t's pixels carry two flows: to t+1 (fwd[t]) and to t-1 (bwd[t-1])
-        for i, s, fl, ok in ((t, t + 1, flow.fwd, flow.fwd_ok), (t - 1, t - 1, flow.bwd, flow.bwd_ok)):
+        for i, fl, ok, same_all in ((t, flow.fwd, flow.fwd_ok, cont.nxt), (t - 1, flow.bwd, flow.bwd_ok, cont.prv)):
             if not 0 <= i < flow.n_pairs:
                 continue
             fit = _camera_residual(fl[i], ok[i], textured, rng)
             if fit is None:
                 continue
             res, typical = fit
-            same = _carry_weight(frames, t, s, fl[i], ok[i], grid) > 0
+            same = same_all[i]
             moving |= same & near_texture & (res > max(MIN_RESIDUAL_PX, NOISE_FACTOR * typical))
         ev[t] = _clean(moving, min_area) if moving.any() else moving
     return ev
+
+
+_MEAN3 = np.full((1, 3), 1.0 / 3.0, np.float32)
 
 
 def _carry_weight(frames: np.ndarray, t: int, s: int, to_s: np.ndarray, ok: np.ndarray,
@@ -206,7 +231,7 @@ def _carry_weight(frames: np.ndarray, t: int, s: int, to_s: np.ndarray, ok: np.n
     the object), which would otherwise leave a trail behind anything moving slowly.
     """
     warped = sample(frames[s].astype(np.float32), grid + to_s)
-    diff = np.abs(warped - frames[t].astype(np.float32)).mean(axis=-1)
+    diff = cv2.transform(cv2.absdiff(warped, frames[t].astype(np.float32)), _MEAN3).reshape(warped.shape[:2])
     diff = cv2.blur(diff, (PHOTO_WINDOW, PHOTO_WINDOW))  # a patch: one pixel can match by chance
     return (ok & (diff < PHOTO_TOL)).astype(np.float32)
 
@@ -223,7 +248,8 @@ def _anchor(carried: np.ndarray, ev: np.ndarray, near: np.ndarray, flat: np.ndar
     return carried
 
 
-def _carry(core: np.ndarray, ev: np.ndarray, frames: np.ndarray, flow: FlowField) -> np.ndarray:
+def _carry(core: np.ndarray, ev: np.ndarray, frames: np.ndarray, flow: FlowField,
+           cont: _Continuity) -> np.ndarray:
     """Spread evidence ``core`` along the flow in both directions with a slow fade (covers pauses)."""
     t_count, h, w = core.shape
     grid = _grid(h, w)
@@ -232,12 +258,12 @@ def _carry(core: np.ndarray, ev: np.ndarray, frames: np.ndarray, flow: FlowField
     fwd_pass = core.astype(np.float32)
     for t in range(1, t_count):
         # frame t's pixel p continues p + bwd[t-1](p) of frame t-1
-        wgt = _carry_weight(frames, t, t - 1, flow.bwd[t - 1], flow.bwd_ok[t - 1], grid)
+        wgt = cont.prv[t - 1]
         prev = _anchor(DECAY * sample(fwd_pass[t - 1], grid + flow.bwd[t - 1]) * wgt, ev[t], near, flat[t])
         fwd_pass[t] = np.maximum(fwd_pass[t], prev)
     bwd_pass = core.astype(np.float32)
     for t in range(t_count - 2, -1, -1):
-        wgt = _carry_weight(frames, t, t + 1, flow.fwd[t], flow.fwd_ok[t], grid)
+        wgt = cont.nxt[t]
         nxt = _anchor(DECAY * sample(bwd_pass[t + 1], grid + flow.fwd[t]) * wgt, ev[t], near, flat[t])
         bwd_pass[t] = np.maximum(bwd_pass[t], nxt)
     return np.maximum(fwd_pass, bwd_pass)
@@ -249,7 +275,8 @@ def auto_masks(frames: np.ndarray, flow: FlowField) -> np.ndarray | None:
     t_count, h, w = frames.shape[:3]
     if t_count < 2:
         return None
-    ev = motion_evidence(frames, flow)
+    cont = _Continuity.compute(frames, flow)
+    ev = motion_evidence(frames, flow, cont)
     area = ev.reshape(t_count, -1).mean(axis=1)
     moving = area > MIN_BLOB
     if moving.mean() < MIN_MOVING_FRAMES:
@@ -261,7 +288,7 @@ def auto_masks(frames: np.ndarray, flow: FlowField) -> np.ndarray | None:
     # frame after frame. So only the eroded core is carried and grown back afterwards.
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * EDGE_PX + 1, 2 * EDGE_PX + 1))
     core_ev = np.stack([cv2.erode(e.astype(np.uint8), k) for e in ev]).astype(bool)
-    soft = _carry(core_ev, ev, frames, flow)
+    soft = _carry(core_ev, ev, frames, flow, cont)
     min_area = int(MIN_BLOB * h * w)
     out = np.zeros((t_count, h, w), np.float32)
     for t in range(t_count):

@@ -74,8 +74,11 @@ def _load_npz(path: Path, key: str) -> dict[str, np.ndarray] | None:
 
 
 def _round_flow(fl: FlowField) -> FlowField:
-    return FlowField(fl.fwd.astype(np.float16).astype(np.float32), fl.bwd.astype(np.float16).astype(np.float32),
-                     fl.fwd_ok, fl.bwd_ok)
+    """Round to float16 precision in place (no second float32 copy of the flow at peak)."""
+    for a in (fl.fwd, fl.bwd):
+        for t in range(a.shape[0]):
+            a[t] = a[t].astype(np.float16)
+    return fl
 
 
 def _save_flow(path: Path, fl: FlowField, key: str) -> None:
