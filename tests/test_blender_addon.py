@@ -125,6 +125,10 @@ def test_install_ui_logic_and_clean_unregister(extension_zip: Path, tmp_path: Pa
         "the render shows the image strip above the movie"
     assert r["layer_order_after_move"] == ["B", "A", "C"] and r["layers_after_remove"] == ["B", "C"]
     assert "Engine Python not found" in r["missing_engine_error"]
+    assert "No visible layers" in r["poll_propagate_no_layers"] and "Nothing is running" in r["poll_cancel_idle"]
+    assert "No trained project for 'noise'" in r["no_project_error"] and "Train" in r["no_project_error"]
+    assert "No trained project for 'noise'" in r["propagate_no_project"]
+    assert r["fps30_range"] == [2, 12] and r["movieclips_left"] == 0
     assert r["unregistered"], "every class is gone after disabling"
 
 
@@ -452,6 +456,21 @@ def child_install(args: dict[str, Any]) -> dict[str, Any]:
     s.active_layer = 1
     bpy.ops.inve.layer_remove()
     out["layers_after_remove"] = [it.name for it in s.layers]
+
+    # other refusals a user meets, each with its reason
+    out["propagate_no_project"] = _poll_error(bpy.ops.inve.propagate)  # layers B, C but no project
+    s.layers.clear()
+    out["poll_propagate_no_layers"] = _poll_error(bpy.ops.inve.propagate)
+    out["poll_cancel_idle"] = _poll_error(bpy.ops.inve.cancel)
+    scene.sequence_editor.active_strip = movie
+    out["no_project_error"] = _poll_error(bpy.ops.inve.add_strokes)
+    # a 24 fps clip in a 30 fps scene: Blender's API adds it frame for frame (no retiming), and
+    # finding that out leaves no Movie Clip datablock behind
+    ops_common = import_module(ADDON_MODULE + ".ops_common")
+    scene.render.fps = 30
+    out["fps30_range"] = list(ops_common.timing(bpy.context, movie).visible_source_range())
+    out["movieclips_left"] = len(bpy.data.movieclips)
+    scene.render.fps = 24
 
     # engine missing: a clear report, not a traceback
     prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences

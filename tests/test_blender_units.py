@@ -329,3 +329,45 @@ def test_engine_resolution_and_check(tmp_path: Path) -> None:
     assert any(r.startswith("torch") for r in reqs)
     cmd = engine_env.install_command("/py", "/deps", reqs)
     assert cmd[:4] == ["/py", "-m", "pip", "install"] and "--target" in cmd and cmd[-len(reqs):] == reqs
+
+
+def test_engine_check_explains_missing_torch(tmp_path: Path) -> None:
+    """A bare Python (like Blender's own) gets the one-line way out, not a traceback."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    bare = tmp_path / "bare" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    status = engine_env.check(engine_env.resolve(str(bare), None))
+    assert not status.ok
+    assert status.message.startswith("The engine needs torch, numpy"), status.message
+    assert "Install Dependencies" in status.message and "Engine Python" in status.message
+    assert "core" not in status.message.split(":")[0], "the bundled engine itself is found via PYTHONPATH"
+
+
+def test_annotation_reader_converts_layers_frames_and_points() -> None:
+    """RNA cannot create annotation strokes, so this reads plain objects shaped like them
+    (layers -> frames -> strokes -> points.co, in preview View2D coordinates)."""
+    from types import SimpleNamespace as NS
+
+    def stroke(*pts: tuple[float, float]) -> NS:
+        return NS(points=[NS(co=(x, y, 0.0)) for x, y in pts])
+
+    ink = NS(annotation_hide=False, color=(0.0, 0.5, 1.0), annotation_opacity=0.8, thickness=6, frames=[
+        NS(frame_number=1, strokes=[stroke((0, 0), (100, 50))]),
+        NS(frame_number=10, strokes=[stroke((-960, 540))]),
+    ])
+    hidden = NS(annotation_hide=True, color=(1, 1, 1), thickness=3, frames=[NS(frame_number=1, strokes=[stroke((5, 5))])])
+    data = NS(layers=[ink, hidden])
+    # 960x540 clip fitted (x2) into a 1920x1080 render
+    pl = StripPlacement(render_size=(1920, 1080), source_size=(960, 540), scale=(2.0, 2.0))
+    got = strokes.read_annotation_strokes(data, 5, pl)  # frame 5: the key drawn on frame 1 holds
+    assert len(got) == 1
+    assert got[0].points == [pytest.approx((480, 270)), pytest.approx((530, 245))]
+    assert got[0].color == (0.0, 0.5, 1.0, 0.8) and got[0].width == pytest.approx(3.0)
+    (late,) = strokes.read_annotation_strokes(data, 12, pl)
+    assert late.points == [pytest.approx((0, 0))]
+    assert strokes.read_annotation_strokes(data, 0, pl) == []
+    assert strokes.read_annotation_strokes(None, 5, pl) == []
+    # 5.0 keeps them in `annotation`, 4.x in `grease_pencil`
+    assert strokes.annotation_data(NS(annotation=data)) is data
+    assert strokes.annotation_data(NS(grease_pencil=data)) is data
