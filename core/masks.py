@@ -266,7 +266,7 @@ def _carry(core: np.ndarray, ev: np.ndarray, frames: np.ndarray, flow: FlowField
         wgt = cont.nxt[t]
         nxt = _anchor(DECAY * sample(bwd_pass[t + 1], grid + flow.fwd[t]) * wgt, ev[t], near, flat[t])
         bwd_pass[t] = np.maximum(bwd_pass[t], nxt)
-    return np.maximum(fwd_pass, bwd_pass)
+    return np.maximum(fwd_pass, bwd_pass, out=fwd_pass)
 
 
 def auto_masks(frames: np.ndarray, flow: FlowField) -> np.ndarray | None:
@@ -290,11 +290,10 @@ def auto_masks(frames: np.ndarray, flow: FlowField) -> np.ndarray | None:
     core_ev = np.stack([cv2.erode(e.astype(np.uint8), k) for e in ev]).astype(bool)
     soft = _carry(core_ev, ev, frames, flow, cont)
     min_area = int(MIN_BLOB * h * w)
-    out = np.zeros((t_count, h, w), np.float32)
-    for t in range(t_count):
+    for t in range(t_count):  # in place: no second [T, h, w] float array at peak
         m = (cv2.dilate((soft[t] > 0.5).astype(np.uint8), k) > 0) | ev[t]
-        out[t] = _clean(m, min_area) if m.any() else m
-    return out
+        soft[t] = _clean(m, min_area) if m.any() else m
+    return soft
 
 
 def save_mask_preview(frames: np.ndarray, masks: np.ndarray, path: Path, count: int = 6,
