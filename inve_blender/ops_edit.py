@@ -59,8 +59,13 @@ def collect_strokes(op: bpy.types.Operator, context: bpy.types.Context, strip: o
         where = "annotation strokes in the Sequencer preview on this frame"
     else:
         found = []
+        objects = gp_objects(context)
+        if not objects:
+            op.report({"ERROR"}, "No Grease Pencil objects in the scene (Grease Pencil v3: Blender 4.3 or newer); "
+                                 "or draw with the Annotate tool in the Sequencer preview")
+            return None
         try:
-            for obj in gp_objects(context):
+            for obj in objects:
                 found += strokes.read_gp_object_strokes(obj, scene, scene.frame_current, placement)
         except ValueError as exc:
             op.report({"ERROR"}, str(exc))

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 EXIT_CANCELLED = 130
 STDERR_KEEP = 40  # last lines of stderr kept for error messages

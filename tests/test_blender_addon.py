@@ -186,6 +186,7 @@ def _coverage(mask: "np.ndarray", expected: "np.ndarray", tol: float) -> tuple[f
     return recall, precision
 
 
+@pytest.mark.slow
 def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) -> None:
     """The user's path end to end in real Blender, checked against the synthetic clip's truth."""
     import imageio.v3 as iio
@@ -298,16 +299,6 @@ def _poll_error(op: Any) -> str:
     except RuntimeError as exc:
         return str(exc)
     return ""
-
-
-def _new_scene_for_clip(bpy: Any, name: str, res: tuple[int, int]) -> Any:
-    scene = bpy.data.scenes.new(name)
-    bpy.context.window_manager.windows[0].scene = scene if bpy.context.window_manager.windows else None
-    scene.render.resolution_x, scene.render.resolution_y = res
-    scene.render.resolution_percentage = 100
-    scene.render.fps, scene.render.fps_base = 24, 1.0
-    scene.view_settings.view_transform = "Standard"
-    return scene
 
 
 def _add_gp_stroke(bpy: Any, scene: Any, frame: int, world_pts: list[tuple[float, float, float]],
