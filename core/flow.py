@@ -59,7 +59,7 @@ def sample(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _grid(h: int, w: int) -> np.ndarray:
+def pixel_grid(h: int, w: int) -> np.ndarray:
     """Pixel positions (x, y) [h, w, 2]; cached and read-only (every pair of frames needs it)."""
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     g = np.stack([xs, ys], axis=-1)
@@ -75,7 +75,7 @@ def norm2(v: np.ndarray) -> np.ndarray:
 def consistency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Where flow ``a`` (frame s -> r) is undone by ``b`` (frame r -> s) and stays inside the frame."""
     h, w = a.shape[:2]
-    target = _grid(h, w) + a
+    target = pixel_grid(h, w) + a
     inside = ((target[..., 0] >= -0.5) & (target[..., 0] <= w - 0.5)
               & (target[..., 1] >= -0.5) & (target[..., 1] <= h - 0.5))
     back = sample(b, target)

@@ -9,6 +9,12 @@ is fitted by one homography (a static or panning/zooming camera over a mostly di
 planar scene), and pixels whose flow disagrees with it move on their own. An object that
 pauses produces no such evidence, so each frame's evidence is carried along the flow to
 neighbouring frames (forward and backward, fading slowly).
+
+Flow is least reliable exactly at an object's outline (it bleeds onto the background next
+to it), and carried masks would grow from there frame by frame. Three guards keep them in
+place: a vector only counts if it lands on the same colour, only the eroded core of the
+evidence is carried, and a frame that sees nearly the whole object move re-anchors the
+carried mask to its own evidence.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import cv2
 import numpy as np
 
 from core.errors import InveError
-from core.flow import FlowField, _grid, norm2, sample
+from core.flow import FlowField, pixel_grid, norm2, sample
 from core.video import list_images, read_image
 
 # --- automatic masks (working-resolution pixels; sizes relative to the frame) ---
@@ -128,7 +134,7 @@ def _camera_residual(flow: np.ndarray, ok: np.ndarray, textured: np.ndarray,
     vectors are consistent.
     """
     h, w = ok.shape
-    grid = _grid(h, w)
+    grid = pixel_grid(h, w)
     ys, xs = np.nonzero(ok)
     if len(xs) < 50:
         return None
@@ -179,7 +185,7 @@ class _Continuity:
     @classmethod
     def compute(cls, frames: np.ndarray, flow: FlowField) -> "_Continuity":
         h, w = frames.shape[1:3]
-        grid = _grid(h, w)
+        grid = pixel_grid(h, w)
         nxt = np.zeros(flow.fwd_ok.shape, bool)
         prv = np.zeros(flow.bwd_ok.shape, bool)
         for t in range(flow.n_pairs):
@@ -252,7 +258,7 @@ def _carry(core: np.ndarray, ev: np.ndarray, frames: np.ndarray, flow: FlowField
            cont: _Continuity) -> np.ndarray:
     """Spread evidence ``core`` along the flow in both directions with a slow fade (covers pauses)."""
     t_count, h, w = core.shape
-    grid = _grid(h, w)
+    grid = pixel_grid(h, w)
     near = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (4 * EDGE_PX + 1, 4 * EDGE_PX + 1))
     flat = np.stack([_texture(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32)) < MIN_TEXTURE for f in frames])
     fwd_pass = core.astype(np.float32)
