@@ -141,6 +141,7 @@ STROKE_SRC = [(52.0, 30.0), (68.0, 30.0), (84.0, 34.0), (98.0, 44.0)]  # source 
 STROKE_WIDTH = 4.0
 CHECK_SOURCE_FRAMES = (1, 7, 11)
 STICKER_CENTER = (130.0, 70.0)  # a 12x12 blue sticker on frame 3
+PAINT_SRC = (40.0, 70.0)  # background point of frame 3 whose atlas texels get painted green
 # Ground truth says where the stroke must be; a network trained for a few seconds on two CPU
 # cores is accurate to a few pixels (its PSNR is printed). Tolerance in source pixels:
 TOL_PX = 3.0
@@ -199,11 +200,12 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
     clip = synth.make_clip(T=CLIP_T, size=CLIP_SIZE, camera="pan", occluder=False, fps=24.0)
     movie = tmp_path / "pan.mp4"
     write_movie(movie, list(clip.frames), fps=24.0)
-    minutes = float(os.environ.get("INVE_TEST_TRAIN_MINUTES", "0.75"))
+    minutes = float(os.environ.get("INVE_TEST_TRAIN_MINUTES", "1.5"))
     sticker = np.zeros((12, 12, 4), np.uint8)
     sticker[..., 2] = sticker[..., 3] = 255  # an opaque blue square
     iio.imwrite(tmp_path / "blue.png", sticker)
     r = run_child("e2e", {"zip": str(extension_zip), "clip": str(movie), "tmp": str(tmp_path),
+                          "paint_src": PAINT_SRC, "paint_radius": 2,
                           "sticker": str(tmp_path / "blue.png"), "sticker_center": STICKER_CENTER,
                           "minutes": minutes, "stroke_src": STROKE_SRC, "width": STROKE_WIDTH,
                           "strip_start": STRIP_START, "trim": TRIM, "stroke_frame": STROKE_SCENE_FRAME},
@@ -269,6 +271,23 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
         assert np.linalg.norm(got - want) <= TOL_PX, (f, got, want)
     assert r["clip_frame_start"] == STRIP_START, "clip frames line up with the strip in the timeline"
     assert r["layers_after_reload"] == r["layers_before_reload"] >= 1, "the layer stack is saved in the .blend"
+    # the painted atlas: an atlas layer whose PNG is next to EDITS.json, and its green square
+    # shows up in every frame where the painted background point is
+    al = r["atlas_layer"]
+    assert al["type"] == "atlas" and al["layer"] == "bg"
+    assert Path(al["image"]) == tmp_path / "inve" / "pan" / "edits" / "painted_bg_atlas.png"
+    assert r["result_atlas"]["name"] == res["name"] and r["result_atlas"]["n_strips"] == res["n_strips"]
+    for j in CHECK_SOURCE_FRAMES:
+        edited = iio.imread(out_dir / f"{j:04d}.png")[..., :3].astype(np.int32)
+        orig = clip.frames[j].astype(np.int32)
+        green_e = edited[..., 1] - np.maximum(edited[..., 0], edited[..., 2])
+        green_o = orig[..., 1] - np.maximum(orig[..., 0], orig[..., 2])
+        ys, xs = np.nonzero((green_e > 120) & (green_e - green_o > 60))
+        want = clip.gt.inverse("bg", clip.gt.forward("bg", np.array([PAINT_SRC]), np.array([float(k)])),
+                               np.array([float(j)]))[0]
+        got = np.array([xs.mean() + 0.5, ys.mean() + 0.5]) if len(xs) else np.array([np.nan, np.nan])
+        print(f"atlas paint frame {j}: {len(xs)} px at {got}, truth {want}")
+        assert len(xs) >= 4 and np.linalg.norm(got - want) <= TOL_PX + 1.0, (j, len(xs), got, want)
 
 
 # =======================================================================================
@@ -576,6 +595,38 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     size = tuple(clip.size)
     out["markers"] = {m.frame: [*tracking.from_marker_co(m.co[0], m.co[1], size), m.mute] for m in track.markers}
     out["clip_frame_start"] = clip.frame_start
+
+    # atlas painting round trip: open the atlas, paint a green square where the background
+    # point `paint_src` of frame `stroke_frame` lands in it (from the baked uv map), apply it
+    # as an atlas layer, propagate again
+    import numpy as np
+
+    atlas_paint = import_module(ADDON_MODULE + ".atlas_paint")
+    bpy.ops.inve.atlas_open()
+    img = next(im for im in atlas_paint.atlas_images(bpy.data, "pan") if im[atlas_paint.ATLAS_TAG] == "bg")
+    A = img.size[0]
+    project = out["project_dir"]
+    with np.load(os.path.join(project, "maps.npz")) as z:
+        uv_k = z["uv_bg"][info["frames"].index(args["stroke_frame"] - args["strip_start"])]
+    h, w = uv_k.shape[:2]
+    W, H = info["source_size"]
+    x, y = args["paint_src"]
+    u, v = uv_k[int(y * h / H), int(x * w / W)]
+    col, row = (u + 1) / 2 * A - 0.5, (v + 1) / 2 * A - 0.5  # texel centres at 2(i+0.5)/A - 1
+    px = np.empty(A * A * 4, np.float32)
+    img.pixels.foreach_get(px)
+    px = px.reshape(A, A, 4)
+    rad = args["paint_radius"]
+    rows = slice(int(round(A - 1 - row)) - rad, int(round(A - 1 - row)) + rad + 1)  # Blender's rows go bottom-up
+    cols = slice(int(round(col)) - rad, int(round(col)) + rad + 1)
+    px[rows, cols, :3] = (0.0, 1.0, 0.0)
+    img.pixels.foreach_set(px.ravel())
+    img.update()
+    bpy.ops.inve.atlas_apply()
+    out["atlas_layer"] = {"type": s.layers[-1].kind, "image": s.layers[-1].image, **json.loads(s.layers[-1].data)}
+    out["atlas_size"] = A
+    bpy.ops.inve.propagate()
+    out["result_atlas"] = describe(strips.find_result_strip(scene, movie))
 
     # the layer stack survives saving and reopening the .blend
     out["layers_before_reload"] = len(s.layers)
