@@ -32,7 +32,8 @@ class ModelConfig:
     work_size: tuple[int, int]  # (w, h)
     layers: tuple[str, ...] = ("bg", "fg")
     uv_scale: float = 0.6  # atlas units per unit of normalised frame position
-    hidden: int = 64
+    hidden: int = 64  # atlas MLPs
+    map_hidden: int = 32  # mapping and alpha MLPs
     map_levels: int = 8
     map_log2_table: int = 17  # large enough that every mapping level is dense (no collisions)
     map_max_res: int = 48  # finest spatial cells across the frame for mappings
@@ -97,10 +98,12 @@ class LayeredAtlasModel(nn.Module):
         self.cfg = cfg
         g = cfg.grid_configs()
         kw = dict(hidden=cfg.hidden, device=device, backend=cfg.backend)
-        self.forward_maps = nn.ModuleDict({L: Field(g["map"], 2, zero_init=True, **kw) for L in cfg.layers})
-        self.inverse_maps = nn.ModuleDict({L: Field(g["map"], 2, zero_init=True, **kw) for L in cfg.layers})
+        small = dict(hidden=cfg.map_hidden, n_hidden=1, device=device, backend=cfg.backend)
+        # Mappings and alpha are smooth: the grid carries the detail, one small hidden layer is enough.
+        self.forward_maps = nn.ModuleDict({L: Field(g["map"], 2, zero_init=True, **small) for L in cfg.layers})
+        self.inverse_maps = nn.ModuleDict({L: Field(g["map"], 2, zero_init=True, **small) for L in cfg.layers})
         self.atlases = nn.ModuleDict({L: Field(g["atlas"], 3, **kw) for L in cfg.layers})
-        self.alpha_field = Field(g["alpha"], 1, **kw) if "fg" in cfg.layers else None
+        self.alpha_field = Field(g["alpha"], 1, **small) if "fg" in cfg.layers else None
         ax, ay = cfg.aspect
         self.register_buffer("aspect_v", torch.tensor([ax, ay], dtype=torch.float32), persistent=False)
         self.to(device)
