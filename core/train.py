@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -291,8 +291,12 @@ def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
 
 
 def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, progress: Progress,
-                  resume: bool = False) -> Project:
-    """Train (or resume) a project and bake it. Returns the opened project."""
+                  resume: bool = False, monitor: Callable[[Trainer], None] | None = None) -> Project:
+    """Train (or resume) a project and bake it. Returns the opened project.
+
+    ``monitor(trainer)`` is called after every step (benchmarks use it to measure quality
+    over time); its own run time is not counted as training time.
+    """
     from core import video as vio  # noqa: PLC0415
     from core.preprocess import preprocess  # noqa: PLC0415
 
@@ -359,7 +363,7 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     if state is not None:
         trainer.load_state(state)
 
-    run_loop(trainer, ckpt_path, progress)
+    run_loop(trainer, ckpt_path, progress, monitor)
     progress.message(f"trained {trainer.step} iterations in {trainer.elapsed:.0f} s "
                      f"(running PSNR ~{trainer.psnr_estimate:.1f} dB); baking maps")
     result = bake(model, prep.frames, info.source_size, progress)
@@ -373,7 +377,8 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     return Project.open(project_dir)
 
 
-def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress) -> None:
+def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress,
+             monitor: Callable[[Trainer], None] | None = None) -> None:
     """Train until the budget is spent; checkpoint periodically and on cancel."""
     iters, seconds = trainer.cfg.budget()
     last_ckpt = time.monotonic()
@@ -382,6 +387,8 @@ def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress) -> None:
             t0 = time.monotonic()
             trainer.train_step()
             trainer.elapsed += time.monotonic() - t0
+            if monitor is not None:
+                monitor(trainer)
             fr = trainer.fraction()
             progress.update("train", int(round(fr * 1000)), 1000, psnr=round(trainer.psnr_estimate, 2),
                             iteration=trainer.step)
