@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -68,15 +69,19 @@ def run(cmd: list[str]) -> str:
 
 
 def build(output_dir: Path, blender_ext: Path, python: str = sys.executable) -> Path:
-    staging = REPO / "build" / "extension_stage"
-    pkg = stage(staging)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    manifest = tomllib.loads((pkg / "blender_manifest.toml").read_text())
-    zip_path = output_dir / f"{manifest['id']}-{manifest['version']}.zip"
-    if zip_path.exists():
-        zip_path.unlink()
-    run([python, str(blender_ext), "build", "--source-dir", str(pkg), "--output-filepath", str(zip_path)])
-    run([python, str(blender_ext), "validate", str(zip_path)])
+    # a private staging folder: several builds (parallel test runs) never share one
+    staging = Path(tempfile.mkdtemp(prefix="inve_extension_stage_"))
+    try:
+        pkg = stage(staging / "stage")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        manifest = tomllib.loads((pkg / "blender_manifest.toml").read_text())
+        zip_path = output_dir / f"{manifest['id']}-{manifest['version']}.zip"
+        built = staging / zip_path.name
+        run([python, str(blender_ext), "build", "--source-dir", str(pkg), "--output-filepath", str(built)])
+        run([python, str(blender_ext), "validate", str(built)])
+        shutil.move(str(built), str(zip_path))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return zip_path
 
 
