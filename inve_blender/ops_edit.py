@@ -34,6 +34,25 @@ def find_annotation(context: bpy.types.Context) -> object | None:
     return None
 
 
+def preview_cursor_source(context: bpy.types.Context, strip: object) -> tuple[float, float] | None:
+    """The Sequencer preview's 2D cursor in the strip's source pixels (None without a preview)."""
+    spaces = []
+    if context.space_data is not None and context.space_data.type == "SEQUENCE_EDITOR":
+        spaces.append(context.space_data)
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "SEQUENCE_EDITOR":
+                spaces += [sp for sp in area.spaces if sp.type == "SEQUENCE_EDITOR"]
+    for sp in spaces:
+        if getattr(sp, "view_type", "") in ("PREVIEW", "SEQUENCER_PREVIEW") and hasattr(sp, "cursor_location"):
+            scene = strips.sequencer_scene(context)
+            try:
+                return strips.strip_placement(scene, strip).view_to_source(*sp.cursor_location)
+            except ValueError:
+                return None
+    return None
+
+
 def gp_objects(context: bpy.types.Context) -> list[bpy.types.Object]:
     """Selected Grease Pencil objects, else the active one, else all visible ones in the scene."""
     scene = strips.sequencer_scene(context)
@@ -178,8 +197,9 @@ class INVE_OT_add_sticker(_NeedsProject, bpy.types.Operator):
         if frame is None:
             return {"CANCELLED"}
         w, h = info.get("source_size", [0, 0])
-        cx = self.center_x if self.center_x >= 0 else w / 2.0
-        cy = self.center_y if self.center_y >= 0 else h / 2.0
+        cursor = preview_cursor_source(context, strip)
+        cx = self.center_x if self.center_x >= 0 else (cursor[0] if cursor else w / 2.0)
+        cy = self.center_y if self.center_y >= 0 else (cursor[1] if cursor else h / 2.0)
         # keep a copy with the edits so the project is self-contained
         ws = workspace(context, strip)
         os.makedirs(ws.edits_dir, exist_ok=True)
@@ -190,6 +210,74 @@ class INVE_OT_add_sticker(_NeedsProject, bpy.types.Operator):
                  "rotation": self.rotation, "mode": self.mode}
         add_layer(context, "sticker", layer, f"Sticker f{frame}", image=dest)
         self.report({"INFO"}, f"Sticker placed on source frame {frame}")
+        return {"FINISHED"}
+
+
+class INVE_OT_add_paint(_NeedsProject, bpy.types.Operator):
+    """Add an RGBA image the size of the source frame, painted over the current frame, as a layer"""
+
+    bl_idname = "inve.add_paint"
+    bl_label = "Add Paint Image"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(subtype="FILE_PATH")
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        path = bpy.path.abspath(self.filepath)
+        if not os.path.isfile(path):
+            self.report({"ERROR"}, f"Paint image not found: {path or '(none chosen)'}")
+            return {"CANCELLED"}
+        strip = movie_strip(context)
+        spec = engine_ready(self, context)
+        if spec is None:
+            return {"CANCELLED"}
+        info = project_info(self, context, strip, spec)
+        if info is None:
+            return {"CANCELLED"}
+        frame = current_source_frame(self, context, strip, info)
+        if frame is None:
+            return {"CANCELLED"}
+        img = bpy.data.images.load(path, check_existing=True)
+        size = tuple(img.size)
+        if img.users == 0:
+            bpy.data.images.remove(img)
+        want = tuple(info.get("source_size") or ())
+        if size != want:
+            self.report({"ERROR"}, f"The paint image is {size[0]}x{size[1]}; it must be the source frame's size "
+                                   f"{want[0]}x{want[1]}")
+            return {"CANCELLED"}
+        add_layer(context, "paint", {"type": "paint", "frame": frame}, f"Paint f{frame}", image=path)
+        self.report({"INFO"}, f"Paint image added on source frame {frame}")
+        return {"FINISHED"}
+
+
+class INVE_OT_layer_set_adjust(bpy.types.Operator):
+    """Give the active adjust layer the hue, saturation, brightness and contrast set in the panel"""
+
+    bl_idname = "inve.layer_set_adjust"
+    bl_label = "Apply Adjustment Values"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        s = settings(context)
+        if not (0 <= s.active_layer < len(s.layers)) or s.layers[s.active_layer].kind != "adjust":
+            cls.poll_message_set("The active layer is not an adjust layer")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        s = settings(context)
+        item = s.layers[s.active_layer]
+        data = json.loads(item.data or "{}")
+        data.update(hue=s.hue, saturation=s.saturation, brightness=s.brightness, contrast=s.contrast)
+        item.data = json.dumps(data)
         return {"FINISHED"}
 
 
@@ -306,4 +394,5 @@ def _propagate_done(job: jobs.Job) -> None:
         bpy.ops.ed.undo_push(message="INVE Propagate")
 
 
-CLASSES = (INVE_OT_add_strokes, INVE_OT_add_sticker, INVE_OT_layer_move, INVE_OT_layer_remove, INVE_OT_propagate)
+CLASSES = (INVE_OT_add_strokes, INVE_OT_add_sticker, INVE_OT_add_paint, INVE_OT_layer_set_adjust, INVE_OT_layer_move,
+           INVE_OT_layer_remove, INVE_OT_propagate)

@@ -169,16 +169,23 @@ class INVE_PT_layers(bpy.types.Panel):
             sub.prop(item, "attach")
             if item.kind in ("paint", "sticker", "atlas"):
                 sub.prop(item, "image")
+            if item.kind == "adjust":
+                for name in ("hue", "saturation", "brightness", "contrast"):
+                    sub.prop(s, name)
+                sub.operator("inve.layer_set_adjust", icon="CHECKMARK")
         col = layout.column()
         col.use_property_split = True
         col.prop(s, "stroke_source")
         col.prop(s, "as_region")
-        if s.as_region:
+        active_adjust = 0 <= s.active_layer < len(s.layers) and s.layers[s.active_layer].kind == "adjust"
+        if s.as_region and not active_adjust:
             for name in ("hue", "saturation", "brightness", "contrast"):
                 col.prop(s, name)
         row = layout.row(align=True)
         row.operator("inve.add_strokes", icon="GREASEPENCIL")
+        row = layout.row(align=True)
         row.operator("inve.add_sticker", icon="IMAGE_DATA")
+        row.operator("inve.add_paint", icon="BRUSH_DATA")
         big = layout.row()
         big.scale_y = 1.4
         big.operator("inve.propagate", icon="RENDER_ANIMATION")

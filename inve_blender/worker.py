@@ -145,6 +145,8 @@ class ProgressState:
         parts = [self.title]
         if self.stage:
             parts.append(f"{self.stage} {self.step}/{self.total}" if self.total else self.stage)
+        elif self.message:  # a process without progress events (pip): its latest line
+            parts.append(self.message if len(self.message) <= 60 else self.message[:57] + "...")
         if self.psnr is not None:
             parts.append(f"PSNR {self.psnr:.2f} dB")
         if self.eta is not None:

@@ -142,6 +142,7 @@ STROKE_WIDTH = 4.0
 CHECK_SOURCE_FRAMES = (1, 7, 11)
 STICKER_CENTER = (130.0, 70.0)  # a 12x12 blue sticker on frame 3
 PAINT_SRC = (40.0, 70.0)  # background point of frame 3 whose atlas texels get painted green
+REGION = (125.0, 25.0, 9.0)  # centre and radius of a closed loop drawn on frame 3: brightness +0.4
 # Ground truth says where the stroke must be; a network trained for a few seconds on two CPU
 # cores is accurate to a few pixels (its PSNR is printed). Tolerance in source pixels:
 TOL_PX = 3.0
@@ -205,7 +206,7 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
     sticker[..., 2] = sticker[..., 3] = 255  # an opaque blue square
     iio.imwrite(tmp_path / "blue.png", sticker)
     r = run_child("e2e", {"zip": str(extension_zip), "clip": str(movie), "tmp": str(tmp_path),
-                          "paint_src": PAINT_SRC, "paint_radius": 2,
+                          "paint_src": PAINT_SRC, "paint_radius": 2, "region": REGION, "brightness": 0.4,
                           "sticker": str(tmp_path / "blue.png"), "sticker_center": STICKER_CENTER,
                           "minutes": minutes, "stroke_src": STROKE_SRC, "width": STROKE_WIDTH,
                           "strip_start": STRIP_START, "trim": TRIM, "stroke_frame": STROKE_SCENE_FRAME},
@@ -239,6 +240,21 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
         print(f"frame {j}: stroke shift {np.mean(expected - np.array(_expected_polyline(clip, k, k)), 0)} px, "
               f"recall {recall:.2f}, precision {precision:.2f}")
         assert recall >= 0.9 and precision >= 0.9, (j, recall, precision)
+    # the closed loop became an adjust region: brighter inside, wherever the motion carries it
+    rl = r["region_layer"]
+    assert rl["type"] == "adjust" and rl["frame"] == k and abs(rl["brightness"] - 0.4) < 1e-6
+    assert len(rl["region"]["polygon"]) == 23
+    assert "must be the source frame's size 160x96" in r["paint_wrong_size"]
+    yy, xx = np.mgrid[0:96, 0:160] + 0.5
+    for j in CHECK_SOURCE_FRAMES:
+        edited = iio.imread(out_dir / f"{j:04d}.png")[..., :3].astype(np.float32)
+        c = clip.gt.inverse("bg", clip.gt.forward("bg", np.array([REGION[:2]]), np.array([float(k)])),
+                            np.array([float(j)]))[0]
+        d = np.hypot(xx - c[0], yy - c[1])
+        gain = (edited - clip.frames[j].astype(np.float32)).mean(-1)
+        inside, ring = float(gain[d <= REGION[2] - 4].mean()), float(np.abs(gain[(d >= REGION[2] + 5) & (d <= REGION[2] + 9)]).mean())
+        print(f"region frame {j}: +{inside:.1f} inside, {ring:.1f} around")
+        assert inside >= 50 and ring <= 12, (j, inside, ring)
     # the sticker (placed on frame k, rigid) follows the background's known motion
     sl = r["sticker_layer"]
     assert sl["type"] == "sticker" and sl["frame"] == k and sl["center"] == list(STICKER_CENTER)
@@ -551,10 +567,26 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     _ortho_camera(bpy, scene, 3.2)  # 100 render px per unit; the clip is fitted x2 into the render
     world = [((2 * x - 160) / 100.0, 0.0, (96 - 2 * y) / 100.0) for x, y in args["stroke_src"]]
     radius = args["width"] / 2 * 2 / 100.0  # half the width, in render px (x2), in units
-    _add_gp_stroke(bpy, scene, args["stroke_frame"], world, radius)
+    ink = _add_gp_stroke(bpy, scene, args["stroke_frame"], world, radius)
     scene.frame_set(args["stroke_frame"])
     bpy.ops.inve.add_strokes(source="GPENCIL", as_region="LINE")
     out["layer"] = {"type": s.layers[-1].kind, **json.loads(s.layers[-1].data)}
+
+    # a nearly closed loop on another (selected) Grease Pencil object -> a brightening region
+    import math
+
+    cx, cy, rad = args["region"]
+    loop_src = [(cx + rad * math.cos(a), cy + rad * math.sin(a)) for a in (i * 2 * math.pi / 24 for i in range(23))]
+    loop_world = [((2 * x - 160) / 100.0, 0.0, (96 - 2 * y) / 100.0) for x, y in loop_src]
+    loop = _add_gp_stroke(bpy, scene, args["stroke_frame"], loop_world, radius, name="Loop")
+    for o in scene.objects:
+        o.select_set(o == loop)
+    s.brightness = args["brightness"]
+    bpy.ops.inve.add_strokes(source="GPENCIL", as_region="REGION")
+    out["region_layer"] = {"type": s.layers[-1].kind, **json.loads(s.layers[-1].data)}
+    for o in scene.objects:
+        o.select_set(o == ink)
+    out["paint_wrong_size"] = _poll_error(lambda: bpy.ops.inve.add_paint(filepath=args["sticker"]))
     cx, cy = args["sticker_center"]
     bpy.ops.inve.add_sticker(filepath=args["sticker"], center_x=cx, center_y=cy, scale=1.0)
     out["sticker_layer"] = {"type": s.layers[-1].kind, "image": s.layers[-1].image, **json.loads(s.layers[-1].data)}
