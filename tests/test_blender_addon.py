@@ -130,6 +130,7 @@ def test_install_ui_logic_and_clean_unregister(extension_zip: Path, tmp_path: Pa
     assert "No trained project for 'noise'" in r["propagate_no_project"]
     assert r["fps30_range"] == [2, 12] and r["movieclips_left"] == 0
     assert r["unregistered"], "every class is gone after disabling"
+    assert r["busy_while_running"] and r["orphan_stopped_s"] < 5, "disabling the add-on stops a running engine"
 
 
 # ---------------------------------------------------------------------------------------
@@ -503,8 +504,23 @@ def child_install(args: dict[str, Any]) -> dict[str, Any]:
     prefs.python_path = os.path.join(args["tmp"], "no", "python")
     out["missing_engine_error"] = _poll_error(bpy.ops.inve.train)
     prefs.python_path = ""
+
+    # disabling the add-on while a job runs stops the engine process (no orphans)
+    jobs = import_module(ADDON_MODULE + ".jobs")
+    worker_mod = import_module(ADDON_MODULE + ".worker")
+    real_interactive = jobs.interactive
+    jobs.interactive = lambda: True
+    try:
+        sleeper = worker_mod.Worker([sys.executable, "-c", "import time; time.sleep(120)"], title="sleep")
+        jobs.start(jobs.Job("train", sleeper))
+        out["busy_while_running"] = jobs.busy()
+    finally:
+        jobs.interactive = real_interactive
     del addon
     out["unregistered"] = _child_teardown()
+    t0 = time.monotonic()
+    sleeper._proc.wait(timeout=30)
+    out["orphan_stopped_s"] = time.monotonic() - t0
     return out
 
 
