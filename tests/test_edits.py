@@ -274,3 +274,66 @@ def test_session_rerenders_after_a_new_stroke_reusing_unchanged_layers(gt):
     fresh = session(gt, doc2).render_frame(7)
     assert (again == fresh).all()
     assert changed(again, session(gt, doc).render_frame(7)).sum() > 20
+
+
+def test_deformable_sticker_lands_where_the_rigid_one_does_on_a_similarity_camera(gt):
+    """With a camera that only pans/zooms/turns, the surface map is a similarity: a sticker
+    carried through the atlas (deform) must cover the same place as the rigid one."""
+    clip, _, folder = gt
+    img = np.zeros((10, 20, 4), np.float32)
+    img[..., :3] = (0.0, 1.0, 1.0)
+    img[..., 3] = 1.0
+    fsutil.write_png(folder / "cyan.png", img)
+    base = {"type": "sticker", "frame": 0, "image": "cyan.png", "center": [100.0, 80.0], "scale": 1.2, "rotation": -0.4}
+    rigid = session(gt, [dict(base, mode="rigid")])
+    deform = session(gt, [dict(base, mode="deform")])
+
+    def cov(s, t):
+        c = np.zeros((H, W))
+        for p in s.layer_patches(s.layers[0], t):
+            x0, y0, x1, y1 = p.box
+            c[y0:y1, x0:x1] += p.a
+        return c
+
+    for t in (0, T - 1):
+        a, b = cov(rigid, t), cov(deform, t)
+        assert a.sum() > 100
+        assert b.sum() == pytest.approx(a.sum(), rel=0.05)
+        assert np.abs(a - b).sum() / a.sum() < 0.15  # same footprint up to resampling at the rim
+
+
+def test_single_layer_project_edits_the_background_only(tmp_path):
+    clip = make_clip(T=6, size=(64, 48), camera="pan", occluder=False, seed=2)
+    proj = make_gt_project(clip, tmp_path / "p1", atlas_size=128)
+    assert proj.info.layers == ["bg"] and not proj.maps().alpha.any()
+    paint = np.zeros((48, 64, 4), np.float32)
+    paint[10:20, 30:40] = (1, 0, 0, 1)
+    fsutil.write_png(tmp_path / "p.png", paint)
+    doc = [{"type": "paint", "frame": 0, "image": "p.png"},
+           {"type": "sketch", "frame": 0, "strokes": [{"points": [[5, 40], [25, 40]], "width": 2}]}]
+    s = EditSession(proj, parse_edits({"layers": doc}, tmp_path, proj.info), mapping=clip.gt)
+    out = s.render_frame(5)
+    c = carry(clip, "bg", [35.0, 15.0], 0, 5)[0]
+    assert tuple(out[int(c[1]), int(c[0])]) == (255, 0, 0)
+    with pytest.raises(Exception, match="layer 'fg' is not in this project"):
+        parse_edits({"layers": [dict(doc[0], layer="fg")]}, tmp_path, proj.info)
+
+
+def test_atlas_layer_with_alpha_uses_its_alpha(gt):
+    clip, proj, folder = gt
+    A = proj.maps().atlas["bg"].shape[0]
+    rgba = np.zeros((A, A, 4), np.float32)
+    rgba[..., :3] = 1.0  # white everywhere, but only this square is opaque
+    i0, i1 = int(A * 0.45), int(A * 0.5)
+    rgba[i0:i1, i0:i1, 3] = 1.0
+    fsutil.write_png(folder / "atlas_rgba.png", rgba)
+    s = session(gt, [{"type": "atlas", "layer": "bg", "image": "atlas_rgba.png"}])
+    yy, xx = np.mgrid[0:H, 0:W] + 0.5
+    uv = clip.gt.forward("bg", np.stack([xx, yy], -1).reshape(-1, 2), 0).reshape(H, W, 2)
+    lo, hi = 2 * i0 / A - 1, 2 * i1 / A - 1
+    m = 2.5 / clip.gt.world_scale
+    inside = ((uv > lo + m) & (uv < hi - m)).all(-1) & (clip.masks[0] == 0)
+    outside = ~((uv > lo - m) & (uv < hi + m)).all(-1)
+    out = s.render_frame(0)
+    assert inside.sum() > 5 and (out[inside] >= 252).all()
+    assert (out[outside] == clip.frames[0][outside]).all()
