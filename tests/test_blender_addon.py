@@ -287,6 +287,9 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
         got = np.array(markers[f + 1][:2])
         assert np.linalg.norm(got - want) <= TOL_PX, (f, got, want)
     assert r["clip_frame_start"] == STRIP_START, "clip frames line up with the strip in the timeline"
+    for f, (_, _, muted) in markers.items():
+        assert muted == (not r["tracks_visible"][str(f)]), "markers are muted exactly where the point is hidden"
+    assert not r["torch_in_blender"], "the add-on never imports torch into Blender"
     assert r["layers_after_reload"] == r["layers_before_reload"] >= 1, "the layer stack is saved in the .blend"
     # the painted atlas: an atlas layer whose PNG is next to EDITS.json, and its green square
     # shows up in every frame where the painted background point is
@@ -642,6 +645,9 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     track = clip.tracking.tracks[tracking.TRACK_PREFIX + "p0"]
     size = tuple(clip.size)
     out["markers"] = {m.frame: [*tracking.from_marker_co(m.co[0], m.co[1], size), m.mute] for m in track.markers}
+    with open(os.path.join(os.path.dirname(out["project_dir"]), "tracks", "TRACKS.json")) as fh:
+        tj = json.load(fh)
+    out["tracks_visible"] = dict(zip([f + 1 for f in tj["frames"]], tj["tracks"][0]["visible"]))
     out["clip_frame_start"] = clip.frame_start
 
     # atlas painting round trip: open the atlas, paint a green square where the background
@@ -681,6 +687,7 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     bpy.ops.wm.save_mainfile()
     bpy.ops.wm.open_mainfile(filepath=blend)
     out["layers_after_reload"] = len(bpy.context.scene.inve.layers)
+    out["torch_in_blender"] = "torch" in sys.modules
     out["unregistered"] = _child_teardown()
     return out
 
