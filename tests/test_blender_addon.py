@@ -130,6 +130,18 @@ def test_install_ui_logic_and_clean_unregister(extension_zip: Path, tmp_path: Pa
     assert "No trained project for 'noise'" in r["propagate_no_project"]
     assert r["fps30_range"] == [2, 12] and r["movieclips_left"] == 0
     assert r["unregistered"], "every class is gone after disabling"
+    # the panels draw with Blender's real property names, operators and icons in every state
+    assert any("No active strip" in e or "No sequencer" in e for e in r["draw_no_strip"])
+    for expected in ("label:The engine needs torch: click Install", "op:inve.install_dependencies",
+                     "op:inve.open_preferences", "op:inve.check_engine", "prop:python_path"):
+        assert expected in r["draw_no_strip"], (expected, r["draw_no_strip"])
+    drawn = r["draw_strip"]
+    for expected in ("label:noise", "label:Source frames 2-11  (24 fps)", "prop:quality", "prop:minutes",
+                     "op:inve.train", "progress:Training 'noise' | train 30/100 | PSNR 24.00 dB | 12s left",
+                     "op:inve.cancel", "label:PSNR: 31.50 dB", "label:Iterations: 900", "list:layers",
+                     "op:inve.propagate", "op:inve.layer_set_adjust", "op:inve.track", "op:inve.atlas_open",
+                     "op:inve.check_engine", "prop:python_path"):
+        assert expected in drawn, (expected, drawn)
     assert r["busy_while_running"] and r["orphan_stopped_s"] < 5, "disabling the add-on stops a running engine"
 
 
@@ -340,6 +352,77 @@ def _poll_error(op: Any) -> str:
     return ""
 
 
+class RecordingLayout:
+    """Stands in for ``UILayout`` (which only exists while Blender draws a window) and checks
+    every call the panels make against Blender's RNA: property names, operator ids, icons."""
+
+    def __init__(self, log: list[str], icons: set[str]) -> None:
+        self._log, self._icons = log, icons
+
+    def __setattr__(self, name: str, value: Any) -> None:  # use_property_split, scale_y, ...
+        object.__setattr__(self, name, value)
+
+    def _icon(self, icon: str) -> None:
+        assert icon in self._icons, f"unknown icon {icon!r}"
+
+    def _child(self, *args: Any, **kw: Any) -> "RecordingLayout":
+        return RecordingLayout(self._log, self._icons)
+
+    row = column = box = split = _child
+
+    def label(self, text: str = "", icon: str = "NONE", **kw: Any) -> None:
+        self._icon(icon)
+        self._log.append(f"label:{text}")
+
+    def prop(self, data: Any, name: str, text: str | None = None, icon: str = "NONE", **kw: Any) -> None:
+        self._icon(icon)
+        assert name in data.bl_rna.properties, f"{type(data).__name__} has no property {name!r}"
+        self._log.append(f"prop:{name}")
+
+    def operator(self, idname: str, text: str | None = None, icon: str = "NONE", **kw: Any) -> Any:
+        import bpy
+        from types import SimpleNamespace
+
+        self._icon(icon)
+        mod, name = idname.split(".")
+        assert hasattr(getattr(bpy.ops, mod), name), f"no operator {idname}"
+        getattr(getattr(bpy.ops, mod), name).get_rna_type()
+        self._log.append(f"op:{idname}")
+        return SimpleNamespace()
+
+    def template_list(self, listtype: str, list_id: str, data: Any, prop: str, active_data: Any,
+                      active_prop: str, **kw: Any) -> None:
+        import bpy
+
+        assert hasattr(bpy.types, listtype) and prop in data.bl_rna.properties
+        assert active_prop in active_data.bl_rna.properties
+        self._log.append(f"list:{prop}")
+
+    def progress(self, factor: float = 0.0, type: str = "BAR", text: str = "") -> None:
+        assert 0.0 <= factor <= 1.0
+        self._log.append(f"progress:{text}")
+
+    def separator(self, **kw: Any) -> None:
+        pass
+
+
+def _draw_all(bpy: Any, panels: Any, prefs: Any) -> list[str]:
+    """Draw the panels, the list rows and the preferences into a RecordingLayout."""
+    from types import SimpleNamespace
+
+    icons = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
+    log: list[str] = []
+    ctx = bpy.context
+    for cls in (panels.INVE_PT_main, panels.INVE_PT_layers, panels.INVE_PT_tools):
+        cls.draw(SimpleNamespace(layout=RecordingLayout(log, icons), _draw_info=panels.INVE_PT_main._draw_info), ctx)
+    s = ctx.scene.inve
+    for i, item in enumerate(s.layers):
+        panels.INVE_UL_layers.draw_item(None, ctx, RecordingLayout(log, icons), s, item, 0, s, "active_layer", i)
+    type(prefs).draw(SimpleNamespace(layout=RecordingLayout(log, icons), python_path=prefs.python_path,
+                                     bl_rna=prefs.bl_rna), ctx)
+    return log
+
+
 def _add_gp_stroke(bpy: Any, scene: Any, frame: int, world_pts: list[tuple[float, float, float]],
                    radius: float, name: str = "Ink") -> Any:
     # v3 data: `grease_pencils_v3` in 4.x (where `grease_pencils` is the legacy type), `grease_pencils` in 5.0
@@ -398,6 +481,11 @@ def child_install(args: dict[str, Any]) -> dict[str, Any]:
     scene.render.resolution_x, scene.render.resolution_y = 320, 192
     scene.render.resolution_percentage = 100
     scene.view_settings.view_transform = "Standard"
+    panels = import_module(ADDON_MODULE + ".panels")
+    prefs_obj = bpy.context.preferences.addons[ADDON_MODULE].preferences
+    engine_env.set_status(engine_env.EngineStatus(False, "The engine needs torch: click Install Dependencies"))
+    out["draw_no_strip"] = _draw_all(bpy, panels, prefs_obj)  # and an engine that is not ready
+    engine_env.set_status(status)
     out["poll_no_sequencer"] = _poll_error(bpy.ops.inve.train)
     coll = strips.strip_collection(scene)
     png = os.path.join(args["tmp"], "red.png")
@@ -486,6 +574,28 @@ def child_install(args: dict[str, Any]) -> dict[str, Any]:
     s.active_layer = 1
     bpy.ops.inve.layer_remove()
     out["layers_after_remove"] = [it.name for it in s.layers]
+
+    # the panels with a movie strip, trained-project info, layers of every kind and a running job
+    scene.sequence_editor.active_strip = movie
+    s.info_json = json.dumps({"trained": True, "frames": list(range(2, 12)), "source_size": [160, 96],
+                              "work_size": [160, 96], "metrics": {"psnr": 31.5, "iterations": 900,
+                                                                  "train_seconds": 88.0}})
+    s.info_strip = movie.name
+    for kind in ("sketch", "paint", "sticker", "adjust", "atlas"):
+        item = s.layers.add()
+        item.name, item.kind, item.data = kind.title(), kind, json.dumps({"frame": 2, "strokes": []})
+    s.active_layer = len(s.layers) - 2  # the adjust layer
+    jobs_mod = import_module(ADDON_MODULE + ".jobs")
+    worker_mod = import_module(ADDON_MODULE + ".worker")
+    running = worker_mod.Worker(["true"], title="Training 'noise'")
+    running.state.apply({"event": "progress", "stage": "train", "step": 30, "total": 100, "eta": 12.0, "psnr": 24.0})
+    jobs_mod._current = jobs_mod.Job("train", running)
+    out["draw_strip"] = _draw_all(bpy, panels, prefs_obj)
+    jobs_mod._current = None
+    s.layers.clear()
+    for n in "ABC":
+        s.layers.add().name = n
+    s.info_json = ""
 
     # other refusals a user meets, each with its reason
     out["propagate_no_project"] = _poll_error(bpy.ops.inve.propagate)  # layers B, C but no project
