@@ -186,10 +186,11 @@ def set_status(status: EngineStatus | None) -> None:
     _STATUS = status
 
 
-def check_cached(spec: EngineSpec, max_age: float = 600.0) -> EngineStatus:
-    """The cached status if it is for the same interpreter and recent, else a fresh check."""
+def check_cached(spec: EngineSpec) -> EngineStatus:
+    """The cached status if it is a success for the same interpreter, else a fresh check
+    (a failure is re-checked every time: the user may have just fixed it)."""
     st = _STATUS
-    if st is not None and st.ok and st.spec == spec and time.time() - st.checked_at < max_age:
+    if st is not None and st.ok and st.spec == spec:
         return st
     st = check(spec)
     set_status(st)

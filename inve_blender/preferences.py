@@ -32,6 +32,10 @@ def engine_spec(context: bpy.types.Context | None = None) -> engine_env.EngineSp
     return engine_env.resolve(bpy.path.abspath(python) if python else "", deps_dir())
 
 
+def _python_changed(self: "INVE_AP_preferences", context: bpy.types.Context) -> None:
+    engine_env.set_status(None)  # the panel must not show the old interpreter's state
+
+
 class INVE_AP_preferences(bpy.types.AddonPreferences):
     bl_idname = ADDON_ID
 
@@ -39,7 +43,8 @@ class INVE_AP_preferences(bpy.types.AddonPreferences):
         name="Engine Python", subtype="FILE_PATH", default="",
         description="A Python interpreter that has torch, numpy, imageio and OpenCV (for example "
                     "<project>/.venv/bin/python). Empty: Blender's own Python plus the dependencies "
-                    "installed with Install Dependencies")
+                    "installed with Install Dependencies",
+        update=_python_changed)
 
     def draw(self, context: bpy.types.Context) -> None:
         from .panels import draw_engine_status
