@@ -143,6 +143,17 @@ def test_install_ui_logic_and_clean_unregister(extension_zip: Path, tmp_path: Pa
                      "op:inve.check_engine", "prop:python_path"):
         assert expected in drawn, (expected, drawn)
     assert r["busy_while_running"] and r["orphan_stopped_s"] < 5, "disabling the add-on stops a running engine"
+    # Install Dependencies: refused while online access is off; then pip puts the packages into
+    # the extension's user folder and the engine runs Blender's Python with them on its path
+    assert "Online access is disabled" in r["install_poll_offline"]
+    assert r["deps_has_pkg"], r["install_outcome"]
+    assert Path(r["deps_dir"]).is_relative_to(tmp_path / "blender_user"), r["deps_dir"]
+    assert r["spec_after_install"][0] == "installed dependencies" and r["deps_dir"] in r["spec_after_install"][1]
+    # ...and re-checks it: ready where this Python has torch (the 5.0 venv), else still the way out
+    if os.path.abspath(engine_python()) == os.path.abspath(sys.executable):
+        assert r["install_outcome"].startswith("Engine ready"), r["install_outcome"]
+    else:
+        assert r["install_outcome"].startswith("The engine needs torch"), r["install_outcome"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,6 +434,28 @@ def _draw_all(bpy: Any, panels: Any, prefs: Any) -> list[str]:
     return log
 
 
+def _tiny_wheel(folder: str) -> str:
+    """A minimal pure-Python wheel, built by hand (no network, no build backend)."""
+    import base64
+    import hashlib
+
+    files = {"inve_tiny_pkg/__init__.py": b"VALUE = 42\n",
+             "inve_tiny_pkg-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: inve-tiny-pkg\nVersion: 0.1\n",
+             "inve_tiny_pkg-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\n"
+                                                  b"Tag: py3-none-any\n"}
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("inve_tiny_pkg-0.1.dist-info/RECORD,,")
+    path = os.path.join(folder, "inve_tiny_pkg-0.1-py3-none-any.whl")
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        zf.writestr("inve_tiny_pkg-0.1.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
 def _add_gp_stroke(bpy: Any, scene: Any, frame: int, world_pts: list[tuple[float, float, float]],
                    radius: float, name: str = "Ink") -> Any:
     # v3 data: `grease_pencils_v3` in 4.x (where `grease_pencils` is the legacy type), `grease_pencils` in 5.0
@@ -618,8 +651,27 @@ def child_install(args: dict[str, Any]) -> dict[str, Any]:
     out["missing_engine_error"] = _poll_error(bpy.ops.inve.train)
     prefs.python_path = ""
 
-    # disabling the add-on while a job runs stops the engine process (no orphans)
+    # Install Dependencies, offline: the same operator, pip and target folder, with the
+    # requirements swapped for a tiny local wheel (the real ones are several GB of PyTorch)
+    engine_env_mod = import_module(ADDON_MODULE + ".engine_env")
+    wheel = _tiny_wheel(args["tmp"])
+    real_requirements = engine_env_mod.requirements
+    engine_env_mod.requirements = lambda root=None: [wheel]
+    out["install_poll_offline"] = _poll_error(bpy.ops.inve.install_dependencies)
+    bpy.context.preferences.system.use_online_access = True
+    try:
+        bpy.ops.inve.install_dependencies()
+    finally:
+        engine_env_mod.requirements = real_requirements
     jobs = import_module(ADDON_MODULE + ".jobs")
+    deps = preferences.deps_dir()
+    out["deps_dir"] = deps
+    out["deps_has_pkg"] = os.path.isfile(os.path.join(deps, "inve_tiny_pkg", "__init__.py"))
+    out["install_outcome"] = jobs.last().outcome
+    spec = preferences.engine_spec()
+    out["spec_after_install"] = [spec.origin, list(spec.pythonpath)]
+
+    # disabling the add-on while a job runs stops the engine process (no orphans)
     worker_mod = import_module(ADDON_MODULE + ".worker")
     real_interactive = jobs.interactive
     jobs.interactive = lambda: True
