@@ -231,6 +231,7 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
     iio.imwrite(tmp_path / "blue.png", sticker)
     r = run_child("e2e", {"zip": str(extension_zip), "clip": str(movie), "tmp": str(tmp_path),
                           "paint_src": PAINT_SRC, "paint_radius": 2, "region": REGION, "brightness": 0.4,
+                          "rerender_source_frame": CHECK_SOURCE_FRAMES[1],
                           "sticker": str(tmp_path / "blue.png"), "sticker_center": STICKER_CENTER,
                           "minutes": minutes, "stroke_src": STROKE_SRC, "width": STROKE_WIDTH,
                           "strip_start": STRIP_START, "trim": TRIM, "stroke_frame": STROKE_SCENE_FRAME},
@@ -331,6 +332,15 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
         got = np.array([xs.mean() + 0.5, ys.mean() + 0.5]) if len(xs) else np.array([np.nan, np.nan])
         print(f"atlas paint frame {j}: {len(xs)} px at {got}, truth {want}")
         assert len(xs) >= 4 and np.linalg.norm(got - want) <= TOL_PX + 1.0, (j, len(xs), got, want)
+    # ...and a render after that second Propagate shows it (no stale Sequencer cache)
+    j = CHECK_SOURCE_FRAMES[1]
+    small = iio.imread(r["rerender_path"])[..., :3].astype(np.float32).reshape(96, 2, 160, 2, 3).mean(axis=(1, 3))
+    green = small[..., 1] - np.maximum(small[..., 0], small[..., 2])
+    green_o = clip.frames[j][..., 1].astype(np.float32) - np.maximum(clip.frames[j][..., 0], clip.frames[j][..., 2])
+    ys, xs = np.nonzero((green > 120) & (green - green_o > 60))
+    want = clip.gt.inverse("bg", clip.gt.forward("bg", np.array([PAINT_SRC]), np.array([float(k)])),
+                           np.array([float(j)]))[0]
+    assert len(xs) >= 4 and np.linalg.norm(np.array([xs.mean() + 0.5, ys.mean() + 0.5]) - want) <= TOL_PX + 1.0
 
 
 # =======================================================================================
@@ -843,6 +853,14 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     out["atlas_size"] = A
     bpy.ops.inve.propagate()
     out["result_atlas"] = describe(strips.find_result_strip(scene, movie))
+    # render one frame again: the updated images replace what the Sequencer had cached
+    if hasattr(r.image_settings, "media_type"):
+        r.image_settings.media_type = "IMAGE"
+    r.image_settings.file_format = "PNG"
+    r.filepath = os.path.join(args["tmp"], "after_atlas.png")
+    scene.frame_set(args["strip_start"] + args["rerender_source_frame"])
+    bpy.ops.render.render(write_still=True)
+    out["rerender_path"] = r.filepath
 
     # the layer stack survives saving and reopening the .blend
     out["layers_before_reload"] = len(s.layers)
