@@ -227,7 +227,7 @@ def make_clip(T: int = 24, size: tuple[int, int] = (128, 96), camera: str = "pan
     fg_tex = make_texture(max(256, res // 2), seed + 1000, palette_shift=1.0, shapes=12)
     # stripes on the object make its rotation visible and trackable
     yy, xx = np.mgrid[0:fg_tex.shape[0], 0:fg_tex.shape[1]] / fg_tex.shape[0]
-    stripes = (0.5 + 0.5 * np.sin(2 * np.pi * 5 * (xx + 0.3 * yy)))[..., None].astype(np.float32)
+    stripes = (0.5 + 0.5 * np.sin(2 * np.pi * 2 * (xx + 0.3 * yy)))[..., None].astype(np.float32)
     fg_tex = np.clip(0.6 * fg_tex + 0.4 * stripes * np.array([1.0, 0.85, 0.3], np.float32), 0, 1)
 
     grid = pixel_centres(W, H).reshape(-1, 2)
