@@ -84,20 +84,23 @@ def build_sample_edits(project: Project, folder: Path) -> tuple[dict[str, Any], 
     layers.append({"type": "adjust", "frame": f0, "region": {"polygon": poly}, "hue": 0.45, "saturation": 1.6,
                    "brightness": 0.03, "contrast": 1.15, "feather": 3.0, "name": "recolour"})
 
-    # atlas: a pattern painted on the background atlas where frames actually see it
+    # atlas: rings painted on the background atlas, where frame 0 shows a clear patch of background
+    from core.edits.context import RenderContext
+
     atlas = (np.clip(maps.atlas["bg"], 0, 1) * 255 + 0.5).astype(np.uint8)
-    used = maps.atlas_used["bg"] > 0.5
     A = atlas.shape[0]
-    if used.any():
-        ys, xs = np.nonzero(used)
-        cx, cy = int(np.percentile(xs, 70)), int(np.percentile(ys, 35))
-        rad = max(4, int(0.06 * (xs.max() - xs.min() + 1)))
-        painted = atlas.copy()
-        for k in range(3):
-            cv2.circle(painted, (cx, cy), rad - k * rad // 3, (40, 220, 255) if k % 2 == 0 else (255, 255, 255),
-                       max(1, rad // 6), cv2.LINE_AA)
-        fsutil.write_png(folder / "atlas_bg_painted.png", painted)
-        layers.append({"type": "atlas", "layer": "bg", "image": "atlas_bg_painted.png", "name": "atlas rings"})
+    rx, ry = _clear_spot(alpha0, (0.88, 0.62), W, H)
+    h, w = alpha0.shape
+    u, v = maps.uv["bg"][0, min(h - 1, int(ry * h / H)), min(w - 1, int(rx * w / W))]
+    cx, cy = int((u + 1) / 2 * A), int((v + 1) / 2 * A)
+    ppu = RenderContext(project, maps=maps).px_per_uv("bg")
+    rad = max(4, int(22 * s * A / (2 * ppu)))  # about 22 px on screen
+    painted = atlas.copy()
+    for k in range(3):
+        cv2.circle(painted, (cx, cy), rad - k * rad // 3, (40, 220, 255) if k % 2 == 0 else (255, 255, 255),
+                   max(1, rad // 6), cv2.LINE_AA)
+    fsutil.write_png(folder / "atlas_bg_painted.png", painted)
+    layers.append({"type": "atlas", "layer": "bg", "image": "atlas_bg_painted.png", "name": "atlas rings"})
 
     # paint: a translucent brush blob with a word, drawn over the first frame
     px, py = _clear_spot(alpha0, (0.75, 0.2), W, H)

@@ -4,8 +4,9 @@ Why one object: the baked maps are at the working size while edits render at sou
 resolution, and every layer needs the same conversions (source pixel -> map sample,
 visibility tests, atlas-space resolution). Sampling follows ARCHITECTURE.md exactly: a
 source position x maps to xn = 2x/W - 1 for ``grid_sample(align_corners=False)``, so a map
-at any working size is read consistently. Networks are only called here through
-:meth:`inverse_grid` (one atlas-sized grid per layer and drawing frame, cached).
+at any working size is read consistently. Networks run only on points (:meth:`propagate`,
+a stroke's vertices or a sticker's centre into all frames at once) and on one grid per
+layer, drawing frame and edited atlas rectangle (:meth:`inverse_rect`, cached).
 """
 from __future__ import annotations
 
@@ -43,12 +44,13 @@ class Patch:
 class RenderContext:
     """Frames, maps and mapping of one project, with cached conversions."""
 
-    #: inverse-mapping grid per (layer, frame); finer textures upsample it bilinearly
+    #: inverse-mapping grid (per side) per (layer, frame, rectangle); finer textures upsample it
     INVERSE_GRID = 256
+    #: atlas-space texture density for raster edits, texels per source pixel, and its cap
+    TEXELS_PER_PX = 1.25
+    MAX_TEXTURE = 2048
     #: a point whose forward(inverse(uv)) misses uv by more than this many pixels is not visible
     CYCLE_TOL_PX = 2.0
-    #: source-resolution maps kept (alpha + uv of each layer for the frame being rendered)
-    FULL_CACHE = 6
     #: stride (work pixels) of the uv scan that finds where a texture can show in a frame
     SCAN_STRIDE = 2
 
@@ -68,8 +70,10 @@ class RenderContext:
                     for L in self.layers}
         self._alpha = torch.from_numpy(np.ascontiguousarray(self.maps.alpha))[:, None]
         self._px_per_uv: dict[str, float] = {}
-        self._inv_cache: dict[tuple[str, int, int], torch.Tensor] = {}
-        self._full_cache: dict[tuple[str, int], torch.Tensor] = {}
+        self._inv_cache: dict[tuple, torch.Tensor] = {}
+        # normalised grid_sample coordinates of every source pixel centre, per axis
+        self._xn = (torch.arange(self.W, dtype=torch.float32) + 0.5) * (2.0 / self.W) - 1.0
+        self._yn = (torch.arange(self.H, dtype=torch.float32) + 0.5) * (2.0 / self.H) - 1.0
 
     # -- mapping (networks) ------------------------------------------------------------
     @property
@@ -87,37 +91,27 @@ class RenderContext:
     def _sample(src: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
 
-    def _full(self, key: str, t: int) -> torch.Tensor:
-        """A baked map at source resolution for frame t: alpha [H, W] or a layer's uv [H, W, 2].
+    def _box(self, src: torch.Tensor, box: Box) -> torch.Tensor:
+        """Sample a [1, C, h, w] work map at the source pixel centres of ``box``: [C, bh, bw].
 
-        Bilinear with ``align_corners=False`` and clamped borders is exactly the
-        ``grid_sample`` convention at pixel centres; at equal sizes it is the map itself.
-        The last few frames are kept (layers of one frame share them).
+        At equal sizes this is the map itself (a slice); otherwise bilinear at xn = 2x/W - 1.
         """
-        k = (key, t)
-        hit = self._full_cache.get(k)
-        if hit is not None:
-            return hit
-        src = self._alpha[t:t + 1] if key == "alpha" else self._uv[key][t:t + 1]
-        if (self.w, self.h) != (self.W, self.H):
-            src = F.interpolate(src, size=(self.H, self.W), mode="bilinear", align_corners=False)
-        full = src[0, 0] if key == "alpha" else src[0].permute(1, 2, 0)
-        self._full_cache[k] = full
-        while len(self._full_cache) > self.FULL_CACHE:
-            self._full_cache.pop(next(iter(self._full_cache)))
-        return full
+        x0, y0, x1, y1 = box
+        if (self.w, self.h) == (self.W, self.H):
+            return src[0, :, y0:y1, x0:x1]
+        gx, gy = torch.broadcast_tensors(self._xn[None, x0:x1], self._yn[y0:y1, None])
+        return self._sample(src, torch.stack([gx, gy], -1)[None])
 
     def uv_box(self, layer: str, t: int, box: Box) -> torch.Tensor:
         """Atlas uv of the source pixels in ``box`` at frame t: [h, w, 2]."""
-        x0, y0, x1, y1 = box
-        return self._full(layer, t)[y0:y1, x0:x1].contiguous()
+        return self._box(self._uv[layer][t:t + 1], box).permute(1, 2, 0).contiguous()
 
     def alpha_box(self, t: int, box: Box) -> np.ndarray:
         """Foreground alpha of the source pixels in ``box`` at frame t: [h, w]."""
         x0, y0, x1, y1 = box
         if not self.has_fg:
             return np.zeros((y1 - y0, x1 - x0), np.float32)
-        return self._full("alpha", t)[y0:y1, x0:x1].numpy()
+        return self._box(self._alpha[t:t + 1], box)[0].numpy()
 
     def alpha_at(self, t: int, xy: np.ndarray) -> np.ndarray:
         """Foreground alpha at source points [N, 2] of frame t: [N]."""
@@ -166,11 +160,6 @@ class RenderContext:
             self._px_per_uv[layer] = float(np.median(vals)) if vals else float(max(self.W, self.H)) / 2.0
         return self._px_per_uv[layer]
 
-    def texture_res(self, layer: str) -> int:
-        """Atlas-space texture resolution: about 1.25 texels per source pixel (multiple of 64)."""
-        need = 2.0 * self.px_per_uv(layer) * 1.25
-        return int(np.clip(64 * np.ceil(need / 64.0), 256, 2048))
-
     # -- networks: batched, cached ---------------------------------------------------------
     def visible(self, layer: str, uv: np.ndarray, xy: np.ndarray, t: np.ndarray, margin: float = 0.0) -> np.ndarray:
         """Cycle-consistent and inside the frame (plus ``margin`` px): [N] bool."""
@@ -199,26 +188,23 @@ class RenderContext:
         ok = (err_px < self.CYCLE_TOL_PX) & np.isfinite(xy_all).all(-1)
         return uv, xy_all.reshape(nf, n, 2), ok.reshape(nf, n)
 
-    def inverse_grid(self, layer: str, t: int, res: int) -> torch.Tensor:
-        """Source position of every atlas texel at frame t: [2, res, res] (x, y).
+    def inverse_rect(self, layer: str, t: int, rect: tuple[float, float, float, float], Rw: int, Rh: int) -> torch.Tensor:
+        """Source position of every texel of an Rh x Rw grid over the uv ``rect`` at frame t: [2, Rh, Rw].
 
-        The network runs once on an INVERSE_GRID^2 grid per (layer, frame); finer
-        resolutions are bilinear upsamples (the inverse mapping is smooth).
+        One network call per (layer, frame, rectangle) on at most INVERSE_GRID^2 points;
+        finer grids are bilinear upsamples (the inverse mapping is smooth).
         """
-        key = (layer, t, res)
+        key = (layer, t, rect, Rw, Rh)
         if key not in self._inv_cache:
-            base_key = (layer, t, -1)
-            if base_key not in self._inv_cache:
-                g = self.INVERSE_GRID
-                c = (np.arange(g) + 0.5) * 2.0 / g - 1.0
-                u, v = np.meshgrid(c, c)
-                uv = np.stack([u, v], -1).reshape(-1, 2)
-                xy = np.asarray(self.mapping.inverse(layer, uv, np.full(len(uv), float(t))), np.float32)
-                self._inv_cache[base_key] = torch.from_numpy(xy.reshape(g, g, 2)).permute(2, 0, 1).contiguous()
-            base = self._inv_cache[base_key]
-            if res == base.shape[-1]:
-                self._inv_cache[key] = base
-            else:
-                self._inv_cache[key] = F.interpolate(base[None], size=(res, res), mode="bilinear",
-                                                     align_corners=False)[0]
+            gw, gh = min(Rw, self.INVERSE_GRID), min(Rh, self.INVERSE_GRID)
+            u0, v0, u1, v1 = rect
+            cu = u0 + (np.arange(gw) + 0.5) * (u1 - u0) / gw
+            cv = v0 + (np.arange(gh) + 0.5) * (v1 - v0) / gh
+            u, v = np.meshgrid(cu, cv)
+            uv = np.stack([u, v], -1).reshape(-1, 2)
+            xy = np.asarray(self.mapping.inverse(layer, uv, np.full(len(uv), float(t))), np.float32)
+            grid = torch.from_numpy(xy.reshape(gh, gw, 2)).permute(2, 0, 1).contiguous()
+            if (gw, gh) != (Rw, Rh):
+                grid = F.interpolate(grid[None], size=(Rh, Rw), mode="bilinear", align_corners=False)[0]
+            self._inv_cache[key] = grid
         return self._inv_cache[key]
