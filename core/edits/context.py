@@ -169,17 +169,19 @@ class RenderContext:
                   & (xy[:, 1] >= -margin) & (xy[:, 1] <= self.H + margin))
         return inside & (err_px < self.CYCLE_TOL_PX) & np.isfinite(xy).all(-1)
 
-    def propagate(self, layer: str, xy: np.ndarray, t_from: int,
-                  frames: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def propagate(self, layer: str, xy: np.ndarray, t_from: int, frames: Sequence[int] | None = None,
+                  uv: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Carry source points of frame ``t_from`` to other frames in one batched call.
 
         Returns (uv [N, 2], xy_t [F, N, 2], cycle-consistent [F, N]) for ``frames``
         (default: all). Visibility inside the frame is left to the caller (margins differ).
+        ``uv`` (from an earlier call for the same points) skips the forward pass.
         """
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
         frames = np.arange(self.T) if frames is None else np.asarray(frames, int)
         n, nf = len(xy), len(frames)
-        uv = np.asarray(self.mapping.forward(layer, xy, np.full(n, float(t_from))), np.float64)
+        if uv is None:
+            uv = np.asarray(self.mapping.forward(layer, xy, np.full(n, float(t_from))), np.float64)
         uv_all = np.tile(uv, (nf, 1))
         t_all = np.repeat(frames.astype(np.float64), n)
         xy_all = np.asarray(self.mapping.inverse(layer, uv_all, t_all), np.float64)

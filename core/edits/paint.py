@@ -35,7 +35,8 @@ class TextureRenderer:
         raise NotImplementedError
 
     def prepare(self, ctx: RenderContext) -> None:
-        self.textures = self.build(ctx)
+        if self.textures is None:
+            self.textures = self.build(ctx)
 
     def render(self, ctx: RenderContext, t: int) -> list[Patch]:
         if self.textures is None:

@@ -47,7 +47,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 class Renderer(Protocol):
-    def prepare(self, ctx: RenderContext) -> None: ...
+    def prepare(self, ctx: RenderContext) -> None:
+        """All-frames work (network calls, textures); idempotent."""
 
     def render(self, ctx: RenderContext, t: int) -> list[Patch]: ...
 
@@ -113,12 +114,14 @@ class EditSession:
         patches = self._patches.pop(k)
         self._patch_bytes -= sum(p.nbytes for p in patches)
 
-    def renderer(self, spec: EditLayer) -> Renderer:
+    def renderer(self, spec: EditLayer, prepare: bool = True) -> Renderer:
+        """The layer's renderer; ``prepare`` does its all-frames work now (else lazily as needed)."""
         r = self._renderers.get(spec.key)
         if r is None:
             r = make_renderer(spec, self._strokes)
-            r.prepare(self.ctx)
             self._renderers[spec.key] = r
+            if prepare:
+                r.prepare(self.ctx)
         return r
 
     def layer_patches(self, spec: EditLayer, t: int, cache: bool = True) -> list[Patch]:
@@ -126,7 +129,7 @@ class EditSession:
         if k in self._patches:
             self._patches.move_to_end(k)
             return self._patches[k]
-        patches = self.renderer(spec).render(self.ctx, t)
+        patches = self.renderer(spec, prepare=False).render(self.ctx, t)
         if cache:
             self._patches[k] = patches
             self._patch_bytes += sum(p.nbytes for p in patches)
@@ -140,7 +143,7 @@ class EditSession:
         with torch_threads(RENDER_THREADS):
             for spec in self.layers:
                 if spec.visible:
-                    self.renderer(spec)
+                    self.renderer(spec, prepare=False).prepare(self.ctx)
 
     def render_frame(self, t: int, cache: bool = True) -> np.ndarray:
         """Project frame t with all visible layers: uint8 [H, W, 3] at source resolution."""

@@ -38,31 +38,52 @@ def densify(points: np.ndarray, spacing: float = DENSIFY_PX) -> np.ndarray:
 
 @dataclass
 class CarriedStroke:
-    """A stroke's vertices in every project frame."""
+    """A stroke's (densified) vertices in the project frames, filled in as frames are needed.
+
+    Rendering all frames carries every frame in one batched call; showing a single frame
+    right after a stroke was drawn carries just that frame (interactive latency).
+    """
 
     layer: str
+    dense: np.ndarray  # [M, 2] vertices in the drawing frame
+    uv: np.ndarray  # [M, 2] their atlas coordinates
+    t: int  # drawing frame
+    margin: float  # how far outside the frame a vertex may still be drawn from
     xy: np.ndarray  # [T, M, 2]
     visible: np.ndarray  # [T, M] bool
+    done: np.ndarray  # [T] bool
+
+    def ensure(self, ctx: RenderContext, frames: np.ndarray | None = None) -> None:
+        todo = np.flatnonzero(~self.done) if frames is None else np.asarray(frames)[~self.done[frames]]
+        if todo.size == 0:
+            return
+        _, xy, ok = ctx.propagate(self.layer, self.dense, self.t, frames=todo, uv=self.uv)
+        m = self.margin
+        inside = ((xy[..., 0] >= -m) & (xy[..., 0] <= ctx.W + m) & (xy[..., 1] >= -m) & (xy[..., 1] <= ctx.H + m))
+        self.xy[todo] = xy
+        self.visible[todo] = ok & inside
+        self.done[todo] = True
 
 
 def stroke_key(stroke: Stroke, t: int, layer: str | None) -> str:
     h = hashlib.sha1(np.ascontiguousarray(stroke.points).tobytes())
-    h.update(f"{t}|{layer}".encode())
+    h.update(f"{t}|{layer}|{stroke.width}".encode())
     return h.hexdigest()
 
 
 def carry_stroke(ctx: RenderContext, stroke: Stroke, t: int, layer: str | None) -> CarriedStroke:
-    """Map one stroke to every frame (the only network call a stroke needs)."""
+    """Attach a stroke to its layer and map its vertices into the atlas (frames follow on demand)."""
     L = layer or ctx.auto_layer(t, stroke.points)
     dense = densify(stroke.points)
-    _, xy, ok = ctx.propagate(L, dense, t)
-    margin = stroke.width + 0.05 * max(ctx.W, ctx.H)
-    inside = ((xy[..., 0] >= -margin) & (xy[..., 0] <= ctx.W + margin)
-              & (xy[..., 1] >= -margin) & (xy[..., 1] <= ctx.H + margin))
-    return CarriedStroke(layer=L, xy=xy, visible=ok & inside)
+    uv = np.asarray(ctx.mapping.forward(L, dense, np.full(len(dense), float(t))), np.float64)
+    T = ctx.T
+    return CarriedStroke(layer=L, dense=dense, uv=uv, t=t, margin=stroke.width + 0.05 * max(ctx.W, ctx.H),
+                         xy=np.zeros((T, len(dense), 2)), visible=np.zeros((T, len(dense)), bool),
+                         done=np.zeros(T, bool))
 
 
 def render_stroke(ctx: RenderContext, stroke: Stroke, carried: CarriedStroke, t: int) -> Patch | None:
+    carried.ensure(ctx, np.array([t]))
     xy, vis = carried.xy[t], carried.visible[t]
     if len(xy) == 1:
         if not vis[0]:
@@ -116,19 +137,26 @@ class SketchRenderer:
         self._carried: list[CarriedStroke] | None = None
         self._keys: list[str] = []
 
-    def prepare(self, ctx: RenderContext) -> None:
+    def attach(self, ctx: RenderContext) -> None:
+        """Carried strokes from the cache, or new ones (forward mapping only)."""
         carried, keys = [], []
         for s in self.spec.strokes:
             k = stroke_key(s, self.spec.t, self.spec.layer)
             if k not in self._cache.carried:
                 self._cache.carried[k] = carry_stroke(ctx, s, self.spec.t, self.spec.layer)
             carried.append(self._cache.carried[k])
-            keys.append(f"{k}|{s.color}|{s.width}")
+            keys.append(f"{k}|{s.color}")
         self._carried, self._keys = carried, keys
+
+    def prepare(self, ctx: RenderContext) -> None:
+        """Carry every stroke into every frame (one batched mapping call per stroke)."""
+        self.attach(ctx)
+        for c in self._carried:
+            c.ensure(ctx)
 
     def render(self, ctx: RenderContext, t: int) -> list[Patch]:
         if self._carried is None:
-            self.prepare(ctx)
+            self.attach(ctx)
         out = []
         for s, c, k in zip(self.spec.strokes, self._carried, self._keys):
             p = self._cache.patch(k, t, lambda: render_stroke(ctx, s, c, t))

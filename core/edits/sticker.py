@@ -96,6 +96,8 @@ class RigidStickerRenderer:
         self.track: RigidTrack | None = None
 
     def prepare(self, ctx: RenderContext) -> None:
+        if self.track is not None:
+            return
         h, w = self.spec.image.shape[:2]
         radius = 0.5 * math.hypot(w, h) * self.spec.scale
         self.track = track_rigid(ctx, self.spec.center, self.spec.t, self.spec.layer, radius)
