@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import imageio.v3 as iio
-import numpy as np
 import pytest
 
 from synth import make_clip, make_gt_project
