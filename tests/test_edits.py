@@ -337,3 +337,52 @@ def test_atlas_layer_with_alpha_uses_its_alpha(gt):
     out = s.render_frame(0)
     assert inside.sum() > 5 and (out[inside] >= 252).all()
     assert (out[outside] == clip.frames[0][outside]).all()
+
+
+def test_rigid_sticker_on_the_foreground_turns_with_the_object(gt):
+    clip, _, folder = gt
+    img = np.zeros((6, 16, 4), np.float32)
+    img[..., :3] = (1.0, 0.5, 0.0)
+    img[..., 3] = 1.0
+    fsutil.write_png(folder / "bar_fg.png", img)
+    q0, th0 = clip.gt.object_params(np.array([0.0]))
+    s = session(gt, [{"type": "sticker", "frame": 0, "image": "bar_fg.png", "center": q0[0].tolist(),
+                      "scale": 1.0, "rotation": 0.0, "mode": "rigid"}])
+
+    def measure(t):
+        cov = np.zeros((H, W))
+        for p in s.layer_patches(s.layers[0], t):
+            x0, y0, x1, y1 = p.box
+            cov[y0:y1, x0:x1] += p.a
+        ys, xs = np.nonzero(cov > 0)
+        w = cov[ys, xs]
+        c = np.array([np.average(xs + 0.5, weights=w), np.average(ys + 0.5, weights=w)])
+        evals, evecs = np.linalg.eigh(np.cov(np.stack([xs + 0.5 - c[0], ys + 0.5 - c[1]]), aweights=w))
+        return c, math.atan2(evecs[1, 1], evecs[0, 1])
+
+    c0, a0 = measure(0)
+    qT, thT = clip.gt.object_params(np.array([float(T - 1)]))
+    cT, aT = measure(T - 1)
+    assert np.linalg.norm(cT - qT[0]) < 0.75  # moved with the object (it travels ~77 px)
+    assert math.remainder(aT - a0 - (thT[0] - th0[0]), math.pi) == pytest.approx(0.0, abs=math.radians(2))
+
+
+def test_rendering_stops_when_cancelled(gt, tmp_path):
+    from core.edits import edit_command
+    from core.errors import Cancelled
+    from core.progress import Progress
+
+    clip, proj, folder = gt
+    edits = folder / "cancel.json"
+    edits.write_text('{"layers": [{"type": "sketch", "frame": 0, "strokes": [{"points": [[10, 10], [50, 20]]}]}]}')
+
+    class StopAfter(Progress):
+        def update(self, stage, step, total, force=False, **extra):
+            if stage == "render" and step >= 3:
+                self.cancel.cancel()
+            super().update(stage, step, total, force, **extra)
+
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        edit_command(proj.path, edits, out, StopAfter("none"), project=proj)
+    assert len(list(out.glob("*.png"))) < T
