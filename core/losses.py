@@ -31,12 +31,14 @@ def alpha_flow_loss(alpha_a: torch.Tensor, alpha_b: torch.Tensor, valid: torch.T
 
 
 def rigidity_loss(uv0: torch.Tensor, uv_dx: torch.Tensor, uv_dy: torch.Tensor, step_uv: float,
-                  weight: torch.Tensor) -> torch.Tensor:
-    """Locally, a mapping should be a rotation (plus the atlas' fixed scale): no shear, no stretch.
+                  weight: torch.Tensor, scale_weight: float = 0.02) -> torch.Tensor:
+    """Locally, a mapping should be a similarity: no shear, no stretch along one direction.
 
     The Jacobian comes from finite differences (one working pixel), normalised so that the
-    initial similarity mapping has J = I. The penalty is symmetric in stretch and squash:
-    (log s1)^2 + (log s2)^2 over J's singular values, plus a fold-over term when det J < 0.
+    initial similarity mapping has J = I. With s1 >= s2 its singular values, the penalty is
+    (log s1 - log s2)^2 (anisotropy) plus a weak ``scale_weight * (log s1 s2)^2``: a camera
+    zoom changes the scale of the whole frame and must not be fought, but the atlas should
+    not drift in scale either. A fold-over (det J < 0) is penalised on top.
     """
     j1 = (uv_dx - uv0) / step_uv  # first column
     j2 = (uv_dy - uv0) / step_uv
@@ -45,10 +47,10 @@ def rigidity_loss(uv0: torch.Tensor, uv_dx: torch.Tensor, uv_dy: torch.Tensor, s
     d = (j2 * j2).sum(1)
     half_tr = 0.5 * (a + d)
     disc = torch.sqrt(((0.5 * (a - d)) ** 2 + b * b).clamp_min(1e-12))
-    lam1 = (half_tr + disc).clamp_min(1e-4)
-    lam2 = (half_tr - disc).clamp_min(1e-4)
+    log_l1 = torch.log((half_tr + disc).clamp_min(1e-4))  # log s1^2
+    log_l2 = torch.log((half_tr - disc).clamp_min(1e-4))  # log s2^2
     det = j1[:, 0] * j2[:, 1] - j1[:, 1] * j2[:, 0]
-    per_point = 0.25 * (torch.log(lam1) ** 2 + torch.log(lam2) ** 2) + F.relu(-det)
+    per_point = 0.25 * (log_l1 - log_l2) ** 2 + scale_weight * 0.25 * (log_l1 + log_l2) ** 2 + F.relu(-det)
     return (per_point * weight).sum() / weight.sum().clamp_min(1.0)
 
 

@@ -36,7 +36,10 @@ class ModelConfig:
     map_hidden: int = 32  # mapping and alpha MLPs
     map_levels: int = 8
     map_log2_table: int = 17  # large enough that every mapping level is dense (no collisions)
-    map_max_res: int = 48  # finest spatial cells across the frame for mappings
+    # Finest spatial cells across the frame for the mappings. The background moves with the
+    # camera and must bridge the holes the foreground leaves in the optical flow, so its
+    # mapping is kept coarse; the foreground may bend (a hand, a turning cup).
+    map_max_res: dict[str, int] = field(default_factory=lambda: {"bg": 16, "fg": 32})
     alpha_levels: int = 10
     alpha_log2_table: int = 18
     alpha_max_res: int = 0  # 0: a third of the working resolution's long side
@@ -61,8 +64,8 @@ class ModelConfig:
         # the long side (long_side px) spans 2 * uv_scale of the atlas' 2 units
         atlas_res = self.atlas_max_res or int(self.atlas_cells_per_px * long_side / self.uv_scale)
         return {
-            "map": HashGridConfig(3, self.map_levels, 2, self.map_log2_table, base_res=[4, 4, min(4, t_res)],
-                                  max_res=[self.map_max_res * ax, self.map_max_res * ay, t_res]),
+            **{f"map_{L}": HashGridConfig(3, self.map_levels, 2, self.map_log2_table, base_res=[2, 2, min(4, t_res)],
+                                          max_res=[r * ax, r * ay, t_res]) for L, r in self.map_max_res.items()},
             "alpha": HashGridConfig(3, self.alpha_levels, 2, self.alpha_log2_table, base_res=[8, 8, min(4, t_res)],
                                     max_res=[alpha_res * ax, alpha_res * ay, t_res]),
             "atlas": HashGridConfig(2, self.atlas_levels, 2, self.atlas_log2_table, base_res=8,
@@ -87,9 +90,23 @@ class Field(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         self.mlp = nn.Sequential(*layers, last)
+        n_levels = grid_cfg.n_levels
+        self.register_buffer("level_weights", torch.ones(n_levels * grid_cfg.n_features), persistent=False)
+
+    def set_active_levels(self, active: float) -> None:
+        """Coarse-to-fine (as in BARF): levels below ``active`` count fully, the next fades in.
+
+        Early in training an atlas that only has its coarse levels is smooth, so the
+        reconstruction pulls mappings along wide basins instead of freezing each frame's copy
+        of an object into its own place in the atlas ("ghosts").
+        """
+        cfg = self.grid.cfg
+        lv = torch.arange(cfg.n_levels, dtype=torch.float32)
+        w = (1 - torch.cos(torch.pi * (active - lv).clamp(0.0, 1.0))) / 2
+        self.level_weights.copy_(w.repeat_interleave(cfg.n_features).to(self.level_weights.device))
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.grid(x01))
+        return self.mlp(self.grid(x01) * self.level_weights)
 
 
 class LayeredAtlasModel(nn.Module):
@@ -100,8 +117,8 @@ class LayeredAtlasModel(nn.Module):
         kw = dict(hidden=cfg.hidden, device=device, backend=cfg.backend)
         small = dict(hidden=cfg.map_hidden, n_hidden=1, device=device, backend=cfg.backend)
         # Mappings and alpha are smooth: the grid carries the detail, one small hidden layer is enough.
-        self.forward_maps = nn.ModuleDict({L: Field(g["map"], 2, zero_init=True, **small) for L in cfg.layers})
-        self.inverse_maps = nn.ModuleDict({L: Field(g["map"], 2, zero_init=True, **small) for L in cfg.layers})
+        self.forward_maps = nn.ModuleDict({L: Field(g[f"map_{L}"], 2, zero_init=True, **small) for L in cfg.layers})
+        self.inverse_maps = nn.ModuleDict({L: Field(g[f"map_{L}"], 2, zero_init=True, **small) for L in cfg.layers})
         self.atlases = nn.ModuleDict({L: Field(g["atlas"], 3, **kw) for L in cfg.layers})
         self.alpha_field = Field(g["alpha"], 1, **small) if "fg" in cfg.layers else None
         ax, ay = cfg.aspect
@@ -144,6 +161,12 @@ class LayeredAtlasModel(nn.Module):
         a = self.alpha(p, t)
         fg = self.atlas("fg", uvs["fg"])
         return a.unsqueeze(1) * fg + (1 - a.unsqueeze(1)) * bg, uvs, a
+
+    def set_atlas_detail(self, fraction: float, first_levels: int = 4) -> None:
+        """Atlas levels in use: ``first_levels`` at 0, all of them at 1 (see Field.set_active_levels)."""
+        for field_ in self.atlases.values():
+            total = field_.grid.cfg.n_levels
+            field_.set_active_levels(first_levels + fraction * (total - first_levels + 1))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role, so the trainer can give tables, MLPs and mappings their own rates."""

@@ -35,7 +35,7 @@ DEFAULT_MINUTES = 4.0
 class LossWeights:
     flow: float = 0.02
     alpha_flow: float = 0.05
-    rigidity: float = 0.002
+    rigidity: float = 0.3
     sparsity: float = 0.002
     bootstrap: float = 0.05
     bootstrap_until: float = 0.4  # fraction of the budget over which bootstrapping fades out
@@ -59,7 +59,8 @@ class TrainConfig:
     lr_table: float = 1e-2
     lr_mlp: float = 3e-3
     lr_final: float = 0.1  # fraction of the initial rates reached at the end of the budget
-    map_warmup: float = 0.03  # fraction of the budget before the mappings start to move
+    map_warmup: float = 0.0  # fraction of the budget over which mapping rates ramp up
+    coarse_to_fine: float = 0.3  # fraction of the budget until every atlas level is in use
     checkpoint_seconds: float = 30.0
     weights: LossWeights = field(default_factory=LossWeights)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
@@ -155,6 +156,11 @@ class Trainer:
         iters, seconds = self.cfg.budget()
         return (iters is not None and self.step >= iters) or (seconds is not None and self.elapsed >= seconds)
 
+    def set_schedule(self, fr: float) -> None:
+        self.set_rates(fr)
+        c2f = min(1.0, fr / self.cfg.coarse_to_fine) if self.cfg.coarse_to_fine > 0 else 1.0
+        self.model.set_atlas_detail(c2f)
+
     def set_rates(self, fr: float) -> None:
         decay = self.cfg.lr_final ** fr
         warm = min(1.0, fr / self.cfg.map_warmup) if self.cfg.map_warmup > 0 else 1.0
@@ -207,7 +213,9 @@ class Trainer:
         rig = []
         for layer in layers:
             u = uv_all[layer]
-            weight = torch.ones(nr, device=p.device) if layer == "bg" else vis["fg"][:nr] + 0.05
+            # Where the foreground hides the background, rigidity is all that holds the
+            # background mapping (no colour, no flow there): weigh it up.
+            weight = 1.0 + 4.0 * vis["fg"][:nr] if layer == "bg" else vis["fg"][:nr] + 0.05
             rig.append(L.rigidity_loss(u[:nr], u[off:off + nr], u[off + nr:off + 2 * nr],
                                        self.step_p * m.cfg.uv_scale, weight))
         terms["rigidity"] = w.rigidity * sum(rig)
@@ -231,7 +239,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         fr = self.fraction()
-        self.set_rates(fr)
+        self.set_schedule(fr)
         self.model.train()
         batch = self.data.sample(self.cfg.batch, self.gen)
         total, terms = self.losses(batch, fr)
@@ -329,6 +337,14 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     vio.check_resources(end - start, (vinfo.width, vinfo.height), work, project_dir / Project.FRAMES)
 
     project_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"train": _settings(cfg)}
+    if existing is None:
+        # Claim the folder first: a run cancelled while loading leaves a project that
+        # `--resume` picks up, not an anonymous folder that the next run refuses.
+        layers = ["bg"] if cfg.single_layer else ["bg", "fg"]
+        Project(project_dir, ProjectInfo(source=source, frames=list(range(start, end)),
+                                         source_size=(vinfo.width, vinfo.height), work_size=work, fps=vinfo.fps,
+                                         layers=layers, settings=settings)).save_info()
     frames_npy = project_dir / Project.FRAMES
     if existing is not None and frames_npy.is_file():
         frames = _resize_stack(np.load(frames_npy, mmap_mode="r"), work)
@@ -342,7 +358,7 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
 
     info = ProjectInfo(source=source, frames=list(range(start, end)), source_size=(vinfo.width, vinfo.height),
                        work_size=work, fps=vinfo.fps, layers=layers,
-                       settings={"train": _settings(cfg), "mask_source": prep.mask_source})
+                       settings={**settings, "mask_source": prep.mask_source})
     project = Project(project_dir, info)
     project.save_info()
 
@@ -364,6 +380,7 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
         trainer.load_state(state)
 
     run_loop(trainer, ckpt_path, progress, monitor)
+    model.set_atlas_detail(1.0)
     progress.message(f"trained {trainer.step} iterations in {trainer.elapsed:.0f} s "
                      f"(running PSNR ~{trainer.psnr_estimate:.1f} dB); baking maps")
     result = bake(model, prep.frames, info.source_size, progress)

@@ -175,3 +175,27 @@ def test_cancel_saves_a_resumable_checkpoint(tmp_path, tiny_clip):
     assert main(["train", str(tiny_clip), "-o", str(proj), "--resume", "--iters", str(state["step"] + 2),
                  "--progress", "none"]) == 0
     assert Project.open(proj).metrics()["iterations"] == state["step"] + 2
+
+
+def test_cancel_while_loading_leaves_a_resumable_project(tmp_path, tiny_clip):
+    from core.errors import Cancelled
+    from core.progress import Progress
+    from core.train import TrainConfig, train_project
+
+    progress = Progress("none")
+    original = progress.update
+
+    def cancel_in_load(stage, step, total, **kw):
+        if stage == "load" and step >= 2:
+            progress.cancel.cancel()
+        original(stage, step, total, **kw)
+
+    progress.update = cancel_in_load  # type: ignore[method-assign]
+    proj = tmp_path / "proj"
+    with pytest.raises(Cancelled):
+        train_project(tiny_clip, proj, TrainConfig(iters=3), progress)
+    assert (proj / "project.json").is_file() and not (proj / "frames.npy").exists()
+    proc = run_cli("train", str(tiny_clip), "-o", str(proj), "--iters", "3")
+    assert_one_line_error(proc, "--resume")
+    assert main(["train", str(tiny_clip), "-o", str(proj), "--resume", "--progress", "none"]) == 0
+    assert Project.open(proj).metrics()["iterations"] == 3
