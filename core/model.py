@@ -13,7 +13,7 @@ pixels for the rest of the engine.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -66,6 +66,9 @@ class ModelConfig:
         return {
             **{f"map_{L}": HashGridConfig(3, self.map_levels, 2, self.map_log2_table, base_res=[2, 2, min(4, t_res)],
                                           max_res=[r * ax, r * ay, t_res]) for L, r in self.map_max_res.items()},
+            # Inverse mappings have no rigidity to respect, only the cycle to fit: twice as fine.
+            **{f"inv_{L}": HashGridConfig(3, self.map_levels, 2, self.map_log2_table, base_res=[2, 2, min(4, t_res)],
+                                          max_res=[2 * r * ax, 2 * r * ay, t_res]) for L, r in self.map_max_res.items()},
             "alpha": HashGridConfig(3, self.alpha_levels, 2, self.alpha_log2_table, base_res=[8, 8, min(4, t_res)],
                                     max_res=[alpha_res * ax, alpha_res * ay, t_res]),
             "atlas": HashGridConfig(2, self.atlas_levels, 2, self.atlas_log2_table, base_res=8,
@@ -118,7 +121,7 @@ class LayeredAtlasModel(nn.Module):
         small = dict(hidden=cfg.map_hidden, n_hidden=1, device=device, backend=cfg.backend)
         # Mappings and alpha are smooth: the grid carries the detail, one small hidden layer is enough.
         self.forward_maps = nn.ModuleDict({L: Field(g[f"map_{L}"], 2, zero_init=True, **small) for L in cfg.layers})
-        self.inverse_maps = nn.ModuleDict({L: Field(g[f"map_{L}"], 2, zero_init=True, **small) for L in cfg.layers})
+        self.inverse_maps = nn.ModuleDict({L: Field(g[f"inv_{L}"], 2, zero_init=True, **small) for L in cfg.layers})
         self.atlases = nn.ModuleDict({L: Field(g["atlas"], 3, **kw) for L in cfg.layers})
         self.alpha_field = Field(g["alpha"], 1, **small) if "fg" in cfg.layers else None
         ax, ay = cfg.aspect
@@ -202,7 +205,7 @@ class ModelMapping:
 
     def _run(self, fn, a: np.ndarray, t: np.ndarray) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32).reshape(-1, 2)
-        t = np.broadcast_to(np.asarray(t, dtype=np.float32).reshape(-1), (a.shape[0],))
+        t = np.array(np.broadcast_to(np.asarray(t, dtype=np.float32).reshape(-1), (a.shape[0],)))
         outs = []
         with torch.no_grad():
             for s in range(0, a.shape[0], self.chunk):
@@ -243,7 +246,10 @@ def config_from_json(d: dict[str, Any]) -> ModelConfig:
     d = dict(d)
     d["work_size"] = tuple(d["work_size"])
     d["layers"] = tuple(d["layers"])
-    return ModelConfig(**d)
+    if isinstance(d.get("map_max_res"), int):  # 0.1.0 development format: one value for both layers
+        d["map_max_res"] = {layer: d["map_max_res"] for layer in d["layers"]}
+    known = {f.name for f in fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in d.items() if k in known})
 
 
 def load_model(ckpt_path: str | Path, device: str = "cpu") -> tuple[LayeredAtlasModel, dict[str, Any]]:
@@ -251,11 +257,20 @@ def load_model(ckpt_path: str | Path, device: str = "cpu") -> tuple[LayeredAtlas
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - a damaged file is a user-facing error
         raise InveError(f"cannot read checkpoint {ckpt_path}: {exc}") from None
-    cfg = config_from_json(state["model_config"])
+    try:
+        cfg = config_from_json(state["model_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InveError(f"{ckpt_path} holds networks in a format this inve cannot read ({exc}); "
+                        "train the project again") from None
     if cfg.backend == "tcnn" and torch.device(device).type != "cuda":
         raise InveError(f"{ckpt_path} was trained with tinycudann and needs a CUDA device to reopen")
     model = LayeredAtlasModel(cfg, device=device)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InveError(f"{ckpt_path} does not match this inve's networks ({first}); "
+                        "train the project again") from None
     return model, state
 
 

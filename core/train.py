@@ -228,7 +228,7 @@ class Trainer:
                 if fade > 0:
                     terms["bootstrap"] = w.bootstrap * fade * L.bootstrap_loss(alpha, b["mask"])
         cyc = []
-        nc = n // 4
+        nc = n // 2
         for layer in layers:
             back = m.inverse(layer, uv[layer][:nc].detach(), t[:nc])
             weight = torch.ones(nc, device=p.device) if layer == "bg" else vis["fg"][:nc] + 0.01
@@ -243,7 +243,7 @@ class Trainer:
         self.model.train()
         batch = self.data.sample(self.cfg.batch, self.gen)
         total, terms = self.losses(batch, fr)
-        if not math.isfinite(float(total)):
+        if not math.isfinite(float(total.detach())):
             bad = [k for k, v in terms.items() if not math.isfinite(v)]
             raise InveError(f"training diverged at step {self.step}: non-finite loss ({', '.join(bad) or 'total'}); "
                             "nothing was saved from this run past the last checkpoint; try another --seed "
