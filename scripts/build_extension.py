@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the installable Blender extension zip (Install from Disk) with Blender's own tool.
 
-The zip bundles the engine: ``core/`` is copied to ``inve_blender/engine/core`` in a staging
+The zip bundles the engine: ``blender_manifest.toml`` (top level of the repository) and
+``inve_blender/`` form the add-on, and ``core/`` is copied to ``inve_blender/engine/core`` in a staging
 folder, with ``engine/requirements.txt`` (from pyproject.toml) for the add-on's dependency
 installer, so what a user installs is the add-on and the exact engine it was tested with.
 Blender's ``bl_pkg/cli/blender_ext.py`` (shipped in Blender and in the bpy wheel) then runs
@@ -25,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ADDON = REPO / "inve_blender"
 ENGINE = REPO / "core"
+MANIFEST = REPO / "blender_manifest.toml"
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache")
 
 
@@ -52,6 +54,7 @@ def stage(dest: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(ADDON, pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "engine"))
+    shutil.copy2(MANIFEST, pkg / "blender_manifest.toml")  # kept at the repository's top level
     shutil.copytree(ENGINE, pkg / "engine" / "core", ignore=IGNORE)
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     (pkg / "engine" / "requirements.txt").write_text(
