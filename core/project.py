@@ -116,11 +116,11 @@ class BakedMaps:
         return int(self.alpha.shape[2]), int(self.alpha.shape[1])
 
     def save(self, path: str | Path) -> None:
-        arrays: dict[str, np.ndarray] = {"alpha": self.alpha.astype(np.float32)}
+        arrays: dict[str, np.ndarray] = {"alpha": self.alpha.astype(np.float32, copy=False)}
         for layer in self.uv:
-            arrays[f"uv_{layer}"] = self.uv[layer].astype(np.float32)
-            arrays[f"atlas_{layer}"] = self.atlas[layer].astype(np.float32)
-            arrays[f"atlas_used_{layer}"] = self.atlas_used[layer].astype(np.float32)
+            arrays[f"uv_{layer}"] = self.uv[layer].astype(np.float32, copy=False)
+            arrays[f"atlas_{layer}"] = self.atlas[layer].astype(np.float32, copy=False)
+            arrays[f"atlas_used_{layer}"] = self.atlas_used[layer].astype(np.float32, copy=False)
         fsutil.save_npz(path, **arrays)
 
     @classmethod

@@ -114,6 +114,20 @@ class _NeedsProject:
     def poll(cls, context: bpy.types.Context) -> bool:
         return poll_movie_strip(cls, context)
 
+    def drawing_target(self, context: bpy.types.Context) -> tuple[object, dict, int] | None:
+        """(movie strip, project info, source frame under the playhead), or None after a report."""
+        strip = movie_strip(context)
+        spec = engine_ready(self, context)
+        if spec is None:
+            return None
+        info = project_info(self, context, strip, spec)
+        if info is None:
+            return None
+        frame = current_source_frame(self, context, strip, info)
+        if frame is None:
+            return None
+        return strip, info, frame
+
 
 class INVE_OT_add_strokes(_NeedsProject, bpy.types.Operator):
     """Turn the strokes drawn on this frame into an edit layer that follows the surface"""
@@ -131,16 +145,10 @@ class INVE_OT_add_strokes(_NeedsProject, bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         s = settings(context)
-        strip = movie_strip(context)
-        spec = engine_ready(self, context)
-        if spec is None:
+        target = self.drawing_target(context)
+        if target is None:
             return {"CANCELLED"}
-        info = project_info(self, context, strip, spec)
-        if info is None:
-            return {"CANCELLED"}
-        frame = current_source_frame(self, context, strip, info)
-        if frame is None:
-            return {"CANCELLED"}
+        strip, info, frame = target
         source = s.stroke_source if self.source == "SETTINGS" else self.source
         found = collect_strokes(self, context, strip, source)
         if found is None:
@@ -186,16 +194,10 @@ class INVE_OT_add_sticker(_NeedsProject, bpy.types.Operator):
         if not os.path.isfile(path):
             self.report({"ERROR"}, f"Sticker image not found: {path or '(none chosen)'}")
             return {"CANCELLED"}
-        strip = movie_strip(context)
-        spec = engine_ready(self, context)
-        if spec is None:
+        target = self.drawing_target(context)
+        if target is None:
             return {"CANCELLED"}
-        info = project_info(self, context, strip, spec)
-        if info is None:
-            return {"CANCELLED"}
-        frame = current_source_frame(self, context, strip, info)
-        if frame is None:
-            return {"CANCELLED"}
+        strip, info, frame = target
         w, h = info.get("source_size", [0, 0])
         cursor = preview_cursor_source(context, strip)
         cx = self.center_x if self.center_x >= 0 else (cursor[0] if cursor else w / 2.0)
@@ -233,16 +235,10 @@ class INVE_OT_add_paint(_NeedsProject, bpy.types.Operator):
         if not os.path.isfile(path):
             self.report({"ERROR"}, f"Paint image not found: {path or '(none chosen)'}")
             return {"CANCELLED"}
-        strip = movie_strip(context)
-        spec = engine_ready(self, context)
-        if spec is None:
+        target = self.drawing_target(context)
+        if target is None:
             return {"CANCELLED"}
-        info = project_info(self, context, strip, spec)
-        if info is None:
-            return {"CANCELLED"}
-        frame = current_source_frame(self, context, strip, info)
-        if frame is None:
-            return {"CANCELLED"}
+        strip, info, frame = target
         img = bpy.data.images.load(path, check_existing=True)
         size = tuple(img.size)
         if img.users == 0:
