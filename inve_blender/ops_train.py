@@ -26,6 +26,20 @@ def train_args(video: str, project: str, frames: tuple[int, int], max_side: int,
     return args
 
 
+def finished_training_minutes(project: str) -> float:
+    """Training time of a project whose training finished (it has metrics.json), else 0.
+
+    ``inve train --resume --minutes M`` trains up to M minutes in total. A run cancelled
+    before it finished continues to the panel's budget; pressing Train on a finished
+    project should train the panel's minutes *more*, so the add-on adds what was done.
+    """
+    try:
+        with open(os.path.join(project, "metrics.json"), encoding="utf-8") as fh:
+            return max(0.0, float(json.load(fh).get("train_seconds", 0.0)) / 60.0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
+
+
 # What the engine writes into a project folder before project.json exists (a run cancelled
 # while loading or preprocessing); dot-files are its temporary files of atomic writes.
 ENGINE_PARTIALS = {"cache", "frames.npy", "checkpoint.pt", "maps.npz", "metrics.json", "atlas_bg.png",
@@ -77,7 +91,8 @@ class INVE_OT_train(bpy.types.Operator):
         if clear_partial_project(ws.project):
             self.report({"INFO"}, "Removed the unfinished project of a run cancelled before it saved anything")
         resume = os.path.isfile(os.path.join(ws.project, "project.json"))
-        args = train_args(strips.abs_path(strip.filepath), ws.project, frames, s.working_side(), s.minutes,
+        minutes = s.minutes + (finished_training_minutes(ws.project) if resume else 0.0)
+        args = train_args(strips.abs_path(strip.filepath), ws.project, frames, s.working_side(), minutes,
                           s.device, s.single_layer, resume)
         os.makedirs(base, exist_ok=True)
         scene_name = strips.sequencer_scene(context).name

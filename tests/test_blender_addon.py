@@ -243,6 +243,8 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
         (r["progress_seen"], r["cancel_outcome"])
     assert r["train_ok"], r["train_state"]
     assert r["trained"] and isinstance(r["psnr"], (int, float))
+    assert r["trained_minutes"] == pytest.approx(r["metrics_train_seconds"] / 60.0)
+    assert r["trained_minutes"] > 0
     # the sketch layer sits on the source frame of the scene frame it was drawn on
     layer = r["layer"]
     assert layer["type"] == "sketch" and layer["frame"] == STROKE_SCENE_FRAME - STRIP_START
@@ -752,6 +754,10 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     out["train_ok"], out["train_state"] = job.state.ok, job.state.status_text()
     info = json.loads(s.info_json)
     out["trained"], out["psnr"] = info.get("trained"), (info.get("metrics") or {}).get("psnr")
+    # pressing Train again on the finished project must train the panel's minutes *more*
+    ops_train = import_module(ADDON_MODULE + ".ops_train")
+    out["trained_minutes"] = ops_train.finished_training_minutes(job.context_data["project"])
+    out["metrics_train_seconds"] = (info.get("metrics") or {}).get("train_seconds")
     out["project_dir"] = job.context_data["project"]
 
     # a red stroke on scene frame `stroke_frame`, as a Grease Pencil object seen by an ortho camera
