@@ -51,28 +51,20 @@ def _visible_points(clip, layer: str, a: int, b: int, rng: np.random.Generator, 
     return xy[keep][:n]
 
 
-@pytest.mark.parametrize("a,b", [(0, 9), (2, 6), (9, 1)])
-def test_background_correspondence(fitted, a, b):
+@pytest.mark.parametrize("layer,a,b,tolerance,min_points", [
+    ("bg", 0, 9, BG_MEDIAN_PX, 100), ("bg", 2, 6, BG_MEDIAN_PX, 100), ("bg", 9, 1, BG_MEDIAN_PX, 100),
+    ("fg", 3, 6, FG_MEDIAN_PX, 50), ("fg", 5, 7, FG_MEDIAN_PX, 50),
+])
+def test_correspondence_matches_the_known_motion(fitted, layer, a, b, tolerance, min_points):
     clip, project = fitted
     mapping = project.mapping()
-    xy = _visible_points(clip, "bg", a, b, np.random.default_rng(a * 10 + b))
-    assert len(xy) > 100
-    truth = clip.gt.inverse("bg", clip.gt.forward("bg", xy, np.full(len(xy), a)), np.full(len(xy), b))
-    learned = mapping.inverse("bg", mapping.forward("bg", xy, np.full(len(xy), a)), np.full(len(xy), b))
+    xy = _visible_points(clip, layer, a, b, np.random.default_rng(a * 10 + b))
+    assert len(xy) > min_points
+    ta, tb = np.full(len(xy), a), np.full(len(xy), b)
+    truth = clip.gt.inverse(layer, clip.gt.forward(layer, xy, ta), tb)
+    learned = mapping.inverse(layer, mapping.forward(layer, xy, ta), tb)
     err = np.linalg.norm(learned - truth, axis=1)
-    assert np.median(err) < BG_MEDIAN_PX, f"median {np.median(err):.2f} px"
-
-
-@pytest.mark.parametrize("a,b", [(3, 6), (5, 7)])
-def test_foreground_correspondence(fitted, a, b):
-    clip, project = fitted
-    mapping = project.mapping()
-    xy = _visible_points(clip, "fg", a, b, np.random.default_rng(a * 10 + b))
-    assert len(xy) > 50
-    truth = clip.gt.inverse("fg", clip.gt.forward("fg", xy, np.full(len(xy), a)), np.full(len(xy), b))
-    learned = mapping.inverse("fg", mapping.forward("fg", xy, np.full(len(xy), a)), np.full(len(xy), b))
-    err = np.linalg.norm(learned - truth, axis=1)
-    assert np.median(err) < FG_MEDIAN_PX, f"median {np.median(err):.2f} px"
+    assert np.median(err) < tolerance, f"{layer} {a}->{b}: median {np.median(err):.2f} px"
 
 
 def test_alpha_separates_the_layers_and_reconstruction_is_good(fitted):
