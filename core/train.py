@@ -36,6 +36,10 @@ class LossWeights:
     flow: float = 0.02
     alpha_flow: float = 0.05
     rigidity: float = 0.3
+    # weight of a uniform scale change inside the rigidity penalty, per layer: a camera zoom
+    # rescales the whole background, while a foreground object should keep its atlas size
+    rigidity_scale_bg: float = 0.02
+    rigidity_scale_fg: float = 0.3
     sparsity: float = 0.002
     bootstrap: float = 0.05
     bootstrap_until: float = 0.4  # fraction of the budget over which bootstrapping fades out
@@ -61,6 +65,9 @@ class TrainConfig:
     lr_final: float = 0.1  # fraction of the initial rates reached at the end of the budget
     map_warmup: float = 0.0  # fraction of the budget over which mapping rates ramp up
     coarse_to_fine: float = 0.3  # fraction of the budget until every atlas level is in use
+    # The last part of the budget trains only the inverse mappings, against forward mappings
+    # that no longer move: the inverse otherwise lags the forward and the cycle error shows it.
+    inverse_polish: float = 0.05
     checkpoint_seconds: float = 30.0
     weights: LossWeights = field(default_factory=LossWeights)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
@@ -217,7 +224,8 @@ class Trainer:
             # background mapping (no colour, no flow there): weigh it up.
             weight = 1.0 + 4.0 * vis["fg"][:nr] if layer == "bg" else vis["fg"][:nr] + 0.05
             rig.append(L.rigidity_loss(u[:nr], u[off:off + nr], u[off + nr:off + 2 * nr],
-                                       self.step_p * m.cfg.uv_scale, weight))
+                                       self.step_p * m.cfg.uv_scale, weight,
+                                       scale_weight=getattr(w, f"rigidity_scale_{layer}")))
         terms["rigidity"] = w.rigidity * sum(rig)
         if "fg" in layers:
             terms["sparsity"] = w.sparsity * L.sparsity_loss(alpha, fg)
@@ -237,12 +245,29 @@ class Trainer:
         total = sum(terms.values())
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
+    def polish_losses(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cycle consistency alone, forward mappings frozen (only the inverses get gradients)."""
+        m = self.model
+        with torch.no_grad():
+            uv = {layer: m.uv(layer, b["p"], b["t"]) for layer in m.cfg.layers}
+            alpha = m.alpha(b["p"], b["t"])
+        cyc = []
+        for layer in m.cfg.layers:
+            back = m.inverse(layer, uv[layer], b["t"])
+            weight = torch.ones_like(alpha) if layer == "bg" else alpha + 0.01
+            cyc.append(L.cycle_loss(back, b["p"], weight, self.px_per_unit))
+        total = self.cfg.weights.cycle * sum(cyc)
+        return total, {"cycle": float(total.detach())}
+
     def train_step(self) -> dict[str, float]:
         fr = self.fraction()
         self.set_schedule(fr)
         self.model.train()
         batch = self.data.sample(self.cfg.batch, self.gen)
-        total, terms = self.losses(batch, fr)
+        if fr >= 1.0 - self.cfg.inverse_polish:
+            total, terms = self.polish_losses(batch)
+        else:
+            total, terms = self.losses(batch, fr)
         if not math.isfinite(float(total.detach())):
             bad = [k for k, v in terms.items() if not math.isfinite(v)]
             raise InveError(f"training diverged at step {self.step}: non-finite loss ({', '.join(bad) or 'total'}); "
@@ -252,8 +277,9 @@ class Trainer:
         total.backward()
         self.opt.step()
         self.step += 1
-        mse = terms["rgb"]
-        self.mse_ema = mse if self.mse_ema is None else 0.95 * self.mse_ema + 0.05 * mse
+        if "rgb" in terms:
+            mse = terms["rgb"]
+            self.mse_ema = mse if self.mse_ema is None else 0.95 * self.mse_ema + 0.05 * mse
         return terms
 
     @property
