@@ -7,6 +7,8 @@ atlas, the rest to the background atlas.
 """
 from __future__ import annotations
 
+import abc
+
 import cv2
 import numpy as np
 import torch
@@ -25,14 +27,19 @@ def target_layers(ctx: RenderContext, layer: str | None) -> list[str]:
     return [layer] if layer else list(ctx.layers)
 
 
-class TextureRenderer:
-    """Renders a list of atlas textures (back to front) as premultiplied RGBA patches."""
+class TextureRenderer(abc.ABC):
+    """Renders a list of atlas textures (back to front) as premultiplied RGBA patches.
+
+    Subclasses say how their layer becomes atlas textures (``build``); sampling them per
+    frame is shared here.
+    """
 
     def __init__(self) -> None:
         self.textures: list[AtlasTexture] | None = None
 
+    @abc.abstractmethod
     def build(self, ctx: RenderContext) -> list[AtlasTexture]:
-        raise NotImplementedError
+        """The layer's edit as atlas-space textures."""
 
     def prepare(self, ctx: RenderContext) -> None:
         if self.textures is None:
