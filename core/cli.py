@@ -113,8 +113,14 @@ def _info(project_dir: str) -> dict:
     from core.project import Project
 
     proj = Project.open(project_dir)
-    return {"project": str(proj.path.resolve()), "trained": proj.is_trained,
-            **proj.info.to_json(), "metrics": proj.metrics()}
+    state, why = proj.state()
+    out = {"project": str(proj.path.resolve()), "trained": state == "trained", "state": state,
+           **proj.info.to_json(), "metrics": proj.metrics()}
+    if why:
+        out["state_reason"] = why
+    if state == "needs bake":
+        out["next_step"] = f"inve train VIDEO -o {proj.path} --resume  (re-bakes the maps)"
+    return out
 
 
 def run(args: argparse.Namespace, progress: Progress) -> dict:

@@ -312,6 +312,13 @@ def _write_marker(folder: Path, files: dict[str, str | None], complete: bool,
     write_json(folder / OUTPUT_MARKER, doc)
 
 
+def mark_output_dir(folder: str | os.PathLike) -> None:
+    """Give ``folder`` an (empty, complete) marker: files inve writes there get recorded."""
+    folder = Path(folder)
+    if _read_marker(folder) is None:
+        _write_marker(folder, {}, complete=True)
+
+
 def output_dir_state(folder: str | os.PathLike) -> dict[str, Any] | None:
     """What the folder's marker says (``complete``, ``files``, ...), or ``None``."""
     return _read_marker(Path(folder))
@@ -413,9 +420,16 @@ class OutputFolder:
     def write_png(self, name: str, image: np.ndarray) -> Path:
         return self.write(name, _png_writer(image))
 
+    def _merge_disk(self) -> None:
+        """Keep records that single-file writers added to the marker meanwhile."""
+        marker = _read_marker(self.path)
+        if marker is not None:
+            self.files = {**marker["files"], **self.files}
+
     def finish(self, stale: Callable[[str], bool] | None = None) -> None:
         """Mark the folder complete; files matching ``stale`` not written by this run go
         away when they are still ours and unchanged (a user's copy stays)."""
+        self._merge_disk()
         keep = set(self.written)
         if stale is not None:
             for name in list(self.files):
@@ -432,6 +446,7 @@ class OutputFolder:
     def abort(self, reason: str) -> None:
         """Leave the folder marked incomplete, saying which files this run wrote."""
         with contextlib.suppress(OSError, InveError):
+            self._merge_disk()
             _write_marker(self.path, self.files, complete=False,
                           extra={"interrupted": reason, "written_this_run": sorted(self.written)})
             (self.path / JOURNAL).unlink()

@@ -20,6 +20,8 @@ covers that square with pixel centres at uv = 2*(i+0.5)/A - 1, which is exactly
 from __future__ import annotations
 
 import dataclasses
+import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -46,6 +48,9 @@ class ProjectInfo:
     settings: dict[str, Any] = field(default_factory=dict)
     format: int = PROJECT_FORMAT
     tool_version: str = __version__
+    # content fingerprint of the source (core.identity): finds the project again after a
+    # rename, and tells a checkpoint of this project from a copy of another one
+    source_fingerprint: str | None = None
 
     @property
     def n_frames(self) -> int:
@@ -69,7 +74,10 @@ class ProjectInfo:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], where: str = "project.json") -> "ProjectInfo":
+    def from_json(cls, d: Any, where: str = "project.json") -> "ProjectInfo":
+        fix = f"restore it from a backup or train the project again into a new folder"
+        if not isinstance(d, dict):
+            raise InveError(f"{where} is damaged (not a JSON object); {fix}")
         fmt = d.get("format")
         if not isinstance(fmt, int):
             raise InveError(f"{where} has no format version; it was not written by inve")
@@ -83,9 +91,27 @@ class ProjectInfo:
             kwargs["source_size"] = tuple(int(v) for v in kwargs["source_size"])
             kwargs["work_size"] = tuple(int(v) for v in kwargs["work_size"])
             kwargs["frames"] = [int(v) for v in kwargs["frames"]]
-            return cls(**kwargs)
+            kwargs["fps"] = float(kwargs["fps"])
+            if not isinstance(kwargs.get("layers", []), list) or not isinstance(kwargs.get("settings", {}), dict):
+                raise TypeError("layers must be a list and settings an object")
+            info = cls(**kwargs)
         except (KeyError, TypeError, ValueError) as exc:
-            raise InveError(f"{where} is damaged: {exc}") from None
+            raise InveError(f"{where} is damaged ({exc}); {fix}") from None
+        problems = []
+        if not info.frames:
+            problems.append("no frames")
+        elif info.frames != list(range(info.frames[0], info.frames[0] + len(info.frames))) or info.frames[0] < 0:
+            problems.append("frames are not a range of source frames")
+        if len(info.source_size) != 2 or min(info.source_size) <= 0 or len(info.work_size) != 2 \
+                or min(info.work_size) <= 0:
+            problems.append("sizes must be positive")
+        if not info.layers or any(L not in LAYERS for L in info.layers):
+            problems.append(f"layers must be among {list(LAYERS)}")
+        if not (info.fps > 0 and info.fps < 1e4):
+            problems.append("bad fps")
+        if problems:
+            raise InveError(f"{where} is damaged ({', '.join(problems)}); {fix}")
+        return info
 
 
 @dataclass
@@ -102,6 +128,9 @@ class BakedMaps:
     alpha: np.ndarray
     atlas: dict[str, np.ndarray]
     atlas_used: dict[str, np.ndarray]
+    # where the maps came from (core.checkpoint.maps_meta): the project's identity and the
+    # checkpoint (step, size, sha256) they were baked from; {} for maps of older versions
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def layers(self) -> list[str]:
@@ -121,18 +150,45 @@ class BakedMaps:
             arrays[f"uv_{layer}"] = self.uv[layer].astype(np.float32, copy=False)
             arrays[f"atlas_{layer}"] = self.atlas[layer].astype(np.float32, copy=False)
             arrays[f"atlas_used_{layer}"] = self.atlas_used[layer].astype(np.float32, copy=False)
+        arrays["meta"] = np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8)
         fsutil.save_npz(path, **arrays)
+
+    @staticmethod
+    def read_meta(path: str | Path) -> dict[str, Any]:
+        """Only the maps' ``meta`` (cheap: ``info`` reads it without loading the arrays)."""
+        path = Path(path)
+        try:
+            with np.load(path) as z:
+                if "alpha" not in z.files:
+                    raise KeyError("alpha")
+                return json.loads(bytes(z["meta"]).decode()) if "meta" in z.files else {}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise InveError(f"the baked maps {path} are damaged ({first}); train the project again with "
+                            "'inve train VIDEO -o PROJECT --resume' (it re-bakes the maps)") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "BakedMaps":
         path = Path(path)
         if not path.is_file():
             raise InveError(f"{path.parent} has no baked maps ({path.name}); train it first (inve train)")
-        with np.load(path) as z:
-            layers = [k[3:] for k in z.files if k.startswith("uv_")]
-            return cls(uv={k: z[f"uv_{k}"] for k in layers}, alpha=z["alpha"],
-                       atlas={k: z[f"atlas_{k}"] for k in layers},
-                       atlas_used={k: z[f"atlas_used_{k}"] for k in layers})
+        fix = "train the project again with 'inve train VIDEO -o PROJECT --resume' (it re-bakes the maps)"
+        try:
+            with np.load(path) as z:
+                layers = [k[3:] for k in z.files if k.startswith("uv_")]
+                meta = json.loads(bytes(z["meta"]).decode()) if "meta" in z.files else {}
+                maps = cls(uv={k: z[f"uv_{k}"] for k in layers}, alpha=z["alpha"],
+                           atlas={k: z[f"atlas_{k}"] for k in layers},
+                           atlas_used={k: z[f"atlas_used_{k}"] for k in layers}, meta=meta)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise InveError(f"the baked maps {path} are damaged ({first}); {fix}") from None
+        T = maps.n_frames
+        ok = bool(layers) and maps.alpha.ndim == 3 and all(
+            maps.uv[k].shape == (*maps.alpha.shape, 2) and maps.atlas[k].ndim == 3 for k in layers)
+        if not ok or T == 0:
+            raise InveError(f"the baked maps {path} are damaged (inconsistent arrays); {fix}")
+        return maps
 
 
 class LayeredMapping(Protocol):
@@ -188,11 +244,41 @@ class Project:
     # -- contents ----------------------------------------------------------------------
     @property
     def is_trained(self) -> bool:
-        return (self.path / self.MAPS).is_file() and (self.path / self.CHECKPOINT).is_file()
+        return self.state()[0] == "trained"
+
+    def state(self) -> tuple[str, str]:
+        """``(state, why)``: "trained", "needs bake" (networks newer than the maps, or maps
+        missing), "untrained" (nothing trained yet) or "damaged" (see ``why``)."""
+        from core import checkpoint
+
+        ckpt, maps = self.path / self.CHECKPOINT, self.path / self.MAPS
+        if not maps.is_file():
+            return ("needs bake", "no baked maps yet") if ckpt.is_file() else ("untrained", "")
+        if not ckpt.is_file():
+            return "needs bake", f"no {self.CHECKPOINT}"
+        try:
+            meta = BakedMaps.read_meta(maps)
+        except InveError as exc:
+            return "damaged", str(exc)
+        kind, why = checkpoint.maps_state(meta, self.info, ckpt)
+        if kind == "ok":
+            return "trained", ""
+        return ("needs bake" if kind == "stale" else "damaged"), why
 
     def maps(self) -> BakedMaps:
+        """The baked maps, refused when they do not belong to this project and checkpoint."""
         if self._maps is None:
-            self._maps = BakedMaps.load(self.path / self.MAPS)
+            from core import checkpoint
+
+            maps = BakedMaps.load(self.path / self.MAPS)
+            kind, why = checkpoint.maps_state(maps.meta, self.info, self.path / self.CHECKPOINT)
+            if kind != "ok":
+                raise InveError(f"{self.path}: {why}; " + checkpoint.RESUME_HINT.format(project=self.path))
+            if maps.n_frames != self.info.n_frames:
+                raise InveError(f"{self.path} is inconsistent: {self.info.n_frames} frames in {self.INFO}, "
+                                f"{maps.n_frames} in {self.MAPS}; "
+                                + checkpoint.RESUME_HINT.format(project=self.path))
+            self._maps = maps
         return self._maps
 
     def frames(self) -> np.ndarray:
@@ -201,20 +287,52 @@ class Project:
             p = self.path / self.FRAMES
             if not p.is_file():
                 raise InveError(f"{self.path} has no {self.FRAMES}; the project is incomplete, train it again")
-            self._frames = np.load(p, mmap_mode="r")
+            W, H = self.info.source_size
+            try:
+                frames = np.load(p, mmap_mode="r")
+            except (OSError, ValueError, EOFError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+                raise InveError(f"the project's frames {p} are damaged ({first}); delete {p.name} and run "
+                                f"'inve train VIDEO -o {self.path} --resume' with the source video "
+                                "to decode them again") from None
+            if frames.dtype != np.uint8 or frames.shape != (self.info.n_frames, H, W, 3):
+                raise InveError(f"the project's frames {p} do not match {self.INFO} "
+                                f"({tuple(frames.shape)} vs {(self.info.n_frames, H, W, 3)}); delete {p.name} and "
+                                f"run 'inve train VIDEO -o {self.path} --resume' to decode them again")
+            self._frames = frames
         return self._frames
 
     def mapping(self, device: str = "cpu") -> LayeredMapping:
-        """The trained networks as a :class:`LayeredMapping` (imports torch)."""
+        """The trained networks as a :class:`LayeredMapping` (imports torch).
+
+        Refuses a checkpoint of another project and one that the baked maps were not baked
+        from (then the maps and networks would disagree)."""
         if self._mapping is None:
-            from core.model import load_mapping
+            from core import checkpoint
+            from core.model import ModelMapping, load_model
 
             ckpt = self.path / self.CHECKPOINT
             if not ckpt.is_file():
                 raise InveError(f"{self.path} has no trained networks ({self.CHECKPOINT}); train it first")
-            self._mapping = load_mapping(ckpt, self.info, device=device)
+            if ckpt.stat().st_size == 0:
+                checkpoint.read_checkpoint(ckpt, device)  # raises: one line saying what to do
+            try:
+                model, state = load_model(ckpt, device)
+            except InveError as exc:
+                raise InveError(f"{str(exc).splitlines()[0]}; delete {ckpt.name} and train again with "
+                                f"'inve train VIDEO -o {self.path} --resume'") from None
+            checkpoint.check_belongs(state, self.info, ckpt)
+            del state
+            if (self.path / self.MAPS).is_file():
+                self.maps()  # raises when the maps were baked from another checkpoint
+            self._mapping = ModelMapping(model, tuple(self.info.source_size))
         return self._mapping
 
     def metrics(self) -> dict[str, Any]:
         p = self.path / self.METRICS
-        return fsutil.read_json(p, "metrics file") if p.is_file() else {}
+        if not p.is_file():
+            return {}
+        m = fsutil.read_json(p, "metrics file")
+        if not isinstance(m, dict):
+            raise InveError(f"metrics file {p} is damaged (not a JSON object); --resume rewrites it")
+        return m
