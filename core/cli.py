@@ -114,7 +114,7 @@ def _info(project_dir: str) -> dict:
 
     proj = Project.open(project_dir)
     return {"project": str(proj.path.resolve()), "trained": proj.is_trained,
-            **proj.info.to_json(), "metrics": proj.metrics()}
+            **proj.info.to_json(), "metrics": proj.metrics(), "size_on_disk": proj.size_on_disk()}
 
 
 def run(args: argparse.Namespace, progress: Progress) -> dict:

@@ -177,7 +177,7 @@ def demo_command(out_dir: Path, progress: Progress, minutes: float | None = None
     out = folder.path
     clip = default_clip()
     project_dir = out / "project"
-    if (project_dir / Project.MAPS).is_file() and (project_dir / Project.CHECKPOINT).is_file():
+    if (project_dir / Project.INFO).is_file() and Project.open(project_dir).is_trained:
         progress.message(f"re-using the project already trained in {project_dir} (delete it to train again)")
         project = Project.open(project_dir)
     else:

