@@ -59,13 +59,20 @@ class Emitter:
         self._lock = threading.Lock()
 
     def __call__(self, rid: Any, event: str, **fields: Any) -> None:
-        line = json.dumps(_clean({"id": rid, "event": event, **fields}))
+        line = json.dumps(_clean({"id": rid, "event": event, **fields}), default=_jsonable)
         with self._lock:
             try:
                 self._stream.write(line + "\n")
                 self._stream.flush()
             except (BrokenPipeError, OSError, ValueError):
                 pass  # the client went away; the reader sees EOF and the service stops
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays and paths in results become plain JSON values."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
 
 
 class RequestProgress(Progress):
@@ -118,10 +125,15 @@ class OpenProject:
 
     @staticmethod
     def files_stamp(path: Path) -> tuple:
-        """Names, sizes and modification times of the project's files: changes when it is retrained."""
+        """Names, sizes and modification times of the project's entries: changes when it is retrained.
+
+        Output folders inve wrote (they hold its marker) are left out, so propagating into the
+        project folder does not make it look changed.
+        """
         try:
             return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in path.iterdir()
-                                if not p.name.startswith(".") and (st := p.stat())))
+                                if not p.name.startswith(".") and not (p / fsutil.OUTPUT_MARKER).exists()
+                                and (st := p.stat())))
         except OSError:
             return ()
 
@@ -424,6 +436,7 @@ class Service:
         movie_q: queue.Queue | None = queue.Queue(maxsize=WRITE_AHEAD) if movie is not None else None
         written: list[int] = []
         failures: list[BaseException] = []
+        ended: set[int] = set()  # id() of queues whose end marker a writer consumed
 
         def frames_from(q: queue.Queue, announce: bool) -> Iterator[Any]:
             """Items off a queue; with ``announce``, a ``frame`` event once each PNG is on disk."""
@@ -434,6 +447,8 @@ class Service:
                     written.append(pending[0])
                     self.emit(req.id, "frame", frame=pending[0],
                               path=str((out / f"{pending[0]:0{digits}d}.png").resolve()))
+                if item is None or isinstance(item, BaseException):
+                    ended.add(id(q))
                 if item is None:
                     return
                 if isinstance(item, BaseException):
@@ -448,7 +463,8 @@ class Service:
                 write_png_sequence(out, frames_from(png_q, True), last_index=info.frames[-1])
             except BaseException as exc:  # reported by the render loop
                 failures.append(exc)
-                _drain(png_q)
+                if id(png_q) not in ended:
+                    _drain(png_q)
 
         def movie_writer() -> None:
             assert movie_q is not None and movie is not None
@@ -457,7 +473,8 @@ class Service:
                             overwrite=bool(req.fields.get("overwrite", False)))
             except BaseException as exc:
                 failures.append(exc)
-                _drain(movie_q)
+                if id(movie_q) not in ended:
+                    _drain(movie_q)
 
         threads = [threading.Thread(target=png_writer, name="inve-png-writer", daemon=True)]
         if movie_q is not None:
@@ -543,7 +560,13 @@ def protocol_stream() -> TextIO:
 
 def serve_command(max_projects: int = 4) -> dict[str, Any]:
     """Run the service on this process's stdin/stdout until shutdown or EOF."""
+    import signal
+
     service = Service(protocol_stream(), max_projects=max_projects)
+    if threading.current_thread() is threading.main_thread():  # SIGINT/SIGTERM: stop like EOF
+        for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), lambda signum, frame: service.stop(None))
     reader = threading.Thread(target=service.read_forever, args=(sys.stdin.buffer,), name="inve-serve-reader",
                               daemon=True)
     reader.start()
