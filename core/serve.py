@@ -484,7 +484,7 @@ class Service:
         outcome: BaseException | None = None
         try:
             for t in range(T):
-                patches = session.frame_patches(t, cache=False)
+                patches = session.frame_patches(t)  # cached: the next propagate re-uses unchanged layers
                 from core.edits.render import alpha_over, composite, composite_overlay
 
                 if overlay:

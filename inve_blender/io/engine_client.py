@@ -206,8 +206,8 @@ class EngineClient:
                 state = "the client shut it down"
             else:
                 self._proc = None
-                state = (f"it stopped {MAX_RESTARTS} times within {RESTART_WINDOW:.0f} s and is not restarted "
-                         "automatically; check the engine environment")
+                state = (f"it stopped {MAX_RESTARTS} times within {RESTART_WINDOW:.0f} s, so it is not restarted "
+                         "automatically (the next request starts it again); check the engine environment")
         detail = f" (last message: {last})" if last else ""
         for req in pending:
             req._finish(error=EngineError(f"the engine process exited with code {code} before answering "
