@@ -571,4 +571,11 @@ def serve_command(max_projects: int = 4) -> dict[str, Any]:
                               daemon=True)
     reader.start()
     service.serve_forever()
+    reader.join(timeout=1.0)
+    if reader.is_alive():
+        # Shut down while the client keeps stdin open: the reader sits in readline() holding
+        # stdin's buffer lock, and interpreter finalisation would abort on that lock (SIGABRT).
+        # Everything is written and closed by now, so leave without finalisation.
+        sys.stderr.flush()
+        os._exit(0)
     return {}

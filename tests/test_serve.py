@@ -238,6 +238,33 @@ def test_newer_render_frame_supersedes_queued_one(setup, tmp_path):
     assert not (tmp_path / "p1.png").exists() and (tmp_path / "p2.png").is_file()
 
 
+def test_cancel_a_queued_request(setup, tmp_path):
+    clip, project, assets, client, delay = setup
+    delay.write_text("0.1")
+    try:
+        long = client.request("propagate", project=str(project.path), output=str(tmp_path / "f"))
+        time.sleep(0.05)
+        queued = client.request("track", project=str(project.path),
+                                points={"points": [{"id": "a", "frame": FIRST, "x": 20.5, "y": 50.5}]})
+        queued.cancel()
+        _, res = wait(queued)
+        assert isinstance(res, EngineError) and res.cancelled and not long.done()
+        _, done = wait(long)
+    finally:
+        delay.write_text("0")
+    assert isinstance(done, dict) and done["frames"] == T
+
+
+def test_client_reports_an_engine_that_cannot_start(tmp_path):
+    client = EngineClient([str(tmp_path / "no-such-python"), "-m", "core", "serve"])
+    try:
+        assert not client.alive
+        with pytest.raises(EngineError, match="cannot start the engine"):
+            client.request("hello").result(5)
+    finally:
+        client.shutdown(1)
+
+
 def test_bad_input_gets_errors_and_service_keeps_serving(setup, tmp_path):
     clip, project, assets, client, _ = setup
     proc = client._proc

@@ -126,7 +126,10 @@ class EngineClient:
         self._restart_times: collections.deque[float] = collections.deque(maxlen=MAX_RESTARTS)
         if start:
             with self._lock:
-                self._start()
+                try:
+                    self._start()
+                except OSError:
+                    self._proc = None  # reported by the first request, as an EngineError
 
     # -- process -----------------------------------------------------------------------------
     @property
