@@ -414,6 +414,7 @@ class Service:
 
     def op_propagate(self, req: Request) -> dict[str, Any]:
         from core.edits import check_output
+        from core.edits.render import alpha_over, composite, composite_overlay
         from core.video import write_movie, write_png_sequence
 
         start, cpu = time.perf_counter(), time.process_time()
@@ -485,8 +486,6 @@ class Service:
         try:
             for t in range(T):
                 patches = session.frame_patches(t)  # cached: the next propagate re-uses unchanged layers
-                from core.edits.render import alpha_over, composite, composite_overlay
-
                 if overlay:
                     img = composite_overlay((session.ctx.H, session.ctx.W), patches)
                     full = alpha_over(session.ctx.frames[t], img) if movie_q is not None else None
