@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--edits", required=True, help="EDITS.json")
     e.add_argument("-o", "--output", required=True, help="folder of PNGs, or a .mp4/.mov/.mkv movie")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output movie")
+    e.add_argument("--overlay", action="store_true",
+                   help="RGBA PNGs of the edits only (transparent elsewhere), to lay over the original")
     e.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
 
     a = sub.add_parser("atlas", help="write the atlas images (to paint on)")
@@ -101,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print a project's settings and metrics as JSON")
     i.add_argument("project")
+
+    s = sub.add_parser("serve", help="persistent engine service: JSON-line requests on stdin, replies on stdout")
+    s.add_argument("--max-projects", type=_positive_int, default=4,
+                   help="projects kept warm at once; the least recently used is closed (default 4)")
 
     d = sub.add_parser("demo", help="the bundled clip, end to end: train, edit, render, contact sheet")
     d.add_argument("-o", "--output", default="demo_out", help="output folder (default: demo_out)")
@@ -131,13 +137,17 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
         from core.edits import edit_command
 
         return edit_command(Path(args.project), Path(args.edits), Path(args.output), progress,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, overlay=args.overlay)
     if args.command == "atlas":
         from core.atlas_io import export_atlases
 
         return export_atlases(Path(args.project), Path(args.output))
     if args.command == "info":
         return _info(args.project)
+    if args.command == "serve":
+        from core.serve import serve_command
+
+        return serve_command(max_projects=args.max_projects)
     if args.command == "demo":
         from core.demo import demo_command
 
