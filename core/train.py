@@ -22,6 +22,7 @@ import torch
 from core import __version__, fsutil
 from core import losses as L
 from core.bake import bake
+from core.device import pick_device
 from core.errors import Cancelled, InveError
 from core.model import LayeredAtlasModel, ModelConfig, config_from_json, config_to_json
 from core.progress import Progress
@@ -76,14 +77,6 @@ class TrainConfig:
         if self.iters is None and self.minutes is None:
             return None, DEFAULT_MINUTES * 60
         return self.iters, None if self.minutes is None else self.minutes * 60
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InveError("--device cuda was asked for but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 # -- training data -------------------------------------------------------------------------
