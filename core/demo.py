@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from core import fsutil
+from core.layers import shows
 from core.progress import Progress
 from core.project import Project
 
@@ -58,7 +59,7 @@ def _clear_spot(alpha: np.ndarray, prefer: tuple[float, float], W: int, H: int) 
 
 def _fg_blob(alpha: np.ndarray, W: int, H: int) -> tuple[tuple[float, float], float] | None:
     """Centroid (source px) and radius of the foreground at this frame, if there is one."""
-    m = alpha > 0.5
+    m = shows("fg", alpha)
     if m.sum() < 0.002 * m.size:
         return None
     ys, xs = np.nonzero(m)

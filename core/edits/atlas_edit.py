@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from core.edits.context import Box, RenderContext
+from core.layers import shows
 
 
 FULL_RECT = (-1.0, -1.0, 1.0, 1.0)
@@ -66,7 +67,7 @@ def edit_rect(ctx: RenderContext, layer: str, t: int, coverage: torch.Tensor) ->
     cov = F.max_pool2d(coverage[None, None, y0:y1, x0:x1].float(), 3, 1, padding=1)[0, 0] > 1e-4
     if ctx.has_fg:
         a = torch.from_numpy(ctx.alpha_box(t, box))
-        cov &= (a > 0.45) if layer == "fg" else (a <= 0.55)
+        cov &= shows(layer, a, slack=0.05)
     if not bool(cov.any()):
         return None
     sel = uv[cov]
@@ -103,7 +104,7 @@ def frame_to_atlas(ctx: RenderContext, layer: str, t: int, image: torch.Tensor) 
     seen = inside & (err < ctx.CYCLE_TOL_PX)
     if ctx.has_fg:
         a = F.grid_sample(ctx._alpha[t:t + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
-        seen &= (a > 0.5) if layer == "fg" else (a <= 0.5)
+        seen &= shows(layer, a)
     tex = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     tex = tex * seen.float()[None]
     return AtlasTexture.from_tensor(layer, tex, rect)

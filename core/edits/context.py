@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.layers import layer_at, shows
 from core.project import BakedMaps, LayeredMapping, Project
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in source pixels, half-open
@@ -133,10 +134,10 @@ class RenderContext:
         return "fg" in self.layers
 
     def auto_layer(self, t: int, xy: np.ndarray) -> str:
-        """The layer seen at the drawing location: fg where the mean alpha there exceeds 0.5."""
+        """The layer seen at the drawing location (by the mean alpha there, see core.layers)."""
         if not self.has_fg:
             return "bg"
-        return "fg" if float(np.mean(self.alpha_at(t, np.asarray(xy).reshape(-1, 2)))) > 0.5 else "bg"
+        return layer_at(np.mean(self.alpha_at(t, np.asarray(xy).reshape(-1, 2))))
 
     # -- geometry of the atlas ---------------------------------------------------------
     def px_per_uv(self, layer: str) -> float:
@@ -153,7 +154,7 @@ class RenderContext:
                 du_dy = np.diff(uv, axis=0)[:, :-1] / sy
                 det = np.abs(du_dx[..., 0] * du_dy[..., 1] - du_dx[..., 1] * du_dy[..., 0])
                 if layer == "fg":
-                    det = det[self.maps.alpha[t, :-1, :-1] > 0.5]
+                    det = det[shows("fg", self.maps.alpha[t, :-1, :-1])]
                 det = det[np.isfinite(det) & (det > 0)]
                 if det.size:
                     vals.append(1.0 / np.sqrt(np.median(det)))
