@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--masks", default=None, help="folder of rough foreground masks, one PNG per frame")
     t.add_argument("--iters", type=_positive_int, default=None, help="training iterations")
     t.add_argument("--minutes", type=_positive_float, default=None, help="training time budget")
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto: CUDA, then Apple MPS, then the CPU")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue a project from its checkpoint")
     t.add_argument("--single-layer", action="store_true", help="one (background) layer only, no foreground")

@@ -25,6 +25,7 @@ import torch
 
 from core import __version__, fsutil
 from core.bake import bake
+from core.device import pick_device
 from core.errors import Cancelled, InveError
 from core.model import LayeredAtlasModel, ModelConfig, config_from_json, config_to_json
 from core.objectives import LossWeights, Objective
@@ -72,14 +73,6 @@ def default_schedules(cfg: TrainConfig, base_lrs: dict[str, float]) -> list[Sche
     """The schedules of a full fit: decaying rates, coarse-to-fine atlas, inverse polish."""
     return [LearningRate(base_lrs, cfg.lr_final, cfg.map_warmup), CoarseToFine(cfg.coarse_to_fine),
             InversePolish(cfg.inverse_polish)]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InveError("--device cuda was asked for but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 # -- the loop ------------------------------------------------------------------------------
