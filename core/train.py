@@ -176,7 +176,9 @@ def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
     if project_dir.exists():
         if not project_dir.is_dir():
             raise InveError(f"project path {project_dir} exists and is not a folder")
-        if any(project_dir.iterdir()):
+        from core.lock import LOCK_NAME  # noqa: PLC0415 - the caller's own lock is no content
+
+        if any(p.name != LOCK_NAME for p in project_dir.iterdir()):
             raise InveError(f"{project_dir} is not empty and is not an inve project; choose an empty or new folder")
     return None
 
@@ -196,7 +198,7 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(_cpu_threads())
 
     if existing is not None:
         info = existing.info
@@ -307,6 +309,19 @@ def _relative(source: str, project_dir: Path) -> str | None:
         return os.path.relpath(source, project_dir.resolve())
     except ValueError:
         return None
+
+
+def _cpu_threads() -> int:
+    """Threads for CPU training: all cores, unless a scheduler gave this process fewer.
+
+    Ray (``inve batch``) and batch systems set ``OMP_NUM_THREADS`` to the CPUs a task was
+    given; taking every core anyway would oversubscribe the machine when shots share it.
+    """
+    try:
+        given = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        given = 0
+    return max(1, given if given > 0 else (os.cpu_count() or 1))
 
 
 FRAMES_DIR = "frames"  # PROJECT/cache/frames: working-size frames (core.arraystore)
