@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.coords import FrameCoords, SourceCoords
+from core.layers import shows
 from core.model import LayeredAtlasModel
 from core.progress import Progress
 from core.project import BakedMaps
@@ -26,10 +28,7 @@ class BakeResult:
 
 def frame_grid(w: int, h: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Normalised positions of the pixel centres of a w x h frame, [h*w, 2] row-major."""
-    half = max(w, h) / 2.0
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
-                            torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
-    return torch.stack([(xs + 0.5 - w / 2) / half, (ys + 0.5 - h / 2) / half], dim=-1).reshape(-1, 2)
+    return FrameCoords(w, h).pixel_centres(device)
 
 
 def atlas_grid(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -58,8 +57,7 @@ def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, i
     alpha_maps = np.zeros((n, h, w), np.float32)
     sq_err = 0.0
     cycle_err: dict[str, list[np.ndarray]] = {L: [] for L in layers}
-    # source pixels per normalised unit: the long side spans 2 units
-    px_per_unit = max(source_size) / 2.0
+    coords = SourceCoords(tuple(source_size), (w, h))
     rng = np.random.default_rng(0)
     total = n + len(layers)
     for t in range(n):
@@ -81,12 +79,12 @@ def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, i
         tt = torch.full((p.shape[0],), float(t), device=device)
         a = torch.from_numpy(alpha_maps[t].reshape(-1)).to(device)[sel]
         for L in layers:
-            shown = (a > 0.5) if L == "fg" else (a <= 0.5)
+            shown = shows(L, a)
             if not bool(shown.any()):
                 continue
             uv = torch.from_numpy(uv_maps[L][t].reshape(-1, 2)).to(device)[sel]
             back = model.inverse(L, uv[shown], tt[shown])
-            cycle_err[L].append(((back - p[shown]).norm(dim=1) * px_per_unit).cpu().numpy())
+            cycle_err[L].append(coords.delta_to_source_px(back - p[shown]).norm(dim=1).cpu().numpy())
     mse = sq_err / (n * h * w * 3)
     psnr = float(10 * math.log10(1.0 / max(mse, 1e-12)))
 
@@ -98,7 +96,7 @@ def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, i
             progress.update("bake", n + i, total)
         cols = [model.atlas(L, agrid[s:s + chunk]).cpu().numpy() for s in range(0, agrid.shape[0], chunk)]
         atlases[L] = np.concatenate(cols).reshape(size, size, 3).astype(np.float32)
-        used[L] = atlas_usage(uv_maps[L], alpha_maps if L == "fg" else 1.0 - alpha_maps, size)
+        used[L] = atlas_usage(uv_maps[L], shows(L, alpha_maps), size)
     if progress is not None:
         progress.update("bake", total, total)
     maps = BakedMaps(uv=uv_maps, alpha=alpha_maps, atlas=atlases, atlas_used=used)
@@ -106,11 +104,10 @@ def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, i
     return BakeResult(maps=maps, psnr=psnr, cycle_error_px=cyc)
 
 
-def atlas_usage(uv: np.ndarray, visibility: np.ndarray, size: int) -> np.ndarray:
-    """How strongly each atlas texel is seen by some frame (0..1): a visibility-weighted splat."""
+def atlas_usage(uv: np.ndarray, shown: np.ndarray, size: int) -> np.ndarray:
+    """How strongly each atlas texel is seen by some frame (0..1): a splat of the pixels ``shown``."""
     coords = ((uv.reshape(-1, 2) + 1.0) * 0.5 * size).astype(np.int64)
-    weight = visibility.reshape(-1)
-    inside = (coords >= 0).all(1) & (coords < size).all(1) & (weight > 0.5)
+    inside = (coords >= 0).all(1) & (coords < size).all(1) & np.asarray(shown).reshape(-1)
     hist = np.bincount(coords[inside, 1] * size + coords[inside, 0], minlength=size * size)
     hist = hist.reshape(size, size)
     import cv2  # noqa: PLC0415 - heavy import only when baking

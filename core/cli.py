@@ -7,7 +7,9 @@ non-zero exit status (plus an ``error`` event with ``--progress json``).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -50,8 +52,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
     return value
 
 
@@ -76,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--masks", default=None, help="folder of rough foreground masks, one PNG per frame")
     t.add_argument("--iters", type=_positive_int, default=None, help="training iterations")
     t.add_argument("--minutes", type=_positive_float, default=None, help="training time budget")
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto: CUDA, then Apple MPS, then the CPU")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue a project from its checkpoint")
     t.add_argument("--single-layer", action="store_true", help="one (background) layer only, no foreground")
@@ -93,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--edits", required=True, help="EDITS.json")
     e.add_argument("-o", "--output", required=True, help="folder of PNGs, or a .mp4/.mov/.mkv movie")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output movie")
+    e.add_argument("--overlay", action="store_true",
+                   help="RGBA PNGs of the edits only (transparent elsewhere), to lay over the original")
     e.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
 
     a = sub.add_parser("atlas", help="write the atlas images (to paint on)")
@@ -101,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print a project's settings and metrics as JSON")
     i.add_argument("project")
+
+    s = sub.add_parser("serve", help="persistent engine service: JSON-line requests on stdin, replies on stdout")
+    s.add_argument("--max-projects", type=_positive_int, default=4,
+                   help="projects kept warm at once; the least recently used is closed (default 4)")
+
+    b = sub.add_parser("batch", help="fit many shots (SHOTS.json), one project each, on Ray")
+    b.add_argument("shots", help="SHOTS.json")
+    b.add_argument("-o", "--output", required=True, help="ROOT folder: each shot becomes ROOT/<name>/")
+    b.add_argument("--address", default=None, help="Ray cluster to use (default: a local cluster on this machine)")
+    b.add_argument("--cpus", type=_positive_int, default=None, help="CPUs of the local cluster (default: all)")
+    b.add_argument("--local", action="store_true", help="no Ray: run the shots one after another in this process")
+    b.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
 
     d = sub.add_parser("demo", help="the bundled clip, end to end: train, edit, render, contact sheet")
     d.add_argument("-o", "--output", default="demo_out", help="output folder (default: demo_out)")
@@ -115,7 +132,7 @@ def _info(project_dir: str) -> dict:
     proj = Project.open(project_dir)
     state, why = proj.state()
     out = {"project": str(proj.path.resolve()), "trained": state == "trained", "state": state,
-           **proj.info.to_json(), "metrics": proj.metrics()}
+           **proj.info.to_json(), "metrics": proj.metrics(), "size_on_disk": proj.size_on_disk()}
     if why:
         out["state_reason"] = why
     if state == "needs bake":
@@ -137,13 +154,25 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
         from core.edits import edit_command
 
         return edit_command(Path(args.project), Path(args.edits), Path(args.output), progress,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, overlay=args.overlay)
     if args.command == "atlas":
         from core.atlas_io import export_atlases
 
         return export_atlases(Path(args.project), Path(args.output))
     if args.command == "info":
         return _info(args.project)
+    if args.command == "serve":
+        from core.serve import serve_command
+
+        return serve_command(max_projects=args.max_projects)
+
+    if args.command == "batch":
+        from core.batch import batch_command
+
+        if args.local and args.address:
+            raise InveError("--local runs the shots here without Ray; it cannot be combined with --address")
+        return batch_command(args.shots, args.output, progress, address=args.address, local=args.local,
+                             cpus=args.cpus)
     if args.command == "demo":
         from core.demo import demo_command
 
@@ -151,7 +180,32 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
     raise InveError(f"unknown command {args.command!r}")
 
 
+def _join_option_values(argv: Sequence[str]) -> list[str]:
+    """``--frames -1:3`` -> ``--frames=-1:3``: argparse takes a value starting with '-' for an
+    option and would say "expected one argument"; joined, the range check explains the problem."""
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in ("--frames", "--minutes", "--iters", "--max-side", "--seed"):
+            nxt = next(it, None)
+            if nxt is not None and nxt.startswith("-") and len(nxt) > 1 and nxt[1:2] not in ("-",) \
+                    and not nxt[1:2].isalpha():
+                out.append(f"{a}={nxt}")
+                continue
+            out.append(a)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(a)
+    return out
+
+
+# destination errors that libraries raise directly (not through core.fsutil): one line each
+_DESTINATION_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = _join_option_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     progress = Progress(getattr(args, "progress", "bar"))
     progress.cancel.install_signal_handlers()
@@ -165,8 +219,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.error(str(exc))
         sys.stderr.write(f"inve: error: {exc}\n")
         return EXIT_ERROR
+    except OSError as exc:
+        if exc.errno not in _DESTINATION_ERRNOS:
+            raise  # anything else is a bug: keep its traceback
+        from core.fsutil import describe_os_error
+
+        msg = f"cannot write {exc.filename or 'the output'}: {describe_os_error(exc)}"
+        progress.error(msg)
+        sys.stderr.write(f"inve: error: {msg}\n")
+        return EXIT_ERROR
     except MemoryError:
-        msg = "out of memory; try a smaller --max-side or fewer --frames"
+        msg = ("out of memory; try a smaller --max-side or fewer --frames" if args.command in ("train", "batch")
+               else "out of memory; close other programs, or work on a project with fewer frames")
         progress.error(msg)
         sys.stderr.write(f"inve: error: {msg}\n")
         return EXIT_ERROR

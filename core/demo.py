@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from core import fsutil
+from core.layers import shows
 from core.progress import Progress
 from core.project import Project
 
@@ -58,7 +59,7 @@ def _clear_spot(alpha: np.ndarray, prefer: tuple[float, float], W: int, H: int) 
 
 def _fg_blob(alpha: np.ndarray, W: int, H: int) -> tuple[tuple[float, float], float] | None:
     """Centroid (source px) and radius of the foreground at this frame, if there is one."""
-    m = alpha > 0.5
+    m = shows("fg", alpha)
     if m.sum() < 0.002 * m.size:
         return None
     ys, xs = np.nonzero(m)
@@ -176,7 +177,7 @@ def demo_command(out_dir: Path, progress: Progress, minutes: float | None = None
     out = folder.path
     clip = default_clip()
     project_dir = out / "project"
-    if (project_dir / Project.MAPS).is_file() and (project_dir / Project.CHECKPOINT).is_file():
+    if (project_dir / Project.INFO).is_file() and Project.open(project_dir).is_trained:
         progress.message(f"re-using the project already trained in {project_dir} (delete it to train again)")
         project = Project.open(project_dir)
     else:

@@ -145,19 +145,41 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
-def _png_writer(image: np.ndarray) -> Callable[[Path], None]:
-    import imageio.v3 as iio
+def _png_writer(image: np.ndarray, compress_level: int | None = None) -> Callable[[Path], None]:
+    """A writer for :func:`atomic_path` that encodes ``image`` as an 8-bit PNG.
 
+    ``compress_level`` (0-9) picks zlib's effort for frame sequences: level 1 encodes a
+    640x480 frame about 5x faster than the default for files ~12 % larger (OpenCV's encoder,
+    which also releases the GIL, so a writer thread overlaps rendering).
+    """
     img = np.asarray(image)
     if img.dtype != np.uint8:
         img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if compress_level is not None:
+        import cv2  # noqa: PLC0415
+
+        bgr = img if img.ndim == 2 or img.shape[2] == 1 else img[..., [2, 1, 0, 3][:img.shape[2]]]
+
+        def write_cv(tmp: Path) -> None:
+            ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr),
+                                   [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level)])
+            if not ok:
+                raise InveError(f"cannot encode {tmp.name} as PNG")
+            tmp.write_bytes(buf.tobytes())
+
+        return write_cv
+    import imageio.v3 as iio
+
     return lambda tmp: iio.imwrite(tmp, img, extension=".png")
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an 8-bit PNG (HxW, HxWx3 or HxWx4; floats in 0..1 are converted)."""
+png_writer = _png_writer  # ``writer(tmp)`` for write_output_file / OutputFolder.write
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray, compress_level: int | None = None) -> None:
+    """Write an 8-bit PNG (HxW, HxWx3 or HxWx4; floats in 0..1 are converted) atomically."""
     with atomic_path(path, suffix=".png") as tmp:
-        _png_writer(image)(tmp)
+        _png_writer(image, compress_level)(tmp)
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
@@ -417,11 +439,13 @@ class OutputFolder:
         self.written.append(name)
         return p
 
-    def write_png(self, name: str, image: np.ndarray) -> Path:
-        return self.write(name, _png_writer(image))
+    def write_png(self, name: str, image: np.ndarray, compress_level: int | None = None) -> Path:
+        return self.write(name, _png_writer(image, compress_level))
 
-    def _merge_disk(self) -> None:
-        """Keep records that single-file writers added to the marker meanwhile."""
+    def _adopt_records(self) -> None:
+        """Keep what other writers recorded in this folder's marker since ``begin()``
+        (``write_movie``/``write_output_file`` record single files there), so rewriting
+        the marker never forgets a file inve wrote."""
         marker = _read_marker(self.path)
         if marker is not None:
             self.files = {**marker["files"], **self.files}
@@ -429,8 +453,8 @@ class OutputFolder:
     def finish(self, stale: Callable[[str], bool] | None = None) -> None:
         """Mark the folder complete; files matching ``stale`` not written by this run go
         away when they are still ours and unchanged (a user's copy stays)."""
-        self._merge_disk()
         keep = set(self.written)
+        self._adopt_records()
         if stale is not None:
             for name in list(self.files):
                 if name not in keep and stale(name):
@@ -446,7 +470,7 @@ class OutputFolder:
     def abort(self, reason: str) -> None:
         """Leave the folder marked incomplete, saying which files this run wrote."""
         with contextlib.suppress(OSError, InveError):
-            self._merge_disk()
+            self._adopt_records()
             _write_marker(self.path, self.files, complete=False,
                           extra={"interrupted": reason, "written_this_run": sorted(self.written)})
             (self.path / JOURNAL).unlink()

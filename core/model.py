@@ -9,7 +9,7 @@ pretraining stage) and a static scene needs no mapping change at all.
 Internal coordinates: ``p`` = frame position normalised so the longest side spans [-1, 1]
 (aspect kept: a 4:3 frame spans [-1, 1] x [-0.75, 0.75]); ``t`` = project frame index;
 ``uv`` = atlas position in [-1, 1]^2. :class:`ModelMapping` converts to and from source
-pixels for the rest of the engine.
+pixels for the rest of the engine, through :mod:`core.coords`.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.coords import SourceCoords
 from core.encoding import backend_name, make_grid
 from core.errors import InveError
 from core.hashgrid import HashGridConfig
@@ -193,15 +194,14 @@ class ModelMapping:
         self.source_size = source_size
         self.chunk = chunk
         self.device = next(model.parameters()).device
-        w, h = source_size
-        self._half_long = max(w, h) / 2.0
-        self._center = np.array([w / 2.0, h / 2.0])
+        # source pixels -> the working raster the networks were trained on -> normalised
+        self.coords = SourceCoords(tuple(source_size), tuple(model.cfg.work_size))
 
     def to_norm(self, xy: np.ndarray) -> np.ndarray:
-        return (np.asarray(xy, dtype=np.float64) - self._center) / self._half_long
+        return self.coords.to_norm(np.asarray(xy, dtype=np.float64).reshape(-1, 2))
 
     def from_norm(self, p: np.ndarray) -> np.ndarray:
-        return p * self._half_long + self._center
+        return self.coords.from_norm(np.asarray(p, dtype=np.float64).reshape(-1, 2))
 
     def _run(self, fn, a: np.ndarray, t: np.ndarray) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32).reshape(-1, 2)

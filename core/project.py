@@ -4,10 +4,14 @@ Layout (see ARCHITECTURE.md)::
 
     PROJECT/
       project.json      ProjectInfo: source, frame range, sizes, fps, layers, settings, versions
-      frames.npy        uint8 [T,H,W,3] source frames at original resolution (edits render on them)
-      cache/            preprocessing: flow, masks (reused by --resume)
+      cache/            working-size frames, flow, masks (reused by --resume; memory-mapped .npy)
       checkpoint.pt     networks + optimizer + step (written atomically, resumable)
-      maps.npz          baked per-frame UV maps, alpha maps and float atlases (BakedMaps)
+      maps/             baked per-frame UV maps, alpha maps and float atlases (BakedMaps;
+                        memory-mapped .npy files, meta.json written last)
+
+The project keeps no copy of the source: edits decode the original frames from the source
+video (found at its absolute path or relative to the project). Format 1 projects (a
+``frames.npy`` copy of the source and one ``maps.npz``) still open.
       atlas_bg.png      atlas images for people (and for painting, see `inve atlas`)
       metrics.json      psnr, iterations, train_seconds, ...
 
@@ -20,7 +24,6 @@ covers that square with pixel centres at uv = 2*(i+0.5)/A - 1, which is exactly
 from __future__ import annotations
 
 import dataclasses
-import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,8 @@ class ProjectInfo:
     fps: float
     layers: list[str] = field(default_factory=lambda: list(LAYERS))
     settings: dict[str, Any] = field(default_factory=dict)
+    # the source relative to the project folder (found there when project and video moved together)
+    source_relative: str | None = None
     format: int = PROJECT_FORMAT
     tool_version: str = __version__
     # content fingerprint of the source (core.identity): finds the project again after a
@@ -75,7 +80,7 @@ class ProjectInfo:
 
     @classmethod
     def from_json(cls, d: Any, where: str = "project.json") -> "ProjectInfo":
-        fix = f"restore it from a backup or train the project again into a new folder"
+        fix = "restore it from a backup or train the project again into a new folder"
         if not isinstance(d, dict):
             raise InveError(f"{where} is damaged (not a JSON object); {fix}")
         fmt = d.get("format")
@@ -100,14 +105,14 @@ class ProjectInfo:
         problems = []
         if not info.frames:
             problems.append("no frames")
-        elif info.frames != list(range(info.frames[0], info.frames[0] + len(info.frames))) or info.frames[0] < 0:
+        elif info.frames[0] < 0 or info.frames != list(range(info.frames[0], info.frames[0] + len(info.frames))):
             problems.append("frames are not a range of source frames")
         if len(info.source_size) != 2 or min(info.source_size) <= 0 or len(info.work_size) != 2 \
                 or min(info.work_size) <= 0:
             problems.append("sizes must be positive")
         if not info.layers or any(L not in LAYERS for L in info.layers):
             problems.append(f"layers must be among {list(LAYERS)}")
-        if not (info.fps > 0 and info.fps < 1e4):
+        if not 0 < info.fps < 1e4:
             problems.append("bad fps")
         if problems:
             raise InveError(f"{where} is damaged ({', '.join(problems)}); {fix}")
@@ -118,19 +123,28 @@ class ProjectInfo:
 class BakedMaps:
     """Per-frame maps baked after training: edits read these instead of running networks.
 
-    ``uv[layer]``: float32 [T, h, w, 2] atlas coordinates of every working-resolution pixel.
-    ``alpha``: float32 [T, h, w] foreground opacity (zeros for a single-layer project).
+    ``uv[layer]``: [T, h, w, 2] atlas coordinates of every working-resolution pixel.
+    ``alpha``: [T, h, w] foreground opacity (zeros for a single-layer project).
     ``atlas[layer]``: float32 [A, A, 3] atlas colours in 0..1 (the networks' reconstruction).
     ``atlas_used[layer]``: float32 [A, A] how much of each atlas texel any frame shows (0..1).
+    ``meta``: what the maps were baked from (checkpoint step, identity), saved with them.
+
+    On disk (``PROJECT/maps/``, :mod:`core.arraystore`) the per-frame maps are float16
+    ``.npy`` files (uv: at most 0.0005 atlas units of rounding, about 0.1 source pixel),
+    opened memory-mapped: an edit or a track reads only the frames it touches instead of the
+    whole clip, and its memory does not grow with the shot. Readers convert per frame
+    (``np.asarray(maps.uv[L][t], np.float32)``). ``meta.json`` is written last and marks
+    a complete set. Projects of format 1 (one ``maps.npz``) still load, into memory.
     """
 
     uv: dict[str, np.ndarray]
     alpha: np.ndarray
     atlas: dict[str, np.ndarray]
     atlas_used: dict[str, np.ndarray]
-    # where the maps came from (core.checkpoint.maps_meta): the project's identity and the
-    # checkpoint (step, size, sha256) they were baked from; {} for maps of older versions
     meta: dict[str, Any] = field(default_factory=dict)
+
+    #: storage dtype of the per-frame maps
+    MAP_DTYPE = np.float16
 
     @property
     def layers(self) -> list[str]:
@@ -145,50 +159,96 @@ class BakedMaps:
         return int(self.alpha.shape[2]), int(self.alpha.shape[1])
 
     def save(self, path: str | Path) -> None:
-        arrays: dict[str, np.ndarray] = {"alpha": self.alpha.astype(np.float32, copy=False)}
-        for layer in self.uv:
-            arrays[f"uv_{layer}"] = self.uv[layer].astype(np.float32, copy=False)
-            arrays[f"atlas_{layer}"] = self.atlas[layer].astype(np.float32, copy=False)
-            arrays[f"atlas_used_{layer}"] = self.atlas_used[layer].astype(np.float32, copy=False)
-        arrays["meta"] = np.frombuffer(json.dumps(self.meta).encode(), dtype=np.uint8)
-        fsutil.save_npz(path, **arrays)
+        """Write the maps to the folder ``path`` (``meta.json`` last, as the commit marker)."""
+        from core import arraystore  # noqa: PLC0415
+
+        store = arraystore.StoreWriter(path)
+        try:
+            _put_frames(store, "alpha", self.alpha, self.MAP_DTYPE)
+            for layer in self.uv:
+                _put_frames(store, f"uv_{layer}", self.uv[layer], self.MAP_DTYPE)
+                store.put(f"atlas_{layer}", self.atlas[layer], np.float32)
+                store.put(f"atlas_used_{layer}", self.atlas_used[layer], np.float32)
+            for old in Path(path).glob("*.npy"):  # layers of an earlier bake that this one lacks
+                if old.stem.startswith(("uv_", "atlas_")) and old.stem.split("_")[-1] not in self.uv:
+                    old.unlink()
+            store.commit({"kind": "baked_maps", "layers": list(self.uv), "frames": self.n_frames,
+                          "work_size": list(self.work_size), "meta": self.meta})
+        except BaseException:
+            store.abort()
+            raise
 
     @staticmethod
     def read_meta(path: str | Path) -> dict[str, Any]:
-        """Only the maps' ``meta`` (cheap: ``info`` reads it without loading the arrays)."""
+        """Only the maps' ``meta`` (cheap: ``info`` reads it without opening the arrays)."""
+        from core import arraystore  # noqa: PLC0415
+
         path = Path(path)
-        try:
-            with np.load(path) as z:
-                if "alpha" not in z.files:
-                    raise KeyError("alpha")
-                return json.loads(bytes(z["meta"]).decode()) if "meta" in z.files else {}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise InveError(f"the baked maps {path} are damaged ({first}); train the project again with "
-                            "'inve train VIDEO -o PROJECT --resume' (it re-bakes the maps)") from None
+        if path.is_dir():
+            stored = arraystore.read_meta(path)
+            if stored is None or stored.get("kind") != "baked_maps":
+                raise InveError(f"the baked maps in {path} are incomplete or damaged; " + _REBAKE)
+            return dict(stored.get("meta") or {})
+        return {}
 
     @classmethod
-    def load(cls, path: str | Path) -> "BakedMaps":
+    def load(cls, path: str | Path, mmap: bool = True) -> "BakedMaps":
+        """Maps from a ``maps/`` folder (memory-mapped unless ``mmap`` is False) or a format-1 ``maps.npz``."""
+        from core import arraystore  # noqa: PLC0415
+
         path = Path(path)
-        if not path.is_file():
+        if path.is_dir():
+            stored = arraystore.read_meta(path)
+            if stored is None or stored.get("kind") != "baked_maps":
+                raise InveError(f"the baked maps in {path} are incomplete (an interrupted bake); "
+                                "train the project again (inve train --resume)")
+            layers = [str(L) for L in stored.get("layers", [])]
+            try:
+                def get(name: str, mapped: bool) -> np.ndarray:
+                    return arraystore.open_array(path, name, mmap=mapped)
+
+                maps = cls(uv={k: get(f"uv_{k}", mmap) for k in layers}, alpha=get("alpha", mmap),
+                           atlas={k: np.asarray(get(f"atlas_{k}", False)) for k in layers},
+                           atlas_used={k: np.asarray(get(f"atlas_used_{k}", False)) for k in layers},
+                           meta=dict(stored.get("meta") or {}))
+            except (OSError, ValueError, EOFError) as exc:
+                raise InveError(f"the baked maps in {path} are damaged ({_first_line(exc)}); {_REBAKE}") from None
+            _check_shapes(maps, path)
+            return maps
+        legacy = path.with_name(Project.MAPS_LEGACY) if path.name != Project.MAPS_LEGACY else path
+        if not legacy.is_file():
             raise InveError(f"{path.parent} has no baked maps ({path.name}); train it first (inve train)")
-        fix = "train the project again with 'inve train VIDEO -o PROJECT --resume' (it re-bakes the maps)"
         try:
-            with np.load(path) as z:
+            with np.load(legacy) as z:
                 layers = [k[3:] for k in z.files if k.startswith("uv_")]
-                meta = json.loads(bytes(z["meta"]).decode()) if "meta" in z.files else {}
                 maps = cls(uv={k: z[f"uv_{k}"] for k in layers}, alpha=z["alpha"],
                            atlas={k: z[f"atlas_{k}"] for k in layers},
-                           atlas_used={k: z[f"atlas_used_{k}"] for k in layers}, meta=meta)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise InveError(f"the baked maps {path} are damaged ({first}); {fix}") from None
-        T = maps.n_frames
-        ok = bool(layers) and maps.alpha.ndim == 3 and all(
-            maps.uv[k].shape == (*maps.alpha.shape, 2) and maps.atlas[k].ndim == 3 for k in layers)
-        if not ok or T == 0:
-            raise InveError(f"the baked maps {path} are damaged (inconsistent arrays); {fix}")
+                           atlas_used={k: z[f"atlas_used_{k}"] for k in layers})
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise InveError(f"the baked maps {legacy} are damaged ({_first_line(exc)}); {_REBAKE}") from None
+        _check_shapes(maps, legacy)
         return maps
+
+
+_REBAKE = "run 'inve train VIDEO -o PROJECT --resume' to bake them again"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+
+
+def _check_shapes(maps: BakedMaps, path: Path) -> None:
+    ok = bool(maps.uv) and np.ndim(maps.alpha) == 3 and maps.n_frames > 0 and all(
+        tuple(np.shape(maps.uv[k])) == (*np.shape(maps.alpha), 2) and np.ndim(maps.atlas[k]) == 3 for k in maps.uv)
+    if not ok:
+        raise InveError(f"the baked maps in {path} are damaged (arrays of inconsistent shapes); {_REBAKE}")
+
+
+def _put_frames(store: Any, name: str, array: np.ndarray, dtype: Any) -> None:
+    """Store a [T, ...] array frame by frame (no whole-clip converted copy)."""
+    out = store.create(name, np.shape(array), dtype)
+    for t in range(out.shape[0]):
+        out[t] = array[t]
 
 
 class LayeredMapping(Protocol):
@@ -215,8 +275,9 @@ class Project:
     """A project folder on disk. Cheap to open; heavy parts load lazily."""
 
     INFO = "project.json"
-    FRAMES = "frames.npy"
-    MAPS = "maps.npz"
+    FRAMES = "frames.npy"  # format 1 only: source frames at full resolution
+    MAPS = "maps"  # folder of memory-mapped arrays (BakedMaps)
+    MAPS_LEGACY = "maps.npz"  # format 1
     CHECKPOINT = "checkpoint.pt"
     METRICS = "metrics.json"
 
@@ -225,7 +286,7 @@ class Project:
         self.info = info
         self._maps: BakedMaps | None = None
         self._mapping: LayeredMapping | None = None
-        self._frames: np.ndarray | None = None
+        self._frames: Any = None
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -246,70 +307,103 @@ class Project:
     def is_trained(self) -> bool:
         return self.state()[0] == "trained"
 
+    def _maps_path(self) -> Path | None:
+        for p in (self.path / self.MAPS, self.path / self.MAPS_LEGACY):
+            if p.exists():
+                return p
+        return None
+
     def state(self) -> tuple[str, str]:
         """``(state, why)``: "trained", "needs bake" (networks newer than the maps, or maps
-        missing), "untrained" (nothing trained yet) or "damaged" (see ``why``)."""
-        from core import checkpoint
+        missing or interrupted), "untrained" (nothing trained yet) or "damaged" (see ``why``)."""
+        from core import checkpoint  # noqa: PLC0415
 
-        ckpt, maps = self.path / self.CHECKPOINT, self.path / self.MAPS
-        if not maps.is_file():
+        ckpt, maps = self.path / self.CHECKPOINT, self._maps_path()
+        if maps is None:
             return ("needs bake", "no baked maps yet") if ckpt.is_file() else ("untrained", "")
         if not ckpt.is_file():
             return "needs bake", f"no {self.CHECKPOINT}"
         try:
             meta = BakedMaps.read_meta(maps)
         except InveError as exc:
-            return "damaged", str(exc)
+            return "needs bake", str(exc)
         kind, why = checkpoint.maps_state(meta, self.info, ckpt)
         if kind == "ok":
             return "trained", ""
         return ("needs bake" if kind == "stale" else "damaged"), why
 
     def maps(self) -> BakedMaps:
-        """The baked maps, refused when they do not belong to this project and checkpoint."""
+        """The baked maps; refused when they belong to another project or checkpoint."""
         if self._maps is None:
-            from core import checkpoint
+            from core import checkpoint  # noqa: PLC0415
 
             maps = BakedMaps.load(self.path / self.MAPS)
+            hint = checkpoint.RESUME_HINT.format(project=self.path)
             kind, why = checkpoint.maps_state(maps.meta, self.info, self.path / self.CHECKPOINT)
             if kind != "ok":
-                raise InveError(f"{self.path}: {why}; " + checkpoint.RESUME_HINT.format(project=self.path))
-            if maps.n_frames != self.info.n_frames:
-                raise InveError(f"{self.path} is inconsistent: {self.info.n_frames} frames in {self.INFO}, "
-                                f"{maps.n_frames} in {self.MAPS}; "
-                                + checkpoint.RESUME_HINT.format(project=self.path))
+                raise InveError(f"{self.path}: {why}; {hint}")
+            if maps.n_frames != self.info.n_frames or set(maps.layers) != set(self.info.layers):
+                raise InveError(f"{self.path} is inconsistent: {self.info.n_frames} frame(s) and layers "
+                                f"{self.info.layers} in {self.INFO}, {maps.n_frames} and {maps.layers} in the "
+                                f"baked maps; {hint}")
             self._maps = maps
         return self._maps
 
-    def frames(self) -> np.ndarray:
-        """Source frames, uint8 [T, H, W, 3] at original resolution (memory-mapped)."""
+    def source_path(self) -> Path:
+        """The source video: relative to the project, else at its absolute path; a clear error if moved.
+
+        The relative place comes first: a project copied together with its footage (another
+        disk, another machine) then reads its own copy, not a stale original.
+        """
+        places = [Path(self.info.source)]
+        if self.info.source_relative:
+            places.insert(0, self.path / self.info.source_relative)
+        for p in places:
+            if p.exists():
+                return p
+        where = " nor at ".join(str(p) for p in places)
+        raise InveError(f"the source video of project {self.path} is not at {where}: it was moved "
+                        "or deleted; put it back (the project keeps no copy of its frames)")
+
+    def frames(self) -> Any:
+        """Source frames by project index, uint8 [H, W, 3] at original resolution.
+
+        Decoded on demand from the source (:class:`core.video.FrameSource`: sequential
+        decode, a small LRU cache); format-1 projects read their stored ``frames.npy``.
+        """
         if self._frames is None:
             p = self.path / self.FRAMES
-            if not p.is_file():
-                raise InveError(f"{self.path} has no {self.FRAMES}; the project is incomplete, train it again")
-            W, H = self.info.source_size
-            try:
-                frames = np.load(p, mmap_mode="r")
-            except (OSError, ValueError, EOFError) as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-                raise InveError(f"the project's frames {p} are damaged ({first}); delete {p.name} and run "
-                                f"'inve train VIDEO -o {self.path} --resume' with the source video "
-                                "to decode them again") from None
-            if frames.dtype != np.uint8 or frames.shape != (self.info.n_frames, H, W, 3):
-                raise InveError(f"the project's frames {p} do not match {self.INFO} "
-                                f"({tuple(frames.shape)} vs {(self.info.n_frames, H, W, 3)}); delete {p.name} and "
-                                f"run 'inve train VIDEO -o {self.path} --resume' to decode them again")
-            self._frames = frames
+            if p.is_file():
+                W, H = self.info.source_size
+                again = f"delete {p.name} and run 'inve train VIDEO -o {self.path} --resume' to decode them again"
+                try:
+                    frames = np.load(p, mmap_mode="r")
+                except (OSError, ValueError, EOFError) as exc:
+                    raise InveError(f"the project's frames {p} are damaged ({_first_line(exc)}); {again}") from None
+                if frames.dtype != np.uint8 or frames.shape != (self.info.n_frames, H, W, 3):
+                    raise InveError(f"the project's frames {p} do not match {self.INFO} "
+                                    f"({tuple(frames.shape)} vs {(self.info.n_frames, H, W, 3)}); {again}")
+                self._frames = frames
+            else:
+                from core.video import FrameSource  # noqa: PLC0415 - video I/O only when rendering
+
+                self._frames = FrameSource(self.source_path(), self.info.frames, self.info.source_size)
         return self._frames
+
+    def size_on_disk(self) -> int:
+        """Bytes of every file in the project folder."""
+        from core.arraystore import folder_size  # noqa: PLC0415
+
+        return folder_size(self.path)
 
     def mapping(self, device: str = "cpu") -> LayeredMapping:
         """The trained networks as a :class:`LayeredMapping` (imports torch).
 
-        Refuses a checkpoint of another project and one that the baked maps were not baked
-        from (then the maps and networks would disagree)."""
+        Refuses a damaged checkpoint, one of another project, and one that the baked maps
+        were not baked from (maps and networks would disagree), each with one line."""
         if self._mapping is None:
-            from core import checkpoint
-            from core.model import ModelMapping, load_model
+            from core import checkpoint  # noqa: PLC0415
+            from core.model import ModelMapping, load_model  # noqa: PLC0415
 
             ckpt = self.path / self.CHECKPOINT
             if not ckpt.is_file():
@@ -323,7 +417,7 @@ class Project:
                                 f"'inve train VIDEO -o {self.path} --resume'") from None
             checkpoint.check_belongs(state, self.info, ckpt)
             del state
-            if (self.path / self.MAPS).is_file():
+            if self._maps_path() is not None:
                 self.maps()  # raises when the maps were baked from another checkpoint
             self._mapping = ModelMapping(model, tuple(self.info.source_size))
         return self._mapping
@@ -334,5 +428,5 @@ class Project:
             return {}
         m = fsutil.read_json(p, "metrics file")
         if not isinstance(m, dict):
-            raise InveError(f"metrics file {p} is damaged (not a JSON object); --resume rewrites it")
+            raise InveError(f"metrics file {p} is damaged (not a JSON object); 'inve train --resume' rewrites it")
         return m

@@ -1,11 +1,11 @@
 """Point tracking (``inve track``): POINTS.json -> TRACKS.json through the layered mappings.
 
-Each point attaches to the layer seen where it was placed (foreground where alpha > 0.5,
+Each point attaches to the layer seen where it was placed (``core.layers.shows``,
 unless it names a ``layer``), goes through that layer's forward mapping at its frame and
 the inverse mapping into every frame (one batched call for all points and frames). A
 position is ``visible`` when it is inside the frame, cycle-consistent (the forward map
 brings it back to the same atlas point) and not hidden by the other layer (a background
-point under foreground alpha > 0.5, or a foreground point where the object is not).
+point under the foreground, or a foreground point where the object is not).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import numpy as np
 from core import fsutil
 from core.edits.context import RenderContext
 from core.errors import InveError
+from core.layers import shows
 from core.project import Project, ProjectInfo
 
 
@@ -108,7 +109,7 @@ def track_points(ctx: RenderContext, points: Sequence[PointSpec]) -> list[Track]
         if ctx.has_fg:
             for tt in range(ctx.T):
                 a = ctx.alpha_at(tt, np.clip(xy[tt], 0, [ctx.W, ctx.H]))
-                vis[tt] &= (a > 0.5) if L == "fg" else (a <= 0.5)
+                vis[tt] &= shows(L, a)
         for j, i in enumerate(idx):
             tracks[i] = Track(points[i].id, L, xy[:, j].astype(np.float64), vis[:, j])
     return [tr for tr in tracks if tr is not None]

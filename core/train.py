@@ -5,6 +5,10 @@ whichever budget is further along, so a 2-minute run and a 2000-iteration run bo
 a decayed rate. Checkpoints are written atomically every ``checkpoint_seconds`` and on
 cancel; ``--resume`` continues from the last one towards the (total) budget. A non-finite
 loss stops the run without saving the diverged state.
+
+Who does what: the :class:`Trainer` owns the loop, the optimiser and checkpoints; the loss
+dictionary is :class:`core.objectives.Objective`'s; learning rate, coarse-to-fine and the
+inverse polish are callbacks from :mod:`core.schedules`.
 """
 from __future__ import annotations
 
@@ -22,31 +26,18 @@ import numpy as np
 import torch
 
 from core import __version__, fsutil
-from core import losses as L
 from core.bake import bake
+from core.device import pick_device
 from core.errors import Cancelled, InveError
 from core.model import LayeredAtlasModel, ModelConfig, config_from_json, config_to_json
+from core.objectives import LossWeights, Objective
 from core.progress import Progress
 from core.project import Project, ProjectInfo
+from core.sampling import TrainingData
+from core.schedules import CoarseToFine, InversePolish, LearningRate, Schedule
 
 DEFAULT_MAX_SIDE = 256
 DEFAULT_MINUTES = 4.0
-
-
-@dataclass
-class LossWeights:
-    flow: float = 0.02
-    alpha_flow: float = 0.05
-    rigidity: float = 0.3
-    # weight of a uniform scale change inside the rigidity penalty, per layer: a camera zoom
-    # rescales the whole background, while a foreground object should keep its atlas size
-    rigidity_scale_bg: float = 0.02
-    rigidity_scale_fg: float = 0.3
-    sparsity: float = 0.002
-    bootstrap: float = 0.05
-    bootstrap_until: float = 0.4  # fraction of the budget over which bootstrapping fades out
-    bootstrap_floor_user: float = 0.1  # user-given masks keep this fraction of their weight
-    cycle: float = 1.0
 
 
 @dataclass
@@ -80,60 +71,23 @@ class TrainConfig:
         return self.iters, None if self.minutes is None else self.minutes * 60
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InveError("--device cuda was asked for but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-# -- training data -------------------------------------------------------------------------
-
-class TrainingData:
-    """Flattened per-pixel tensors and batch sampling."""
-
-    def __init__(self, frames: np.ndarray, flow: Any, masks: np.ndarray | None, device: torch.device) -> None:
-        self.n, self.h, self.w = frames.shape[:3]
-        self.device = device
-        self.rgb = torch.from_numpy(frames.reshape(-1, 3)).to(device)  # uint8, converted per batch
-        self.half = max(self.w, self.h) / 2.0
-        self.has_flow = self.n > 1 and flow is not None
-        if self.has_flow:
-            self.fwd = torch.from_numpy(np.ascontiguousarray(flow.fwd.reshape(-1, 2))).to(device)
-            self.bwd = torch.from_numpy(np.ascontiguousarray(flow.bwd.reshape(-1, 2))).to(device)
-            self.fwd_ok = torch.from_numpy(np.ascontiguousarray(flow.fwd_ok.reshape(-1))).to(device)
-            self.bwd_ok = torch.from_numpy(np.ascontiguousarray(flow.bwd_ok.reshape(-1))).to(device)
-        self.masks = None if masks is None else torch.from_numpy(masks.reshape(-1).astype(np.float32)).to(device)
-
-    def sample(self, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        hw = self.h * self.w
-        idx = torch.randint(0, self.n * hw, (n,), generator=gen, device="cpu").to(self.device)
-        t = idx // hw
-        rem = idx % hw
-        y, x = rem // self.w, rem % self.w
-        p = torch.stack([(x.float() + 0.5 - self.w / 2) / self.half, (y.float() + 0.5 - self.h / 2) / self.half], 1)
-        batch = {"p": p, "t": t.float(), "rgb": self.rgb[idx].float() / 255.0}
-        if self.masks is not None:
-            batch["mask"] = self.masks[idx]
-        if self.has_flow:
-            go_fwd = torch.rand(n, generator=gen, device="cpu").to(self.device) < 0.5
-            go_fwd = torch.where(t == 0, torch.ones_like(go_fwd), go_fwd)
-            go_fwd = torch.where(t == self.n - 1, torch.zeros_like(go_fwd), go_fwd)
-            fi = (t.clamp(max=self.n - 2)) * hw + rem  # forward flow of frame t
-            bi = (t - 1).clamp(min=0) * hw + rem  # bwd[t-1] goes from frame t to t-1
-            vec = torch.where(go_fwd.unsqueeze(1), self.fwd[fi], self.bwd[bi])
-            ok = torch.where(go_fwd, self.fwd_ok[fi], self.bwd_ok[bi])
-            batch["p_next"] = p + vec / self.half
-            batch["t_next"] = torch.where(go_fwd, t + 1, t - 1).float()
-            batch["flow_ok"] = ok.float()
-        return batch
+def default_schedules(cfg: TrainConfig, base_lrs: dict[str, float]) -> list[Schedule]:
+    """The schedules of a full fit: decaying rates, coarse-to-fine atlas, inverse polish."""
+    return [LearningRate(base_lrs, cfg.lr_final, cfg.map_warmup), CoarseToFine(cfg.coarse_to_fine),
+            InversePolish(cfg.inverse_polish)]
 
 
 # -- the loop ------------------------------------------------------------------------------
 
 class Trainer:
-    def __init__(self, model: LayeredAtlasModel, data: TrainingData, cfg: TrainConfig, mask_source: str) -> None:
+    """The loop's state: model, optimiser, step, time spent, sampling generator.
+
+    What is optimised lives in ``objective`` (core/objectives.py); when which phase and rate
+    apply is decided by ``schedules`` (core/schedules.py), run in order before every step.
+    """
+
+    def __init__(self, model: LayeredAtlasModel, data: TrainingData, cfg: TrainConfig, mask_source: str,
+                 schedules: list[Schedule] | None = None) -> None:
         self.model, self.data, self.cfg = model, data, cfg
         self.mask_source = mask_source
         groups = model.param_groups()
@@ -147,11 +101,11 @@ class Trainer:
         self.elapsed = 0.0  # seconds of training so far, over all sessions
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.mse_ema: float | None = None
-        self.px_per_unit = data.half  # working pixels per normalised unit
-        self.px_per_uv = data.half / model.cfg.uv_scale
-        self.step_p = 1.0 / data.half  # one working pixel in normalised units
+        self.objective = Objective(model, cfg.weights, data.half, mask_source)
+        self.schedules: list[Schedule] = default_schedules(cfg, self.base_lrs) if schedules is None else schedules
+        self.phase = "fit"  # or "polish" (set by schedules)
 
-    # schedule ------------------------------------------------------------------------
+    # budget --------------------------------------------------------------------------
     def fraction(self) -> float:
         iters, seconds = self.cfg.budget()
         fr = 0.0
@@ -165,111 +119,14 @@ class Trainer:
         iters, seconds = self.cfg.budget()
         return (iters is not None and self.step >= iters) or (seconds is not None and self.elapsed >= seconds)
 
-    def set_schedule(self, fr: float) -> None:
-        self.set_rates(fr)
-        c2f = min(1.0, fr / self.cfg.coarse_to_fine) if self.cfg.coarse_to_fine > 0 else 1.0
-        self.model.set_atlas_detail(c2f)
-
-    def set_rates(self, fr: float) -> None:
-        decay = self.cfg.lr_final ** fr
-        warm = min(1.0, fr / self.cfg.map_warmup) if self.cfg.map_warmup > 0 else 1.0
-        for group in self.opt.param_groups:
-            lr = self.base_lrs[group["name"]] * decay
-            group["lr"] = lr * warm if group["name"].startswith("map_") else lr
-
     # one step ------------------------------------------------------------------------
-    def losses(self, b: dict[str, torch.Tensor], fr: float) -> tuple[torch.Tensor, dict[str, float]]:
-        m, w = self.model, self.cfg.weights
-        layers = m.cfg.layers
-        n = b["p"].shape[0]
-        # Regularisers see a subset of the batch: they are smooth and need fewer samples
-        # than the reconstruction, and each costs extra network evaluations.
-        nf = n // 4 if "p_next" in b else 0
-        nr = n // 8
-        p, t = b["p"], b["t"]
-        dx = torch.tensor([self.step_p, 0.0], device=p.device)
-        dy = torch.tensor([0.0, self.step_p], device=p.device)
-        # One mapping call per layer for every point that needs it: p, flow targets, p+dx, p+dy.
-        p_all = torch.cat([p] + ([b["p_next"][:nf]] if nf else []) + [p[:nr] + dx, p[:nr] + dy])
-        t_all = torch.cat([t] + ([b["t_next"][:nf]] if nf else []) + [t[:nr], t[:nr]])
-        uv_all = {layer: m.uv(layer, p_all, t_all) for layer in layers}
-        uv = {layer: v[:n] for layer, v in uv_all.items()}
-        if "fg" in layers:
-            pa = torch.cat([p] + ([b["p_next"][:nf]] if nf else []))
-            ta = torch.cat([t] + ([b["t_next"][:nf]] if nf else []))
-            alpha_all = m.alpha(pa, ta)
-            alpha = alpha_all[:n]
-        else:
-            alpha = torch.zeros(n, device=p.device)
-        bg = m.atlas("bg", uv["bg"])
-        if "fg" in layers:
-            fg = m.atlas("fg", uv["fg"])
-            pred = alpha.unsqueeze(1) * fg + (1 - alpha.unsqueeze(1)) * bg
-        else:
-            pred = bg
-        terms: dict[str, torch.Tensor] = {"rgb": L.rgb_loss(pred, b["rgb"])}
-        vis = {"bg": (1 - alpha).detach(), "fg": alpha.detach()}
-        if nf:
-            ok = b["flow_ok"][:nf]
-            flow_terms = []
-            for layer in layers:
-                uv_next = uv_all[layer][n:n + nf]
-                flow_terms.append(L.flow_loss(uv[layer][:nf], uv_next, ok * vis[layer][:nf], self.px_per_uv))
-            terms["flow"] = w.flow * sum(flow_terms)
-            if "fg" in layers:
-                terms["alpha_flow"] = w.alpha_flow * L.alpha_flow_loss(alpha[:nf], alpha_all[n:n + nf], ok)
-        off = n + nf
-        rig = []
-        for layer in layers:
-            u = uv_all[layer]
-            # Where the foreground hides the background, rigidity is all that holds the
-            # background mapping (no colour, no flow there): weigh it up.
-            weight = 1.0 + 4.0 * vis["fg"][:nr] if layer == "bg" else vis["fg"][:nr] + 0.05
-            rig.append(L.rigidity_loss(u[:nr], u[off:off + nr], u[off + nr:off + 2 * nr],
-                                       self.step_p * m.cfg.uv_scale, weight,
-                                       scale_weight=getattr(w, f"rigidity_scale_{layer}")))
-        terms["rigidity"] = w.rigidity * sum(rig)
-        if "fg" in layers:
-            terms["sparsity"] = w.sparsity * L.sparsity_loss(alpha, fg)
-            if "mask" in b:
-                fade = max(0.0, 1.0 - fr / w.bootstrap_until)
-                if self.mask_source == "user":
-                    fade = max(fade, w.bootstrap_floor_user)
-                if fade > 0:
-                    terms["bootstrap"] = w.bootstrap * fade * L.bootstrap_loss(alpha, b["mask"])
-        cyc = []
-        nc = n // 2
-        for layer in layers:
-            back = m.inverse(layer, uv[layer][:nc].detach(), t[:nc])
-            weight = torch.ones(nc, device=p.device) if layer == "bg" else vis["fg"][:nc] + 0.01
-            cyc.append(L.cycle_loss(back, p[:nc], weight, self.px_per_unit))
-        terms["cycle"] = w.cycle * sum(cyc)
-        total = sum(terms.values())
-        return total, {k: float(v.detach()) for k, v in terms.items()}
-
-    def polish_losses(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cycle consistency alone, forward mappings frozen (only the inverses get gradients)."""
-        m = self.model
-        with torch.no_grad():
-            uv = {layer: m.uv(layer, b["p"], b["t"]) for layer in m.cfg.layers}
-            alpha = m.alpha(b["p"], b["t"])
-        cyc = []
-        for layer in m.cfg.layers:
-            back = m.inverse(layer, uv[layer], b["t"])
-            weight = torch.ones_like(alpha) if layer == "bg" else alpha + 0.01
-            cyc.append(L.cycle_loss(back, b["p"], weight, self.px_per_unit))
-        total = self.cfg.weights.cycle * sum(cyc)
-        return total, {"cycle": float(total.detach())}
-
     def train_step(self) -> dict[str, float]:
         fr = self.fraction()
-        self.set_schedule(fr)
+        for schedule in self.schedules:
+            schedule(self, fr)
         self.model.train()
         batch = self.data.sample(self.cfg.batch, self.gen)
-        if fr >= 1.0 - self.cfg.inverse_polish:
-            total, terms = self.polish_losses(batch)
-        else:
-            total, terms = self.losses(batch, fr)
+        total, terms = self.objective(batch, fr, self.phase)
         if not math.isfinite(float(total.detach())):
             bad = [k for k, v in terms.items() if not math.isfinite(v)]
             raise InveError(f"training diverged at step {self.step}: non-finite loss ({', '.join(bad) or 'total'}); "
@@ -309,9 +166,7 @@ class Trainer:
 # -- project-level orchestration -----------------------------------------------------------
 
 def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
-    """Existing project when resuming; refuse to clobber anything otherwise (call it under the lock)."""
-    from core.lock import LOCK_NAME  # noqa: PLC0415
-
+    """Existing project when resuming; refuse to clobber anything otherwise."""
     info_path = project_dir / Project.INFO
     if info_path.exists():
         if not resume:
@@ -323,6 +178,8 @@ def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
     if project_dir.exists():
         if not project_dir.is_dir():
             raise InveError(f"project path {project_dir} exists and is not a folder")
+        from core.lock import LOCK_NAME  # noqa: PLC0415 - the caller's own lock is no content
+
         if any(p.name != LOCK_NAME for p in project_dir.iterdir()):
             raise InveError(f"{project_dir} is not empty and is not an inve project; choose an empty or new folder")
     return None
@@ -389,14 +246,7 @@ def _resume_settings(existing: Project, video: str | Path | None, cfg: TrainConf
     return source
 
 
-def _stored_frames(project: Project) -> np.ndarray | None:
-    """The project's decoded frames when they are complete and readable (a resume needs no source)."""
-    if not (project.path / Project.FRAMES).is_file():
-        return None
-    return project.frames()  # damaged or mismatched: one line saying how to decode them again
-
-
-def _check_project_atlases(project_dir: Path, layers: list[str]) -> None:
+def _check_project_atlases(project_dir: Path) -> None:
     """The atlas PNGs in a project are replaced on every bake: refuse up front when the user
     changed one (painted it in place), rather than overwrite it or fail after training."""
     marker = fsutil.output_dir_state(project_dir)
@@ -418,9 +268,10 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     """Train (or resume) a project and bake it. Returns the opened project.
 
     Holds the project lock (``core.lock``) throughout: a second writer is refused with the
-    holder's name. ``cfg`` is not changed (a resume works on a copy filled from the
-    project). ``given`` names the settings the caller chose explicitly ("frames",
-    "max_side", "video"); a resume refuses those that differ from the project.
+    holder's name, and the "already a project" check runs inside it. ``cfg`` is not changed
+    (a resume works on a copy filled from the project). ``given`` names the settings the
+    caller chose explicitly ("frames", "max_side", "video"; ``None``: all); a resume refuses
+    those that differ from the project, naming each.
 
     ``monitor(trainer)`` is called after every step (benchmarks use it to measure quality
     over time); its own run time is not counted as training time.
@@ -432,6 +283,8 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     _check_masks(cfg.masks)
     if project_dir.exists() and not project_dir.is_dir():
         raise InveError(f"project path {project_dir} exists and is not a folder")
+    if not resume and not (project_dir / Project.INFO).exists() and not Path(video).exists():
+        raise InveError(f"video not found: {video}")
     created = not project_dir.exists()
     fsutil.probe_writable(project_dir, "project folder")
     try:
@@ -455,69 +308,52 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(_cpu_threads())
 
-    stored_frames = None
     if existing is not None:
+        # A resume keeps the data settings of the project; new budgets replace old ones.
         source = _resume_settings(existing, video, cfg, given)
         _check_masks(cfg.masks)
-        _check_project_atlases(project_dir, existing.info.layers)
-        stored_frames = _stored_frames(existing)
-        fingerprint = existing.info.source_fingerprint
+        _check_project_atlases(project_dir)
+        if Path(source).resolve() == Path(existing.info.source).resolve():
+            source = str(existing.source_path())  # also found relative to the project
     else:
         source = str(Path(video).resolve())
-        fingerprint = None
-    if stored_frames is not None:
-        # every frame is in the project already: the source video is not needed
-        info0 = existing.info
-        start, end = info0.frames[0], info0.frames[-1] + 1
-        src_size = tuple(info0.source_size)
-        fps = info0.fps
-        work = vio.working_size(src_size[0], src_size[1], cfg.max_side)
-        if fingerprint is None and Path(source).exists():
-            fingerprint = source_fingerprint(source)
-    else:
-        vinfo = vio.probe(source)
-        start, end = vio.resolve_range(vinfo, cfg.frames)
-        src_size, fps = (vinfo.width, vinfo.height), vinfo.fps
-        work = vio.working_size(vinfo.width, vinfo.height, cfg.max_side)
-        if existing is not None:
-            if tuple(existing.info.source_size) != src_size:
-                raise InveError(f"the source video {source} changed size since the project was made; "
-                                "start a new project")
-            if (start, end) != (existing.info.frames[0], existing.info.frames[-1] + 1):
-                raise InveError(f"the source video {source} no longer holds the project's frames "
-                                f"{existing.info.frames[0]}:{existing.info.frames[-1] + 1}; start a new project")
-        vio.check_resources(end - start, src_size, work, project_dir / Project.FRAMES)
-        fingerprint = source_fingerprint(source)
-        if existing is not None and existing.info.source_fingerprint not in (None, fingerprint):
+    vinfo = vio.probe(source)
+    start, end = vio.resolve_range(vinfo, cfg.frames)
+    work = vio.working_size(vinfo.width, vinfo.height, cfg.max_side)
+    fingerprint = source_fingerprint(source)
+    if existing is not None:
+        if tuple(existing.info.source_size) != (vinfo.width, vinfo.height):
+            raise InveError(f"the source video {source} changed size since the project was made; "
+                            "start a new project")
+        if existing.info.source_fingerprint not in (None, fingerprint):
             raise InveError(f"the source video {source} is not the footage the project was trained on "
-                            "(its content changed); start a new project")
+                            "(its content changed); put the original back or start a new project")
+    vio.check_resources(end - start, (vinfo.width, vinfo.height), work, None)
 
     settings = {"train": _settings(cfg)}
+    rel_source = _relative(source, project_dir)
     if existing is None:
         # Claim the folder first: a run cancelled while loading leaves a project that
         # `--resume` picks up, not an anonymous folder that the next run refuses.
         layers = ["bg"] if cfg.single_layer else ["bg", "fg"]
         fsutil.mark_output_dir(project_dir)  # the folder's marker records the atlas PNGs inve writes
         Project(project_dir, ProjectInfo(source=source, frames=list(range(start, end)),
-                                         source_size=src_size, work_size=work, fps=fps,
-                                         layers=layers, settings=settings,
+                                         source_size=(vinfo.width, vinfo.height), work_size=work, fps=vinfo.fps,
+                                         layers=layers, settings=settings, source_relative=rel_source,
                                          source_fingerprint=fingerprint)).save_info()
-    frames_npy = project_dir / Project.FRAMES
-    if stored_frames is not None:
-        frames = _resize_stack(stored_frames, work)
-    else:
-        frames = vio.load_clip(source, start, end, work, frames_npy, progress)
+    frames = working_frames(project_dir / "cache", source, vinfo, start, end, work, progress)
     prep = preprocess(project_dir / "cache", frames, Path(cfg.masks) if cfg.masks else None, cfg.single_layer,
                       start, progress)
     layers = ["bg"] if prep.masks is None else ["bg", "fg"]
     if prep.masks is None and not cfg.single_layer:
         progress.message("no moving foreground found: training a single (background) layer")
 
-    info = ProjectInfo(source=source, frames=list(range(start, end)), source_size=src_size,
-                       work_size=work, fps=fps, layers=layers,
-                       settings={**settings, "mask_source": prep.mask_source}, source_fingerprint=fingerprint)
+    info = ProjectInfo(source=source, frames=list(range(start, end)), source_size=(vinfo.width, vinfo.height),
+                       work_size=work, fps=vinfo.fps, layers=layers,
+                       settings={**settings, "mask_source": prep.mask_source}, source_relative=rel_source,
+                       source_fingerprint=fingerprint)
     project = Project(project_dir, info)
     project.save_info()
 
@@ -550,10 +386,10 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
     result = bake(model, prep.frames, info.source_size, progress)
     # the maps remember the checkpoint they come from: a later checkpoint (a resume killed
     # before its bake) makes the project "needs bake" instead of silently mixing the two
-    result.maps.meta = checkpoint.maps_meta(info, ckpt_path, trainer.step)
+    result.maps.meta = {**result.maps.meta, **checkpoint.maps_meta(info, ckpt_path, trainer.step)}
     result.maps.save(project_dir / Project.MAPS)
     for layer, atlas in result.maps.atlas.items():
-        fsutil.write_output_file(project_dir / f"atlas_{layer}.png", fsutil._png_writer(atlas), "project atlas")
+        fsutil.write_output_file(project_dir / f"atlas_{layer}.png", fsutil.png_writer(atlas), "project atlas")
     metrics = {"psnr": round(result.psnr, 3), "iterations": trainer.step, "train_seconds": round(trainer.elapsed, 2),
                "cycle_error_px": {k: round(v, 4) for k, v in result.cycle_error_px.items()},
                "device": device.type, "backend": mcfg.backend, "layers": layers, "mask_source": prep.mask_source}
@@ -596,13 +432,57 @@ def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress,
     save()
 
 
-def _resize_stack(frames: np.ndarray, work: tuple[int, int]) -> np.ndarray:
-    """Working-resolution copy of the project's stored source frames (a resume needs no decode)."""
-    import cv2  # noqa: PLC0415
+def _relative(source: str, project_dir: Path) -> str | None:
+    """The source's path relative to the project folder (None across drives on Windows)."""
+    try:
+        return os.path.relpath(source, project_dir.resolve())
+    except ValueError:
+        return None
 
-    if frames.shape[2] == work[0] and frames.shape[1] == work[1]:
-        return np.array(frames)
-    return np.stack([cv2.resize(np.asarray(f), work, interpolation=cv2.INTER_AREA) for f in frames])
+
+def _cpu_threads() -> int:
+    """Threads for CPU training: all cores, unless a scheduler gave this process fewer.
+
+    Ray (``inve batch``) and batch systems set ``OMP_NUM_THREADS`` to the CPUs a task was
+    given; taking every core anyway would oversubscribe the machine when shots share it.
+    """
+    try:
+        given = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        given = 0
+    return max(1, given if given > 0 else (os.cpu_count() or 1))
+
+
+FRAMES_DIR = "frames"  # PROJECT/cache/frames: working-size frames (core.arraystore)
+
+
+def working_frames(cache_dir: Path, source: str, vinfo: Any, start: int, end: int, work: tuple[int, int],
+                   progress: Progress) -> np.ndarray:
+    """Working-size frames uint8 [T, h, w, 3]: from the project's cache, or decoded once and cached.
+
+    The cache holds only what the fit needs (a few MB where a source-resolution copy took
+    hundreds); a resume reads it instead of decoding the movie again. Keyed by the source's
+    content fingerprint, the range and the size, so a replaced source is decoded anew.
+    """
+    from core import arraystore  # noqa: PLC0415
+    from core import video as vio  # noqa: PLC0415
+    from core.identity import source_fingerprint  # noqa: PLC0415
+
+    key = f"{source_fingerprint(source)}|{vinfo.width}x{vinfo.height}|{start}:{end}|{work[0]}x{work[1]}"
+    folder = Path(cache_dir) / FRAMES_DIR
+    meta = arraystore.read_meta(folder)
+    if meta is not None and meta.get("key") == key:
+        try:
+            frames = arraystore.open_array(folder, "frames", mmap=False)
+            if frames.shape == (end - start, work[1], work[0], 3) and frames.dtype == np.uint8:
+                return frames
+        except (OSError, ValueError):
+            pass
+    frames = vio.load_clip(source, start, end, work, None, progress)
+    store = arraystore.StoreWriter(folder)
+    store.put("frames", frames, np.uint8)
+    store.commit({"key": key})
+    return frames
 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:

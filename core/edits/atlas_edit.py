@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from core.edits.context import Box, RenderContext
+from core.layers import shows
 
 
 FULL_RECT = (-1.0, -1.0, 1.0, 1.0)
@@ -66,7 +67,7 @@ def edit_rect(ctx: RenderContext, layer: str, t: int, coverage: torch.Tensor) ->
     cov = F.max_pool2d(coverage[None, None, y0:y1, x0:x1].float(), 3, 1, padding=1)[0, 0] > 1e-4
     if ctx.has_fg:
         a = torch.from_numpy(ctx.alpha_box(t, box))
-        cov &= (a > 0.45) if layer == "fg" else (a <= 0.55)
+        cov &= shows(layer, a, slack=0.05)
     if not bool(cov.any()):
         return None
     sel = uv[cov]
@@ -95,15 +96,15 @@ def frame_to_atlas(ctx: RenderContext, layer: str, t: int, image: torch.Tensor) 
     inside = (x >= 0) & (x < ctx.W) & (y >= 0) & (y < ctx.H)
     grid = torch.stack([x * (2.0 / ctx.W) - 1.0, y * (2.0 / ctx.H) - 1.0], -1)[None]  # [1, Rh, Rw, 2]
     # cycle test against the baked forward map (no network): uv(inverse(uv)) ~ uv
-    back = F.grid_sample(ctx._uv[layer][t:t + 1], grid, mode="bilinear", padding_mode="border",
+    back = F.grid_sample(ctx.uv_map(layer, t), grid, mode="bilinear", padding_mode="border",
                          align_corners=False)[0]
     cu = u0 + (torch.arange(Rw, dtype=torch.float32) + 0.5) * (u1 - u0) / Rw
     cv = v0 + (torch.arange(Rh, dtype=torch.float32) + 0.5) * (v1 - v0) / Rh
     err = torch.sqrt((back[0] - cu[None, :]) ** 2 + (back[1] - cv[:, None]) ** 2) * ctx.px_per_uv(layer)
     seen = inside & (err < ctx.CYCLE_TOL_PX)
     if ctx.has_fg:
-        a = F.grid_sample(ctx._alpha[t:t + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
-        seen &= (a > 0.5) if layer == "fg" else (a <= 0.5)
+        a = F.grid_sample(ctx.alpha_map(t), grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+        seen &= shows(layer, a)
     tex = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     tex = tex * seen.float()[None]
     return AtlasTexture.from_tensor(layer, tex, rect)

@@ -1,0 +1,40 @@
+"""Which layer a pixel shows: the one "visible on this layer" rule.
+
+The foreground covers the background where its opacity exceeds one half. Training weighs
+losses by the soft visibility (alpha for fg, 1 - alpha for bg); everything that has to
+decide (tracks, the cycle error report, which layer an edit attaches to, which atlas texels
+an edit may write) uses :func:`shows`. ``slack`` widens the rule symmetrically for callers
+that must err on the inclusive side (the uv rectangle an edit may touch is grown by a soft
+edge of the object, so it takes both layers' pixels with alpha within ``slack`` of the
+threshold).
+
+Works on numpy arrays, torch tensors and floats alike.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+LAYERS: tuple[str, ...] = ("bg", "fg")
+
+#: foreground opacity above which a pixel shows the foreground layer
+VISIBLE_ALPHA = 0.5
+
+
+def shows(layer: str, alpha: Any, slack: float = 0.0) -> Any:
+    """True where ``layer`` is the visible one given foreground opacity ``alpha``."""
+    if layer == "fg":
+        return alpha > VISIBLE_ALPHA - slack
+    return alpha <= VISIBLE_ALPHA + slack
+
+
+def visibility(layer: str, alpha: Any) -> Any:
+    """Soft share of the pixel that ``layer`` shows: alpha (fg) or 1 - alpha (bg)."""
+    return alpha if layer == "fg" else 1.0 - alpha
+
+
+def layer_at(alpha: Any) -> str:
+    """The layer seen at a place of (mean) opacity ``alpha``."""
+    return "fg" if float(alpha) > VISIBLE_ALPHA else "bg"
+
+
+__all__ = ["LAYERS", "VISIBLE_ALPHA", "shows", "visibility", "layer_at"]
