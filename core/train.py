@@ -288,13 +288,26 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     created = not project_dir.exists()
     fsutil.probe_writable(project_dir, "project folder")
     try:
-        with project_lock(project_dir, "train"):
+        with _lock_unless_ours(project_dir, project_lock):
             return _train_locked(video, project_dir, cfg, progress, resume, monitor, given)
     except BaseException:
         if created:  # refused before anything was written: leave no empty folder behind
             with contextlib.suppress(OSError):
                 project_dir.rmdir()
         raise
+
+
+def _lock_unless_ours(project_dir: Path, project_lock: Callable[..., Any]) -> Any:
+    """The project lock, unless this very process holds it already (``inve batch`` takes it
+    for a whole shot and calls :func:`train_project` inside)."""
+    import socket  # noqa: PLC0415
+
+    from core.lock import read_holder  # noqa: PLC0415
+
+    holder = read_holder(project_dir) if project_dir.is_dir() else None
+    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        return contextlib.nullcontext()
+    return project_lock(project_dir, "train")
 
 
 def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progress: Progress, resume: bool,
