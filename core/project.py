@@ -4,7 +4,8 @@ Layout (see ARCHITECTURE.md)::
 
     PROJECT/
       project.json      ProjectInfo: source, frame range, sizes, fps, layers, settings, versions
-      cache/            working-size frames, flow, masks (reused by --resume; memory-mapped .npy)
+      cache/            masks; while training also working-size frames and flow (reused by
+                        --resume after a cancel; removed once the maps are baked)
       checkpoint.pt     networks + optimizer + step (written atomically, resumable)
       maps/             baked per-frame UV maps, alpha maps and float atlases (BakedMaps;
                         memory-mapped .npy files, meta.json written last)

@@ -196,7 +196,7 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     over time); its own run time is not counted as training time.
     """
     from core import video as vio  # noqa: PLC0415
-    from core.preprocess import preprocess  # noqa: PLC0415
+    from core.preprocess import preprocess, release_cache, working_frames  # noqa: PLC0415
 
     project_dir = Path(project_dir)
     existing = _open_or_create(project_dir, resume)
@@ -272,6 +272,10 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     model.set_atlas_detail(1.0)
     progress.message(f"trained {trainer.step} iterations in {trainer.elapsed:.0f} s "
                      f"(running PSNR ~{trainer.psnr_estimate:.1f} dB); baking maps")
+    # baking needs neither flow nor masks: free them before the maps are allocated (long shots)
+    trainer.data = None  # type: ignore[assignment]
+    del data
+    prep.flow, prep.masks = None, None  # type: ignore[assignment]
     result = bake(model, prep.frames, info.source_size, progress)
     result.maps.save(project_dir / Project.MAPS)
     for layer, atlas in result.maps.atlas.items():
@@ -280,6 +284,7 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
                "cycle_error_px": {k: round(v, 4) for k, v in result.cycle_error_px.items()},
                "device": device.type, "backend": mcfg.backend, "layers": layers, "mask_source": prep.mask_source}
     fsutil.write_json(project_dir / Project.METRICS, metrics)
+    release_cache(project_dir / "cache")  # a finished project keeps what editing needs
     return Project.open(project_dir)
 
 
@@ -314,38 +319,6 @@ def _relative(source: str, project_dir: Path) -> str | None:
         return os.path.relpath(source, project_dir.resolve())
     except ValueError:
         return None
-
-
-FRAMES_DIR = "frames"  # PROJECT/cache/frames: working-size frames (core.arraystore)
-
-
-def working_frames(cache_dir: Path, source: str, vinfo: Any, start: int, end: int, work: tuple[int, int],
-                   progress: Progress) -> np.ndarray:
-    """Working-size frames uint8 [T, h, w, 3]: from the project's cache, or decoded once and cached.
-
-    The cache holds only what the fit needs (a few MB where a source-resolution copy took
-    hundreds); a resume reads it instead of decoding the movie again. Keyed by the source's
-    content fingerprint, the range and the size, so a replaced source is decoded anew.
-    """
-    from core import arraystore  # noqa: PLC0415
-    from core import video as vio  # noqa: PLC0415
-    from core.identity import source_fingerprint  # noqa: PLC0415
-
-    key = f"{source_fingerprint(source)}|{vinfo.width}x{vinfo.height}|{start}:{end}|{work[0]}x{work[1]}"
-    folder = Path(cache_dir) / FRAMES_DIR
-    meta = arraystore.read_meta(folder)
-    if meta is not None and meta.get("key") == key:
-        try:
-            frames = arraystore.open_array(folder, "frames", mmap=False)
-            if frames.shape == (end - start, work[1], work[0], 3) and frames.dtype == np.uint8:
-                return frames
-        except (OSError, ValueError):
-            pass
-    frames = vio.load_clip(source, start, end, work, None, progress)
-    store = arraystore.StoreWriter(folder)
-    store.put("frames", frames, np.uint8)
-    store.commit({"key": key})
-    return frames
 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:

@@ -171,6 +171,9 @@ def test_project_keeps_no_source_copy_and_reports_its_size(trained, capsys):
     base, movie, proj = trained
     assert not (proj / "frames.npy").exists()
     assert (proj / "maps" / "meta.json").is_file() and not (proj / "maps.npz").exists()
+    # a finished project keeps what editing needs: no flow or working frames (resume recomputes them)
+    assert not (proj / "cache" / "flow").exists() and not (proj / "cache" / "frames").exists()
+    assert (proj / "cache" / "masks" / "meta.json").is_file()
     project = Project.open(proj)
     assert project.info.format == PROJECT_FORMAT
     assert project.info.source_relative == "../../media/clip.mp4"
