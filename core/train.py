@@ -35,6 +35,18 @@ from core.schedules import CoarseToFine, InversePolish, LearningRate, Schedule
 
 DEFAULT_MAX_SIDE = 256
 DEFAULT_MINUTES = 4.0
+# Length-aware default budget: DEFAULT_MINUTES for the reference shot (40 frames at 256x192)
+# growing with the square root of the work (frames x working pixels) up to MAX_DEFAULT_MINUTES.
+# Square root, not linear: stratified sampling shares each step among all frames and
+# neighbouring frames teach the same atlas, so quality per step falls much slower than 1/T.
+REFERENCE_WORK = 40 * 256 * 192
+MAX_DEFAULT_MINUTES = 12.0
+
+
+def default_minutes(n_frames: int, work_size: tuple[int, int]) -> float:
+    """The training budget used when neither --iters nor --minutes is given."""
+    work = n_frames * work_size[0] * work_size[1]
+    return round(min(MAX_DEFAULT_MINUTES, max(DEFAULT_MINUTES, DEFAULT_MINUTES * math.sqrt(work / REFERENCE_WORK))), 1)
 
 
 @dataclass
@@ -238,6 +250,11 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
         Project(project_dir, ProjectInfo(source=source, frames=list(range(start, end)),
                                          source_size=(vinfo.width, vinfo.height), work_size=work, fps=vinfo.fps,
                                          layers=layers, settings=settings, source_relative=rel_source)).save_info()
+    if cfg.iters is None and cfg.minutes is None:
+        cfg.minutes = default_minutes(end - start, work)
+        settings = {"train": _settings(cfg)}
+        progress.message(f"training budget {cfg.minutes:g} min for {end - start} frames at {work[0]}x{work[1]} "
+                         "(the default grows with frames x pixels; set --minutes or --iters to choose)")
     frames = working_frames(project_dir / "cache", source, vinfo, start, end, work, progress)
     prep = preprocess(project_dir / "cache", frames, Path(cfg.masks) if cfg.masks else None, cfg.single_layer,
                       start, progress)

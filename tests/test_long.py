@@ -259,3 +259,14 @@ def test_fast_png_writer_keeps_pixels(tmp_path):
         img = rng.integers(0, 256, shape, dtype=np.uint8)
         fsutil.write_png(tmp_path / "a.png", img, compress_level=1)
         np.testing.assert_array_equal(iio.imread(tmp_path / "a.png"), img)
+
+
+def test_default_budget_grows_with_the_shot():
+    from core.train import DEFAULT_MINUTES, MAX_DEFAULT_MINUTES, default_minutes
+
+    assert default_minutes(40, (256, 192)) == DEFAULT_MINUTES  # the reference shot
+    assert default_minutes(6, (64, 48)) == DEFAULT_MINUTES  # never below it
+    box = default_minutes(458, (256, 192))
+    assert DEFAULT_MINUTES < box <= MAX_DEFAULT_MINUTES
+    assert default_minutes(132, (256, 144)) < box
+    assert default_minutes(5000, (256, 192)) == MAX_DEFAULT_MINUTES
