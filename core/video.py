@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,6 +357,7 @@ class FrameSource:
         self._next = -1  # project index the open decoder yields next
         self._info: VideoInfo | None = None
         self.decoded = 0  # frames decoded so far (how much work random access cost)
+        self._lock = threading.RLock()  # one decoder: a service may render from several threads
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -386,7 +388,10 @@ class FrameSource:
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple):  # source[t, rows, cols]
             return self[key[0]][key[1:]]
-        t = int(key)
+        with self._lock:
+            return self._get(int(key))
+
+    def _get(self, t: int) -> np.ndarray:
         if t < 0:
             t += len(self.frames)
         if not 0 <= t < len(self.frames):
