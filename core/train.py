@@ -25,6 +25,7 @@ import torch
 
 from core import __version__, fsutil
 from core.bake import bake
+from core.device import pick_device
 from core.errors import Cancelled, InveError
 from core.model import LayeredAtlasModel, ModelConfig, config_from_json, config_to_json
 from core.objectives import LossWeights, Objective
@@ -84,14 +85,6 @@ def default_schedules(cfg: TrainConfig, base_lrs: dict[str, float]) -> list[Sche
     """The schedules of a full fit: decaying rates, coarse-to-fine atlas, inverse polish."""
     return [LearningRate(base_lrs, cfg.lr_final, cfg.map_warmup), CoarseToFine(cfg.coarse_to_fine),
             InversePolish(cfg.inverse_polish)]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InveError("--device cuda was asked for but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -195,7 +188,9 @@ def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
     if project_dir.exists():
         if not project_dir.is_dir():
             raise InveError(f"project path {project_dir} exists and is not a folder")
-        if any(project_dir.iterdir()):
+        from core.lock import LOCK_NAME  # noqa: PLC0415 - the caller's own lock is no content
+
+        if any(p.name != LOCK_NAME for p in project_dir.iterdir()):
             raise InveError(f"{project_dir} is not empty and is not an inve project; choose an empty or new folder")
     return None
 
@@ -215,7 +210,7 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(_cpu_threads())
 
     if existing is not None:
         info = existing.info
@@ -336,6 +331,19 @@ def _relative(source: str, project_dir: Path) -> str | None:
         return os.path.relpath(source, project_dir.resolve())
     except ValueError:
         return None
+
+
+def _cpu_threads() -> int:
+    """Threads for CPU training: all cores, unless a scheduler gave this process fewer.
+
+    Ray (``inve batch``) and batch systems set ``OMP_NUM_THREADS`` to the CPUs a task was
+    given; taking every core anyway would oversubscribe the machine when shots share it.
+    """
+    try:
+        given = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        given = 0
+    return max(1, given if given > 0 else (os.cpu_count() or 1))
 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:

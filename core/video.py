@@ -8,6 +8,7 @@ so that the count from :func:`probe` is exactly the number of frames :func:`load
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -37,9 +38,10 @@ MIN_SIDE = 8
 # more decode time.
 SWS_FLAGS = "accurate_rnd+full_chroma_int+bilinear"
 DEFAULT_CLIP = "bbb_excerpt.mp4"
-# Preprocessing and training keep several working-resolution arrays per pixel: uint8 RGB,
-# float32 flow both ways, consistency flags, masks and the trainer's float copy of the frames.
-WORKING_BYTES_PER_PIXEL = 3 + 16 + 2 + 4 + 12
+# Memory per working pixel per frame at the peak: training holds uint8 RGB (3), float16 flow
+# both ways (8), consistency flags (2) and a mask (1) plus the auto-mask passes (~6); baking
+# holds the frames (3) and float32 uv maps for two layers and alpha (20) once training data is freed.
+WORKING_BYTES_PER_PIXEL = 24
 RAM_FRACTION = 1.0 / 3.0
 DISK_MARGIN = 64 * 2**20
 
@@ -544,92 +546,161 @@ def load_clip(path: str | Path, start: int, end: int, work_size: tuple[int, int]
 MOVIE_CRF = 17
 # x264 "veryfast" at crf 17 stays near-lossless and encodes 1080p ~3x faster than "medium"
 # (the file is larger): edits of a 1080p shot reach the timeline in seconds.
-MOVIE_PRESET = "veryfast"
-# PNG sequences: zlib level 1 in a writer thread (see fsutil.write_png); frames in flight
+MOVIE_PRESET_LARGE = "veryfast"
+MOVIE_PRESET = "medium"  # below HD, where encoding time does not matter and veryfast loses detail
+MOVIE_LARGE_PIXELS = 1280 * 720
+
+
+def movie_preset(width: int, height: int) -> str:
+    return MOVIE_PRESET_LARGE if width * height >= MOVIE_LARGE_PIXELS else MOVIE_PRESET
+
+
+# PNG sequences: level 1, Huffman-only, in a writer thread (see fsutil.write_png); frames in flight
 # are bounded so memory does not grow with the shot.
 PNG_COMPRESS_LEVEL = 1
 PNG_WRITERS = 1
 PNG_IN_FLIGHT = 4
 
 
-def _even(img: np.ndarray) -> np.ndarray:
-    """yuv420p needs even sides: repeat the last row/column where one is odd."""
-    h, w = img.shape[:2]
-    if h % 2 == 0 and w % 2 == 0:
-        return img
-    return np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+# Containers inve writes, and others a user might type that it does not: those are refused
+# (they would otherwise silently become a folder of PNGs named like a movie).
+OTHER_MEDIA_EXTENSIONS = (".webm", ".avi", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".ts",
+                          ".mts", ".m2ts", ".3gp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp")
 
 
-def write_movie(path: Path, frames: Iterable[np.ndarray], fps: float, overwrite: bool = False) -> None:
-    """Encode frames (uint8 HxWx3) as H.264/yuv420p, near-lossless (crf 17), written atomically."""
-    import imageio_ffmpeg
+def output_kind(path: Path) -> str:
+    """``"movie"`` or ``"folder"`` for an ``-o`` path; refuses media types inve cannot write."""
+    suffix = Path(path).suffix.lower()
+    if suffix in MOVIE_EXTENSIONS:
+        return "movie"
+    if suffix in OTHER_MEDIA_EXTENSIONS:
+        raise InveError(f"{path}: inve writes movies as {', '.join(MOVIE_EXTENSIONS)} or a folder of PNGs; "
+                        f"'{suffix}' is not supported (convert the result with ffmpeg)")
+    return "folder"
 
+
+def movie_pixel_format(width: int, height: int) -> str:
+    """H.264 4:2:0 needs even sides; an odd-sized frame is encoded 4:4:4 at its exact size.
+
+    Padding would change the picture size (a 101x77 edit would not line up over a 101x77
+    source in an editor), so odd sizes keep their size and use full-resolution chroma
+    (High 4:4:4 profile: Blender, ffmpeg and VLC play it; some hardware players do not).
+    """
+    return "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+
+
+def check_movie_output(path: Path, overwrite: bool = False) -> None:
+    """Everything that can be refused about a movie path, before any frame is rendered."""
     path = Path(path)
     if path.suffix.lower() not in MOVIE_EXTENSIONS:
         raise InveError(f"{path}: movie files must end in {', '.join(MOVIE_EXTENSIONS)}")
-    if path.exists() and not overwrite:
-        raise InveError(f"{path} already exists; pass --overwrite to replace it")
     if path.is_dir():
         raise InveError(f"{path} is a folder, not a movie file")
+    fsutil.check_output_file(path, overwrite, "movie")
+
+
+def write_movie(path: Path, frames: Iterable[np.ndarray], fps: float, overwrite: bool = False) -> None:
+    """Encode frames (uint8 HxWx3) as H.264 at their exact size, near-lossless (crf 17), atomically.
+
+    Follows the output rule (``core.fsutil``): an existing file is replaced only with
+    ``overwrite`` and only while it is the unchanged movie inve wrote; the checksum of the new
+    movie goes to its sidecar. Frames are consumed lazily (streaming). A destination error
+    (full disk, read-only) is one line and leaves no partial movie.
+    """
+    import imageio_ffmpeg
+
+    path = Path(path)
+    check_movie_output(path, overwrite)
     if not fps > 0:
         raise InveError(f"cannot write a movie at {fps} frames per second")
     it = iter(frames)
     try:
-        first = _even(to_rgb8(next(it)))
+        first = to_rgb8(next(it))
     except StopIteration:
         raise InveError(f"no frames to write to {path}") from None
     h, w = first.shape[:2]
-    params = ["-crf", str(MOVIE_CRF), "-preset", MOVIE_PRESET, "-sws_flags", SWS_FLAGS]
+    params = ["-crf", str(MOVIE_CRF), "-preset", movie_preset(w, h), "-sws_flags", SWS_FLAGS]
     if path.suffix.lower() in (".mp4", ".mov"):
         params += ["-movflags", "+faststart"]
+    def failed(exc: BaseException) -> fsutil.OutputError:
+        # ffmpeg died under us: almost always the destination (disk full, removed drive)
+        free = shutil.disk_usage(path.parent).free
+        why = "the disk is full" if free < 64 << 20 else _last_line(str(exc)) or type(exc).__name__
+        return fsutil.OutputError(f"cannot write {path}: {why}; no partial movie was left")
+
     with fsutil.atomic_path(path) as tmp:
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (w, h), fps=float(fps), codec="libx264", pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p", quality=None, macro_block_size=1, output_params=params,
+            pix_fmt_out=movie_pixel_format(w, h), quality=None, macro_block_size=1, output_params=params,
             ffmpeg_log_level="error")
         writer.send(None)
         try:
-            writer.send(first)
-            for i, img in enumerate(it, start=1):
-                img = _even(to_rgb8(img))
+            img = first
+            i = 0
+            while True:
+                try:
+                    writer.send(np.ascontiguousarray(img))
+                except (OSError, RuntimeError) as exc:
+                    raise failed(exc) from None
+                try:
+                    img = to_rgb8(next(it))  # the caller's frames: their errors are theirs
+                except StopIteration:
+                    break
+                i += 1
                 if img.shape[:2] != (h, w):
                     raise ValueError(f"frame {i} is {img.shape[1]}x{img.shape[0]}, the movie is {w}x{h}")
-                writer.send(np.ascontiguousarray(img))
-        finally:
+        except BaseException:
+            with contextlib.suppress(Exception):
+                writer.close()
+            raise
+        try:
             writer.close()
+        except (OSError, RuntimeError) as exc:
+            raise failed(exc) from None
+        sha = fsutil.sha256_file(tmp)
+    fsutil.record_output(path, sha)
+
+
+def frame_file_name(index: int, last_index: int | None = None) -> str:
+    """``0000.png`` ...: zero-padded to 4 digits, or to the width of ``last_index``."""
+    digits = max(4, len(str(last_index)) if last_index is not None else 0, len(str(int(index))))
+    return f"{int(index):0{digits}d}.png"
 
 
 def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
                        last_index: int | None = None) -> list[Path]:
-    """Write ``(source_frame_index, image)`` pairs as ``folder/0000.png`` ...
+    """Write ``(source_frame_index, image)`` pairs as ``folder/0000.png`` ..., streaming.
 
     Names are zero-padded to 4 digits, or to the width of ``last_index`` when that is
-    larger, so they sort by name. The folder must be new, empty or one inve wrote; numbered
-    PNGs from an earlier run that this run did not rewrite are removed, so the folder holds
-    exactly this sequence.
+    larger, so they sort by name. The folder follows the output rule (``core.fsutil``): it
+    must be new, empty or one inve wrote, and a file there is replaced only while unchanged.
+    While the sequence is written the folder's marker says it is incomplete (and which
+    frames have landed); an interrupted run leaves it so, and the next run replaces it.
+    Numbered PNGs of an earlier run that this run did not rewrite are removed (if unchanged),
+    so the folder holds exactly this sequence.
     """
     from collections import deque  # noqa: PLC0415
     from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415
 
-    folder = fsutil.prepare_output_dir(folder)
-    digits = max(4, len(str(last_index)) if last_index is not None else 0)
+    out = fsutil.OutputFolder(folder, "output folder").begin()
     written: list[Path] = []
-    # encoding runs in a writer thread while the next frame renders; at most PNG_IN_FLIGHT
-    # frames wait, and a failed write stops the run at the next frame
-    with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="inve-png") as pool:
-        pending: deque[Future] = deque()
-        for index, img in frames:
-            if int(index) < 0:
-                raise ValueError(f"negative frame index {index}")
-            p = folder / f"{int(index):0{max(digits, len(str(int(index))))}d}.png"
-            pending.append(pool.submit(fsutil.write_png, p, img, PNG_COMPRESS_LEVEL))
-            written.append(p)
-            while len(pending) > PNG_IN_FLIGHT or (pending and pending[0].done()):
-                pending.popleft().result()
-        while pending:
-            pending.popleft().result()
-    keep = {p.name for p in written}
-    for old in folder.glob("*.png"):
-        if old.stem.isdigit() and old.name not in keep:
-            old.unlink()
+    try:
+        # Encoding runs in one writer thread while the next frame renders (the folder's
+        # bookkeeping is only touched from that thread); at most PNG_IN_FLIGHT frames wait,
+        # and a failed write stops the run at the next frame.
+        with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="inve-png") as pool:
+            pending: deque[Future] = deque()
+            for index, img in frames:
+                if int(index) < 0:
+                    raise ValueError(f"negative frame index {index}")
+                pending.append(pool.submit(out.write_png, frame_file_name(index, last_index), img,
+                                           PNG_COMPRESS_LEVEL))
+                while len(pending) > PNG_IN_FLIGHT or (pending and pending[0].done()):
+                    written.append(pending.popleft().result())
+            while pending:
+                written.append(pending.popleft().result())
+    except BaseException as exc:
+        out.abort(type(exc).__name__ if not str(exc) else str(exc).splitlines()[0])
+        raise
+    out.finish(stale=lambda name: name.endswith(".png") and name[:-4].isdigit())
     return written
