@@ -30,7 +30,7 @@ from core.errors import Cancelled, InveError
 from core.model import LayeredAtlasModel, ModelConfig, config_from_json, config_to_json
 from core.objectives import LossWeights, Objective
 from core.progress import Progress
-from core.project import Project, ProjectInfo
+from core.project import BakedMaps, Project, ProjectInfo
 from core.sampling import TrainingData
 from core.schedules import CoarseToFine, InversePolish, LearningRate, Schedule
 
@@ -288,8 +288,13 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     trainer.data = None  # type: ignore[assignment]
     del data
     prep.flow, prep.masks = None, None  # type: ignore[assignment]
-    result = bake(model, prep.frames, info.source_size, progress)
-    result.maps.save(project_dir / Project.MAPS)
+    store = BakedMaps.writer(project_dir / Project.MAPS)  # maps go straight into memory-mapped files
+    try:
+        result = bake(model, prep.frames, info.source_size, progress, out=store.frame_array)
+        result.maps.save(project_dir / Project.MAPS, store=store)
+    except BaseException:
+        store.abort()  # a cancelled bake leaves no temporary files (and the last maps, if any)
+        raise
     for layer, atlas in result.maps.atlas.items():
         fsutil.write_png(project_dir / f"atlas_{layer}.png", atlas)
     metrics = {"psnr": round(result.psnr, 3), "iterations": trainer.step, "train_seconds": round(trainer.elapsed, 2),
