@@ -164,7 +164,8 @@ def _png_writer(image: np.ndarray, compress_level: int | None = None) -> Callabl
 
         def write_cv(tmp: Path) -> None:
             ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr),
-                                   [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level)])
+                                   [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level),
+                                    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
             if not ok:
                 raise InveError(f"cannot encode {tmp.name} as PNG")
             tmp.write_bytes(buf.tobytes())
