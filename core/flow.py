@@ -83,27 +83,37 @@ def consistency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inside & (err < CONSISTENCY_ABS + CONSISTENCY_REL * norm2(a))
 
 
-def compute_flow(frames: np.ndarray, progress: Progress | None = None) -> FlowField:
-    """Forward and backward DIS flow for every consecutive pair of uint8 RGB frames [T, h, w, 3]."""
-    frames = np.asarray(frames)
+def empty_flow(pairs: int, h: int, w: int) -> FlowField:
+    """An in-memory float32 flow field to fill (tests, short clips)."""
+    return FlowField(np.zeros((pairs, h, w, 2), np.float32), np.zeros((pairs, h, w, 2), np.float32),
+                     np.zeros((pairs, h, w), bool), np.zeros((pairs, h, w), bool))
+
+
+def compute_flow(frames: np.ndarray, progress: Progress | None = None, out: FlowField | None = None) -> FlowField:
+    """Forward and backward DIS flow for every consecutive pair of uint8 RGB frames [T, h, w, 3].
+
+    Pairs are computed and stored one at a time into ``out`` (default: new float32 arrays),
+    which may be memory-mapped float16 files: a long clip's flow then never sits in RAM. The
+    consistency flags are computed on the full-precision vectors before they are stored.
+    """
     t_count, h, w = frames.shape[:3]
     pairs = max(0, t_count - 1)
-    fwd = np.zeros((pairs, h, w, 2), np.float32)
-    bwd = np.zeros((pairs, h, w, 2), np.float32)
-    fwd_ok = np.zeros((pairs, h, w), bool)
-    bwd_ok = np.zeros((pairs, h, w), bool)
+    out = out if out is not None else empty_flow(pairs, h, w)
+    if out.fwd.shape[:3] != (pairs, h, w):
+        raise ValueError(f"flow output of shape {out.fwd.shape} for {t_count} frames of {w}x{h}")
     dis = _dis()
-    gray = [cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY)] if t_count else []
+    prev = cv2.cvtColor(np.asarray(frames[0]), cv2.COLOR_RGB2GRAY) if t_count else None
     for t in range(pairs):
         if progress is not None:
             progress.update("flow", t, pairs)
-        gray.append(cv2.cvtColor(frames[t + 1], cv2.COLOR_RGB2GRAY))
-        g0, g1 = gray[t], gray[t + 1]
-        fwd[t] = dis.calc(g0, g1, None)
-        bwd[t] = dis.calc(g1, g0, None)
-        fwd_ok[t] = consistency(fwd[t], bwd[t])
-        bwd_ok[t] = consistency(bwd[t], fwd[t])
-        gray[t] = None  # type: ignore[call-overload]  # keep two grayscale frames alive, not T
+        nxt = cv2.cvtColor(np.asarray(frames[t + 1]), cv2.COLOR_RGB2GRAY)
+        f = dis.calc(prev, nxt, None)
+        b = dis.calc(nxt, prev, None)
+        out.fwd_ok[t] = consistency(f, b)
+        out.bwd_ok[t] = consistency(b, f)
+        out.fwd[t] = f
+        out.bwd[t] = b
+        prev = nxt  # two grayscale frames alive, not T
     if progress is not None and pairs:
         progress.update("flow", pairs, pairs)
-    return FlowField(fwd, bwd, fwd_ok, bwd_ok)
+    return out

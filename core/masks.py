@@ -91,7 +91,7 @@ def _match_files(folder: Path, n_frames: int, start: int) -> list[Path]:
 
 
 def load_masks(folder: Path, n_frames: int, start: int, work_size: tuple[int, int]) -> np.ndarray:
-    """User masks, one PNG per frame -> float32 [T, h, w] in 0..1 at working size.
+    """User masks, one PNG per frame -> uint8 [T, h, w] (1 = foreground) at working size.
 
     Files match frames either by count (exactly ``n_frames`` images, sorted by name) or by
     the source frame index at the end of their names (``0040.png``, ``mask_40.png``), which
@@ -102,7 +102,7 @@ def load_masks(folder: Path, n_frames: int, start: int, work_size: tuple[int, in
         raise InveError(f"mask folder not found: {folder}")
     files = _match_files(folder, n_frames, start)
     w, h = work_size
-    out = np.empty((n_frames, h, w), np.float32)
+    out = np.empty((n_frames, h, w), np.uint8)
     shape: tuple[int, int] | None = None
     for t, f in enumerate(files):
         m = _mask_from_image(read_image(f))
@@ -111,7 +111,7 @@ def load_masks(folder: Path, n_frames: int, start: int, work_size: tuple[int, in
         elif m.shape != shape:
             raise InveError(f"mask {f.name} is {m.shape[1]}x{m.shape[0]}, others are {shape[1]}x{shape[0]}")
         m = cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA) if m.shape != (h, w) else m
-        out[t] = (m > 0.5).astype(np.float32)
+        out[t] = m > 0.5
     return out
 
 
@@ -256,28 +256,38 @@ def _anchor(carried: np.ndarray, ev: np.ndarray, near: np.ndarray, flat: np.ndar
 
 def _carry(core: np.ndarray, ev: np.ndarray, frames: np.ndarray, flow: FlowField,
            cont: _Continuity) -> np.ndarray:
-    """Spread evidence ``core`` along the flow in both directions with a slow fade (covers pauses)."""
+    """Spread evidence ``core`` along the flow in both directions with a slow fade (covers pauses).
+
+    The two passes are float16 [T, h, w] (values 0..1 whose only use is a 0.5 threshold);
+    each frame is converted to float32 only while it is warped.
+    """
     t_count, h, w = core.shape
     grid = pixel_grid(h, w)
     near = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (4 * EDGE_PX + 1, 4 * EDGE_PX + 1))
-    flat = np.stack([_texture(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32)) < MIN_TEXTURE for f in frames])
-    fwd_pass = core.astype(np.float32)
+    flat = np.stack([_texture(cv2.cvtColor(np.asarray(f), cv2.COLOR_RGB2GRAY).astype(np.float32)) < MIN_TEXTURE
+                     for f in frames])
+    fwd_pass = core.astype(np.float16)
     for t in range(1, t_count):
         # frame t's pixel p continues p + bwd[t-1](p) of frame t-1
         wgt = cont.prv[t - 1]
-        prev = _anchor(DECAY * sample(fwd_pass[t - 1], grid + flow.bwd[t - 1]) * wgt, ev[t], near, flat[t])
+        prev = _anchor(DECAY * sample(fwd_pass[t - 1].astype(np.float32), grid + flow.bwd[t - 1]) * wgt,
+                       ev[t], near, flat[t])
         fwd_pass[t] = np.maximum(fwd_pass[t], prev)
-    bwd_pass = core.astype(np.float32)
+    bwd_pass = core.astype(np.float16)
     for t in range(t_count - 2, -1, -1):
         wgt = cont.nxt[t]
-        nxt = _anchor(DECAY * sample(bwd_pass[t + 1], grid + flow.fwd[t]) * wgt, ev[t], near, flat[t])
+        nxt = _anchor(DECAY * sample(bwd_pass[t + 1].astype(np.float32), grid + flow.fwd[t]) * wgt,
+                      ev[t], near, flat[t])
         bwd_pass[t] = np.maximum(bwd_pass[t], nxt)
     return np.maximum(fwd_pass, bwd_pass, out=fwd_pass)
 
 
 def auto_masks(frames: np.ndarray, flow: FlowField) -> np.ndarray | None:
-    """Rough foreground masks float32 [T, h, w] (0/1) from motion, or None if nothing moves apart."""
-    frames = np.asarray(frames)
+    """Rough foreground masks uint8 [T, h, w] (1 = foreground) from motion, or None if nothing moves apart.
+
+    Memory: besides the frames and the (memory-mappable) flow, only bool and float16
+    whole-clip arrays are held, and the result is written frame by frame.
+    """
     t_count, h, w = frames.shape[:3]
     if t_count < 2:
         return None
@@ -295,11 +305,13 @@ def auto_masks(frames: np.ndarray, flow: FlowField) -> np.ndarray | None:
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * EDGE_PX + 1, 2 * EDGE_PX + 1))
     core_ev = np.stack([cv2.erode(e.astype(np.uint8), k) for e in ev]).astype(bool)
     soft = _carry(core_ev, ev, frames, flow, cont)
+    del core_ev, cont
+    out = np.zeros((t_count, h, w), np.uint8)
     min_area = int(MIN_BLOB * h * w)
-    for t in range(t_count):  # in place: no second [T, h, w] float array at peak
+    for t in range(t_count):
         m = (cv2.dilate((soft[t] > 0.5).astype(np.uint8), k) > 0) | ev[t]
-        soft[t] = _clean(m, min_area) if m.any() else m
-    return soft
+        out[t] = _clean(m, min_area) if m.any() else m
+    return out
 
 
 def save_mask_preview(frames: np.ndarray, masks: np.ndarray, path: Path, count: int = 6,

@@ -5,28 +5,28 @@ in ``PROJECT/cache`` and reused by ``--resume``; the cache is keyed by a hash of
 working-resolution frames and every setting that shapes the result, so a changed input
 or a new algorithm version recomputes instead of reusing stale data.
 
-Flow is stored as float16 (under 0.03 px rounding at 100 px of motion) and the in-memory
-result is always that rounded flow, so a fresh run and a resumed run see identical data.
+Caches are folders of memory-mapped ``.npy`` files (:mod:`core.arraystore`): flow is
+computed pair by pair straight into float16 files, so a long clip's flow never sits in
+RAM as float32, and a fresh run and a resumed run read identical data.
 """
 from __future__ import annotations
 
 import hashlib
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from core import arraystore
 from core import flow as flow_mod
-from core import fsutil
 from core.errors import InveError
 from core.flow import FlowField, compute_flow
 from core.masks import auto_masks, load_masks, save_mask_preview
 from core.progress import Progress
 from core.video import list_images
 
-FLOW_FILE = "flow.npz"
-MASKS_FILE = "masks.npz"
+FLOW_DIR = "flow"  # memory-mapped float16 fwd/bwd, bool fwd_ok/bwd_ok (core.arraystore)
+MASKS_DIR = "masks"  # memory-mapped uint8 masks
 PREVIEW_FILE = "masks_preview.png"
 MASKS_VERSION = "auto-v1"
 
@@ -34,8 +34,8 @@ MASKS_VERSION = "auto-v1"
 @dataclass
 class Preprocessed:
     frames: np.ndarray  # uint8 [T,h,w,3] working resolution
-    flow: FlowField
-    masks: np.ndarray | None  # float32 [T,h,w] in 0..1; None for a single-layer project
+    flow: FlowField  # float16 vectors, bool flags (as stored in the cache)
+    masks: np.ndarray | None  # uint8 [T,h,w], 1 = foreground, 0 = background; None for a single-layer project
     mask_source: str  # "user" | "auto" | "none"
 
 
@@ -60,55 +60,54 @@ def _flow_key(digest: str) -> str:
             f"{flow_mod.CONSISTENCY_REL}")
 
 
-def _load_npz(path: Path, key: str) -> dict[str, np.ndarray] | None:
-    """Arrays of a cache file whose key matches, or None (missing, stale or damaged)."""
-    if not path.is_file():
+def _open_store(folder: Path, key: str) -> dict[str, np.ndarray] | None:
+    """Arrays of a committed cache store whose key matches; None if stale or damaged.
+
+    Read into memory (compact dtypes, one copy): the whole clip's flow and masks are read by
+    the mask pass and by training anyway, and pages of a file mapping touched in full would
+    count once more towards the process's resident memory.
+    """
+    meta = arraystore.read_meta(folder)
+    if meta is None or meta.get("key") != key:
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "key" not in z.files or str(z["key"]) != key:
-                return None
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return {name: arraystore.open_array(folder, name, mmap=False) for name in meta.get("arrays", [])}
+    except (OSError, ValueError):
         return None
-
-
-def _round_flow(fl: FlowField) -> FlowField:
-    """Round to float16 precision in place (no second float32 copy of the flow at peak)."""
-    for a in (fl.fwd, fl.bwd):
-        for t in range(a.shape[0]):
-            a[t] = a[t].astype(np.float16)
-    return fl
-
-
-def _save_flow(path: Path, fl: FlowField, key: str) -> None:
-    shape = np.array(fl.fwd_ok.shape, np.int64)
-    fsutil.save_npz(path, key=np.array(key), fwd=fl.fwd.astype(np.float16), bwd=fl.bwd.astype(np.float16),
-                    fwd_ok=np.packbits(fl.fwd_ok, axis=None), bwd_ok=np.packbits(fl.bwd_ok, axis=None),
-                    ok_shape=shape)
-
-
-def _unpack_flow(z: dict[str, np.ndarray]) -> FlowField:
-    shape = tuple(int(v) for v in z["ok_shape"])
-    n = int(np.prod(shape))
-    return FlowField(z["fwd"].astype(np.float32), z["bwd"].astype(np.float32),
-                     np.unpackbits(z["fwd_ok"], count=n).astype(bool).reshape(shape),
-                     np.unpackbits(z["bwd_ok"], count=n).astype(bool).reshape(shape))
 
 
 def get_flow(cache_dir: Path, frames: np.ndarray, digest: str, progress: Progress | None) -> FlowField:
+    """Flow of ``frames``: from the cache, or computed pair by pair straight into it.
+
+    The vectors are stored as float16 (under 0.03 px rounding at 100 px of motion), written
+    pair by pair into memory-mapped files, so no float32 copy of a long clip's flow is ever
+    held, and a fresh run and a resumed run see identical data.
+    """
     key = _flow_key(digest)
-    path = Path(cache_dir) / FLOW_FILE
-    cached = _load_npz(path, key)
-    if cached is not None:
-        fl = _unpack_flow(cached)
-        if fl.fwd.shape[:3] == (frames.shape[0] - 1, *frames.shape[1:3]):
+    folder = Path(cache_dir) / FLOW_DIR
+    t_count, h, w = frames.shape[:3]
+    pairs = max(0, t_count - 1)
+    cached = _open_store(folder, key)
+    if cached is not None and {"fwd", "bwd", "fwd_ok", "bwd_ok"} <= set(cached):
+        fl = FlowField(cached["fwd"], cached["bwd"], cached["fwd_ok"], cached["bwd_ok"])
+        if fl.fwd.shape == (pairs, h, w, 2) and fl.fwd_ok.shape == (pairs, h, w):
             if progress is not None:
                 progress.message("optical flow: reusing the cached result")
             return fl
-    fl = _round_flow(compute_flow(frames, progress))
-    _save_flow(path, fl, key)
-    return fl
+    store = arraystore.StoreWriter(folder)
+    try:
+        out = FlowField(store.create("fwd", (pairs, h, w, 2), np.float16),
+                        store.create("bwd", (pairs, h, w, 2), np.float16),
+                        store.create("fwd_ok", (pairs, h, w), bool), store.create("bwd_ok", (pairs, h, w), bool))
+        compute_flow(frames, progress, out=out)
+        del out
+        store.commit({"key": key})
+    except BaseException:
+        store.abort()
+        raise
+    cached = _open_store(folder, key)
+    assert cached is not None
+    return FlowField(cached["fwd"], cached["bwd"], cached["fwd_ok"], cached["bwd_ok"])
 
 
 def preprocess(cache_dir: Path, frames: np.ndarray, masks_dir: Path | None, single_layer: bool,
@@ -134,9 +133,9 @@ def preprocess(cache_dir: Path, frames: np.ndarray, masks_dir: Path | None, sing
     else:
         source = "auto"
         key = f"{_flow_key(digest)}|{MASKS_VERSION}"
-    path = cache_dir / MASKS_FILE
-    cached = _load_npz(path, key)
-    if cached is not None and cached["masks"].shape[1:] in ((0, 0), (h, w)):
+    folder = cache_dir / MASKS_DIR
+    cached = _open_store(folder, key)
+    if cached is not None and "masks" in cached and cached["masks"].shape[1:] in ((0, 0), (h, w)):
         masks = cached["masks"] if cached["masks"].shape[0] == t_count else None
         if progress is not None:
             progress.message("masks: reusing the cached result")
@@ -149,10 +148,11 @@ def preprocess(cache_dir: Path, frames: np.ndarray, masks_dir: Path | None, sing
             masks = auto_masks(frames, fl)
             if progress is not None:
                 progress.update("masks", 1, 1)
-        stored = masks if masks is not None else np.zeros((0, 0, 0), np.float32)
-        fsutil.save_npz(path, key=np.array(key), masks=stored.astype(np.float32))
+        store = arraystore.StoreWriter(folder)
+        store.put("masks", masks if masks is not None else np.zeros((0, 0, 0), np.uint8), np.uint8)
+        store.commit({"key": key})
         if masks is not None:
             save_mask_preview(frames, masks, cache_dir / PREVIEW_FILE)
     if masks is None:  # nothing moves apart from the background (the caller tells the user)
         return Preprocessed(frames, fl, None, "none")
-    return Preprocessed(frames, fl, masks.astype(np.float32), source)
+    return Preprocessed(frames, fl, masks.astype(np.uint8, copy=False), source)

@@ -155,7 +155,7 @@ def main() -> int:
     from core.edits.context import RenderContext
     from core.progress import Progress
     from core.project import Project
-    from core.train import TrainConfig, _resize_stack, train_project
+    from core.train import TrainConfig, train_project
     from tests.synth import make_clip, make_gt_project, write_clip
 
     W, H = (int(v) for v in args.size.lower().split("x"))
@@ -172,7 +172,10 @@ def main() -> int:
         t_train = time.monotonic() - t
     project = Project.open(proj_dir)
     metrics = project.metrics()
-    frames_w = _resize_stack(np.load(proj_dir / Project.FRAMES, mmap_mode="r"), tuple(project.info.work_size))
+    import cv2
+
+    frames_w = np.stack([cv2.resize(f, tuple(project.info.work_size), interpolation=cv2.INTER_AREA)
+                         for f in clip.frames])
     result: dict = {"clip": f"{args.frames} frames {W}x{H}", "draw_frame": t0, "psnr": metrics["psnr"],
                     "atlas_psnr": round(atlas_psnr(project.maps(), frames_w), 3),
                     "iterations": metrics["iterations"], "train_seconds": metrics["train_seconds"]}

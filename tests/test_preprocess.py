@@ -103,7 +103,7 @@ def test_auto_masks_moving_square_with_pause() -> None:
     frames, truth = square_clip(T=18, pause=pause)
     fl = compute_flow(frames)
     m = masks_mod.auto_masks(frames, fl)
-    assert m is not None and m.shape == truth.shape and m.dtype == np.float32
+    assert m is not None and m.shape == truth.shape and m.dtype == np.uint8
     scores = [iou(m[t] > 0.5, truth[t]) for t in range(len(frames))]
     assert np.mean(scores) > 0.6, scores
     assert min(scores[t] for t in pause) > 0.5, scores
@@ -135,7 +135,7 @@ def test_load_masks_naming_schemes(tmp_path: Path) -> None:
     # 1. exactly one file per frame, any names, sorted by name
     _write_masks(tmp_path / "a", truth, [f"mask_{i}.png" for i in range(6)])
     m = masks_mod.load_masks(tmp_path / "a", 6, 100, (64, 48))
-    assert m.shape == (6, 48, 64) and m.dtype == np.float32
+    assert m.shape == (6, 48, 64) and m.dtype == np.uint8
     expect = cv2.resize(truth[4].astype(np.float32), (64, 48), interpolation=cv2.INTER_AREA) > 0.5
     np.testing.assert_array_equal(m[4] > 0.5, expect)
     # 2. named by source frame index; a project of frames 2..4 takes 0002..0004 of the six
@@ -173,7 +173,7 @@ def test_preprocess_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     cache = tmp_path / "cache"
     first = pre.preprocess(cache, frames, None, False, 0, None)
     assert first.mask_source == "auto" and first.masks is not None
-    assert (cache / pre.FLOW_FILE).is_file() and (cache / pre.MASKS_FILE).is_file()
+    assert (cache / pre.FLOW_DIR / "meta.json").is_file() and (cache / pre.MASKS_DIR / "meta.json").is_file()
     assert iio.imread(cache / pre.PREVIEW_FILE).shape[0] == 160
 
     def boom(*args, **kwargs):

@@ -10,6 +10,7 @@ layer, drawing frame and edited atlas rectangle (:meth:`inverse_rect`, cached).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -69,10 +70,9 @@ class RenderContext:
         self.w, self.h = self.maps.work_size
         self.T = self.maps.n_frames
         self.layers: list[str] = [L for L in self.info.layers if L in self.maps.uv]
-        # [T, C, h, w] tensors sharing memory layout suited to grid_sample
-        self._uv = {L: torch.from_numpy(np.ascontiguousarray(self.maps.uv[L])).permute(0, 3, 1, 2)
-                    for L in self.layers}
-        self._alpha = torch.from_numpy(np.ascontiguousarray(self.maps.alpha))[:, None]
+        # per-frame float32 [1, C, h, w] tensors for grid_sample, converted from the (memory-
+        # mapped, float16) baked maps when a frame is first used; the last few stay cached
+        self._frame_maps: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._px_per_uv: dict[str, float] = {}
         self._inv_cache: dict[tuple, torch.Tensor] = {}
         # normalised grid_sample coordinates of every source pixel centre, per axis
@@ -88,6 +88,30 @@ class RenderContext:
         if self._mapping is None:
             self._mapping = self.project.mapping()
         return self._mapping
+
+    # -- the baked maps of one frame -----------------------------------------------------
+    MAP_CACHE = 8  # frames' maps kept converted (a render touches one frame many times)
+
+    def _frame_map(self, key: tuple[str, int], make) -> torch.Tensor:
+        m = self._frame_maps.get(key)
+        if m is None:
+            m = make()
+            self._frame_maps[key] = m
+            while len(self._frame_maps) > self.MAP_CACHE * (len(self.layers) + 1):
+                self._frame_maps.popitem(last=False)
+        else:
+            self._frame_maps.move_to_end(key)
+        return m
+
+    def uv_map(self, layer: str, t: int) -> torch.Tensor:
+        """Baked uv of frame t as float32 [1, 2, h, w]."""
+        return self._frame_map((layer, int(t)), lambda: torch.from_numpy(
+            np.array(self.maps.uv[layer][int(t)], np.float32)).permute(2, 0, 1)[None].contiguous())
+
+    def alpha_map(self, t: int) -> torch.Tensor:
+        """Baked foreground alpha of frame t as float32 [1, 1, h, w]."""
+        return self._frame_map(("alpha", int(t)), lambda: torch.from_numpy(
+            np.array(self.maps.alpha[int(t)], np.float32))[None, None])
 
     # -- sampling the baked maps at source positions -----------------------------------
     def _grid_points(self, xy: np.ndarray) -> torch.Tensor:
@@ -111,24 +135,24 @@ class RenderContext:
 
     def uv_box(self, layer: str, t: int, box: Box) -> torch.Tensor:
         """Atlas uv of the source pixels in ``box`` at frame t: [h, w, 2]."""
-        return self._box(self._uv[layer][t:t + 1], box).permute(1, 2, 0).contiguous()
+        return self._box(self.uv_map(layer, t), box).permute(1, 2, 0).contiguous()
 
     def alpha_box(self, t: int, box: Box) -> np.ndarray:
         """Foreground alpha of the source pixels in ``box`` at frame t: [h, w]."""
         x0, y0, x1, y1 = box
         if not self.has_fg:
             return np.zeros((y1 - y0, x1 - x0), np.float32)
-        return self._box(self._alpha[t:t + 1], box)[0].numpy()
+        return self._box(self.alpha_map(t), box)[0].numpy()
 
     def alpha_at(self, t: int, xy: np.ndarray) -> np.ndarray:
         """Foreground alpha at source points [N, 2] of frame t: [N]."""
         if not self.has_fg or len(xy) == 0:
             return np.zeros(len(xy), np.float32)
-        return self._sample(self._alpha[t:t + 1], self._grid_points(xy))[0, 0].numpy()
+        return self._sample(self.alpha_map(t), self._grid_points(xy))[0, 0].numpy()
 
     def uv_at(self, layer: str, t: int, xy: np.ndarray) -> np.ndarray:
         """Baked atlas uv at source points [N, 2] of frame t: [N, 2]."""
-        return self._sample(self._uv[layer][t:t + 1], self._grid_points(xy))[:, 0].T.numpy()
+        return self._sample(self.uv_map(layer, t), self._grid_points(xy))[:, 0].T.numpy()
 
     def occlusion_weight(self, layer: str, t: int, box: Box) -> np.ndarray:
         """How much of an edit on ``layer`` shows at each pixel: 1-alpha (bg) or alpha (fg)."""
@@ -254,7 +278,7 @@ class RenderContext:
 
         def mask(t: int, pos: torch.Tensor) -> torch.Tensor:
             g = pos.reshape(1, 1, -1, 2) * torch.tensor([2.0 / self.W, 2.0 / self.H]) - 1.0
-            a = self._sample(self._alpha[t:t + 1], g.float())[0, 0].reshape(pos.shape[:-1])
+            a = self._sample(self.alpha_map(t), g.float())[0, 0].reshape(pos.shape[:-1])
             return shows(layer, a).float()
         return mask
 
