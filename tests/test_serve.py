@@ -238,6 +238,24 @@ def test_newer_render_frame_supersedes_queued_one(setup, tmp_path):
     assert not (tmp_path / "p1.png").exists() and (tmp_path / "p2.png").is_file()
 
 
+def test_changed_image_file_is_read_again(setup, tmp_path):
+    """Edit images are cached between set_edits calls only while the file is unchanged."""
+    clip, project, assets, client, _ = setup
+    paint = np.zeros((H, W, 4), np.float32)
+    paint[10:20, 10:30] = (1, 0, 0, 1)
+    fsutil.write_png(tmp_path / "p.png", paint)
+    doc = {"version": 1, "layers": [{"type": "paint", "frame": FIRST, "layer": "bg", "image": "p.png"}]}
+    outs = []
+    for k, colour in enumerate([(1, 0, 0, 1), (0, 1, 0, 1)]):
+        paint[10:20, 10:30] = colour
+        fsutil.write_png(tmp_path / "p.png", paint)
+        call(client, "set_edits", project=str(project.path), edits=doc, base=str(tmp_path))
+        res = call(client, "render_frame", project=str(project.path), frame=FIRST, output=str(tmp_path / f"{k}.png"),
+                   overlay=True)
+        outs.append(read(res["path"]))
+    assert outs[0][15, 20].tolist() == [255, 0, 0, 255] and outs[1][15, 20].tolist() == [0, 255, 0, 255]
+
+
 def test_cancel_a_queued_request(setup, tmp_path):
     clip, project, assets, client, delay = setup
     delay.write_text("0.1")
