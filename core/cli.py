@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--masks", default=None, help="folder of rough foreground masks, one PNG per frame")
     t.add_argument("--iters", type=_positive_int, default=None, help="training iterations")
     t.add_argument("--minutes", type=_positive_float, default=None, help="training time budget")
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto: CUDA, then Apple MPS, then the CPU")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue a project from its checkpoint")
     t.add_argument("--single-layer", action="store_true", help="one (background) layer only, no foreground")
@@ -108,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-projects", type=_positive_int, default=4,
                    help="projects kept warm at once; the least recently used is closed (default 4)")
 
+    b = sub.add_parser("batch", help="fit many shots (SHOTS.json), one project each, on Ray")
+    b.add_argument("shots", help="SHOTS.json")
+    b.add_argument("-o", "--output", required=True, help="ROOT folder: each shot becomes ROOT/<name>/")
+    b.add_argument("--address", default=None, help="Ray cluster to use (default: a local cluster on this machine)")
+    b.add_argument("--cpus", type=_positive_int, default=None, help="CPUs of the local cluster (default: all)")
+    b.add_argument("--local", action="store_true", help="no Ray: run the shots one after another in this process")
+    b.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+
     d = sub.add_parser("demo", help="the bundled clip, end to end: train, edit, render, contact sheet")
     d.add_argument("-o", "--output", default="demo_out", help="output folder (default: demo_out)")
     d.add_argument("--minutes", type=_positive_float, default=None, help="training time budget")
@@ -120,7 +129,7 @@ def _info(project_dir: str) -> dict:
 
     proj = Project.open(project_dir)
     return {"project": str(proj.path.resolve()), "trained": proj.is_trained,
-            **proj.info.to_json(), "metrics": proj.metrics()}
+            **proj.info.to_json(), "metrics": proj.metrics(), "size_on_disk": proj.size_on_disk()}
 
 
 def run(args: argparse.Namespace, progress: Progress) -> dict:
@@ -148,6 +157,14 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
         from core.serve import serve_command
 
         return serve_command(max_projects=args.max_projects)
+
+    if args.command == "batch":
+        from core.batch import batch_command
+
+        if args.local and args.address:
+            raise InveError("--local runs the shots here without Ray; it cannot be combined with --address")
+        return batch_command(args.shots, args.output, progress, address=args.address, local=args.local,
+                             cpus=args.cpus)
     if args.command == "demo":
         from core.demo import demo_command
 

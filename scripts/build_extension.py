@@ -4,7 +4,8 @@
 The zip bundles the engine: ``blender_manifest.toml`` (top level of the repository) and
 ``inve_blender/`` form the add-on, and ``core/`` is copied to ``inve_blender/engine/core`` in a staging
 folder, with ``engine/requirements.txt`` (from pyproject.toml) for the add-on's dependency
-installer, so what a user installs is the add-on and the exact engine it was tested with.
+installer, so what a user installs is the add-on and the exact engine it was tested with (less
+what only the command line's demo uses: ``ENGINE_EXCLUDE``).
 Blender's ``bl_pkg/cli/blender_ext.py`` (shipped in Blender and in the bpy wheel) then runs
 ``build`` and ``validate``.
 
@@ -28,6 +29,18 @@ ADDON = REPO / "inve_blender"
 ENGINE = REPO / "core"
 MANIFEST = REPO / "blender_manifest.toml"
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache")
+# What the add-on never needs from the engine: the demo's clip (242 KB; `inve demo` is a command-line
+# feature, and the add-on trains on the user's own strips).
+ENGINE_EXCLUDE = ("data/bbb_excerpt.mp4",)
+
+
+def _engine_ignore(src: str, names: list[str]) -> set[str]:
+    skip = set(IGNORE(src, names))
+    rel = Path(src).relative_to(ENGINE).as_posix()
+    for n in names:
+        if (f"{rel}/{n}" if rel != "." else n) in ENGINE_EXCLUDE:
+            skip.add(n)
+    return skip
 
 
 def find_blender_ext(explicit: str | None = None) -> Path:
@@ -55,7 +68,7 @@ def stage(dest: Path) -> Path:
         shutil.rmtree(dest)
     shutil.copytree(ADDON, pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "engine"))
     shutil.copy2(MANIFEST, pkg / "blender_manifest.toml")  # kept at the repository's top level
-    shutil.copytree(ENGINE, pkg / "engine" / "core", ignore=IGNORE)
+    shutil.copytree(ENGINE, pkg / "engine" / "core", ignore=_engine_ignore)
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     (pkg / "engine" / "requirements.txt").write_text(
         "# The INVE engine's Python dependencies (from pyproject.toml), installed by the add-on's\n"

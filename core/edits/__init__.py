@@ -18,28 +18,26 @@ from core.errors import InveError
 from core.progress import Progress
 from core.project import Project
 
-MOVIE_EXTENSIONS = (".mp4", ".mov", ".mkv")
+from core.video import MOVIE_EXTENSIONS  # noqa: E402,F401 - re-exported
 
 __all__ = ["EditSession", "EditLayer", "edit_command", "load_edits", "parse_edits", "check_output"]
 
 
 def check_output(out: Path, overwrite: bool = False) -> str:
-    """Refuse an output we must not write, before any work: returns "movie" or "folder"."""
+    """Refuse an output we must not write, before any work: returns "movie" or "folder".
+
+    The one output rule lives in ``core.fsutil``; this only asks it early, so a refusal
+    comes before rendering rather than after.
+    """
+    from core.video import check_movie_output, output_kind
+
     out = Path(out)
-    if out.suffix.lower() in MOVIE_EXTENSIONS:
-        if out.is_dir():
-            raise InveError(f"{out} is a folder, not a movie file")
-        if out.exists() and not overwrite:
-            raise InveError(f"{out} already exists; pass --overwrite to replace it")
-        return "movie"
-    if out.exists() and not out.is_dir():
-        raise InveError(f"output {out} exists and is not a folder")
-    if out.is_dir():
-        entries = list(out.iterdir())
-        if entries and not (out / fsutil.OUTPUT_MARKER).exists():
-            raise InveError(f"output folder {out} already holds {len(entries)} file(s) that inve did not write; "
-                            "choose an empty or new folder")
-    return "folder"
+    kind = output_kind(out)
+    if kind == "movie":
+        check_movie_output(out, overwrite)
+    else:
+        fsutil.prepare_output_dir(out, "output folder")
+    return kind
 
 
 def edit_command(project_dir: Path, edits_json: Path, out: Path, progress: Progress,
