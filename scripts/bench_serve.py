@@ -17,6 +17,8 @@ processes load the machine).
                      about what every click cost before, when each Propagate was a new process)
   warm propagate   = propagate again on the warm service, and after hiding one layer
   render_frame     = add one stroke (set_edits) + render the frame under the playhead to a PNG
+                     (a new stroke is carried to every frame and refined against the pixels then),
+                     and a playhead move (render another frame, stack unchanged)
 """
 from __future__ import annotations
 
@@ -109,6 +111,14 @@ def bench(name: str, project: Path, argv: list[str], tmp: Path, overlay: bool, r
         walls.append(time.perf_counter() - t1)
         cpus.append(r["cpu_ms"])
         engine.append(r["ms"])
+    # the playhead moves (no change to the stack): the live preview while scrubbing
+    scrub, scrub_engine = [], []
+    for f in rng.choice(frames, 10):
+        t1 = time.perf_counter()
+        r = client.call("render_frame", timeout=60, project=P, frame=int(f), output=str(tmp / f"preview_{name}.png"),
+                        overlay=overlay)
+        scrub.append(time.perf_counter() - t1)
+        scrub_engine.append(r["ms"])
     rss = rss_mb(client.pid) if client.pid else None
     client.shutdown(30)
     T = len(frames)
@@ -123,6 +133,8 @@ def bench(name: str, project: Path, argv: list[str], tmp: Path, overlay: bool, r
     print(f"  warm propagate after hiding one layer        {hide_wall:7.2f} s wall, engine CPU {hide['cpu_seconds']:.2f} s")
     print(f"  add a stroke + render_frame                  {med(walls) * 1000:7.1f} ms wall at the client "
           f"(max {max(walls) * 1000:.1f}), engine {med(engine):.1f} ms wall / {med(cpus):.1f} ms CPU (median of 10)")
+    print(f"  playhead move: render_frame                  {med(scrub) * 1000:7.1f} ms wall at the client "
+          f"(max {max(scrub) * 1000:.1f}), engine {med(scrub_engine):.1f} ms (median of 10)")
     print(f"  service RSS after the run                    {rss:7.0f} MB" if rss else "  service RSS: n/a")
 
 

@@ -125,7 +125,7 @@ def test_render_frame_equals_cli_edit(setup, gt_mapping, tmp_path, capsys):
     # ... but never a file somebody else put there
     user = tmp_path / "mine.png"
     user.write_bytes(b"not ours")
-    with pytest.raises(EngineError, match="not written by this engine"):
+    with pytest.raises(EngineError, match="inve did not write it"):
         call(client, "render_frame", project=str(project.path), frame=FIRST, output=str(user))
     assert user.read_bytes() == b"not ours"
 
@@ -211,7 +211,7 @@ def test_cancel_mid_propagate_keeps_written_frames(setup, tmp_path):
     assert isinstance(res, EngineError) and res.cancelled
     assert 2 <= len(frames) < T
     on_disk = sorted(int(p.stem) for p in out.glob("*.png"))
-    assert on_disk == sorted(frames)  # every announced frame, nothing half-written
+    assert on_disk == sorted(frames)  # every frame on disk was announced, nothing half-written
     for f in frames:
         img = read(out / f"{f:04d}.png")
         assert img.shape == (H, W, 4)
