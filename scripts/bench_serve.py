@@ -53,14 +53,14 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def synthetic(tmp: Path, W: int, H: int, T: int, work_scale: float) -> tuple[Path, list[str]]:
+def synthetic(tmp: Path, W: int, H: int, T: int, work_scale: float, refine: bool = True) -> tuple[Path, list[str]]:
     from synth import make_clip, make_gt_project
 
     clip_args = {"T": T, "size": [W, H], "camera": "pan_zoom"}
     clip = make_clip(T=T, size=(W, H), camera="pan_zoom", seed=0)
     proj = make_gt_project(clip, tmp / f"proj_{W}x{H}", atlas_size=512, work_scale=work_scale).path
     spec = tmp / f"spec_{W}x{H}.json"
-    spec.write_text(json.dumps({"clip": clip_args}))
+    spec.write_text(json.dumps({"clip": clip_args, "refine": refine}))
     return proj, [sys.executable, str(ROOT / "tests" / "serve_gt.py"), str(spec)]
 
 
@@ -144,6 +144,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="full-frame PNGs instead of overlays")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-1080p", action="store_true")
+    ap.add_argument("--no-refine", action="store_true",
+                    help="synthetic projects: switch off the drift refinement of carried points (to see its cost)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     try:
@@ -154,10 +156,13 @@ def main() -> None:
             bench("trained project", args.project.resolve(), [sys.executable, "-m", "core", "serve"], tmp,
                   not args.full, args.repeat)
             return
-        proj, argv = synthetic(tmp, 480, 270, 48, 1.0)
+        refine = not args.no_refine
+        if not refine:
+            print("drift refinement of carried points: OFF")
+        proj, argv = synthetic(tmp, 480, 270, 48, 1.0, refine)
         bench("bundled clip size", proj, argv, tmp, not args.full, args.repeat)
         if not args.skip_1080p:
-            proj, argv = synthetic(tmp, 1920, 1080, 24, 0.25)
+            proj, argv = synthetic(tmp, 1920, 1080, 24, 0.25, refine)
             bench("1080p", proj, argv, tmp, not args.full, args.repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,8 @@
 ``python tests/serve_gt.py SPEC.json`` rebuilds the analytic mapping of the synthetic clip
 described in SPEC.json (``make_clip`` arguments T, size, camera[, occluder]; deterministic),
 makes every project use it instead of a checkpoint, then runs the real service. If SPEC names a ``delay_file`` holding a number,
-each frame's rendering first sleeps that many seconds (to cancel or kill mid-work on purpose).
+each frame's rendering first sleeps that many seconds (to cancel or kill mid-work on purpose);
+``"refine": false`` switches the drift refinement of carried points off (for benchmarks).
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def main() -> int:
     c = spec["clip"]
     gt = make_ground_truth(int(c["T"]), tuple(c["size"]), c.get("camera", "pan_zoom"), c.get("occluder", True))
     Project.mapping = lambda self, device="cpu": gt  # type: ignore[assignment]
+    if spec.get("refine") is False:  # benchmarks: figures without the photometric drift refinement
+        from core.edits.context import RenderContext
+
+        RenderContext.REFINE = False
     delay_file = spec.get("delay_file")
     if delay_file:
         orig = EditSession.frame_patches
