@@ -35,10 +35,21 @@ def folder_for(frames_root: str, stack: str) -> str:
     return os.path.join(frames_root, stack)
 
 
+_CACHE: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}  # path -> (stat, doc): handlers ask often
+
+
 def load(frames_root: str) -> dict[str, Any]:
+    path = os.path.join(frames_root, RESULTS_FILE)
     try:
-        with open(os.path.join(frames_root, RESULTS_FILE), encoding="utf-8") as fh:
+        st = os.stat(path)
+        mtime = (st.st_mtime_ns, st.st_ino, st.st_size)  # atomic writes replace the file: a new inode
+        hit = _CACHE.get(path)
+        if hit is not None and hit[0] == mtime:
+            return json.loads(json.dumps(hit[1]))  # a copy: callers may change it
+        with open(path, encoding="utf-8") as fh:
             got = json.load(fh)
+        if isinstance(got, dict):
+            _CACHE[path] = (mtime, got)
     except (OSError, ValueError):
         return {"results": {}, "latest": ""}
     if not isinstance(got, dict) or not isinstance(got.get("results"), dict):
