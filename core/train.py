@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from core import __version__, fsutil
-from core.bake import bake
+from core.bake import atlas_psnr, bake
 from core.device import pick_device
 from core.errors import Cancelled, InveError
 from core.model import LayeredAtlasModel, ModelConfig, config_from_json, config_to_json
@@ -297,9 +297,11 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
         raise
     for layer, atlas in result.maps.atlas.items():
         fsutil.write_png(project_dir / f"atlas_{layer}.png", atlas)
-    metrics = {"psnr": round(result.psnr, 3), "iterations": trainer.step, "train_seconds": round(trainer.elapsed, 2),
+    metrics = {"psnr": round(result.psnr, 3), "atlas_psnr": round(atlas_psnr(result.maps, prep.frames), 3),
+               "iterations": trainer.step, "train_seconds": round(trainer.elapsed, 2),
                "cycle_error_px": {k: round(v, 4) for k, v in result.cycle_error_px.items()},
-               "device": device.type, "backend": mcfg.backend, "layers": layers, "mask_source": prep.mask_source}
+               "device": device.type, "backend": mcfg.backend, "layers": layers, "mask_source": prep.mask_source,
+               "per_frame": result.per_frame(info.frames)}
     fsutil.write_json(project_dir / Project.METRICS, metrics)
     release_cache(project_dir / "cache")  # a finished project keeps what editing needs
     return Project.open(project_dir)

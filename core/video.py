@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from collections import OrderedDict
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -668,7 +668,8 @@ def frame_file_name(index: int, last_index: int | None = None) -> str:
 
 
 def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
-                       last_index: int | None = None) -> list[Path]:
+                       last_index: int | None = None,
+                       on_written: Callable[[int, Path], None] | None = None) -> list[Path]:
     """Write ``(source_frame_index, image)`` pairs as ``folder/0000.png`` ..., streaming.
 
     Names are zero-padded to 4 digits, or to the width of ``last_index`` when that is
@@ -677,7 +678,8 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
     While the sequence is written the folder's marker says it is incomplete (and which
     frames have landed); an interrupted run leaves it so, and the next run replaces it.
     Numbered PNGs of an earlier run that this run did not rewrite are removed (if unchanged),
-    so the folder holds exactly this sequence.
+    so the folder holds exactly this sequence. ``on_written(index, path)`` is called (on the
+    writer thread) as soon as each PNG is in place, for callers that stream frames onwards.
     """
     from collections import deque  # noqa: PLC0415
     from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415
@@ -693,8 +695,10 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
             for index, img in frames:
                 if int(index) < 0:
                     raise ValueError(f"negative frame index {index}")
-                pending.append(pool.submit(out.write_png, frame_file_name(index, last_index), img,
-                                           PNG_COMPRESS_LEVEL))
+                fut = pool.submit(out.write_png, frame_file_name(index, last_index), img, PNG_COMPRESS_LEVEL)
+                if on_written is not None:
+                    fut.add_done_callback(lambda f, i=int(index): f.exception() is None and on_written(i, f.result()))
+                pending.append(fut)
                 while len(pending) > PNG_IN_FLIGHT or (pending and pending[0].done()):
                     written.append(pending.popleft().result())
             while pending:
