@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--frames", type=_frame_range, default=None, help="START:END, half-open, 0-based")
     t.add_argument("--max-side", type=_positive_int, default=None, help="working resolution: longest side in px")
     t.add_argument("--masks", default=None, help="folder of rough foreground masks, one PNG per frame")
+    t.add_argument("--fg-hint", default=None,
+                   help="HINTS.json: outline(s) of the foreground on one or a few frames, grown into masks")
     t.add_argument("--iters", type=_positive_int, default=None, help="training iterations")
     t.add_argument("--minutes", type=_positive_float, default=None, help="training time budget")
     t.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
