@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RGBA PNGs of the edits only (transparent elsewhere), to lay over the original")
     e.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
 
+    c = sub.add_parser("correct", help="fine-tune a trained project with hand-confirmed positions, then re-bake")
+    c.add_argument("project")
+    c.add_argument("--corrections", required=True, help="CORRECTIONS.json")
+    c.add_argument("--minutes", type=_positive_float, default=None, help="fine-tuning budget (default 0.5)")
+    c.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+
     a = sub.add_parser("atlas", help="write the atlas images (to paint on)")
     a.add_argument("project")
     a.add_argument("-o", "--output", required=True, help="folder for the atlas PNGs")
@@ -159,6 +165,10 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
         from core.atlas_io import export_atlases
 
         return export_atlases(Path(args.project), Path(args.output))
+    if args.command == "correct":
+        from core.correct import correct_project
+
+        return correct_project(Path(args.project), Path(args.corrections), args.minutes, progress)
     if args.command == "info":
         return _info(args.project)
     if args.command == "serve":
