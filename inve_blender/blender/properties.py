@@ -43,7 +43,7 @@ class INVE_PG_project(bpy.types.PropertyGroup):
     frame_start: IntProperty(name="First Source Frame", default=0)
     frame_end: IntProperty(name="End Source Frame", description="One past the last trained source frame",
                            default=0)
-    path: StringProperty(name="Folder", subtype="DIR_PATH", default="",
+    path: StringProperty(name="Folder", subtype="DIR_PATH", default="", options={"PATH_SUPPORTS_BLEND_RELATIVE"},
                          description="The project's folder (relative to the .blend where possible)")
     abs_path: StringProperty(name="Absolute Folder", default="", options={"HIDDEN"})
     source_name: StringProperty(name="Source", default="")
