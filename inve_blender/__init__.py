@@ -11,10 +11,10 @@ from __future__ import annotations
 
 
 def _classes() -> list[type]:
-    from . import ops_edit, ops_track, ops_train, panels, preferences, properties
+    from . import ops_edit, ops_engine, ops_track, ops_train, panels, preferences, properties
 
     return [*properties.CLASSES, *preferences.CLASSES, *ops_train.CLASSES, *ops_edit.CLASSES,
-            *ops_track.CLASSES, *panels.CLASSES]
+            *ops_track.CLASSES, *ops_engine.CLASSES, *panels.CLASSES]
 
 
 def register() -> None:
@@ -25,14 +25,18 @@ def register() -> None:
     for cls in _classes():
         bpy.utils.register_class(cls)
     properties.register_props()
+    from . import ops_engine
+
+    ops_engine.register()  # the engine check at start-up, in the background
 
 
 def unregister() -> None:
     import bpy
 
-    from . import jobs, properties
+    from . import jobs, ops_engine, properties
 
     jobs.shutdown()
+    ops_engine.unregister()
     properties.unregister_props()
     for cls in reversed(_classes()):
         if getattr(cls, "is_registered", True):
