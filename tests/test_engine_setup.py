@@ -226,9 +226,9 @@ def test_online_steps_take_torch_from_the_plans_index(tmp_path: Path) -> None:
                            (Machine("Darwin", "arm64", False), None)):
         steps = EngineInstaller(tmp_path, reqs, allow_online=True, machine=machine).steps("py")
         assert [s.args[-1] for s in steps][0] == "torch==2.13.0"
-        assert ("--index-url" in steps[0].args) == (index is not None)
+        assert ("--extra-index-url" in steps[0].args) == (index is not None)
         if index:
-            assert steps[0].args[steps[0].args.index("--index-url") + 1] == index
+            assert steps[0].args[steps[0].args.index("--extra-index-url") + 1] == index
         assert steps[1].args[-2:] == ["-r", str(tmp_path / "requirements.txt")]
         assert abs(sum(s.share for s in steps) - 1.0) < 1e-9
     offline = EngineInstaller(tmp_path, reqs, wheels_dir=tmp_path).steps("py")
