@@ -15,4 +15,4 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 #: Version of the project-folder format. Bumped when a project written by an older
 #: version can no longer be read; ``core.project`` refuses newer formats with a clear message.
-PROJECT_FORMAT = 1
+PROJECT_FORMAT = 2

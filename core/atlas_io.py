@@ -17,16 +17,26 @@ from core.project import Project
 
 
 def export_atlases(project_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Write the atlases to ``out_dir`` under the output rule.
+
+    A rerun replaces the images inve wrote there, but never one the user changed (an atlas
+    painted and saved in place): that is refused before any file is written.
+    """
     project = Project.open(project_dir)
     maps = project.maps()
-    out = fsutil.prepare_output_dir(out_dir, "atlas folder")
-    written = []
-    for layer in maps.layers:
-        path = out / f"atlas_{layer}.png"
-        fsutil.write_png(path, maps.atlas[layer])
-        used = out / f"atlas_{layer}_used.png"
-        fsutil.write_png(used, np.clip(maps.atlas_used[layer], 0.0, 1.0))
-        written += [str(path), str(used)]
+    out = fsutil.OutputFolder(out_dir, "atlas folder").begin()
+    names = [n for layer in maps.layers for n in (f"atlas_{layer}.png", f"atlas_{layer}_used.png")]
+    try:
+        for name in names:
+            out.check(name)
+        written = []
+        for layer in maps.layers:
+            written.append(out.write_png(f"atlas_{layer}.png", maps.atlas[layer]))
+            written.append(out.write_png(f"atlas_{layer}_used.png", np.clip(maps.atlas_used[layer], 0.0, 1.0)))
+    except BaseException as exc:
+        out.abort(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    out.finish()
     size = maps.atlas[maps.layers[0]].shape[0]
-    return {"files": written, "atlas_size": size,
-            "summary": f"wrote {len(written)} atlas images ({size}x{size}) to {out}"}
+    return {"files": [str(p) for p in written], "atlas_size": size,
+            "summary": f"wrote {len(written)} atlas images ({size}x{size}) to {out.path}"}

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--edits", required=True, help="EDITS.json")
     e.add_argument("-o", "--output", required=True, help="folder of PNGs, or a .mp4/.mov/.mkv movie")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output movie")
+    e.add_argument("--overlay", action="store_true",
+                   help="RGBA PNGs of the edits only (transparent elsewhere), to lay over the original")
     e.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
 
     a = sub.add_parser("atlas", help="write the atlas images (to paint on)")
@@ -102,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print a project's settings and metrics as JSON")
     i.add_argument("project")
+
+    s = sub.add_parser("serve", help="persistent engine service: JSON-line requests on stdin, replies on stdout")
+    s.add_argument("--max-projects", type=_positive_int, default=4,
+                   help="projects kept warm at once; the least recently used is closed (default 4)")
+
+    b = sub.add_parser("batch", help="fit many shots (SHOTS.json), one project each, on Ray")
+    b.add_argument("shots", help="SHOTS.json")
+    b.add_argument("-o", "--output", required=True, help="ROOT folder: each shot becomes ROOT/<name>/")
+    b.add_argument("--address", default=None, help="Ray cluster to use (default: a local cluster on this machine)")
+    b.add_argument("--cpus", type=_positive_int, default=None, help="CPUs of the local cluster (default: all)")
+    b.add_argument("--local", action="store_true", help="no Ray: run the shots one after another in this process")
+    b.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
 
     d = sub.add_parser("demo", help="the bundled clip, end to end: train, edit, render, contact sheet")
     d.add_argument("-o", "--output", default="demo_out", help="output folder (default: demo_out)")
@@ -115,7 +129,7 @@ def _info(project_dir: str) -> dict:
 
     proj = Project.open(project_dir)
     return {"project": str(proj.path.resolve()), "trained": proj.is_trained,
-            **proj.info.to_json(), "metrics": proj.metrics()}
+            **proj.info.to_json(), "metrics": proj.metrics(), "size_on_disk": proj.size_on_disk()}
 
 
 def run(args: argparse.Namespace, progress: Progress) -> dict:
@@ -132,13 +146,25 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
         from core.edits import edit_command
 
         return edit_command(Path(args.project), Path(args.edits), Path(args.output), progress,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, overlay=args.overlay)
     if args.command == "atlas":
         from core.atlas_io import export_atlases
 
         return export_atlases(Path(args.project), Path(args.output))
     if args.command == "info":
         return _info(args.project)
+    if args.command == "serve":
+        from core.serve import serve_command
+
+        return serve_command(max_projects=args.max_projects)
+
+    if args.command == "batch":
+        from core.batch import batch_command
+
+        if args.local and args.address:
+            raise InveError("--local runs the shots here without Ray; it cannot be combined with --address")
+        return batch_command(args.shots, args.output, progress, address=args.address, local=args.local,
+                             cpus=args.cpus)
     if args.command == "demo":
         from core.demo import demo_command
 

@@ -173,10 +173,11 @@ def demo_command(out_dir: Path, progress: Progress, minutes: float | None = None
     from core.video import default_clip
 
     start = time.monotonic()
-    out = fsutil.prepare_output_dir(out_dir, "demo folder")
+    folder = fsutil.OutputFolder(out_dir, "demo folder").begin()  # the output rule: see core.fsutil
+    out = folder.path
     clip = default_clip()
     project_dir = out / "project"
-    if (project_dir / Project.MAPS).is_file() and (project_dir / Project.CHECKPOINT).is_file():
+    if (project_dir / Project.INFO).is_file() and Project.open(project_dir).is_trained:
         progress.message(f"re-using the project already trained in {project_dir} (delete it to train again)")
         project = Project.open(project_dir)
     else:
@@ -215,13 +216,14 @@ def demo_command(out_dir: Path, progress: Progress, minutes: float | None = None
     after = [draw_tracks(session.render_frame(t), tracks, t, radius=3.5) for t in picks]
     sheet = contact_sheet(before, after, [f"frame {project.info.frames[t]}" for t in picks])
     sheet_path = out / "contact_sheet.png"
-    fsutil.write_png(sheet_path, sheet)
+    folder.write_png(sheet_path.name, sheet)
     maps = project.maps()
     atl = [(np.clip(maps.atlas[L], 0, 1) * 255 + 0.5).astype(np.uint8) for L in maps.layers]
     size = max(a.shape[0] for a in atl)
     atl = [cv2.resize(a, (size, size), interpolation=cv2.INTER_NEAREST) for a in atl]
     atlases_path = out / "atlases.png"
-    fsutil.write_png(atlases_path, np.concatenate(atl, axis=1))
+    folder.write_png(atlases_path.name, np.concatenate(atl, axis=1))
+    folder.finish()
 
     seconds = time.monotonic() - start
     metrics = project.metrics()

@@ -34,7 +34,7 @@ MASKS_VERSION = "auto-v1"
 @dataclass
 class Preprocessed:
     frames: np.ndarray  # uint8 [T,h,w,3] working resolution
-    flow: FlowField  # float16 vectors (memory-mapped from the cache)
+    flow: FlowField  # float16 vectors, bool flags (as stored in the cache)
     masks: np.ndarray | None  # uint8 [T,h,w], 1 = foreground, 0 = background; None for a single-layer project
     mask_source: str  # "user" | "auto" | "none"
 
@@ -61,12 +61,17 @@ def _flow_key(digest: str) -> str:
 
 
 def _open_store(folder: Path, key: str) -> dict[str, np.ndarray] | None:
-    """Arrays of a committed cache store whose key matches, memory-mapped; None if stale or damaged."""
+    """Arrays of a committed cache store whose key matches; None if stale or damaged.
+
+    Read into memory (compact dtypes, one copy): the whole clip's flow and masks are read by
+    the mask pass and by training anyway, and pages of a file mapping touched in full would
+    count once more towards the process's resident memory.
+    """
     meta = arraystore.read_meta(folder)
     if meta is None or meta.get("key") != key:
         return None
     try:
-        return {name: arraystore.open_array(folder, name) for name in meta.get("arrays", [])}
+        return {name: arraystore.open_array(folder, name, mmap=False) for name in meta.get("arrays", [])}
     except (OSError, ValueError):
         return None
 
@@ -74,9 +79,9 @@ def _open_store(folder: Path, key: str) -> dict[str, np.ndarray] | None:
 def get_flow(cache_dir: Path, frames: np.ndarray, digest: str, progress: Progress | None) -> FlowField:
     """Flow of ``frames``: from the cache, or computed pair by pair straight into it.
 
-    The vectors are stored as float16 (under 0.03 px rounding at 100 px of motion) in
-    memory-mapped files, so neither computing nor reading a long clip's flow holds it in RAM,
-    and a fresh run and a resumed run see identical data.
+    The vectors are stored as float16 (under 0.03 px rounding at 100 px of motion), written
+    pair by pair into memory-mapped files, so no float32 copy of a long clip's flow is ever
+    held, and a fresh run and a resumed run see identical data.
     """
     key = _flow_key(digest)
     folder = Path(cache_dir) / FLOW_DIR
@@ -131,7 +136,7 @@ def preprocess(cache_dir: Path, frames: np.ndarray, masks_dir: Path | None, sing
     folder = cache_dir / MASKS_DIR
     cached = _open_store(folder, key)
     if cached is not None and "masks" in cached and cached["masks"].shape[1:] in ((0, 0), (h, w)):
-        masks = np.array(cached["masks"]) if cached["masks"].shape[0] == t_count else None
+        masks = cached["masks"] if cached["masks"].shape[0] == t_count else None
         if progress is not None:
             progress.message("masks: reusing the cached result")
     else:

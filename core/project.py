@@ -4,10 +4,14 @@ Layout (see ARCHITECTURE.md)::
 
     PROJECT/
       project.json      ProjectInfo: source, frame range, sizes, fps, layers, settings, versions
-      frames.npy        uint8 [T,H,W,3] source frames at original resolution (edits render on them)
-      cache/            preprocessing: flow, masks (reused by --resume)
+      cache/            working-size frames, flow, masks (reused by --resume; memory-mapped .npy)
       checkpoint.pt     networks + optimizer + step (written atomically, resumable)
-      maps.npz          baked per-frame UV maps, alpha maps and float atlases (BakedMaps)
+      maps/             baked per-frame UV maps, alpha maps and float atlases (BakedMaps;
+                        memory-mapped .npy files, meta.json written last)
+
+The project keeps no copy of the source: edits decode the original frames from the source
+video (found at its absolute path or relative to the project). Format 1 projects (a
+``frames.npy`` copy of the source and one ``maps.npz``) still open.
       atlas_bg.png      atlas images for people (and for painting, see `inve atlas`)
       metrics.json      psnr, iterations, train_seconds, ...
 
@@ -44,6 +48,8 @@ class ProjectInfo:
     fps: float
     layers: list[str] = field(default_factory=lambda: list(LAYERS))
     settings: dict[str, Any] = field(default_factory=dict)
+    # the source relative to the project folder (found there when project and video moved together)
+    source_relative: str | None = None
     format: int = PROJECT_FORMAT
     tool_version: str = __version__
 
@@ -92,16 +98,28 @@ class ProjectInfo:
 class BakedMaps:
     """Per-frame maps baked after training: edits read these instead of running networks.
 
-    ``uv[layer]``: float32 [T, h, w, 2] atlas coordinates of every working-resolution pixel.
-    ``alpha``: float32 [T, h, w] foreground opacity (zeros for a single-layer project).
+    ``uv[layer]``: [T, h, w, 2] atlas coordinates of every working-resolution pixel.
+    ``alpha``: [T, h, w] foreground opacity (zeros for a single-layer project).
     ``atlas[layer]``: float32 [A, A, 3] atlas colours in 0..1 (the networks' reconstruction).
     ``atlas_used[layer]``: float32 [A, A] how much of each atlas texel any frame shows (0..1).
+    ``meta``: what the maps were baked from (checkpoint step, identity), saved with them.
+
+    On disk (``PROJECT/maps/``, :mod:`core.arraystore`) the per-frame maps are float16
+    ``.npy`` files (uv: at most 0.0005 atlas units of rounding, about 0.1 source pixel),
+    opened memory-mapped: an edit or a track reads only the frames it touches instead of the
+    whole clip, and its memory does not grow with the shot. Readers convert per frame
+    (``np.asarray(maps.uv[L][t], np.float32)``). ``meta.json`` is written last and marks
+    a complete set. Projects of format 1 (one ``maps.npz``) still load, into memory.
     """
 
     uv: dict[str, np.ndarray]
     alpha: np.ndarray
     atlas: dict[str, np.ndarray]
     atlas_used: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    #: storage dtype of the per-frame maps
+    MAP_DTYPE = np.float16
 
     @property
     def layers(self) -> list[str]:
@@ -116,23 +134,62 @@ class BakedMaps:
         return int(self.alpha.shape[2]), int(self.alpha.shape[1])
 
     def save(self, path: str | Path) -> None:
-        arrays: dict[str, np.ndarray] = {"alpha": self.alpha.astype(np.float32, copy=False)}
-        for layer in self.uv:
-            arrays[f"uv_{layer}"] = self.uv[layer].astype(np.float32, copy=False)
-            arrays[f"atlas_{layer}"] = self.atlas[layer].astype(np.float32, copy=False)
-            arrays[f"atlas_used_{layer}"] = self.atlas_used[layer].astype(np.float32, copy=False)
-        fsutil.save_npz(path, **arrays)
+        """Write the maps to the folder ``path`` (``meta.json`` last, as the commit marker)."""
+        from core import arraystore  # noqa: PLC0415
+
+        store = arraystore.StoreWriter(path)
+        try:
+            _put_frames(store, "alpha", self.alpha, self.MAP_DTYPE)
+            for layer in self.uv:
+                _put_frames(store, f"uv_{layer}", self.uv[layer], self.MAP_DTYPE)
+                store.put(f"atlas_{layer}", self.atlas[layer], np.float32)
+                store.put(f"atlas_used_{layer}", self.atlas_used[layer], np.float32)
+            for old in Path(path).glob("*.npy"):  # layers of an earlier bake that this one lacks
+                if old.stem.startswith(("uv_", "atlas_")) and old.stem.split("_")[-1] not in self.uv:
+                    old.unlink()
+            store.commit({"kind": "baked_maps", "layers": list(self.uv), "frames": self.n_frames,
+                          "work_size": list(self.work_size), "meta": self.meta})
+        except BaseException:
+            store.abort()
+            raise
 
     @classmethod
-    def load(cls, path: str | Path) -> "BakedMaps":
+    def load(cls, path: str | Path, mmap: bool = True) -> "BakedMaps":
+        """Maps from a ``maps/`` folder (memory-mapped unless ``mmap`` is False) or a format-1 ``maps.npz``."""
+        from core import arraystore  # noqa: PLC0415
+
         path = Path(path)
-        if not path.is_file():
+        if path.is_dir():
+            stored = arraystore.read_meta(path)
+            if stored is None or stored.get("kind") != "baked_maps":
+                raise InveError(f"the baked maps in {path} are incomplete (an interrupted bake); "
+                                "train the project again (inve train --resume)")
+            layers = [str(L) for L in stored.get("layers", [])]
+            try:
+                def get(name: str, mapped: bool) -> np.ndarray:
+                    return arraystore.open_array(path, name, mmap=mapped)
+
+                return cls(uv={k: get(f"uv_{k}", mmap) for k in layers}, alpha=get("alpha", mmap),
+                           atlas={k: np.asarray(get(f"atlas_{k}", False)) for k in layers},
+                           atlas_used={k: np.asarray(get(f"atlas_used_{k}", False)) for k in layers},
+                           meta=dict(stored.get("meta") or {}))
+            except (OSError, ValueError) as exc:
+                raise InveError(f"the baked maps in {path} are damaged ({exc}); train the project again") from None
+        legacy = path.with_name(Project.MAPS_LEGACY) if path.name != Project.MAPS_LEGACY else path
+        if not legacy.is_file():
             raise InveError(f"{path.parent} has no baked maps ({path.name}); train it first (inve train)")
-        with np.load(path) as z:
+        with np.load(legacy) as z:
             layers = [k[3:] for k in z.files if k.startswith("uv_")]
             return cls(uv={k: z[f"uv_{k}"] for k in layers}, alpha=z["alpha"],
                        atlas={k: z[f"atlas_{k}"] for k in layers},
                        atlas_used={k: z[f"atlas_used_{k}"] for k in layers})
+
+
+def _put_frames(store: Any, name: str, array: np.ndarray, dtype: Any) -> None:
+    """Store a [T, ...] array frame by frame (no whole-clip converted copy)."""
+    out = store.create(name, np.shape(array), dtype)
+    for t in range(out.shape[0]):
+        out[t] = array[t]
 
 
 class LayeredMapping(Protocol):
@@ -159,8 +216,9 @@ class Project:
     """A project folder on disk. Cheap to open; heavy parts load lazily."""
 
     INFO = "project.json"
-    FRAMES = "frames.npy"
-    MAPS = "maps.npz"
+    FRAMES = "frames.npy"  # format 1 only: source frames at full resolution
+    MAPS = "maps"  # folder of memory-mapped arrays (BakedMaps)
+    MAPS_LEGACY = "maps.npz"  # format 1
     CHECKPOINT = "checkpoint.pt"
     METRICS = "metrics.json"
 
@@ -169,7 +227,7 @@ class Project:
         self.info = info
         self._maps: BakedMaps | None = None
         self._mapping: LayeredMapping | None = None
-        self._frames: np.ndarray | None = None
+        self._frames: Any = None
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -188,21 +246,51 @@ class Project:
     # -- contents ----------------------------------------------------------------------
     @property
     def is_trained(self) -> bool:
-        return (self.path / self.MAPS).is_file() and (self.path / self.CHECKPOINT).is_file()
+        maps = (self.path / self.MAPS / "meta.json").is_file() or (self.path / self.MAPS_LEGACY).is_file()
+        return maps and (self.path / self.CHECKPOINT).is_file()
 
     def maps(self) -> BakedMaps:
         if self._maps is None:
             self._maps = BakedMaps.load(self.path / self.MAPS)
         return self._maps
 
-    def frames(self) -> np.ndarray:
-        """Source frames, uint8 [T, H, W, 3] at original resolution (memory-mapped)."""
+    def source_path(self) -> Path:
+        """The source video: relative to the project, else at its absolute path; a clear error if moved.
+
+        The relative place comes first: a project copied together with its footage (another
+        disk, another machine) then reads its own copy, not a stale original.
+        """
+        places = [Path(self.info.source)]
+        if self.info.source_relative:
+            places.insert(0, self.path / self.info.source_relative)
+        for p in places:
+            if p.exists():
+                return p
+        where = " nor at ".join(str(p) for p in places)
+        raise InveError(f"the source video of project {self.path} is not at {where}: it was moved "
+                        "or deleted; put it back (the project keeps no copy of its frames)")
+
+    def frames(self) -> Any:
+        """Source frames by project index, uint8 [H, W, 3] at original resolution.
+
+        Decoded on demand from the source (:class:`core.video.FrameSource`: sequential
+        decode, a small LRU cache); format-1 projects read their stored ``frames.npy``.
+        """
         if self._frames is None:
             p = self.path / self.FRAMES
-            if not p.is_file():
-                raise InveError(f"{self.path} has no {self.FRAMES}; the project is incomplete, train it again")
-            self._frames = np.load(p, mmap_mode="r")
+            if p.is_file():
+                self._frames = np.load(p, mmap_mode="r")
+            else:
+                from core.video import FrameSource  # noqa: PLC0415 - video I/O only when rendering
+
+                self._frames = FrameSource(self.source_path(), self.info.frames, self.info.source_size)
         return self._frames
+
+    def size_on_disk(self) -> int:
+        """Bytes of every file in the project folder."""
+        from core.arraystore import folder_size  # noqa: PLC0415
+
+        return folder_size(self.path)
 
     def mapping(self, device: str = "cpu") -> LayeredMapping:
         """The trained networks as a :class:`LayeredMapping` (imports torch)."""

@@ -84,8 +84,11 @@ class TrainingData:
 def _tensor(a: Any, dtype: Any, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """A compact, writable, contiguous copy of ``a`` (which may be memory-mapped) on ``device``.
 
-    Copied frame by frame, so a memory-mapped float16 source never exists as a float32 array.
+    An in-memory array of the right dtype is used as it is (no second copy); anything else
+    is copied frame by frame, so a float32 or memory-mapped source never exists twice.
     """
+    if (type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable):
+        return torch.from_numpy(a.reshape(shape)).to(device)
     a_shape = np.shape(a)
     out = np.empty(a_shape, dtype)
     for i in range(a_shape[0]):

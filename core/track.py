@@ -124,11 +124,11 @@ def track_command(project_dir: Path, points_json: Path, out_json: Path, overwrit
     out_json = Path(out_json)
     if out_json.is_dir():
         raise InveError(f"{out_json} is a folder; -o must name the TRACKS.json file to write")
-    if out_json.exists() and not overwrite:
-        raise InveError(f"{out_json} already exists; pass --overwrite to replace it")
+    fsutil.check_output_file(out_json, overwrite, "tracks file")
     ctx = RenderContext(project, mapping=project.mapping())
     tracks = track_points(ctx, points)
-    fsutil.write_json(out_json, {"frames": list(info.frames), "tracks": [tr.to_json() for tr in tracks]})
+    doc = {"frames": list(info.frames), "tracks": [tr.to_json() for tr in tracks]}
+    fsutil.write_output_file(out_json, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"), "tracks file")
     n_vis = sum(int(tr.visible.sum()) for tr in tracks)
     return {"output": str(out_json.resolve()), "points": len(tracks), "frames": info.n_frames,
             "summary": f"tracked {len(tracks)} point(s) through {info.n_frames} frames "

@@ -176,7 +176,9 @@ def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
     if project_dir.exists():
         if not project_dir.is_dir():
             raise InveError(f"project path {project_dir} exists and is not a folder")
-        if any(project_dir.iterdir()):
+        from core.lock import LOCK_NAME  # noqa: PLC0415 - the caller's own lock is no content
+
+        if any(p.name != LOCK_NAME for p in project_dir.iterdir()):
             raise InveError(f"{project_dir} is not empty and is not an inve project; choose an empty or new folder")
     return None
 
@@ -196,7 +198,7 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(_cpu_threads())
 
     if existing is not None:
         info = existing.info
@@ -212,27 +214,26 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
         source = info.source
     else:
         source = str(Path(video).resolve())
+    if existing is not None:
+        source = str(existing.source_path())
     vinfo = vio.probe(source)
     start, end = vio.resolve_range(vinfo, cfg.frames)
     work = vio.working_size(vinfo.width, vinfo.height, cfg.max_side)
     if existing is not None and tuple(existing.info.source_size) != (vinfo.width, vinfo.height):
         raise InveError(f"the source video {source} changed size since the project was made; start a new project")
-    vio.check_resources(end - start, (vinfo.width, vinfo.height), work, project_dir / Project.FRAMES)
+    vio.check_resources(end - start, (vinfo.width, vinfo.height), work, None)
 
     project_dir.mkdir(parents=True, exist_ok=True)
     settings = {"train": _settings(cfg)}
+    rel_source = _relative(source, project_dir)
     if existing is None:
         # Claim the folder first: a run cancelled while loading leaves a project that
         # `--resume` picks up, not an anonymous folder that the next run refuses.
         layers = ["bg"] if cfg.single_layer else ["bg", "fg"]
         Project(project_dir, ProjectInfo(source=source, frames=list(range(start, end)),
                                          source_size=(vinfo.width, vinfo.height), work_size=work, fps=vinfo.fps,
-                                         layers=layers, settings=settings)).save_info()
-    frames_npy = project_dir / Project.FRAMES
-    if existing is not None and frames_npy.is_file():
-        frames = _resize_stack(np.load(frames_npy, mmap_mode="r"), work)
-    else:
-        frames = vio.load_clip(source, start, end, work, frames_npy, progress)
+                                         layers=layers, settings=settings, source_relative=rel_source)).save_info()
+    frames = working_frames(project_dir / "cache", source, vinfo, start, end, work, progress)
     prep = preprocess(project_dir / "cache", frames, Path(cfg.masks) if cfg.masks else None, cfg.single_layer,
                       start, progress)
     layers = ["bg"] if prep.masks is None else ["bg", "fg"]
@@ -241,7 +242,7 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
 
     info = ProjectInfo(source=source, frames=list(range(start, end)), source_size=(vinfo.width, vinfo.height),
                        work_size=work, fps=vinfo.fps, layers=layers,
-                       settings={**settings, "mask_source": prep.mask_source})
+                       settings={**settings, "mask_source": prep.mask_source}, source_relative=rel_source)
     project = Project(project_dir, info)
     project.save_info()
 
@@ -302,13 +303,57 @@ def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress,
     trainer.save(ckpt_path)
 
 
-def _resize_stack(frames: np.ndarray, work: tuple[int, int]) -> np.ndarray:
-    """Working-resolution copy of the project's stored source frames (a resume needs no decode)."""
-    import cv2  # noqa: PLC0415
+def _relative(source: str, project_dir: Path) -> str | None:
+    """The source's path relative to the project folder (None across drives on Windows)."""
+    try:
+        return os.path.relpath(source, project_dir.resolve())
+    except ValueError:
+        return None
 
-    if frames.shape[2] == work[0] and frames.shape[1] == work[1]:
-        return np.array(frames)
-    return np.stack([cv2.resize(np.asarray(f), work, interpolation=cv2.INTER_AREA) for f in frames])
+
+def _cpu_threads() -> int:
+    """Threads for CPU training: all cores, unless a scheduler gave this process fewer.
+
+    Ray (``inve batch``) and batch systems set ``OMP_NUM_THREADS`` to the CPUs a task was
+    given; taking every core anyway would oversubscribe the machine when shots share it.
+    """
+    try:
+        given = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        given = 0
+    return max(1, given if given > 0 else (os.cpu_count() or 1))
+
+
+FRAMES_DIR = "frames"  # PROJECT/cache/frames: working-size frames (core.arraystore)
+
+
+def working_frames(cache_dir: Path, source: str, vinfo: Any, start: int, end: int, work: tuple[int, int],
+                   progress: Progress) -> np.ndarray:
+    """Working-size frames uint8 [T, h, w, 3]: from the project's cache, or decoded once and cached.
+
+    The cache holds only what the fit needs (a few MB where a source-resolution copy took
+    hundreds); a resume reads it instead of decoding the movie again. Keyed by the source's
+    content fingerprint, the range and the size, so a replaced source is decoded anew.
+    """
+    from core import arraystore  # noqa: PLC0415
+    from core import video as vio  # noqa: PLC0415
+    from core.identity import source_fingerprint  # noqa: PLC0415
+
+    key = f"{source_fingerprint(source)}|{vinfo.width}x{vinfo.height}|{start}:{end}|{work[0]}x{work[1]}"
+    folder = Path(cache_dir) / FRAMES_DIR
+    meta = arraystore.read_meta(folder)
+    if meta is not None and meta.get("key") == key:
+        try:
+            frames = arraystore.open_array(folder, "frames", mmap=False)
+            if frames.shape == (end - start, work[1], work[0], 3) and frames.dtype == np.uint8:
+                return frames
+        except (OSError, ValueError):
+            pass
+    frames = vio.load_clip(source, start, end, work, None, progress)
+    store = arraystore.StoreWriter(folder)
+    store.put("frames", frames, np.uint8)
+    store.commit({"key": key})
+    return frames
 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:

@@ -8,6 +8,7 @@ so that the count from :func:`probe` is exactly the number of frames :func:`load
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -17,7 +18,8 @@ import sys
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections import OrderedDict
+from typing import Any, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -329,6 +331,102 @@ def iter_frames(path: str | Path, start: int, end: int, info: VideoInfo | None =
     return _iter_movie(info, start, end, progress)
 
 
+class FrameSource:
+    """A project's source frames by project index, decoded on demand at source resolution.
+
+    Why: a project keeps no copy of the source (at 1080p that copy was most of its size).
+    Rendering walks the frames in order, so the decoder stays open and moves forward; a
+    request behind it (or far ahead) restarts decoding there. The last ``cache_frames``
+    frames stay in a small LRU cache (an interactive session re-renders the frame shown).
+    Frames are read-only uint8 [H, W, 3]. ``np.asarray(source)`` decodes the whole clip
+    (tests and benchmarks only).
+    """
+
+    #: a request this many frames ahead of the decoder restarts it instead of decoding through
+    MAX_SKIP = 48
+
+    def __init__(self, path: str | Path, frames: list[int], size: tuple[int, int], cache_frames: int = 8) -> None:
+        self.path = str(path)
+        self.frames = [int(f) for f in frames]
+        if self.frames != list(range(self.frames[0], self.frames[0] + len(self.frames))):
+            raise ValueError("a project's frames are one contiguous range of source frames")
+        self.W, self.H = int(size[0]), int(size[1])
+        self.cache_frames = max(1, int(cache_frames))
+        self._cache: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._decoder: Iterator[np.ndarray] | None = None
+        self._next = -1  # project index the open decoder yields next
+        self._info: VideoInfo | None = None
+        self.decoded = 0  # frames decoded so far (how much work random access cost)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return len(self.frames), self.H, self.W, 3
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def close(self) -> None:
+        if self._decoder is not None and hasattr(self._decoder, "close"):
+            self._decoder.close()  # type: ignore[union-attr]
+        self._decoder, self._next = None, -1
+
+    def _start(self, t: int) -> None:
+        self.close()
+        if self._info is None:
+            if not Path(self.path).exists():
+                raise InveError(f"the source video {self.path} is gone (moved or deleted); put it back "
+                                "to render this project's frames")
+            self._info = probe(self.path)
+            if (self._info.width, self._info.height) != (self.W, self.H):
+                raise InveError(f"the source video {self.path} is {self._info.width}x{self._info.height} now, "
+                                f"the project was made from {self.W}x{self.H}")
+        end = self.frames[-1] + 1
+        self._decoder = iter_frames(self.path, self.frames[t], end, info=self._info)
+        self._next = t
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):  # source[t, rows, cols]
+            return self[key[0]][key[1:]]
+        t = int(key)
+        if t < 0:
+            t += len(self.frames)
+        if not 0 <= t < len(self.frames):
+            raise IndexError(f"frame {t} outside 0..{len(self.frames) - 1}")
+        if t in self._cache:
+            self._cache.move_to_end(t)
+            return self._cache[t]
+        if self._decoder is None or not self._next <= t <= self._next + self.MAX_SKIP:
+            self._start(t)
+        img: np.ndarray | None = None
+        while self._next <= t:
+            want = self.frames[self._next]
+            try:
+                img = next(self._decoder)  # type: ignore[arg-type]
+            except StopIteration:
+                self.close()
+                raise InveError(f"the source video {self.path} ended before frame {want}; "
+                                "it changed since the project was made") from None
+            self.decoded += 1
+            self._next += 1
+        assert img is not None
+        img = np.array(img)  # own the pixels (the decoder's buffer is reused)
+        img.flags.writeable = False
+        self._cache[t] = img
+        while len(self._cache) > self.cache_frames:
+            self._cache.popitem(last=False)
+        return img
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for t in range(len(self.frames)):
+            yield self[t]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.empty(self.shape, np.uint8)
+        for t in range(len(self.frames)):
+            out[t] = self[t]
+        return out if dtype is None else out.astype(dtype)
+
+
 def available_ram() -> int | None:
     """Bytes of memory available to a new allocation, or None where the OS does not say."""
     try:
@@ -440,75 +538,163 @@ def load_clip(path: str | Path, start: int, end: int, work_size: tuple[int, int]
 # writing
 # ---------------------------------------------------------------------------------------
 MOVIE_CRF = 17
+# x264 "veryfast" at crf 17 stays near-lossless and encodes 1080p ~3x faster than "medium"
+# (the file is larger): edits of a 1080p shot reach the timeline in seconds.
+MOVIE_PRESET_LARGE = "veryfast"
+MOVIE_PRESET = "medium"  # below HD, where encoding time does not matter and veryfast loses detail
+MOVIE_LARGE_PIXELS = 1280 * 720
 
 
-def _even(img: np.ndarray) -> np.ndarray:
-    """yuv420p needs even sides: repeat the last row/column where one is odd."""
-    h, w = img.shape[:2]
-    if h % 2 == 0 and w % 2 == 0:
-        return img
-    return np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+def movie_preset(width: int, height: int) -> str:
+    return MOVIE_PRESET_LARGE if width * height >= MOVIE_LARGE_PIXELS else MOVIE_PRESET
 
 
-def write_movie(path: Path, frames: Iterable[np.ndarray], fps: float, overwrite: bool = False) -> None:
-    """Encode frames (uint8 HxWx3) as H.264/yuv420p, near-lossless (crf 17), written atomically."""
-    import imageio_ffmpeg
+# PNG sequences: zlib level 1 in a writer thread (see fsutil.write_png); frames in flight
+# are bounded so memory does not grow with the shot.
+PNG_COMPRESS_LEVEL = 1
+PNG_WRITERS = 1
+PNG_IN_FLIGHT = 4
 
+
+# Containers inve writes, and others a user might type that it does not: those are refused
+# (they would otherwise silently become a folder of PNGs named like a movie).
+OTHER_MEDIA_EXTENSIONS = (".webm", ".avi", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".ts",
+                          ".mts", ".m2ts", ".3gp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp")
+
+
+def output_kind(path: Path) -> str:
+    """``"movie"`` or ``"folder"`` for an ``-o`` path; refuses media types inve cannot write."""
+    suffix = Path(path).suffix.lower()
+    if suffix in MOVIE_EXTENSIONS:
+        return "movie"
+    if suffix in OTHER_MEDIA_EXTENSIONS:
+        raise InveError(f"{path}: inve writes movies as {', '.join(MOVIE_EXTENSIONS)} or a folder of PNGs; "
+                        f"'{suffix}' is not supported (convert the result with ffmpeg)")
+    return "folder"
+
+
+def movie_pixel_format(width: int, height: int) -> str:
+    """H.264 4:2:0 needs even sides; an odd-sized frame is encoded 4:4:4 at its exact size.
+
+    Padding would change the picture size (a 101x77 edit would not line up over a 101x77
+    source in an editor), so odd sizes keep their size and use full-resolution chroma
+    (High 4:4:4 profile: Blender, ffmpeg and VLC play it; some hardware players do not).
+    """
+    return "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+
+
+def check_movie_output(path: Path, overwrite: bool = False) -> None:
+    """Everything that can be refused about a movie path, before any frame is rendered."""
     path = Path(path)
     if path.suffix.lower() not in MOVIE_EXTENSIONS:
         raise InveError(f"{path}: movie files must end in {', '.join(MOVIE_EXTENSIONS)}")
-    if path.exists() and not overwrite:
-        raise InveError(f"{path} already exists; pass --overwrite to replace it")
     if path.is_dir():
         raise InveError(f"{path} is a folder, not a movie file")
+    fsutil.check_output_file(path, overwrite, "movie")
+
+
+def write_movie(path: Path, frames: Iterable[np.ndarray], fps: float, overwrite: bool = False) -> None:
+    """Encode frames (uint8 HxWx3) as H.264 at their exact size, near-lossless (crf 17), atomically.
+
+    Follows the output rule (``core.fsutil``): an existing file is replaced only with
+    ``overwrite`` and only while it is the unchanged movie inve wrote; the checksum of the new
+    movie goes to its sidecar. Frames are consumed lazily (streaming). A destination error
+    (full disk, read-only) is one line and leaves no partial movie.
+    """
+    import imageio_ffmpeg
+
+    path = Path(path)
+    check_movie_output(path, overwrite)
     if not fps > 0:
         raise InveError(f"cannot write a movie at {fps} frames per second")
     it = iter(frames)
     try:
-        first = _even(to_rgb8(next(it)))
+        first = to_rgb8(next(it))
     except StopIteration:
         raise InveError(f"no frames to write to {path}") from None
     h, w = first.shape[:2]
-    params = ["-crf", str(MOVIE_CRF), "-preset", "medium", "-sws_flags", SWS_FLAGS]
+    params = ["-crf", str(MOVIE_CRF), "-preset", movie_preset(w, h), "-sws_flags", SWS_FLAGS]
     if path.suffix.lower() in (".mp4", ".mov"):
         params += ["-movflags", "+faststart"]
+    def failed(exc: BaseException) -> fsutil.OutputError:
+        # ffmpeg died under us: almost always the destination (disk full, removed drive)
+        free = shutil.disk_usage(path.parent).free
+        why = "the disk is full" if free < 64 << 20 else _last_line(str(exc)) or type(exc).__name__
+        return fsutil.OutputError(f"cannot write {path}: {why}; no partial movie was left")
+
     with fsutil.atomic_path(path) as tmp:
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (w, h), fps=float(fps), codec="libx264", pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p", quality=None, macro_block_size=1, output_params=params,
+            pix_fmt_out=movie_pixel_format(w, h), quality=None, macro_block_size=1, output_params=params,
             ffmpeg_log_level="error")
         writer.send(None)
         try:
-            writer.send(first)
-            for i, img in enumerate(it, start=1):
-                img = _even(to_rgb8(img))
+            img = first
+            i = 0
+            while True:
+                try:
+                    writer.send(np.ascontiguousarray(img))
+                except (OSError, RuntimeError) as exc:
+                    raise failed(exc) from None
+                try:
+                    img = to_rgb8(next(it))  # the caller's frames: their errors are theirs
+                except StopIteration:
+                    break
+                i += 1
                 if img.shape[:2] != (h, w):
                     raise ValueError(f"frame {i} is {img.shape[1]}x{img.shape[0]}, the movie is {w}x{h}")
-                writer.send(np.ascontiguousarray(img))
-        finally:
+        except BaseException:
+            with contextlib.suppress(Exception):
+                writer.close()
+            raise
+        try:
             writer.close()
+        except (OSError, RuntimeError) as exc:
+            raise failed(exc) from None
+        sha = fsutil.sha256_file(tmp)
+    fsutil.record_output(path, sha)
+
+
+def frame_file_name(index: int, last_index: int | None = None) -> str:
+    """``0000.png`` ...: zero-padded to 4 digits, or to the width of ``last_index``."""
+    digits = max(4, len(str(last_index)) if last_index is not None else 0, len(str(int(index))))
+    return f"{int(index):0{digits}d}.png"
 
 
 def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
                        last_index: int | None = None) -> list[Path]:
-    """Write ``(source_frame_index, image)`` pairs as ``folder/0000.png`` ...
+    """Write ``(source_frame_index, image)`` pairs as ``folder/0000.png`` ..., streaming.
 
     Names are zero-padded to 4 digits, or to the width of ``last_index`` when that is
-    larger, so they sort by name. The folder must be new, empty or one inve wrote; numbered
-    PNGs from an earlier run that this run did not rewrite are removed, so the folder holds
-    exactly this sequence.
+    larger, so they sort by name. The folder follows the output rule (``core.fsutil``): it
+    must be new, empty or one inve wrote, and a file there is replaced only while unchanged.
+    While the sequence is written the folder's marker says it is incomplete (and which
+    frames have landed); an interrupted run leaves it so, and the next run replaces it.
+    Numbered PNGs of an earlier run that this run did not rewrite are removed (if unchanged),
+    so the folder holds exactly this sequence.
     """
-    folder = fsutil.prepare_output_dir(folder)
-    digits = max(4, len(str(last_index)) if last_index is not None else 0)
+    from collections import deque  # noqa: PLC0415
+    from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415
+
+    out = fsutil.OutputFolder(folder, "output folder").begin()
     written: list[Path] = []
-    for index, img in frames:
-        if int(index) < 0:
-            raise ValueError(f"negative frame index {index}")
-        p = folder / f"{int(index):0{max(digits, len(str(int(index))))}d}.png"
-        fsutil.write_png(p, img)
-        written.append(p)
-    keep = {p.name for p in written}
-    for old in folder.glob("*.png"):
-        if old.stem.isdigit() and old.name not in keep:
-            old.unlink()
+    try:
+        # Encoding runs in one writer thread while the next frame renders (the folder's
+        # bookkeeping is only touched from that thread); at most PNG_IN_FLIGHT frames wait,
+        # and a failed write stops the run at the next frame.
+        with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="inve-png") as pool:
+            pending: deque[Future] = deque()
+            for index, img in frames:
+                if int(index) < 0:
+                    raise ValueError(f"negative frame index {index}")
+                pending.append(pool.submit(out.write_png, frame_file_name(index, last_index), img,
+                                           PNG_COMPRESS_LEVEL))
+                while len(pending) > PNG_IN_FLIGHT or (pending and pending[0].done()):
+                    written.append(pending.popleft().result())
+            while pending:
+                written.append(pending.popleft().result())
+    except BaseException as exc:
+        out.abort(type(exc).__name__ if not str(exc) else str(exc).splitlines()[0])
+        raise
+    out.finish(stale=lambda name: name.endswith(".png") and name[:-4].isdigit())
     return written

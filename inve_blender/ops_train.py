@@ -42,7 +42,7 @@ def finished_training_minutes(project: str) -> float:
 
 # What the engine writes into a project folder before project.json exists (a run cancelled
 # while loading or preprocessing); dot-files are its temporary files of atomic writes.
-ENGINE_PARTIALS = {"cache", "frames.npy", "checkpoint.pt", "maps.npz", "metrics.json", "atlas_bg.png",
+ENGINE_PARTIALS = {"cache", "frames.npy", "checkpoint.pt", "maps", "maps.npz", "metrics.json", "atlas_bg.png",
                    "atlas_fg.png"}
 
 

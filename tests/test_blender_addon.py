@@ -839,8 +839,8 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     img = next(im for im in atlas_paint.atlas_images(bpy.data, "pan") if im[atlas_paint.ATLAS_TAG] == "bg")
     A = img.size[0]
     project = out["project_dir"]
-    with np.load(os.path.join(project, "maps.npz")) as z:
-        uv_k = z["uv_bg"][info["frames"].index(args["stroke_frame"] - args["strip_start"])]
+    uv_all = np.load(os.path.join(project, "maps", "uv_bg.npy"), mmap_mode="r")  # BakedMaps on disk
+    uv_k = np.asarray(uv_all[info["frames"].index(args["stroke_frame"] - args["strip_start"])], np.float32)
     h, w = uv_k.shape[:2]
     W, H = info["source_size"]
     x, y = args["paint_src"]

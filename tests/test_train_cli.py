@@ -171,7 +171,7 @@ def test_cancel_saves_a_resumable_checkpoint(tmp_path, tiny_clip):
 
     state = torch.load(proj / "checkpoint.pt", weights_only=False)
     assert 3 <= state["step"] < 50
-    assert not (proj / "maps.npz").exists()
+    assert not (proj / "maps").exists() and not (proj / "maps.npz").exists()
     assert main(["train", str(tiny_clip), "-o", str(proj), "--resume", "--iters", str(state["step"] + 2),
                  "--progress", "none"]) == 0
     assert Project.open(proj).metrics()["iterations"] == state["step"] + 2
@@ -194,7 +194,7 @@ def test_cancel_while_loading_leaves_a_resumable_project(tmp_path, tiny_clip):
     proj = tmp_path / "proj"
     with pytest.raises(Cancelled):
         train_project(tiny_clip, proj, TrainConfig(iters=3), progress)
-    assert (proj / "project.json").is_file() and not (proj / "frames.npy").exists()
+    assert (proj / "project.json").is_file() and not (proj / "cache" / "frames" / "meta.json").exists()
     proc = run_cli("train", str(tiny_clip), "-o", str(proj), "--iters", "3")
     assert_one_line_error(proc, "--resume")
     assert main(["train", str(tiny_clip), "-o", str(proj), "--resume", "--progress", "none"]) == 0

@@ -190,11 +190,11 @@ def test_movie_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "clip.mp4"
     video.write_movie(out, iter(frames), fps=12.5)
     info = video.probe(out)
-    assert (info.n_frames, info.width, info.height) == (10, 84, 62)  # padded to even sides
+    assert (info.n_frames, info.width, info.height) == (10, 83, 61)  # odd sides kept exactly (4:4:4)
     assert info.fps == pytest.approx(12.5)
-    back = video.load_clip(out, 0, 10, (84, 62), None)[:, :61, :83].astype(np.float32)
+    back = video.load_clip(out, 0, 10, (83, 61), None).astype(np.float32)
     err = np.abs(back - np.stack(frames).astype(np.float32))
-    assert err.mean() < 2.0 and np.percentile(err, 99) < 8  # crf 17, 4:2:0 chroma: visually lossless
+    assert err.mean() < 2.0 and np.percentile(err, 99) < 8  # crf 17: visually lossless
     with pytest.raises(InveError, match="exists"):
         video.write_movie(out, frames, fps=12.5)
     before = out.stat().st_mtime_ns
@@ -202,7 +202,21 @@ def test_movie_round_trip(tmp_path: Path) -> None:
     assert video.probe(out).n_frames == 3 and out.stat().st_mtime_ns >= before
     with pytest.raises(InveError, match="must end in"):
         video.write_movie(tmp_path / "clip.gif", frames, fps=10)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # no temp files
+    # no temp files; the movie's checksum sits in its sidecar (the output rule)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".clip.mp4.inve", "clip.mp4"]
+    # a movie the user replaced is never overwritten, even with overwrite=True
+    out.write_bytes(b"user's own cut")
+    with pytest.raises(InveError, match="changed"):
+        video.write_movie(out, frames, fps=12.5, overwrite=True)
+    assert out.read_bytes() == b"user's own cut"
+
+
+def test_even_sized_movie_stays_420(tmp_path: Path) -> None:
+    frames = [np.full((48, 64, 3), 30 * t, np.uint8) for t in range(3)]
+    assert video.movie_pixel_format(64, 48) == "yuv420p" and video.movie_pixel_format(101, 77) == "yuv444p"
+    video.write_movie(tmp_path / "even.mov", frames, fps=24)
+    info = video.probe(tmp_path / "even.mov")
+    assert (info.width, info.height, info.n_frames) == (64, 48, 3)
 
 
 def test_png_sequence(tmp_path: Path) -> None:
@@ -263,4 +277,6 @@ def test_load_progress_and_cancel(tmp_path: Path) -> None:
     with pytest.raises(Cancelled):
         video.load_clip(tmp_path / "seq", 0, 6, (40, 30), out, progress)
     assert list((tmp_path / "proj").iterdir()) == []  # neither frames.npy nor a temp file
-    assert len(frames) == 6
+    # the cancelled load left the source images as they were
+    assert sorted(p.name for p in (tmp_path / "seq").iterdir()) == sorted(f"frame{i}.png" for i in range(6))
+    np.testing.assert_array_equal(iio.imread(tmp_path / "seq" / "frame3.png"), frames[3])

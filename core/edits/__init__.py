@@ -18,39 +18,44 @@ from core.errors import InveError
 from core.progress import Progress
 from core.project import Project
 
-MOVIE_EXTENSIONS = (".mp4", ".mov", ".mkv")
+from core.video import MOVIE_EXTENSIONS  # noqa: E402,F401 - re-exported
 
 __all__ = ["EditSession", "EditLayer", "edit_command", "load_edits", "parse_edits", "check_output"]
 
 
 def check_output(out: Path, overwrite: bool = False) -> str:
-    """Refuse an output we must not write, before any work: returns "movie" or "folder"."""
+    """Refuse an output we must not write, before any work: returns "movie" or "folder".
+
+    The one output rule lives in ``core.fsutil``; this only asks it early, so a refusal
+    comes before rendering rather than after.
+    """
+    from core.video import check_movie_output, output_kind
+
     out = Path(out)
-    if out.suffix.lower() in MOVIE_EXTENSIONS:
-        if out.is_dir():
-            raise InveError(f"{out} is a folder, not a movie file")
-        if out.exists() and not overwrite:
-            raise InveError(f"{out} already exists; pass --overwrite to replace it")
-        return "movie"
-    if out.exists() and not out.is_dir():
-        raise InveError(f"output {out} exists and is not a folder")
-    if out.is_dir():
-        entries = list(out.iterdir())
-        if entries and not (out / fsutil.OUTPUT_MARKER).exists():
-            raise InveError(f"output folder {out} already holds {len(entries)} file(s) that inve did not write; "
-                            "choose an empty or new folder")
-    return "folder"
+    kind = output_kind(out)
+    if kind == "movie":
+        check_movie_output(out, overwrite)
+    else:
+        fsutil.prepare_output_dir(out, "output folder")
+    return kind
 
 
 def edit_command(project_dir: Path, edits_json: Path, out: Path, progress: Progress,
-                 overwrite: bool = False, project: Project | None = None) -> dict[str, Any]:
-    """Render a project's frames with an edit stack to a PNG folder or a movie."""
+                 overwrite: bool = False, project: Project | None = None, overlay: bool = False) -> dict[str, Any]:
+    """Render a project's frames with an edit stack to a PNG folder or a movie.
+
+    ``overlay``: RGBA PNGs holding only the edits (transparent where no edit touches), for
+    stacking above the original with Alpha Over; a movie cannot carry alpha, so it needs a folder.
+    """
     start = time.monotonic()
     project = project or Project.open(project_dir)
     maps = project.maps()
     layers = load_edits(Path(edits_json), project.info,
                         atlas_sizes=lambda: {L: int(a.shape[0]) for L, a in maps.atlas.items()})
     kind = check_output(Path(out), overwrite)
+    if overlay and kind == "movie":
+        raise InveError(f"--overlay writes RGBA PNGs, which {Path(out).suffix} movies cannot hold; "
+                        "give a folder as -o (or drop --overlay for a full-frame movie)")
     mapping = project.mapping() if needs_networks(layers) else None
     frames = project.frames()
     session = EditSession(project, layers, mapping=mapping, maps=maps)
@@ -59,7 +64,7 @@ def edit_command(project_dir: Path, edits_json: Path, out: Path, progress: Progr
     if T != info.n_frames or frames.shape[0] != T:
         raise InveError(f"{project.path} is inconsistent: {info.n_frames} frames in project.json, "
                         f"{T} in the baked maps, {frames.shape[0]} in {Project.FRAMES}; train it again")
-    stream = session.render_all(progress)
+    stream = session.render_all(progress, overlay=overlay)
     if kind == "movie":
         from core.video import write_movie
 
@@ -71,5 +76,5 @@ def edit_command(project_dir: Path, edits_json: Path, out: Path, progress: Progr
     seconds = time.monotonic() - start
     shown = sum(1 for l in layers if l.visible)
     return {"output": str(Path(out).resolve()), "frames": T, "layers": len(layers), "visible_layers": shown,
-            "seconds": round(seconds, 3),
-            "summary": f"wrote {T} frame(s) with {shown} edit layer(s) to {out} in {seconds:.1f} s"}
+            "seconds": round(seconds, 3), "overlay": overlay,
+            "summary": f"wrote {T} {'overlay ' if overlay else ''}frame(s) with {shown} edit layer(s) to {out} in {seconds:.1f} s"}

@@ -96,14 +96,14 @@ def frame_to_atlas(ctx: RenderContext, layer: str, t: int, image: torch.Tensor) 
     inside = (x >= 0) & (x < ctx.W) & (y >= 0) & (y < ctx.H)
     grid = torch.stack([x * (2.0 / ctx.W) - 1.0, y * (2.0 / ctx.H) - 1.0], -1)[None]  # [1, Rh, Rw, 2]
     # cycle test against the baked forward map (no network): uv(inverse(uv)) ~ uv
-    back = F.grid_sample(ctx._uv[layer][t:t + 1], grid, mode="bilinear", padding_mode="border",
+    back = F.grid_sample(ctx.uv_map(layer, t), grid, mode="bilinear", padding_mode="border",
                          align_corners=False)[0]
     cu = u0 + (torch.arange(Rw, dtype=torch.float32) + 0.5) * (u1 - u0) / Rw
     cv = v0 + (torch.arange(Rh, dtype=torch.float32) + 0.5) * (v1 - v0) / Rh
     err = torch.sqrt((back[0] - cu[None, :]) ** 2 + (back[1] - cv[:, None]) ** 2) * ctx.px_per_uv(layer)
     seen = inside & (err < ctx.CYCLE_TOL_PX)
     if ctx.has_fg:
-        a = F.grid_sample(ctx._alpha[t:t + 1], grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+        a = F.grid_sample(ctx.alpha_map(t), grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
         seen &= shows(layer, a)
     tex = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     tex = tex * seen.float()[None]

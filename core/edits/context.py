@@ -10,6 +10,7 @@ layer, drawing frame and edited atlas rectangle (:meth:`inverse_rect`, cached).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from core.layers import layer_at, shows
 from core.project import BakedMaps, LayeredMapping, Project
+from core.refine import Level, RefineConfig, Refined, grey, refine_positions
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in source pixels, half-open
 
@@ -54,6 +56,8 @@ class RenderContext:
     CYCLE_TOL_PX = 2.0
     #: stride (work pixels) of the uv scan that finds where a texture can show in a frame
     SCAN_STRIDE = 2
+    #: refine propagated points against the drawing frame's pixels (core/refine.py) by default
+    REFINE = True
 
     def __init__(self, project: Project, mapping: LayeredMapping | None = None,
                  maps: BakedMaps | None = None, frames: np.ndarray | None = None) -> None:
@@ -66,15 +70,17 @@ class RenderContext:
         self.w, self.h = self.maps.work_size
         self.T = self.maps.n_frames
         self.layers: list[str] = [L for L in self.info.layers if L in self.maps.uv]
-        # [T, C, h, w] tensors sharing memory layout suited to grid_sample
-        self._uv = {L: torch.from_numpy(np.ascontiguousarray(self.maps.uv[L])).permute(0, 3, 1, 2)
-                    for L in self.layers}
-        self._alpha = torch.from_numpy(np.ascontiguousarray(self.maps.alpha))[:, None]
+        # per-frame float32 [1, C, h, w] tensors for grid_sample, converted from the (memory-
+        # mapped, float16) baked maps when a frame is first used; the last few stay cached
+        self._frame_maps: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._px_per_uv: dict[str, float] = {}
         self._inv_cache: dict[tuple, torch.Tensor] = {}
         # normalised grid_sample coordinates of every source pixel centre, per axis
         self._xn = (torch.arange(self.W, dtype=torch.float32) + 0.5) * (2.0 / self.W) - 1.0
         self._yn = (torch.arange(self.H, dtype=torch.float32) + 0.5) * (2.0 / self.H) - 1.0
+        self.refine_enabled = self.REFINE
+        self.refine_cfg = RefineConfig()
+        self._levels: list[Level] | None = None
 
     # -- mapping (networks) ------------------------------------------------------------
     @property
@@ -82,6 +88,30 @@ class RenderContext:
         if self._mapping is None:
             self._mapping = self.project.mapping()
         return self._mapping
+
+    # -- the baked maps of one frame -----------------------------------------------------
+    MAP_CACHE = 8  # frames' maps kept converted (a render touches one frame many times)
+
+    def _frame_map(self, key: tuple[str, int], make) -> torch.Tensor:
+        m = self._frame_maps.get(key)
+        if m is None:
+            m = make()
+            self._frame_maps[key] = m
+            while len(self._frame_maps) > self.MAP_CACHE * (len(self.layers) + 1):
+                self._frame_maps.popitem(last=False)
+        else:
+            self._frame_maps.move_to_end(key)
+        return m
+
+    def uv_map(self, layer: str, t: int) -> torch.Tensor:
+        """Baked uv of frame t as float32 [1, 2, h, w]."""
+        return self._frame_map((layer, int(t)), lambda: torch.from_numpy(
+            np.array(self.maps.uv[layer][int(t)], np.float32)).permute(2, 0, 1)[None].contiguous())
+
+    def alpha_map(self, t: int) -> torch.Tensor:
+        """Baked foreground alpha of frame t as float32 [1, 1, h, w]."""
+        return self._frame_map(("alpha", int(t)), lambda: torch.from_numpy(
+            np.array(self.maps.alpha[int(t)], np.float32))[None, None])
 
     # -- sampling the baked maps at source positions -----------------------------------
     def _grid_points(self, xy: np.ndarray) -> torch.Tensor:
@@ -105,24 +135,24 @@ class RenderContext:
 
     def uv_box(self, layer: str, t: int, box: Box) -> torch.Tensor:
         """Atlas uv of the source pixels in ``box`` at frame t: [h, w, 2]."""
-        return self._box(self._uv[layer][t:t + 1], box).permute(1, 2, 0).contiguous()
+        return self._box(self.uv_map(layer, t), box).permute(1, 2, 0).contiguous()
 
     def alpha_box(self, t: int, box: Box) -> np.ndarray:
         """Foreground alpha of the source pixels in ``box`` at frame t: [h, w]."""
         x0, y0, x1, y1 = box
         if not self.has_fg:
             return np.zeros((y1 - y0, x1 - x0), np.float32)
-        return self._box(self._alpha[t:t + 1], box)[0].numpy()
+        return self._box(self.alpha_map(t), box)[0].numpy()
 
     def alpha_at(self, t: int, xy: np.ndarray) -> np.ndarray:
         """Foreground alpha at source points [N, 2] of frame t: [N]."""
         if not self.has_fg or len(xy) == 0:
             return np.zeros(len(xy), np.float32)
-        return self._sample(self._alpha[t:t + 1], self._grid_points(xy))[0, 0].numpy()
+        return self._sample(self.alpha_map(t), self._grid_points(xy))[0, 0].numpy()
 
     def uv_at(self, layer: str, t: int, xy: np.ndarray) -> np.ndarray:
         """Baked atlas uv at source points [N, 2] of frame t: [N, 2]."""
-        return self._sample(self._uv[layer][t:t + 1], self._grid_points(xy))[:, 0].T.numpy()
+        return self._sample(self.uv_map(layer, t), self._grid_points(xy))[:, 0].T.numpy()
 
     def occlusion_weight(self, layer: str, t: int, box: Box) -> np.ndarray:
         """How much of an edit on ``layer`` shows at each pixel: 1-alpha (bg) or alpha (fg)."""
@@ -171,12 +201,14 @@ class RenderContext:
         return inside & (err_px < self.CYCLE_TOL_PX) & np.isfinite(xy).all(-1)
 
     def propagate(self, layer: str, xy: np.ndarray, t_from: int, frames: Sequence[int] | None = None,
-                  uv: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  uv: np.ndarray | None = None, refine: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Carry source points of frame ``t_from`` to other frames in one batched call.
 
         Returns (uv [N, 2], xy_t [F, N, 2], cycle-consistent [F, N]) for ``frames``
         (default: all). Visibility inside the frame is left to the caller (margins differ).
-        ``uv`` (from an earlier call for the same points) skips the forward pass.
+        ``uv`` (from an earlier call for the same points) skips the forward pass. Positions
+        are refined against the drawing frame's pixels (:meth:`refine`) unless ``refine`` is
+        False (default: ``refine_enabled``): tracks, strokes and stickers all come through here.
         """
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
         frames = np.arange(self.T) if frames is None else np.asarray(frames, int)
@@ -189,7 +221,72 @@ class RenderContext:
         back = np.asarray(self.mapping.forward(layer, xy_all, t_all), np.float64)
         err_px = np.linalg.norm(back - uv_all, axis=-1) * self.px_per_uv(layer)
         ok = (err_px < self.CYCLE_TOL_PX) & np.isfinite(xy_all).all(-1)
-        return uv, xy_all.reshape(nf, n, 2), ok.reshape(nf, n)
+        xy_all, ok = xy_all.reshape(nf, n, 2), ok.reshape(nf, n)
+        if self.refine_enabled if refine is None else refine:
+            xy_all = self.refine(layer, xy, t_from, frames, xy_all, ok).xy
+        return uv, xy_all, ok
+
+    # -- photometric refinement ------------------------------------------------------------
+    def shown_at(self, layer: str, t: int, xy: np.ndarray) -> np.ndarray:
+        """Whether ``layer`` is the visible one at source points [N, 2] of frame t (core.layers)."""
+        return np.asarray(shows(layer, self.alpha_at(t, np.clip(xy, 0, [self.W, self.H]))))
+
+    def refine(self, layer: str, xy0: np.ndarray, t_from: int, frames: np.ndarray, xy: np.ndarray,
+               ok: np.ndarray) -> Refined:
+        """Refine propagated positions xy [F, N, 2] of points xy0 [N, 2] drawn at ``t_from``.
+
+        Points are matched where they are cycle-consistent (``ok``), inside the frame and on
+        their own layer; the local warp comes from the baked uv maps (no network call).
+        """
+        xy0 = np.asarray(xy0, np.float64).reshape(-1, 2)
+        frames = np.asarray(frames, int)
+        inside = (xy[..., 0] >= 0) & (xy[..., 0] <= self.W) & (xy[..., 1] >= 0) & (xy[..., 1] <= self.H)
+        valid = ok & inside
+        for i, t in enumerate(frames):
+            if valid[i].any():
+                valid[i] &= self.shown_at(layer, int(t), xy[i])
+        jac = np.zeros(xy.shape + (2,))
+        J0 = self._uv_jacobian(layer, t_from, xy0)
+        for i, t in enumerate(frames):
+            Jt = self._uv_jacobian(layer, int(t), xy[i])
+            det = Jt[:, 0, 0] * Jt[:, 1, 1] - Jt[:, 0, 1] * Jt[:, 1, 0]
+            inv = np.stack([np.stack([Jt[:, 1, 1], -Jt[:, 0, 1]], -1), np.stack([-Jt[:, 1, 0], Jt[:, 0, 0]], -1)], -2)
+            with np.errstate(all="ignore"):
+                jac[i] = np.where(np.abs(det)[:, None, None] > 1e-12, inv / det[:, None, None], np.nan) @ J0
+        good = np.isfinite(jac).all((-1, -2)) & (np.abs(np.linalg.det(np.nan_to_num(jac))) > 1e-3)
+        return refine_positions(self.levels(), t_from, xy0, frames, xy, jac, valid & good,
+                                mask=self._layer_mask(layer), cfg=self.refine_cfg)
+
+    def _uv_jacobian(self, layer: str, t: int, xy: np.ndarray) -> np.ndarray:
+        """d uv / d xy of the baked map at source points [N, 2] of frame t: [N, 2, 2] (columns d/dx, d/dy)."""
+        h = max(1.0, self.W / self.w)
+        pts = np.concatenate([xy + (h, 0), xy - (h, 0), xy + (0, h), xy - (0, h)])
+        uv = self.uv_at(layer, t, pts).astype(np.float64).reshape(4, -1, 2)
+        return np.stack([(uv[0] - uv[1]) / (2 * h), (uv[2] - uv[3]) / (2 * h)], -1)
+
+    def _layer_mask(self, layer: str):
+        if not self.has_fg:
+            return None
+
+        def mask(t: int, pos: torch.Tensor) -> torch.Tensor:
+            g = pos.reshape(1, 1, -1, 2) * torch.tensor([2.0 / self.W, 2.0 / self.H]) - 1.0
+            a = self._sample(self._alpha[t:t + 1], g.float())[0, 0].reshape(pos.shape[:-1])
+            return shows(layer, a).float()
+        return mask
+
+    def levels(self) -> list[Level]:
+        """Grey frame pyramid for refinement: the working resolution (if smaller), then the source."""
+        if self._levels is None:
+            import cv2  # noqa: PLC0415
+
+            src = Level(lambda t: grey(self.frames[t]), 1.0, (self.W, self.H))
+            self._levels = [src]
+            if max(self.W / self.w, self.H / self.h) > 1.2:
+                work = Level(lambda t: grey(cv2.resize(np.asarray(self.frames[t]), (self.w, self.h),
+                                                       interpolation=cv2.INTER_AREA)),
+                             max(self.W / self.w, self.H / self.h), (self.W, self.H))
+                self._levels = [work, src]
+        return self._levels
 
     def inverse_rect(self, layer: str, t: int, rect: tuple[float, float, float, float], Rw: int, Rh: int) -> torch.Tensor:
         """Source position of every texel of an Rh x Rw grid over the uv ``rect`` at frame t: [2, Rh, Rw].

@@ -50,3 +50,44 @@ def composite(frame: np.ndarray, patches: Sequence[Patch]) -> np.ndarray:
         np.clip(region, 0.0, 1.0, out=region)
         out[y0:y1, x0:x1] = (region * 255.0 + 0.5).astype(np.uint8)
     return out
+
+
+def composite_overlay(shape: tuple[int, int], patches: Sequence[Patch]) -> np.ndarray:
+    """Only the edits, as straight-alpha RGBA uint8 [H, W, 4] (``shape`` = (H, W)).
+
+    Why: laid over the original with Alpha Over (in Blender's Sequencer, or any editor) this
+    gives the same picture as :func:`composite`, while whatever the user does to the movie
+    underneath (grading, modifiers) stays visible. The patches are composited 'over' a
+    transparent frame in premultiplied space and un-premultiplied at the end; pixels no edit
+    touches stay (0, 0, 0, 0). An adjust layer's patch is its recoloured source pixels with
+    its region mask as alpha, so it comes out opaque inside the region.
+    """
+    H, W = shape
+    out = np.zeros((H, W, 4), np.uint8)
+    for (x0, y0, x1, y1), members in clusters([p.box for p in patches]):
+        rgb = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
+        a = np.zeros((y1 - y0, x1 - x0), np.float32)
+        for i in members:
+            p = patches[i]
+            px0, py0, px1, py1 = p.box
+            sl = (slice(py0 - y0, py1 - y0), slice(px0 - x0, px1 - x0))
+            keep = 1.0 - p.a
+            rgb[sl] *= keep[..., None]
+            rgb[sl] += p.rgb
+            a[sl] *= keep
+            a[sl] += p.a
+        np.clip(a, 0.0, 1.0, out=a)
+        straight = np.divide(rgb, a[..., None], out=np.zeros_like(rgb), where=a[..., None] > 1e-6)
+        np.clip(straight, 0.0, 1.0, out=straight)
+        region = out[y0:y1, x0:x1]
+        region[..., :3] = (straight * 255.0 + 0.5).astype(np.uint8)
+        region[..., 3] = (a * 255.0 + 0.5).astype(np.uint8)
+        region[region[..., 3] == 0] = 0  # fully transparent stays exactly (0, 0, 0, 0)
+    return out
+
+
+def alpha_over(frame: np.ndarray, overlay: np.ndarray) -> np.ndarray:
+    """Straight RGBA ``overlay`` over an RGB uint8 ``frame`` (what Alpha Over does): uint8 [H, W, 3]."""
+    a = overlay[..., 3:4].astype(np.float32) * (1.0 / 255.0)
+    out = frame.astype(np.float32) * (1.0 - a) + overlay[..., :3].astype(np.float32) * a
+    return (out + 0.5).astype(np.uint8)

@@ -18,7 +18,7 @@ import torch
 
 from core.edits.context import Patch, RenderContext
 from core.edits.paint import AdjustRenderer, AtlasPaintRenderer, PaintRenderer
-from core.edits.render import composite
+from core.edits.render import composite, composite_overlay
 from core.edits.sketch import SketchRenderer, StrokeCache
 from core.edits.spec import (AdjustLayer, AtlasLayer, EditLayer, PaintLayer, SketchLayer, StickerLayer,
                              load_edits, parse_edits)
@@ -145,23 +145,36 @@ class EditSession:
                 if spec.visible:
                     self.renderer(spec, prepare=False).prepare(self.ctx)
 
-    def render_frame(self, t: int, cache: bool = True) -> np.ndarray:
-        """Project frame t with all visible layers: uint8 [H, W, 3] at source resolution."""
+    def frame_patches(self, t: int, cache: bool = True) -> list[Patch]:
+        """Every visible layer's patches at project frame t, back to front."""
         patches: list[Patch] = []
         with torch_threads(RENDER_THREADS):
             for spec in self.layers:
                 if spec.visible:
                     patches.extend(self.layer_patches(spec, t, cache))
-            return composite(self.ctx.frames[t], patches)
+        return patches
 
-    def render_all(self, progress: Progress | None = None, cache: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    def render_frame(self, t: int, cache: bool = True, overlay: bool = False) -> np.ndarray:
+        """Project frame t with all visible layers at source resolution.
+
+        Full frame: uint8 [H, W, 3], the original with the edits composited. ``overlay``: only
+        the edits, straight-alpha uint8 [H, W, 4], transparent where no edit touches (see
+        :func:`~core.edits.render.composite_overlay`).
+        """
+        patches = self.frame_patches(t, cache)
+        if overlay:
+            return composite_overlay((self.ctx.H, self.ctx.W), patches)
+        return composite(self.ctx.frames[t], patches)
+
+    def render_all(self, progress: Progress | None = None, cache: bool = False,
+                   overlay: bool = False) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (project frame index, frame) for every frame, reporting stage 'render'."""
         T = self.ctx.T
         if progress is not None:
             progress.update("render", 0, T, force=True)
         self.prepare()
         for t in range(T):
-            img = self.render_frame(t, cache=cache)
+            img = self.render_frame(t, cache=cache, overlay=overlay)
             if progress is not None:
                 progress.update("render", t + 1, T)
             yield t, img

@@ -1,0 +1,580 @@
+"""``inve serve``: a long-lived engine process speaking JSON lines on stdin/stdout.
+
+Why: a cold ``inve edit`` re-imports torch, reloads the checkpoint and every baked map and
+re-renders everything for each click, seconds per Propagate. The add-on instead starts one
+service per Blender session; it keeps an :class:`~core.edits.EditSession` warm per open project
+(at most ``max_projects``, least recently used closed first), so changing a layer and
+re-rendering the frame under the playhead costs milliseconds.
+
+Protocol (also in README, section *Engine service*): one request per line
+``{"id": N, "op": ..., ...}``; every reply line is one JSON object with the same ``id`` and an
+``event``: ``progress`` / ``frame`` while working, then exactly one ``done`` or ``error``
+(``{"message", "cancelled"}``). A line that is not a JSON object with an ``op`` gets an
+``error`` with ``"id": null``; nothing a client sends stops the service.
+
+Threads: the main thread runs requests one at a time, in order. A reader thread reads stdin,
+so ``cancel`` (and ``hello``, ``shutdown``) act at once while a long request runs; it also
+drops a queued ``render_frame`` when a newer one for the same project arrives (the old one ends
+with ``error`` ``cancelled``/``superseded``): a preview only needs the latest frame. While
+propagating, PNG encoding and the optional movie run on writer threads, overlapped with
+rendering. stdout carries only protocol lines: file descriptor 1 is pointed at stderr for
+everything else (library prints, ffmpeg), the protocol writes to a private copy.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, TextIO
+
+import numpy as np
+
+from core import __version__, fsutil
+from core.errors import Cancelled, InveError
+from core.progress import CancelToken, Progress, _clean
+
+PROTOCOL_VERSION = 1
+OPS = ("hello", "open", "info", "set_edits", "render_frame", "propagate", "track", "fingerprint",
+       "cancel", "shutdown")
+#: zlib level of preview PNGs (render_frame): level 1 encodes a full 1080p frame about 3x faster
+#: than the default 6 for ~15 % more bytes; a preview is rewritten at every change.
+PNG_LEVEL = 1
+#: frames rendered ahead of the PNG writer while propagating (bounds memory at 1080p)
+WRITE_AHEAD = 8
+
+
+class Emitter:
+    """Writes protocol lines (one JSON object each), from any thread, never interleaved."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def __call__(self, rid: Any, event: str, **fields: Any) -> None:
+        line = json.dumps(_clean({"id": rid, "event": event, **fields}), default=_jsonable)
+        with self._lock:
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                pass  # the client went away; the reader sees EOF and the service stops
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays and paths in results become plain JSON values."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+class RequestProgress(Progress):
+    """``--progress json`` events of one request, tagged with its id."""
+
+    def __init__(self, emit: Emitter, rid: Any, cancel: CancelToken) -> None:
+        super().__init__("json", cancel=cancel, min_interval=0.1)
+        self._emit, self._rid = emit, rid
+
+    def _emit_json(self, obj: dict[str, Any]) -> None:
+        obj = dict(obj)
+        event = obj.pop("event")
+        self._emit(self._rid, event, **obj)
+
+
+@dataclass
+class Request:
+    id: Any
+    op: str
+    fields: dict[str, Any]
+    cancel: CancelToken = field(default_factory=CancelToken)
+    superseded_by: Any = None
+
+
+def encode_png(img: np.ndarray, level: int = PNG_LEVEL) -> bytes:
+    """PNG bytes of an 8-bit RGB or RGBA image at zlib ``level``."""
+    import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", np.ascontiguousarray(img), extension=".png", compress_level=int(level))
+
+
+class OpenProject:
+    """A project held by the service: its warm edit session and what it was opened from."""
+
+    def __init__(self, path: Path) -> None:
+        from core.edits import EditSession
+        from core.project import Project
+
+        self.path = path
+        self.stamp = self.files_stamp(path)
+        self.project = Project.open(path)
+        maps = self.project.maps()  # a clear InveError when it has none yet
+        self.session = EditSession(self.project, [], maps=maps)
+        info = self.project.info
+        T = self.session.ctx.T
+        if T != info.n_frames or self.session.ctx.frames.shape[0] != T:
+            raise InveError(f"{path} is inconsistent: {info.n_frames} frames in project.json, {T} in the "
+                            f"baked maps, {self.session.ctx.frames.shape[0]} source frames; train it again")
+        self.edits_doc: Any = None
+
+    @staticmethod
+    def files_stamp(path: Path) -> tuple:
+        """Names, sizes and modification times of the project's entries: changes when it is retrained.
+
+        Output folders inve wrote (they hold its marker) are left out, so propagating into the
+        project folder does not make it look changed.
+        """
+        try:
+            return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in path.iterdir()
+                                if not p.name.startswith(".") and not (p / fsutil.OUTPUT_MARKER).exists()
+                                and (st := p.stat())))
+        except OSError:
+            return ()
+
+    def warm_mapping(self) -> None:
+        """Load the networks now (if the project has them), so the first edit does not wait."""
+        try:
+            _ = self.session.ctx.mapping
+        except InveError:
+            pass
+
+
+class Service:
+    """The request loop; :func:`main` wires it to stdin/stdout."""
+
+    def __init__(self, out: TextIO, max_projects: int = 4) -> None:
+        self.emit = Emitter(out)
+        self.max_projects = max(1, int(max_projects))
+        self.projects: collections.OrderedDict[str, OpenProject] = collections.OrderedDict()
+        self._queue: collections.deque[Request | None] = collections.deque()
+        self._cond = threading.Condition()
+        self._running: Request | None = None
+        self._stopping = False
+        self._shutdown_id: Any = None
+        self._written: dict[str, tuple[int, int]] = {}  # preview files this process wrote: size, mtime
+
+    # -- reader side -----------------------------------------------------------------------
+    def feed(self, line: str) -> None:
+        """Handle one stdin line (reader thread): parse, answer at once or queue."""
+        line = line.strip()
+        if not line:
+            return
+        try:
+            msg = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self.emit(None, "error", message=f"not a JSON line: {exc}", cancelled=False)
+            return
+        if not isinstance(msg, dict):
+            self.emit(None, "error", message="a request must be a JSON object {\"id\": ..., \"op\": ...}",
+                      cancelled=False)
+            return
+        rid, op = msg.get("id"), msg.get("op")
+        if not isinstance(rid, (int, str)) or isinstance(rid, bool):
+            self.emit(None, "error", message=f"request has no usable 'id' (a number or string): {line[:80]}",
+                      cancelled=False)
+            return
+        if op not in OPS:
+            self.emit(rid, "error", message=f"unknown op {json.dumps(op)[:40]}; ops are {', '.join(OPS)}",
+                      cancelled=False)
+            return
+        fields = {k: v for k, v in msg.items() if k not in ("id", "op")}
+        req = Request(rid, op, fields)
+        if op == "hello":
+            self.emit(rid, "done", **self.hello())
+        elif op == "cancel":
+            self.emit(rid, "done", cancelled=self.cancel(fields.get("target")))
+        elif op == "shutdown":
+            self.stop(rid)
+        else:
+            self.enqueue(req)
+
+    def enqueue(self, req: Request) -> None:
+        with self._cond:
+            if self._stopping:
+                self.emit(req.id, "error", message="the service is shutting down", cancelled=True)
+                return
+            if req.op == "render_frame":
+                key = self._key(req.fields.get("project"))
+                for old in list(self._queue):
+                    if (old is not None and old.op == "render_frame"
+                            and self._key(old.fields.get("project")) == key):
+                        self._queue.remove(old)
+                        self.emit(old.id, "error", message=f"superseded by request {req.id}", cancelled=True,
+                                  superseded_by=req.id)
+            self._queue.append(req)
+            self._cond.notify()
+
+    def cancel(self, target: Any) -> bool:
+        """Cancel a queued or running request; True if there was one."""
+        with self._cond:
+            if self._running is not None and self._running.id == target:
+                self._running.cancel.cancel()
+                return True
+            for req in list(self._queue):
+                if req is not None and req.id == target:
+                    self._queue.remove(req)
+                    self.emit(req.id, "error", message="cancelled", cancelled=True)
+                    return True
+        return False
+
+    def stop(self, rid: Any = None) -> None:
+        """Shutdown (or stdin closed): cancel everything, let the worker end, then answer ``rid``."""
+        with self._cond:
+            if self._stopping:
+                if rid is not None:  # a second shutdown: answered like the first
+                    self.emit(rid, "done", closed=[])
+                return
+            self._stopping = True
+            self._shutdown_id = rid
+            if self._running is not None:
+                self._running.cancel.cancel()
+            for req in list(self._queue):
+                if req is not None:
+                    self.emit(req.id, "error", message="cancelled: the service is shutting down", cancelled=True)
+            self._queue.clear()
+            self._queue.append(None)
+            self._cond.notify()
+
+    def read_forever(self, stream: Any) -> None:
+        """Reader thread body: lines from a binary stream until EOF, which stops the service."""
+        try:
+            for raw in iter(stream.readline, b""):
+                try:
+                    self.feed(raw.decode("utf-8"))
+                except UnicodeDecodeError as exc:
+                    self.emit(None, "error", message=f"not UTF-8 text: {exc}", cancelled=False)
+                except Exception as exc:  # never let one line kill the reader
+                    traceback.print_exc(file=sys.stderr)
+                    self.emit(None, "error", message=f"internal error: {exc}", cancelled=False)
+        finally:
+            self.stop(None)
+
+    # -- worker side ------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Run queued requests in order until shutdown (main thread)."""
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                req = self._queue.popleft()
+                if req is None:
+                    break
+                self._running = req
+            try:
+                self.run(req)
+            finally:
+                with self._cond:
+                    self._running = None
+        if self._shutdown_id is not None:
+            self.emit(self._shutdown_id, "done", closed=list(self.projects))
+        self.projects.clear()
+
+    def run(self, req: Request) -> None:
+        """One request: exactly one ``done`` or ``error`` line, whatever happens."""
+        handler = getattr(self, f"op_{req.op}")
+        try:
+            req.cancel.raise_if_cancelled()
+            result = handler(req)
+        except Cancelled:
+            self.emit(req.id, "error", message="cancelled", cancelled=True)
+        except InveError as exc:
+            self.emit(req.id, "error", message=str(exc), cancelled=False)
+        except MemoryError:
+            self.emit(req.id, "error", message="out of memory; close other projects or use smaller ones",
+                      cancelled=False)
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            self.emit(req.id, "error", message=f"internal error in {req.op}: {type(exc).__name__}: {exc}",
+                      cancelled=False)
+        else:
+            self.emit(req.id, "done", **result)
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _key(project: Any) -> str:
+        return str(Path(str(project)).expanduser().resolve()) if isinstance(project, str) and project else ""
+
+    @staticmethod
+    def _field(req: Request, name: str, kind: type | tuple, what: str) -> Any:
+        if name not in req.fields:
+            raise InveError(f"{req.op}: missing '{name}' ({what})")
+        value = req.fields[name]
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise InveError(f"{req.op}: '{name}' must be {what}, got {json.dumps(value)[:60]}")
+        return value
+
+    def _path(self, req: Request, name: str, what: str) -> Path:
+        value = self._field(req, name, str, what)
+        if not value.strip():
+            raise InveError(f"{req.op}: '{name}' is empty")
+        return Path(value).expanduser()
+
+    def project(self, req: Request) -> OpenProject:
+        """The request's project, opened (or reopened after retraining) and marked most recent."""
+        path = self._path(req, "project", "a project folder path")
+        key = self._key(str(path))
+        held = self.projects.get(key)
+        if held is not None and OpenProject.files_stamp(Path(key)) != held.stamp:
+            del self.projects[key]  # retrained or changed on disk: reload, keep the edit stack
+            doc = held.edits_doc
+            held = None
+        else:
+            doc = None
+        if held is None:
+            held = OpenProject(Path(key))
+            if doc is not None:
+                try:
+                    held.session.set_edits(doc[0], doc[1])
+                    held.edits_doc = doc
+                except InveError:
+                    pass  # the stack no longer fits the new project: the client sets it again
+            self.projects[key] = held
+            while len(self.projects) > self.max_projects:
+                self.projects.popitem(last=False)
+        self.projects.move_to_end(key)
+        return held
+
+    def hello(self) -> dict[str, Any]:
+        from importlib import metadata
+
+        versions = {}
+        for pkg in ("torch", "numpy"):
+            try:
+                versions[pkg] = metadata.version(pkg)
+            except metadata.PackageNotFoundError:
+                versions[pkg] = None
+        return {"engine": "inve", "version": __version__, "protocol": PROTOCOL_VERSION, "ops": list(OPS),
+                "python": platform.python_version(), **versions, "pid": os.getpid(),
+                "max_projects": self.max_projects}
+
+    def _info(self, held: OpenProject) -> dict[str, Any]:
+        from core.cli import _info
+
+        return {**_info(str(held.path)), "open": True}
+
+    # -- operations ------------------------------------------------------------------------
+    def op_open(self, req: Request) -> dict[str, Any]:
+        held = self.project(req)
+        held.warm_mapping()
+        return self._info(held)
+
+    def op_info(self, req: Request) -> dict[str, Any]:
+        from core.cli import _info
+
+        path = self._path(req, "project", "a project folder path")
+        return {**_info(str(path)), "open": self._key(str(path)) in self.projects}
+
+    def op_set_edits(self, req: Request) -> dict[str, Any]:
+        held = self.project(req)
+        doc = self._field(req, "edits", dict, "an EDITS.json document (an object)")
+        base = self._path(req, "base", "a folder for relative image paths") if "base" in req.fields else held.path
+        held.session.set_edits(doc, base, fname="edits")
+        held.edits_doc = (doc, base)
+        layers = held.session.layers
+        return {"layers": len(layers), "visible_layers": sum(1 for l in layers if l.visible)}
+
+    def op_render_frame(self, req: Request) -> dict[str, Any]:
+        start, cpu = time.perf_counter(), time.process_time()
+        held = self.project(req)
+        frame = self._field(req, "frame", int, "a source frame index")
+        out = self._path(req, "output", "a PNG file path")
+        overlay = bool(req.fields.get("overlay", False))
+        if out.suffix.lower() != ".png":
+            raise InveError(f"render_frame: output must be a .png file, got {out}")
+        self._check_preview_target(out, bool(req.fields.get("overwrite", False)))
+        t = held.project.info.frame_index(frame)
+        img = held.session.render_frame(t, overlay=overlay)
+        req.cancel.raise_if_cancelled()
+        fsutil.write_bytes(out, encode_png(img))
+        st = out.stat()
+        self._written[str(out.resolve())] = (st.st_size, st.st_mtime_ns)
+        return {"frame": frame, "path": str(out.resolve()), "overlay": overlay,
+                "ms": round((time.perf_counter() - start) * 1000.0, 1),
+                "cpu_ms": round((time.process_time() - cpu) * 1000.0, 1)}
+
+    def _check_preview_target(self, out: Path, overwrite: bool) -> None:
+        """A preview file may replace only what inve wrote (this process, or a folder inve marked)."""
+        if out.is_dir():
+            raise InveError(f"render_frame: {out} is a folder; output must name a .png file")
+        if not out.exists() or overwrite:
+            return
+        st = out.stat()
+        if self._written.get(str(out.resolve())) == (st.st_size, st.st_mtime_ns):
+            return
+        if (out.parent / fsutil.OUTPUT_MARKER).exists():
+            return
+        raise InveError(f"render_frame: {out} exists and was not written by this engine; "
+                        "choose another path or pass \"overwrite\": true")
+
+    def op_propagate(self, req: Request) -> dict[str, Any]:
+        from core.edits import check_output
+        from core.edits.render import alpha_over, composite, composite_overlay
+        from core.video import write_movie, write_png_sequence
+
+        start, cpu = time.perf_counter(), time.process_time()
+        held = self.project(req)
+        out = self._path(req, "output", "a folder for the PNG frames")
+        overlay = bool(req.fields.get("overlay", False))
+        movie = self._path(req, "movie", "a .mp4/.mov/.mkv path") if req.fields.get("movie") is not None else None
+        if check_output(out) != "folder":
+            raise InveError(f"propagate: output must be a folder (PNG frames), got {out}; "
+                            "a movie goes in 'movie'")
+        if movie is not None and check_output(movie, bool(req.fields.get("overwrite", False))) != "movie":
+            raise InveError(f"propagate: movie must end in .mp4, .mov or .mkv, got {movie}")
+        session, info = held.session, held.project.info
+        progress = RequestProgress(self.emit, req.id, req.cancel)
+        T = session.ctx.T
+        progress.update("render", 0, T, force=True)
+        session.prepare()
+
+        png_q: queue.Queue = queue.Queue(maxsize=WRITE_AHEAD)
+        movie_q: queue.Queue | None = queue.Queue(maxsize=WRITE_AHEAD) if movie is not None else None
+        written: list[int] = []
+        failures: list[BaseException] = []
+        ended: set[int] = set()  # id() of queues whose end marker a writer consumed
+
+        def frames_from(q: queue.Queue, announce: bool) -> Iterator[Any]:
+            """Items off a queue; with ``announce``, a ``frame`` event once each PNG is on disk."""
+            pending = None
+            while True:
+                item = q.get()
+                if pending is not None and announce:  # asked for the next: the previous one is written
+                    written.append(pending[0])
+                    self.emit(req.id, "frame", frame=pending[0],
+                              path=str((out / f"{pending[0]:0{digits}d}.png").resolve()))
+                if item is None or isinstance(item, BaseException):
+                    ended.add(id(q))
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                pending = item
+                yield item
+
+        digits = max(4, len(str(info.frames[-1])))
+
+        def png_writer() -> None:
+            try:
+                write_png_sequence(out, frames_from(png_q, True), last_index=info.frames[-1])
+            except BaseException as exc:  # reported by the render loop
+                failures.append(exc)
+                if id(png_q) not in ended:
+                    _drain(png_q)
+
+        def movie_writer() -> None:
+            assert movie_q is not None and movie is not None
+            try:
+                write_movie(movie, (img for img in frames_from(movie_q, False)), info.fps,
+                            overwrite=bool(req.fields.get("overwrite", False)))
+            except BaseException as exc:
+                failures.append(exc)
+                if id(movie_q) not in ended:
+                    _drain(movie_q)
+
+        threads = [threading.Thread(target=png_writer, name="inve-png-writer", daemon=True)]
+        if movie_q is not None:
+            threads.append(threading.Thread(target=movie_writer, name="inve-movie-writer", daemon=True))
+        for th in threads:
+            th.start()
+        outcome: BaseException | None = None
+        try:
+            for t in range(T):
+                patches = session.frame_patches(t)  # cached: the next propagate re-uses unchanged layers
+                if overlay:
+                    img = composite_overlay((session.ctx.H, session.ctx.W), patches)
+                    full = alpha_over(session.ctx.frames[t], img) if movie_q is not None else None
+                else:
+                    img = full = composite(session.ctx.frames[t], patches)
+                if failures:
+                    raise failures[0]
+                png_q.put((info.frames[t], img))
+                if movie_q is not None:
+                    movie_q.put(full)
+                progress.update("render", t + 1, T)
+        except BaseException as exc:
+            outcome = exc
+        end = Cancelled() if isinstance(outcome, Cancelled) else (InveError("propagate stopped")
+                                                                  if outcome is not None else None)
+        png_q.put(end)
+        if movie_q is not None:
+            movie_q.put(end)
+        for th in threads:
+            th.join()
+        if outcome is not None:
+            raise outcome
+        if failures:
+            raise failures[0]
+        seconds = time.perf_counter() - start
+        return {"output": str(out.resolve()), "frames": len(written), "overlay": overlay,
+                "movie": str(movie.resolve()) if movie is not None else None, "seconds": round(seconds, 3),
+                "cpu_seconds": round(time.process_time() - cpu, 3), "layers": len(session.layers),
+                "visible_layers": sum(1 for l in session.layers if l.visible)}
+
+    def op_track(self, req: Request) -> dict[str, Any]:
+        from core.track import parse_points, track_points
+
+        held = self.project(req)
+        doc = self._field(req, "points", dict, "a POINTS.json document (an object)")
+        points = parse_points(doc, held.project.info, "points")
+        tracks = track_points(held.session.ctx, points)
+        return {"tracks": {"frames": list(held.project.info.frames), "tracks": [tr.to_json() for tr in tracks]}}
+
+    def op_fingerprint(self, req: Request) -> dict[str, Any]:
+        from core.identity import source_fingerprint
+
+        path = self._path(req, "path", "a movie file or image folder")
+        if not path.exists():
+            raise InveError(f"fingerprint: {path} not found")
+        return {"path": str(path.resolve()), "fingerprint": source_fingerprint(path)}
+
+
+def _drain(q: queue.Queue) -> None:
+    """Keep a failed writer's queue moving so the render loop never blocks on it."""
+    def run() -> None:
+        while True:
+            item = q.get()
+            if item is None or isinstance(item, BaseException):
+                return
+    threading.Thread(target=run, daemon=True).start()
+
+
+def protocol_stream() -> TextIO:
+    """A private copy of stdout for protocol lines; fd 1 then points at stderr.
+
+    Why: libraries and child processes (ffmpeg, warnings, prints) write to fd 1 at will; one
+    stray line would corrupt the protocol. After this only the service writes to the pipe.
+    """
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(fd, "w", encoding="utf-8", newline="\n", buffering=1)
+
+
+def serve_command(max_projects: int = 4) -> dict[str, Any]:
+    """Run the service on this process's stdin/stdout until shutdown or EOF."""
+    import signal
+
+    service = Service(protocol_stream(), max_projects=max_projects)
+    if threading.current_thread() is threading.main_thread():  # SIGINT/SIGTERM: stop like EOF
+        for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), lambda signum, frame: service.stop(None))
+    reader = threading.Thread(target=service.read_forever, args=(sys.stdin.buffer,), name="inve-serve-reader",
+                              daemon=True)
+    reader.start()
+    service.serve_forever()
+    reader.join(timeout=1.0)
+    if reader.is_alive():
+        # Shut down while the client keeps stdin open: the reader sits in readline() holding
+        # stdin's buffer lock, and interpreter finalisation would abort on that lock (SIGABRT).
+        # Everything is written and closed by now, so leave without finalisation.
+        sys.stderr.flush()
+        os._exit(0)
+    return {}

@@ -1,0 +1,45 @@
+"""Run ``inve serve`` on ground-truth synthetic projects (no trained networks): a test launcher.
+
+``python tests/serve_gt.py SPEC.json`` rebuilds the synthetic clip described in SPEC.json
+(``make_clip`` arguments; deterministic), makes every project use its analytic mapping instead
+of a checkpoint, then runs the real service. If SPEC names a ``delay_file`` holding a number,
+each frame's rendering first sleeps that many seconds (to cancel or kill mid-work on purpose).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from synth import make_clip  # noqa: E402
+from core import cli  # noqa: E402
+from core.edits.session import EditSession  # noqa: E402
+from core.project import Project  # noqa: E402
+
+
+def main() -> int:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    clip = make_clip(**spec["clip"])
+    Project.mapping = lambda self, device="cpu": clip.gt  # type: ignore[assignment]
+    delay_file = spec.get("delay_file")
+    if delay_file:
+        orig = EditSession.frame_patches
+
+        def slow(self, t, cache=True):
+            try:
+                time.sleep(float(Path(delay_file).read_text()))
+            except (OSError, ValueError):
+                pass
+            return orig(self, t, cache)
+
+        EditSession.frame_patches = slow  # type: ignore[assignment]
+    return cli.main(["serve", *sys.argv[2:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
