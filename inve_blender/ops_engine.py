@@ -68,17 +68,24 @@ def check_in_background(spec: engine_env.EngineSpec) -> None:
     _check_thread.start()
 
 
-def _startup_check() -> None:
-    """Timer callback once after registration (interactive Blender only)."""
+def _startup_check() -> float | None:
+    """Timer callback after registration (interactive Blender only): start the check once, then
+    redraw until it is done so the panel shows the answer without being hovered."""
+    global _startup_started
     from .preferences import engine_spec
 
-    try:
-        if engine_env.cached_status() is None:
-            check_in_background(engine_spec())
-    except Exception:  # noqa: BLE001 - a start-up check must never break Blender's start
-        pass
+    if not _startup_started:
+        _startup_started = True
+        try:
+            if engine_env.cached_status() is None:
+                check_in_background(engine_spec())
+        except Exception:  # noqa: BLE001 - a start-up check must never break Blender's start
+            return None
     _redraw()
-    return None
+    return POLL_SECONDS if checking() else None
+
+
+_startup_started = False
 
 
 def _redraw() -> None:
@@ -94,7 +101,8 @@ def _tick() -> float | None:
     if installing() or checking():
         return POLL_SECONDS
     if _installer is not None:
-        _finish()
+        _finish()  # starts the engine check: keep redrawing until it is done
+        return POLL_SECONDS if checking() else None
     return None
 
 
@@ -113,7 +121,6 @@ def _finish() -> None:
             engine_env.set_status(engine_env.check(engine_spec()))
         else:
             check_in_background(engine_spec())
-            bpy.app.timers.register(_tick, first_interval=POLL_SECONDS)
 
 
 # -- operators ------------------------------------------------------------------------------
@@ -178,7 +185,7 @@ class INVE_OT_install_engine(bpy.types.Operator):
                         result.message)
             return {"FINISHED"} if result.ok else {"CANCELLED"}
         _installer.start()
-        bpy.app.timers.register(_tick, first_interval=POLL_SECONDS)
+        bpy.app.timers.register(_tick, first_interval=POLL_SECONDS, persistent=True)
         self.report({"INFO"}, f"Installing the engine into {engine_home()} (log: {_installer.log_path})")
         return {"FINISHED"}
 
@@ -240,7 +247,8 @@ def draw_install(layout: bpy.types.UILayout) -> None:
 
 def register() -> None:
     if not bpy.app.background:
-        bpy.app.timers.register(_startup_check, first_interval=1.0)
+        # persistent: Blender loads the start-up file after enabling add-ons, which drops other timers
+        bpy.app.timers.register(_startup_check, first_interval=1.0, persistent=True)
 
 
 def unregister() -> None:

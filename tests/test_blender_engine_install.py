@@ -65,6 +65,8 @@ def test_install_engine_operator_offline_and_online_refusal(tmp_path: Path) -> N
     assert r["fake_numpy"] == "2.2.6"
     assert r["log_poll"] == "" and "Successfully installed" in (home / "install.log").read_text()
     assert r["draw_ok"]
+    ok, message, origin = r["startup_status"]
+    assert not ok and message.startswith("The engine needs torch") and origin == "engine environment", message
     assert r["unregistered"]
 
 
@@ -105,6 +107,14 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
                           capture_output=True, text=True, timeout=60)
     out["fake_numpy"] = proc.stdout.strip()
     out["log_poll"] = "" if bpy.ops.inve.open_engine_log.poll() else "no log"
+    # the start-up check (a timer in interactive Blender; called here): runs in a thread, the
+    # panel reads the result when it lands; this environment has no real torch, so it says so
+    engine_env.set_status(None)
+    ops_engine._startup_started = False
+    ops_engine._startup_check()
+    ops_engine._check_thread.join(120)
+    st = engine_env.cached_status()
+    out["startup_status"] = [st.ok, st.message, st.spec.origin] if st else None
     # the panel part draws (into a stub layout that accepts any call)
 
     class Any_:
