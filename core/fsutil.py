@@ -432,10 +432,19 @@ class OutputFolder:
     def write_png(self, name: str, image: np.ndarray, compress_level: int | None = None) -> Path:
         return self.write(name, _png_writer(image, compress_level))
 
+    def _adopt_records(self) -> None:
+        """Keep what other writers recorded in this folder's marker since ``begin()``
+        (``write_movie``/``write_output_file`` record single files there), so rewriting
+        the marker never forgets a file inve wrote."""
+        marker = _read_marker(self.path)
+        if marker is not None:
+            self.files = {**marker["files"], **self.files}
+
     def finish(self, stale: Callable[[str], bool] | None = None) -> None:
         """Mark the folder complete; files matching ``stale`` not written by this run go
         away when they are still ours and unchanged (a user's copy stays)."""
         keep = set(self.written)
+        self._adopt_records()
         if stale is not None:
             for name in list(self.files):
                 if name not in keep and stale(name):
@@ -451,6 +460,7 @@ class OutputFolder:
     def abort(self, reason: str) -> None:
         """Leave the folder marked incomplete, saying which files this run wrote."""
         with contextlib.suppress(OSError, InveError):
+            self._adopt_records()
             _write_marker(self.path, self.files, complete=False,
                           extra={"interrupted": reason, "written_this_run": sorted(self.written)})
             (self.path / JOURNAL).unlink()

@@ -270,7 +270,7 @@ class RenderContext:
 
         def mask(t: int, pos: torch.Tensor) -> torch.Tensor:
             g = pos.reshape(1, 1, -1, 2) * torch.tensor([2.0 / self.W, 2.0 / self.H]) - 1.0
-            a = self._sample(self._alpha[t:t + 1], g.float())[0, 0].reshape(pos.shape[:-1])
+            a = self._sample(self.alpha_map(t), g.float())[0, 0].reshape(pos.shape[:-1])
             return shows(layer, a).float()
         return mask
 
