@@ -130,8 +130,9 @@ def _parse_shot(i: int, raw: Any, base: Path, problems: list[str]) -> Shot | Non
         v = raw.get(key)
         if v is not None and (not _is_number(v) or not v > 0 or v != v or v == float("inf")):
             problems.append(f"{where}: \"{key}\" must be a positive number, got {v!r}")
-    if raw.get("device", "auto") not in ("auto", "cpu", "cuda"):
-        problems.append(f"{where}: \"device\" must be \"auto\", \"cpu\" or \"cuda\", got {raw.get('device')!r}")
+    if raw.get("device", "auto") not in ("auto", "cpu", "cuda", "mps"):
+        problems.append(f"{where}: \"device\" must be \"auto\", \"cpu\", \"cuda\" or \"mps\", "
+                        f"got {raw.get('device')!r}")
     if "seed" in raw and not _is_int(raw["seed"]):
         problems.append(f"{where}: \"seed\" must be an integer, got {raw['seed']!r}")
     if "single_layer" in raw and not isinstance(raw["single_layer"], bool):
@@ -221,7 +222,11 @@ def shot_state(shot: Shot, root: Path) -> str:
         return "new"
     project = Project.open(folder)
     info = project.info
-    if Path(info.source).resolve() != shot.video:
+    try:
+        source = project.source_path().resolve()
+    except InveError:
+        source = Path(info.source).resolve()
+    if source != shot.video:
         raise InveError(f"shot {shot.name!r}: {folder} holds a project of {info.source}, not of {shot.video}; "
                         "rename the shot or choose another ROOT")
     if shot.frames is not None:

@@ -77,9 +77,9 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     from importlib import import_module
 
     bpy.ops.extensions.package_install_files(filepath=args["zip"], repo="user_default", enable_on_install=True)
-    engine_env = import_module(ADDON_MODULE + ".engine_env")
-    preferences = import_module(ADDON_MODULE + ".preferences")
-    ops_engine = import_module(ADDON_MODULE + ".ops_engine")
+    engine_env = import_module(ADDON_MODULE + ".io.engine_env")
+    preferences = import_module(ADDON_MODULE + ".blender.preferences")
+    ops_engine = import_module(ADDON_MODULE + ".blender.ops_engine")
     engine_env.requirements = lambda root=None: list(REQS)  # the real ones are gigabytes of PyTorch
     out: dict[str, Any] = {}
     bpy.context.preferences.system.use_online_access = False

@@ -1,6 +1,6 @@
 """Install Engine (the add-on's own engine environment) and the background engine check: thin glue.
 
-The work is :mod:`.io.engine_setup` (plain Python, tested without Blender): a venv in a per-user
+The work is :mod:`..io.engine_setup` (plain Python, tested without Blender): a venv in a per-user
 folder shared by every Blender version, PyTorch for this machine, progress, cancel, a log. Here:
 the operators (Install Engine, Cancel, Open Log), a timer that redraws while the installer's
 thread runs, and the start-up re-check of the engine that runs in a thread so the panel never
@@ -15,17 +15,21 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 import bpy
 from bpy.props import StringProperty
 
-from . import engine_env
-from .io import engine_setup
+from ..io import engine_env, engine_setup
 
 POLL_SECONDS = 0.3
 _installer: engine_setup.EngineInstaller | None = None
 _last: engine_setup.Progress | None = None
 _check_thread: threading.Thread | None = None
+# preferences.engine_spec, handed over by register(): this module must not import the preferences
+# (they draw with it), so the add-on's package wires the two together
+_spec_fn: Callable[[], engine_env.EngineSpec] | None = None
+ADDON_ID = __package__.rpartition(".")[0]
 
 
 def engine_home() -> Path:
@@ -72,13 +76,11 @@ def _startup_check() -> float | None:
     """Timer callback after registration (interactive Blender only): start the check once, then
     redraw until it is done so the panel shows the answer without being hovered."""
     global _startup_started
-    from .preferences import engine_spec
-
     if not _startup_started:
         _startup_started = True
         try:
-            if engine_env.cached_status() is None:
-                check_in_background(engine_spec())
+            if engine_env.cached_status() is None and _spec_fn is not None:
+                check_in_background(_spec_fn())
         except Exception:  # noqa: BLE001 - a start-up check must never break Blender's start
             return None
     _redraw()
@@ -109,18 +111,16 @@ def _tick() -> float | None:
 def _finish() -> None:
     """The install ended: keep its result for the panel and re-check the engine."""
     global _installer, _last
-    from .preferences import engine_spec
-
     if _installer is None:
         return
     _last = _installer.snapshot()
     _installer = None
     engine_env.set_status(None)
-    if _last.ok:
+    if _last.ok and _spec_fn is not None:
         if bpy.app.background:
-            engine_env.set_status(engine_env.check(engine_spec()))
+            engine_env.set_status(engine_env.check(_spec_fn()))
         else:
-            check_in_background(engine_spec())
+            check_in_background(_spec_fn())
 
 
 # -- operators ------------------------------------------------------------------------------
@@ -144,9 +144,8 @@ class INVE_OT_install_engine(bpy.types.Operator):
         return True
 
     def _wheels(self, context: bpy.types.Context) -> str:
-        from .preferences import prefs
-
-        p = prefs(context)
+        addon = context.preferences.addons.get(ADDON_ID)
+        p = addon.preferences if addon is not None else None
         folder = self.wheels_dir or (getattr(p, "wheels_dir", "") if p is not None else "")
         return bpy.path.abspath(folder) if folder else ""
 
@@ -245,7 +244,9 @@ def draw_install(layout: bpy.types.UILayout) -> None:
         layout.label(text=(p.error or p.message)[:120], icon="CANCEL" if p.cancelled else "ERROR")
 
 
-def register() -> None:
+def register(spec_fn: Callable[[], engine_env.EngineSpec]) -> None:
+    global _spec_fn
+    _spec_fn = spec_fn
     if not bpy.app.background:
         # persistent: Blender loads the start-up file after enabling add-ons, which drops other timers
         bpy.app.timers.register(_startup_check, first_interval=1.0, persistent=True)
