@@ -128,8 +128,14 @@ def _info(project_dir: str) -> dict:
     from core.project import Project
 
     proj = Project.open(project_dir)
-    return {"project": str(proj.path.resolve()), "trained": proj.is_trained,
-            **proj.info.to_json(), "metrics": proj.metrics(), "size_on_disk": proj.size_on_disk()}
+    metrics = proj.metrics()
+    out = {"project": str(proj.path.resolve()), "trained": proj.is_trained, **proj.info.to_json(),
+           "metrics": metrics, "size_on_disk": proj.size_on_disk()}
+    if "per_frame" in metrics:
+        from core.confidence import frame_summary  # noqa: PLC0415
+
+        out["confidence"] = frame_summary(metrics["per_frame"])
+    return out
 
 
 def run(args: argparse.Namespace, progress: Progress) -> dict:

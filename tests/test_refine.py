@@ -84,3 +84,30 @@ def test_refinement_removes_drift_far_from_the_drawing_frame(drifting):
     assert far_raw > 1.0  # the drift this test is about
     assert np.median(far) <= 0.5, (np.median(far), far_raw)
     assert np.mean(ref[:, 1] < 1.0) > 0.9
+
+
+def test_tracks_report_their_own_error(drifting):
+    """TRACKS.json's error_px: small where the track is right, large where it is not."""
+    clip, project = drifting
+    gt = clip.gt
+    ctx = RenderContext(project, mapping=DriftingMapping(gt, amount=3.0))
+    xy = np.array([[30.0, 20.0], [130.0, 25.0], [40.0, 95.0], [120.0, 90.0]])
+    pts = [PointSpec(str(i), 0, 0, tuple(p), "bg") for i, p in enumerate(xy)]
+    # refined: estimates are small and cover the true error
+    tracks = track_points(ctx, pts)
+    ts = np.arange(gt.n_frames, dtype=np.float64)
+    true_err, est = [], []
+    for tr, p in zip(tracks, pts):
+        truth = gt.inverse("bg", np.repeat(gt.forward("bg", np.array([p.xy]), [0.0]), len(ts), 0), ts)
+        ok = tr.visible & (gt.alpha(truth, ts) < 0.5)
+        true_err.append(np.linalg.norm(tr.xy - truth, axis=1)[ok])
+        est.append(tr.error_px[ok])
+        assert len(tr.to_json()["error_px"]) == gt.n_frames
+    true_err, est = np.concatenate(true_err), np.concatenate(est)
+    assert np.mean(true_err <= est + 0.25) > 0.9
+    assert np.median(est) < 0.6
+    # where refinement is not allowed to act, the mapping's drift shows in the estimate
+    ctx.refine_cfg.min_ncc = 2.0  # nothing is accepted: every position is the mapping's
+    tracks = track_points(ctx, pts)
+    far = np.concatenate([tr.error_px[30:] for tr in tracks])
+    assert np.median(far) > 1.0

@@ -226,6 +226,14 @@ class RenderContext:
             xy_all = self.refine(layer, xy, t_from, frames, xy_all, ok).xy
         return uv, xy_all, ok
 
+    def cycle_error_px(self, layer: str, uv: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        """forward(xy_t) vs the points' uv [N, 2], source px, for positions xy [F, N, 2] of all frames."""
+        F_, n = xy.shape[:2]
+        t_all = np.repeat(np.arange(F_, dtype=np.float64), n)
+        back = np.asarray(self.mapping.forward(layer, xy.reshape(-1, 2), t_all), np.float64)
+        err = np.linalg.norm(back - np.tile(uv, (F_, 1)), axis=-1) * self.px_per_uv(layer)
+        return err.reshape(F_, n)
+
     # -- photometric refinement ------------------------------------------------------------
     def shown_at(self, layer: str, t: int, xy: np.ndarray) -> np.ndarray:
         """Whether ``layer`` is the visible one at source points [N, 2] of frame t (core.layers)."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from .worker import engine_env
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # inve_blender/
 REQUIRED_MODULES = ("torch", "numpy", "imageio", "imageio_ffmpeg", "cv2")
 PROBE = (
     "import json, importlib\n"

@@ -6,9 +6,10 @@ import os
 import bpy
 from bpy.props import StringProperty
 
-from . import engine_env
+from ..io import engine_env
+from .ui import draw_engine_status
 
-ADDON_ID = __package__
+ADDON_ID = __package__.rpartition(".")[0]  # the add-on package (inve_blender or bl_ext.<repo>.inve_blender)
 
 
 def prefs(context: bpy.types.Context | None = None) -> "INVE_AP_preferences | None":
@@ -47,8 +48,6 @@ class INVE_AP_preferences(bpy.types.AddonPreferences):
         update=_python_changed)
 
     def draw(self, context: bpy.types.Context) -> None:
-        from .panels import draw_engine_status
-
         layout = self.layout
         layout.prop(self, "python_path")
         draw_engine_status(layout, context, in_preferences=True)
