@@ -38,6 +38,10 @@ class StoreWriter:
         self._pending[name] = (Path(tmp), arr)
         return arr
 
+    def has(self, name: str) -> bool:
+        """Whether ``name`` was created in this writer (and is waiting for the commit)."""
+        return name in self._pending
+
     def put(self, name: str, array: np.ndarray, dtype: Any | None = None) -> None:
         """Store a whole array (converted to ``dtype``) under ``name``."""
         array = np.asarray(array)

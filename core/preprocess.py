@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,9 +72,79 @@ def _open_store(folder: Path, key: str) -> dict[str, np.ndarray] | None:
     if meta is None or meta.get("key") != key:
         return None
     try:
-        return {name: arraystore.open_array(folder, name, mmap=False) for name in meta.get("arrays", [])}
+        arrays: dict[str, Any] = {name: arraystore.open_array(folder, name, mmap=False)
+                                  for name in meta.get("arrays", [])}
+        arrays["meta"] = meta
+        return arrays
     except (OSError, ValueError):
         return None
+
+
+def _unpack_masks(cached: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    if cached is None or "masks" not in cached or "meta" not in cached:
+        return None
+    meta = cached["meta"]
+    shape = tuple(int(v) for v in meta.get("shape", ()))
+    if len(shape) != 3:
+        return None
+    m = cached["masks"]
+    if meta.get("packed"):
+        n = int(np.prod(shape))
+        if m.size * 8 < n:
+            return None
+        m = np.unpackbits(m, count=n).reshape(shape)
+    elif m.shape != shape:
+        return None
+    return {"masks": m}
+
+
+FRAMES_DIR = "frames"  # PROJECT/cache/frames: working-size frames (core.arraystore)
+
+
+def working_frames(cache_dir: Path, source: str, vinfo: Any, start: int, end: int, work: tuple[int, int],
+                   progress: Progress | None) -> np.ndarray:
+    """Working-size frames uint8 [T, h, w, 3]: from the project's cache, or decoded once and cached.
+
+    The cache holds only what the fit needs (a few MB where a source-resolution copy took
+    hundreds); a resume reads it instead of decoding the movie again. Keyed by the source's
+    content fingerprint, the range and the size, so a replaced source is decoded anew.
+    """
+    from core import video as vio  # noqa: PLC0415
+    from core.identity import source_fingerprint  # noqa: PLC0415
+
+    key = f"{source_fingerprint(source)}|{vinfo.width}x{vinfo.height}|{start}:{end}|{work[0]}x{work[1]}"
+    folder = Path(cache_dir) / FRAMES_DIR
+    meta = arraystore.read_meta(folder)
+    if meta is not None and meta.get("key") == key:
+        try:
+            frames = arraystore.open_array(folder, "frames", mmap=False)
+            if frames.shape == (end - start, work[1], work[0], 3) and frames.dtype == np.uint8:
+                return frames
+        except (OSError, ValueError):
+            pass
+    frames = vio.load_clip(source, start, end, work, None, progress)
+    store = arraystore.StoreWriter(folder)
+    store.put("frames", frames, np.uint8)
+    store.commit({"key": key})
+    return frames
+
+
+def release_cache(cache_dir: Path) -> int:
+    """Remove what a finished project does not need: working frames and flow (bytes freed).
+
+    Editing reads only the baked maps and the source; flow is the largest part of a long
+    shot's project (8 bytes per working pixel per frame) and is recomputed (with the frames)
+    when training resumes. Masks stay: they are small, and a user's masks may be gone later.
+    """
+    import shutil  # noqa: PLC0415
+
+    freed = 0
+    for name in (FLOW_DIR, FRAMES_DIR):
+        folder = Path(cache_dir) / name
+        if folder.is_dir():
+            freed += arraystore.folder_size(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    return freed
 
 
 def get_flow(cache_dir: Path, frames: np.ndarray, digest: str, progress: Progress | None) -> FlowField:
@@ -135,7 +206,8 @@ def preprocess(cache_dir: Path, frames: np.ndarray, masks_dir: Path | None, sing
         key = f"{_flow_key(digest)}|{MASKS_VERSION}"
     folder = cache_dir / MASKS_DIR
     cached = _open_store(folder, key)
-    if cached is not None and "masks" in cached and cached["masks"].shape[1:] in ((0, 0), (h, w)):
+    cached = _unpack_masks(cached)
+    if cached is not None and cached["masks"].shape[1:] in ((0, 0), (h, w)):
         masks = cached["masks"] if cached["masks"].shape[0] == t_count else None
         if progress is not None:
             progress.message("masks: reusing the cached result")
@@ -149,8 +221,11 @@ def preprocess(cache_dir: Path, frames: np.ndarray, masks_dir: Path | None, sing
             if progress is not None:
                 progress.update("masks", 1, 1)
         store = arraystore.StoreWriter(folder)
-        store.put("masks", masks if masks is not None else np.zeros((0, 0, 0), np.uint8), np.uint8)
-        store.commit({"key": key})
+        stored = masks if masks is not None else np.zeros((0, 0, 0), np.uint8)
+        binary = bool(stored.size == 0 or stored.max() <= 1)
+        # binary masks (auto, user) are stored as bits: 1/8 of the bytes on disk
+        store.put("masks", np.packbits(stored.reshape(-1)) if binary else stored, np.uint8)
+        store.commit({"key": key, "shape": list(stored.shape), "packed": binary})
         if masks is not None:
             save_mask_preview(frames, masks, cache_dir / PREVIEW_FILE)
     if masks is None:  # nothing moves apart from the background (the caller tells the user)

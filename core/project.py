@@ -4,7 +4,8 @@ Layout (see ARCHITECTURE.md)::
 
     PROJECT/
       project.json      ProjectInfo: source, frame range, sizes, fps, layers, settings, versions
-      cache/            working-size frames, flow, masks (reused by --resume; memory-mapped .npy)
+      cache/            masks; while training also working-size frames and flow (reused by
+                        --resume after a cancel; removed once the maps are baked)
       checkpoint.pt     networks + optimizer + step (written atomically, resumable)
       maps/             baked per-frame UV maps, alpha maps and float atlases (BakedMaps;
                         memory-mapped .npy files, meta.json written last)
@@ -158,15 +159,30 @@ class BakedMaps:
     def work_size(self) -> tuple[int, int]:
         return int(self.alpha.shape[2]), int(self.alpha.shape[1])
 
-    def save(self, path: str | Path) -> None:
-        """Write the maps to the folder ``path`` (``meta.json`` last, as the commit marker)."""
+    @classmethod
+    def writer(cls, path: str | Path) -> Any:
+        """A store in the maps folder ``path`` whose ``frame_array(name, shape)`` gives the
+        memory-mapped arrays a bake writes into; pass it to :meth:`save` to commit them."""
         from core import arraystore  # noqa: PLC0415
 
         store = arraystore.StoreWriter(path)
+        store.frame_array = lambda name, shape: store.create(name, shape, cls.MAP_DTYPE)  # type: ignore[attr-defined]
+        return store
+
+    def save(self, path: str | Path, store: Any = None) -> None:
+        """Write the maps to the folder ``path`` (``meta.json`` last, as the commit marker).
+
+        With ``store`` (from :meth:`writer`), maps already written into it are committed as
+        they are instead of being copied."""
+        from core import arraystore  # noqa: PLC0415
+
+        store = store if store is not None else arraystore.StoreWriter(path)
         try:
-            _put_frames(store, "alpha", self.alpha, self.MAP_DTYPE)
+            if not store.has("alpha"):
+                _put_frames(store, "alpha", self.alpha, self.MAP_DTYPE)
             for layer in self.uv:
-                _put_frames(store, f"uv_{layer}", self.uv[layer], self.MAP_DTYPE)
+                if not store.has(f"uv_{layer}"):
+                    _put_frames(store, f"uv_{layer}", self.uv[layer], self.MAP_DTYPE)
                 store.put(f"atlas_{layer}", self.atlas[layer], np.float32)
                 store.put(f"atlas_used_{layer}", self.atlas_used[layer], np.float32)
             for old in Path(path).glob("*.npy"):  # layers of an earlier bake that this one lacks

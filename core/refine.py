@@ -206,4 +206,42 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
     return Refined(out, accepted, ncc_out, shift_out)
 
 
-__all__ = ["RefineConfig", "Refined", "Level", "refine_positions", "grey"]
+#: error of a refined position: this floor plus NCC shortfall times ``NCC_ERROR_PX``
+REFINED_FLOOR_PX = 0.1
+NCC_ERROR_PX = 2.0
+#: drift assumed per frame of distance where no frame of a track could be matched
+DRIFT_PER_FRAME_PX = 0.05
+
+
+def error_estimate(frames: np.ndarray, t0: int, refined: Refined, cycle_px: np.ndarray) -> np.ndarray:
+    """The engine's estimate of its own error at each position, source px [F, N] (confidence).
+
+    Where a position was refined, the match itself measured the mapping's error there and
+    what is left is the match's precision (a floor, more where the NCC is lower). Elsewhere
+    the mapping's own error is what the accepted matches of the same track measured nearby
+    (the drift is smooth in time: interpolated between them), or, for a track that could not
+    be matched anywhere, a drift growing with the distance from the drawing frame; the
+    mapping's cycle error at the position is added.
+    """
+    frames = np.asarray(frames, float)
+    F_, N = refined.accepted.shape
+    err = np.zeros((F_, N))
+    order = np.argsort(frames)
+    for n in range(N):
+        acc = refined.accepted[:, n]
+        ncc = np.nan_to_num(refined.ncc[:, n], nan=0.0)
+        here = REFINED_FLOOR_PX + NCC_ERROR_PX * np.clip(1.0 - ncc, 0.0, 1.0)
+        if acc.any():
+            fs = frames[order][acc[order]]
+            drift = np.interp(frames, fs, refined.shift[order][acc[order], n])
+            # beyond the last match the drift keeps growing
+            gap = np.maximum(fs.min() - frames, 0) + np.maximum(frames - fs.max(), 0)
+            drift = drift + DRIFT_PER_FRAME_PX * gap
+        else:
+            drift = DRIFT_PER_FRAME_PX * np.abs(frames - t0)
+        err[:, n] = np.where(acc, here, drift + np.nan_to_num(cycle_px[:, n], nan=10.0))
+        err[frames == t0, n] = np.minimum(err[frames == t0, n], np.nan_to_num(cycle_px[frames == t0, n], nan=0.0))
+    return err
+
+
+__all__ = ["RefineConfig", "Refined", "Level", "refine_positions", "grey", "error_estimate"]

@@ -47,7 +47,7 @@ OPS = ("hello", "open", "info", "set_edits", "render_frame", "propagate", "track
 #: zlib level of preview PNGs (render_frame): level 1 encodes a full 1080p frame about 3x faster
 #: than the default 6 for ~15 % more bytes; a preview is rewritten at every change.
 PNG_LEVEL = 1
-#: frames rendered ahead of the PNG writer while propagating (bounds memory at 1080p)
+#: frames rendered ahead of the movie writer while propagating (bounds memory at 1080p)
 WRITE_AHEAD = 8
 
 
@@ -157,7 +157,6 @@ class Service:
         self._running: Request | None = None
         self._stopping = False
         self._shutdown_id: Any = None
-        self._written: dict[str, tuple[int, int]] = {}  # preview files this process wrote: size, mtime
 
     # -- reader side -----------------------------------------------------------------------
     def feed(self, line: str) -> None:
@@ -387,30 +386,17 @@ class Service:
         overlay = bool(req.fields.get("overlay", False))
         if out.suffix.lower() != ".png":
             raise InveError(f"render_frame: output must be a .png file, got {out}")
-        self._check_preview_target(out, bool(req.fields.get("overwrite", False)))
+        if out.is_dir():
+            raise InveError(f"render_frame: {out} is a folder; output must name a .png file")
         t = held.project.info.frame_index(frame)
         img = held.session.render_frame(t, overlay=overlay)
         req.cancel.raise_if_cancelled()
-        fsutil.write_bytes(out, encode_png(img))
-        st = out.stat()
-        self._written[str(out.resolve())] = (st.st_size, st.st_mtime_ns)
+        data = encode_png(img)
+        # the output rule: replaces only a file inve wrote there and nobody changed since
+        fsutil.write_output_file(out, lambda tmp: tmp.write_bytes(data), "preview file")
         return {"frame": frame, "path": str(out.resolve()), "overlay": overlay,
                 "ms": round((time.perf_counter() - start) * 1000.0, 1),
                 "cpu_ms": round((time.process_time() - cpu) * 1000.0, 1)}
-
-    def _check_preview_target(self, out: Path, overwrite: bool) -> None:
-        """A preview file may replace only what inve wrote (this process, or a folder inve marked)."""
-        if out.is_dir():
-            raise InveError(f"render_frame: {out} is a folder; output must name a .png file")
-        if not out.exists() or overwrite:
-            return
-        st = out.stat()
-        if self._written.get(str(out.resolve())) == (st.st_size, st.st_mtime_ns):
-            return
-        if (out.parent / fsutil.OUTPUT_MARKER).exists():
-            return
-        raise InveError(f"render_frame: {out} exists and was not written by this engine; "
-                        "choose another path or pass \"overwrite\": true")
 
     def op_propagate(self, req: Request) -> dict[str, Any]:
         from core.edits import check_output
@@ -421,95 +407,73 @@ class Service:
         held = self.project(req)
         out = self._path(req, "output", "a folder for the PNG frames")
         overlay = bool(req.fields.get("overlay", False))
+        overwrite = bool(req.fields.get("overwrite", False))
         movie = self._path(req, "movie", "a .mp4/.mov/.mkv path") if req.fields.get("movie") is not None else None
         if check_output(out) != "folder":
             raise InveError(f"propagate: output must be a folder (PNG frames), got {out}; "
                             "a movie goes in 'movie'")
-        if movie is not None and check_output(movie, bool(req.fields.get("overwrite", False))) != "movie":
+        if movie is not None and check_output(movie, overwrite) != "movie":
             raise InveError(f"propagate: movie must end in .mp4, .mov or .mkv, got {movie}")
         session, info = held.session, held.project.info
+        ctx = session.ctx
         progress = RequestProgress(self.emit, req.id, req.cancel)
-        T = session.ctx.T
+        T = ctx.T
         progress.update("render", 0, T, force=True)
         session.prepare()
-
-        png_q: queue.Queue = queue.Queue(maxsize=WRITE_AHEAD)
-        movie_q: queue.Queue | None = queue.Queue(maxsize=WRITE_AHEAD) if movie is not None else None
         written: list[int] = []
-        failures: list[BaseException] = []
-        ended: set[int] = set()  # id() of queues whose end marker a writer consumed
 
-        def frames_from(q: queue.Queue, announce: bool) -> Iterator[Any]:
-            """Items off a queue; with ``announce``, a ``frame`` event once each PNG is on disk."""
-            pending = None
-            while True:
-                item = q.get()
-                if pending is not None and announce:  # asked for the next: the previous one is written
-                    written.append(pending[0])
-                    self.emit(req.id, "frame", frame=pending[0],
-                              path=str((out / f"{pending[0]:0{digits}d}.png").resolve()))
-                if item is None or isinstance(item, BaseException):
-                    ended.add(id(q))
-                if item is None:
-                    return
+        def on_written(frame: int, path: Path) -> None:  # writer thread, as each PNG lands
+            written.append(frame)
+            self.emit(req.id, "frame", frame=frame, path=str(Path(path).resolve()))
+
+        movie_q: queue.Queue | None = queue.Queue(maxsize=WRITE_AHEAD) if movie is not None else None
+        movie_error: list[BaseException] = []
+
+        def movie_frames() -> Iterator[np.ndarray]:
+            assert movie_q is not None
+            while (item := movie_q.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                pending = item
                 yield item
 
-        digits = max(4, len(str(info.frames[-1])))
-
-        def png_writer() -> None:
-            try:
-                write_png_sequence(out, frames_from(png_q, True), last_index=info.frames[-1])
-            except BaseException as exc:  # reported by the render loop
-                failures.append(exc)
-                if id(png_q) not in ended:
-                    _drain(png_q)
-
         def movie_writer() -> None:
-            assert movie_q is not None and movie is not None
             try:
-                write_movie(movie, (img for img in frames_from(movie_q, False)), info.fps,
-                            overwrite=bool(req.fields.get("overwrite", False)))
+                write_movie(movie, movie_frames(), info.fps, overwrite=overwrite)  # type: ignore[arg-type]
             except BaseException as exc:
-                failures.append(exc)
-                if id(movie_q) not in ended:
-                    _drain(movie_q)
+                movie_error.append(exc)
+                while not isinstance(movie_q.get(), (type(None), BaseException)):  # type: ignore[union-attr]
+                    pass  # keep the render loop from blocking on a dead writer
 
-        threads = [threading.Thread(target=png_writer, name="inve-png-writer", daemon=True)]
-        if movie_q is not None:
-            threads.append(threading.Thread(target=movie_writer, name="inve-movie-writer", daemon=True))
-        for th in threads:
-            th.start()
-        outcome: BaseException | None = None
-        try:
+        def frames() -> Iterator[tuple[int, np.ndarray]]:
             for t in range(T):
-                patches = session.frame_patches(t)  # cached: the next propagate re-uses unchanged layers
+                patches = session.frame_patches(t)  # cached: a later propagate re-uses unchanged layers
                 if overlay:
-                    img = composite_overlay((session.ctx.H, session.ctx.W), patches)
-                    full = alpha_over(session.ctx.frames[t], img) if movie_q is not None else None
+                    img = composite_overlay((ctx.H, ctx.W), patches)
+                    full = alpha_over(ctx.frames[t], img) if movie_q is not None else None
                 else:
-                    img = full = composite(session.ctx.frames[t], patches)
-                if failures:
-                    raise failures[0]
-                png_q.put((info.frames[t], img))
+                    img = full = composite(ctx.frames[t], patches)
+                if movie_error:
+                    raise movie_error[0]
                 if movie_q is not None:
                     movie_q.put(full)
-                progress.update("render", t + 1, T)
+                yield info.frames[t], img
+                progress.update("render", t + 1, T)  # raises Cancelled once a cancel arrived
+
+        mover = threading.Thread(target=movie_writer, name="inve-movie-writer", daemon=True) if movie_q else None
+        if mover is not None:
+            mover.start()
+        try:
+            write_png_sequence(out, frames(), last_index=info.frames[-1], on_written=on_written)
         except BaseException as exc:
-            outcome = exc
-        end = Cancelled() if isinstance(outcome, Cancelled) else (InveError("propagate stopped")
-                                                                  if outcome is not None else None)
-        png_q.put(end)
-        if movie_q is not None:
-            movie_q.put(end)
-        for th in threads:
-            th.join()
-        if outcome is not None:
-            raise outcome
-        if failures:
-            raise failures[0]
+            if movie_q is not None:
+                movie_q.put(exc if isinstance(exc, Cancelled) else InveError("propagate stopped"))
+            raise
+        finally:
+            if mover is not None:
+                movie_q.put(None)  # type: ignore[union-attr]
+                mover.join()
+        if movie_error:
+            raise movie_error[0]
         seconds = time.perf_counter() - start
         return {"output": str(out.resolve()), "frames": len(written), "overlay": overlay,
                 "movie": str(movie.resolve()) if movie is not None else None, "seconds": round(seconds, 3),
@@ -532,16 +496,6 @@ class Service:
         if not path.exists():
             raise InveError(f"fingerprint: {path} not found")
         return {"path": str(path.resolve()), "fingerprint": source_fingerprint(path)}
-
-
-def _drain(q: queue.Queue) -> None:
-    """Keep a failed writer's queue moving so the render loop never blocks on it."""
-    def run() -> None:
-        while True:
-            item = q.get()
-            if item is None or isinstance(item, BaseException):
-                return
-    threading.Thread(target=run, daemon=True).start()
 
 
 def protocol_stream() -> TextIO:

@@ -22,6 +22,7 @@ from core import fsutil
 from core.edits.context import RenderContext
 from core.errors import InveError
 from core.layers import shows
+from core.refine import error_estimate
 from core.project import Project, ProjectInfo
 
 
@@ -40,11 +41,15 @@ class Track:
     layer: str
     xy: np.ndarray  # [T, 2] source pixels
     visible: np.ndarray  # [T] bool
+    error_px: np.ndarray | None = None  # [T] the engine's estimate of its own error (confidence)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "layer": self.layer,
-                "xy": [[round(float(x), 3), round(float(y), 3)] for x, y in self.xy],
-                "visible": [bool(v) for v in self.visible]}
+        d = {"id": self.id, "layer": self.layer,
+             "xy": [[round(float(x), 3), round(float(y), 3)] for x, y in self.xy],
+             "visible": [bool(v) for v in self.visible]}
+        if self.error_px is not None:
+            d["error_px"] = [round(float(e), 3) for e in self.error_px]
+        return d
 
 
 def _finite_number(v: Any) -> bool:
@@ -103,7 +108,14 @@ def track_points(ctx: RenderContext, points: Sequence[PointSpec]) -> list[Track]
         groups.setdefault((L, p.t), []).append(i)
     for (L, t), idx in groups.items():
         xy0 = np.array([points[i].xy for i in idx])
-        _, xy, ok = ctx.propagate(L, xy0, t)  # [T, N, 2], [T, N]
+        uv, xy, ok = ctx.propagate(L, xy0, t, refine=False)  # [T, N, 2], [T, N]
+        frames = np.arange(ctx.T)
+        if ctx.refine_enabled:
+            refined = ctx.refine(L, xy0, t, frames, xy, ok)
+            err = error_estimate(frames, t, refined, ctx.cycle_error_px(L, uv, xy))
+            xy = refined.xy
+        else:
+            err = None
         inside = (xy[..., 0] >= 0) & (xy[..., 0] <= ctx.W) & (xy[..., 1] >= 0) & (xy[..., 1] <= ctx.H)
         vis = ok & inside
         if ctx.has_fg:
@@ -111,7 +123,8 @@ def track_points(ctx: RenderContext, points: Sequence[PointSpec]) -> list[Track]
                 a = ctx.alpha_at(tt, np.clip(xy[tt], 0, [ctx.W, ctx.H]))
                 vis[tt] &= shows(L, a)
         for j, i in enumerate(idx):
-            tracks[i] = Track(points[i].id, L, xy[:, j].astype(np.float64), vis[:, j])
+            tracks[i] = Track(points[i].id, L, xy[:, j].astype(np.float64), vis[:, j],
+                              None if err is None else err[:, j])
     return [tr for tr in tracks if tr is not None]
 
 

@@ -26,18 +26,30 @@ import numpy as np
 import torch
 
 from core import __version__, fsutil
-from core.bake import bake
+from core.bake import atlas_psnr, bake
 from core.device import pick_device
 from core.errors import Cancelled, InveError
 from core.model import LayeredAtlasModel, ModelConfig, config_from_json, config_to_json
 from core.objectives import LossWeights, Objective
 from core.progress import Progress
-from core.project import Project, ProjectInfo
+from core.project import BakedMaps, Project, ProjectInfo
 from core.sampling import TrainingData
 from core.schedules import CoarseToFine, InversePolish, LearningRate, Schedule
 
 DEFAULT_MAX_SIDE = 256
 DEFAULT_MINUTES = 4.0
+# Length-aware default budget: DEFAULT_MINUTES for the reference shot (40 frames at 256x192)
+# growing with the square root of the work (frames x working pixels) up to MAX_DEFAULT_MINUTES.
+# Square root, not linear: stratified sampling shares each step among all frames and
+# neighbouring frames teach the same atlas, so quality per step falls much slower than 1/T.
+REFERENCE_WORK = 40 * 256 * 192
+MAX_DEFAULT_MINUTES = 12.0
+
+
+def default_minutes(n_frames: int, work_size: tuple[int, int]) -> float:
+    """The training budget used when neither --iters nor --minutes is given."""
+    work = n_frames * work_size[0] * work_size[1]
+    return round(min(MAX_DEFAULT_MINUTES, max(DEFAULT_MINUTES, DEFAULT_MINUTES * math.sqrt(work / REFERENCE_WORK))), 1)
 
 
 @dataclass
@@ -47,6 +59,7 @@ class TrainConfig:
     frames: tuple[int, int] | None = None
     max_side: int = DEFAULT_MAX_SIDE
     masks: str | None = None
+    fg_hint: str | None = None  # HINTS.json: outlines grown into the masks (core/hints.py)
     iters: int | None = None
     minutes: float | None = None
     device: str = "auto"
@@ -166,7 +179,7 @@ class Trainer:
 # -- project-level orchestration -----------------------------------------------------------
 
 def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
-    """Existing project when resuming; refuse to clobber anything otherwise."""
+    """Existing project when resuming; refuse to clobber anything otherwise (call it under the lock)."""
     info_path = project_dir / Project.INFO
     if info_path.exists():
         if not resume:
@@ -315,7 +328,7 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
     from core import checkpoint  # noqa: PLC0415
     from core import video as vio  # noqa: PLC0415
     from core.identity import source_fingerprint  # noqa: PLC0415
-    from core.preprocess import preprocess  # noqa: PLC0415
+    from core.preprocess import preprocess, release_cache, working_frames  # noqa: PLC0415
 
     existing = _open_or_create(project_dir, resume)
     device = pick_device(cfg.device)
@@ -356,9 +369,19 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
                                          source_size=(vinfo.width, vinfo.height), work_size=work, fps=vinfo.fps,
                                          layers=layers, settings=settings, source_relative=rel_source,
                                          source_fingerprint=fingerprint)).save_info()
+    if cfg.iters is None and cfg.minutes is None:
+        cfg.minutes = default_minutes(end - start, work)
+        settings = {"train": _settings(cfg)}
+        progress.message(f"training budget {cfg.minutes:g} min for {end - start} frames at {work[0]}x{work[1]} "
+                         "(the default grows with frames x pixels; set --minutes or --iters to choose)")
     frames = working_frames(project_dir / "cache", source, vinfo, start, end, work, progress)
-    prep = preprocess(project_dir / "cache", frames, Path(cfg.masks) if cfg.masks else None, cfg.single_layer,
-                      start, progress)
+    masks_dir = Path(cfg.masks) if cfg.masks else None
+    if cfg.fg_hint and masks_dir is None:
+        from core.hints import hint_masks  # noqa: PLC0415
+
+        masks_dir = hint_masks(project_dir / "cache", frames, Path(cfg.fg_hint), (vinfo.width, vinfo.height),
+                               list(range(start, end)), progress)
+    prep = preprocess(project_dir / "cache", frames, masks_dir, cfg.single_layer, start, progress)
     layers = ["bg"] if prep.masks is None else ["bg", "fg"]
     if prep.masks is None and not cfg.single_layer:
         progress.message("no moving foreground found: training a single (background) layer")
@@ -396,17 +419,29 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
     model.set_atlas_detail(1.0)
     progress.message(f"trained {trainer.step} iterations in {trainer.elapsed:.0f} s "
                      f"(running PSNR ~{trainer.psnr_estimate:.1f} dB); baking maps")
-    result = bake(model, prep.frames, info.source_size, progress)
-    # the maps remember the checkpoint they come from: a later checkpoint (a resume killed
-    # before its bake) makes the project "needs bake" instead of silently mixing the two
-    result.maps.meta = {**result.maps.meta, **checkpoint.maps_meta(info, ckpt_path, trainer.step)}
-    result.maps.save(project_dir / Project.MAPS)
+    # baking needs neither flow nor masks: free them before the maps are allocated (long shots)
+    trainer.data = None  # type: ignore[assignment]
+    del data
+    prep.flow, prep.masks = None, None  # type: ignore[assignment]
+    store = BakedMaps.writer(project_dir / Project.MAPS)  # maps go straight into memory-mapped files
+    try:
+        result = bake(model, prep.frames, info.source_size, progress, out=store.frame_array)
+        # the maps remember the checkpoint they come from: a later checkpoint (a resume killed
+        # before its bake) makes the project "needs bake" instead of silently mixing the two
+        result.maps.meta = {**result.maps.meta, **checkpoint.maps_meta(info, ckpt_path, trainer.step)}
+        result.maps.save(project_dir / Project.MAPS, store=store)
+    except BaseException:
+        store.abort()  # a cancelled bake leaves no temporary files (and the last maps, if any)
+        raise
     for layer, atlas in result.maps.atlas.items():
         fsutil.write_output_file(project_dir / f"atlas_{layer}.png", fsutil.png_writer(atlas), "project atlas")
-    metrics = {"psnr": round(result.psnr, 3), "iterations": trainer.step, "train_seconds": round(trainer.elapsed, 2),
+    metrics = {"psnr": round(result.psnr, 3), "atlas_psnr": round(atlas_psnr(result.maps, prep.frames), 3),
+               "iterations": trainer.step, "train_seconds": round(trainer.elapsed, 2),
                "cycle_error_px": {k: round(v, 4) for k, v in result.cycle_error_px.items()},
-               "device": device.type, "backend": mcfg.backend, "layers": layers, "mask_source": prep.mask_source}
+               "device": device.type, "backend": mcfg.backend, "layers": layers, "mask_source": prep.mask_source,
+               "per_frame": result.per_frame(info.frames)}
     fsutil.write_json(project_dir / Project.METRICS, metrics)
+    release_cache(project_dir / "cache")  # a finished project keeps what editing needs
     return Project.open(project_dir)
 
 
@@ -466,38 +501,6 @@ def _cpu_threads() -> int:
     return max(1, given if given > 0 else (os.cpu_count() or 1))
 
 
-FRAMES_DIR = "frames"  # PROJECT/cache/frames: working-size frames (core.arraystore)
-
-
-def working_frames(cache_dir: Path, source: str, vinfo: Any, start: int, end: int, work: tuple[int, int],
-                   progress: Progress) -> np.ndarray:
-    """Working-size frames uint8 [T, h, w, 3]: from the project's cache, or decoded once and cached.
-
-    The cache holds only what the fit needs (a few MB where a source-resolution copy took
-    hundreds); a resume reads it instead of decoding the movie again. Keyed by the source's
-    content fingerprint, the range and the size, so a replaced source is decoded anew.
-    """
-    from core import arraystore  # noqa: PLC0415
-    from core import video as vio  # noqa: PLC0415
-    from core.identity import source_fingerprint  # noqa: PLC0415
-
-    key = f"{source_fingerprint(source)}|{vinfo.width}x{vinfo.height}|{start}:{end}|{work[0]}x{work[1]}"
-    folder = Path(cache_dir) / FRAMES_DIR
-    meta = arraystore.read_meta(folder)
-    if meta is not None and meta.get("key") == key:
-        try:
-            frames = arraystore.open_array(folder, "frames", mmap=False)
-            if frames.shape == (end - start, work[1], work[0], 3) and frames.dtype == np.uint8:
-                return frames
-        except (OSError, ValueError):
-            pass
-    frames = vio.load_clip(source, start, end, work, None, progress)
-    store = arraystore.StoreWriter(folder)
-    store.put("frames", frames, np.uint8)
-    store.commit({"key": key})
-    return frames
-
-
 def _settings(cfg: TrainConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d["frames"] = list(cfg.frames) if cfg.frames else None
@@ -505,9 +508,15 @@ def _settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def train_command(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    fg_hint = getattr(args, "fg_hint", None)
+    if fg_hint:
+        from core.hints import check_hints_file  # noqa: PLC0415
+
+        check_hints_file(Path(fg_hint), args.masks, args.single_layer)  # before any folder is made
+        fg_hint = str(Path(fg_hint).resolve())
     cfg = TrainConfig(frames=args.frames, max_side=args.max_side or DEFAULT_MAX_SIDE, masks=args.masks,
                       iters=args.iters, minutes=args.minutes, device=args.device, seed=args.seed,
-                      single_layer=args.single_layer)
+                      single_layer=args.single_layer, fg_hint=fg_hint)
     given = {"video"} | {name for name, value in (("frames", args.frames), ("max_side", args.max_side))
                          if value is not None}
     project = train_project(args.video, args.output, cfg, progress, resume=args.resume, given=given)

@@ -15,11 +15,12 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from collections import OrderedDict
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -37,9 +38,10 @@ MIN_SIDE = 8
 # more decode time.
 SWS_FLAGS = "accurate_rnd+full_chroma_int+bilinear"
 DEFAULT_CLIP = "bbb_excerpt.mp4"
-# Preprocessing and training keep several working-resolution arrays per pixel: uint8 RGB,
-# float32 flow both ways, consistency flags, masks and the trainer's float copy of the frames.
-WORKING_BYTES_PER_PIXEL = 3 + 16 + 2 + 4 + 12
+# Memory per working pixel per frame at the peak: training holds uint8 RGB (3), float16 flow
+# both ways (8), consistency flags (2) and a mask (1) plus the auto-mask passes (~6); baking
+# holds the frames (3) and float32 uv maps for two layers and alpha (20) once training data is freed.
+WORKING_BYTES_PER_PIXEL = 24
 RAM_FRACTION = 1.0 / 3.0
 DISK_MARGIN = 64 * 2**20
 
@@ -357,6 +359,7 @@ class FrameSource:
         self._next = -1  # project index the open decoder yields next
         self._info: VideoInfo | None = None
         self.decoded = 0  # frames decoded so far (how much work random access cost)
+        self._lock = threading.RLock()  # one decoder: a service may render from several threads
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -387,7 +390,10 @@ class FrameSource:
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple):  # source[t, rows, cols]
             return self[key[0]][key[1:]]
-        t = int(key)
+        with self._lock:
+            return self._get(int(key))
+
+    def _get(self, t: int) -> np.ndarray:
         if t < 0:
             t += len(self.frames)
         if not 0 <= t < len(self.frames):
@@ -549,7 +555,7 @@ def movie_preset(width: int, height: int) -> str:
     return MOVIE_PRESET_LARGE if width * height >= MOVIE_LARGE_PIXELS else MOVIE_PRESET
 
 
-# PNG sequences: zlib level 1 in a writer thread (see fsutil.write_png); frames in flight
+# PNG sequences: level 1, Huffman-only, in a writer thread (see fsutil.write_png); frames in flight
 # are bounded so memory does not grow with the shot.
 PNG_COMPRESS_LEVEL = 1
 PNG_WRITERS = 1
@@ -662,7 +668,8 @@ def frame_file_name(index: int, last_index: int | None = None) -> str:
 
 
 def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
-                       last_index: int | None = None) -> list[Path]:
+                       last_index: int | None = None,
+                       on_written: Callable[[int, Path], None] | None = None) -> list[Path]:
     """Write ``(source_frame_index, image)`` pairs as ``folder/0000.png`` ..., streaming.
 
     Names are zero-padded to 4 digits, or to the width of ``last_index`` when that is
@@ -671,7 +678,8 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
     While the sequence is written the folder's marker says it is incomplete (and which
     frames have landed); an interrupted run leaves it so, and the next run replaces it.
     Numbered PNGs of an earlier run that this run did not rewrite are removed (if unchanged),
-    so the folder holds exactly this sequence.
+    so the folder holds exactly this sequence. ``on_written(index, path)`` is called (on the
+    writer thread) as soon as each PNG is in place, for callers that stream frames onwards.
     """
     from collections import deque  # noqa: PLC0415
     from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415
@@ -687,8 +695,10 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
             for index, img in frames:
                 if int(index) < 0:
                     raise ValueError(f"negative frame index {index}")
-                pending.append(pool.submit(out.write_png, frame_file_name(index, last_index), img,
-                                           PNG_COMPRESS_LEVEL))
+                fut = pool.submit(out.write_png, frame_file_name(index, last_index), img, PNG_COMPRESS_LEVEL)
+                if on_written is not None:
+                    fut.add_done_callback(lambda f, i=int(index): f.exception() is None and on_written(i, f.result()))
+                pending.append(fut)
                 while len(pending) > PNG_IN_FLIGHT or (pending and pending[0].done()):
                     written.append(pending.popleft().result())
             while pending:

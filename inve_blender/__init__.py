@@ -2,37 +2,50 @@
 
 Train layered neural atlases on a movie strip, draw on one frame, and propagate the edit to
 every frame as an image strip. The heavy work runs in the INVE engine (``core``, bundled in
-``engine/``) as a separate process; see ``worker.py``.
+``engine/``) as a separate process.
 
-Blender imports this package and calls :func:`register`; the plain-Python modules (worker,
-strips, strokes, edit_stack, tracking, engine_env) import without Blender, for the tests.
+Layout (as Blender's glTF add-on splits ``io`` from ``blender``):
+
+- ``io/``: plain Python, never imports bpy, unit-tested without Blender: the engine
+  worker process and service client, the engine environment, strip/frame mapping, strokes,
+  the edit layer stack, tracking data, the job slot.
+- ``blender/``: the bpy glue on top: properties, preferences, operators (one base for those
+  that run an engine job), panels, the Sequencer strips.
+
+Blender imports this package and calls :func:`register`.
 """
 from __future__ import annotations
 
 
 def _classes() -> list[type]:
-    from . import ops_edit, ops_track, ops_train, panels, preferences, properties
+    from .blender import ops_edit, ops_engine, ops_sticker, ops_track, ops_train, panels, preferences, properties
 
     return [*properties.CLASSES, *preferences.CLASSES, *ops_train.CLASSES, *ops_edit.CLASSES,
-            *ops_track.CLASSES, *panels.CLASSES]
+            *ops_sticker.CLASSES, *ops_track.CLASSES, *ops_engine.CLASSES, *panels.CLASSES]
 
 
 def register() -> None:
     import bpy
 
-    from . import properties
+    from .blender import handlers, ops_engine, preferences, properties
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     properties.register_props()
+    handlers.register()
+    ops_engine.register(preferences.engine_spec)  # the engine check at start-up, in the background
 
 
 def unregister() -> None:
     import bpy
 
-    from . import jobs, properties
+    from .blender import handlers, jobs, ops_engine, preview, properties, service
 
+    handlers.unregister()
+    preview.unregister()
     jobs.shutdown()
+    ops_engine.unregister()
+    service.stop()  # the engine service ends with the add-on
     properties.unregister_props()
     for cls in reversed(_classes()):
         if getattr(cls, "is_registered", True):

@@ -207,9 +207,9 @@ def pixel_centres(W: int, H: int) -> np.ndarray:
     return np.stack([xs, ys], -1)
 
 
-def make_clip(T: int = 24, size: tuple[int, int] = (128, 96), camera: str = "pan_zoom",
-              occluder: bool = True, seed: int = 0, fps: float = 24.0) -> SyntheticClip:
-    """Render a synthetic clip: a camera over a textured background, a textured disc in front."""
+def make_ground_truth(T: int, size: tuple[int, int], camera: str = "pan_zoom",
+                      occluder: bool = True) -> "GroundTruthMapping":
+    """The analytic mapping of :func:`make_clip` with the same arguments (cheap: renders nothing)."""
     if camera not in CAMERAS:
         raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
     W, H = size
@@ -221,6 +221,16 @@ def make_clip(T: int = 24, size: tuple[int, int] = (128, 96), camera: str = "pan
     lo, hi = seen.min(0), seen.max(0)
     gt.world_center = (lo + hi) / 2.0
     gt.world_scale = float((hi - lo).max() / 2.0 / 0.8)
+    return gt
+
+
+def make_clip(T: int = 24, size: tuple[int, int] = (128, 96), camera: str = "pan_zoom",
+              occluder: bool = True, seed: int = 0, fps: float = 24.0) -> SyntheticClip:
+    """Render a synthetic clip: a camera over a textured background, a textured disc in front."""
+    if camera not in CAMERAS:
+        raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
+    W, H = size
+    gt = make_ground_truth(T, (W, H), camera, occluder)
 
     res = int(min(2048, max(512, 256 * np.ceil(4 * max(W, H) / 256))))
     bg_tex = make_texture(res, seed)

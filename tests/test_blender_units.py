@@ -19,9 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from inve_blender import edit_stack, engine_env, strokes, tracking  # noqa: E402
-from inve_blender.strips import StripPlacement, StripTiming, fit_scale, playback_rate  # noqa: E402
-from inve_blender.worker import (JsonLinesParser, ProgressState, Worker, engine_env as worker_env,  # noqa: E402
+from inve_blender.io import edit_stack, engine_env, strokes, tracking  # noqa: E402
+from inve_blender.io.strip_map import StripPlacement, StripTiming, fit_scale, playback_rate  # noqa: E402
+from inve_blender.io.worker import (JsonLinesParser, ProgressState, Worker, engine_env as worker_env,  # noqa: E402
                                  format_seconds, parse_line)
 
 
@@ -371,3 +371,98 @@ def test_annotation_reader_converts_layers_frames_and_points() -> None:
     # 5.0 keeps them in `annotation`, 4.x in `grease_pencil`
     assert strokes.annotation_data(NS(annotation=data)) is data
     assert strokes.annotation_data(NS(grease_pencil=data)) is data
+
+
+# ---------------------------------------------------------------------------------------
+# layout: io/ never imports bpy; no import cycles between the add-on's modules
+def _relative_imports(path: Path) -> set[str]:
+    """Modules of the add-on that ``path`` imports (at any depth, lazily or not)."""
+    import ast
+
+    pkg = path.parent.relative_to(REPO).parts
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(pkg[: len(pkg) - node.level + 1])
+            if node.module:
+                out.add(".".join(base + node.module.split(".")))
+            else:
+                out.update(".".join(base + [a.name]) for a in node.names)
+    return out
+
+
+def test_io_modules_never_import_bpy_and_modules_have_no_import_cycles() -> None:
+    import ast
+
+    addon = REPO / "inve_blender"
+    for path in (addon / "io").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not any(n.split(".")[0] in ("bpy", "bpy_extras", "mathutils", "torch") for n in names), \
+                f"{path.name} imports {names}"
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1, f"io/{path.name} reaches outside io/"
+    graph: dict[str, set[str]] = {}
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts): p for p in addon.rglob("*.py")
+               if "engine" not in p.parts}
+    for name, path in modules.items():
+        graph[name] = {m for m in _relative_imports(path) if m in modules and m != name}
+
+    def visit(node: str, stack: list[str]) -> None:
+        assert node not in stack, "import cycle: " + " -> ".join(stack[stack.index(node):] + [node])
+        for nxt in graph[node]:
+            visit(nxt, stack + [node])
+
+    for name in graph:
+        if not name.endswith("__init__"):
+            visit(name, [])
+
+
+def test_job_slot_finishes_each_job_once_and_reports_failures_of_its_end() -> None:
+    from inve_blender.io.jobs import Job, JobSlot
+
+    class Task:
+        def __init__(self, steps: int, fail: bool = False) -> None:
+            self.state, self.steps, self.fail, self.started = ProgressState(title="t"), steps, fail, 0
+
+        def start(self) -> "Task":
+            self.started += 1
+            return self
+
+        def poll(self) -> ProgressState:
+            self.steps -= 1
+            if self.steps <= 0 and not self.state.finished:
+                self.state.apply({"event": "done"})
+                self.state.finished = True
+            return self.state
+
+        def cancel(self) -> None:
+            self.state.apply({"event": "error", "message": "cancelled"})
+            self.state.finished = self.state.cancelled = True
+
+        def run_to_completion(self, timeout: float | None = None, interval: float = 0.05) -> ProgressState:
+            while not self.poll().finished:
+                pass
+            return self.state
+
+    ends: list[str] = []
+    slot = JobSlot()
+    job = Job("edit", Task(3), on_done=lambda j: ends.append("ok" if j.state.ok else "no"))
+    slot.start(job, blocking=False)
+    assert slot.busy()
+    with pytest.raises(RuntimeError):
+        slot.start(Job("edit", Task(1)), blocking=False)
+    while slot.tick():
+        pass
+    assert ends == ["ok"] and not slot.busy() and slot.last() is job and not slot.tick()
+
+    def boom(j: Job) -> None:
+        raise OSError("disk full")
+
+    bad = Job("edit", Task(1), on_done=boom)
+    slot.start(bad, blocking=True)
+    assert not bad.state.ok and "disk full" in bad.outcome and slot.last() is bad
+    c = Job("train", Task(100), on_done=lambda j: ends.append("cancelled" if j.state.cancelled else "?"))
+    slot.start(c, blocking=False)
+    assert slot.cancel() and not slot.tick() and ends[-1] == "cancelled" and not slot.cancel()

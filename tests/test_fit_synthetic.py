@@ -80,6 +80,13 @@ def test_alpha_separates_the_layers_and_reconstruction_is_good(fitted):
     assert metrics["cycle_error_px"]["bg"] < CYCLE_MEDIAN_PX
 
 
+def test_baked_atlas_reproduces_what_the_networks_learned(fitted):
+    """Edits sample the baked atlas: it must not be blurrier than the fit (within 0.5 dB)."""
+    _, project = fitted
+    metrics = project.metrics()
+    assert metrics["atlas_psnr"] >= metrics["psnr"] - 0.5, metrics
+
+
 def test_project_reopens_from_disk(fitted):
     """The networks reloaded from checkpoint.pt give the mapping that was baked into the maps
     (two loads of one file would agree even if saving lost the trained weights)."""

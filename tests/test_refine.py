@@ -84,3 +84,49 @@ def test_refinement_removes_drift_far_from_the_drawing_frame(drifting):
     assert far_raw > 1.0  # the drift this test is about
     assert np.median(far) <= 0.5, (np.median(far), far_raw)
     assert np.mean(ref[:, 1] < 1.0) > 0.9
+
+
+def test_tracks_report_their_own_error(drifting):
+    """TRACKS.json's error_px: small where the track is right, large where it is not."""
+    clip, project = drifting
+    gt = clip.gt
+    ctx = RenderContext(project, mapping=DriftingMapping(gt, amount=3.0))
+    xy = np.array([[30.0, 20.0], [130.0, 25.0], [40.0, 95.0], [120.0, 90.0]])
+    pts = [PointSpec(str(i), 0, 0, tuple(p), "bg") for i, p in enumerate(xy)]
+    # refined: estimates are small and cover the true error
+    tracks = track_points(ctx, pts)
+    ts = np.arange(gt.n_frames, dtype=np.float64)
+    true_err, est = [], []
+    for tr, p in zip(tracks, pts):
+        truth = gt.inverse("bg", np.repeat(gt.forward("bg", np.array([p.xy]), [0.0]), len(ts), 0), ts)
+        ok = tr.visible & (gt.alpha(truth, ts) < 0.5)
+        true_err.append(np.linalg.norm(tr.xy - truth, axis=1)[ok])
+        est.append(tr.error_px[ok])
+        assert len(tr.to_json()["error_px"]) == gt.n_frames
+    true_err, est = np.concatenate(true_err), np.concatenate(est)
+    assert np.mean(true_err <= est + 0.25) > 0.9
+    assert np.median(est) < 0.6
+    # where refinement is not allowed to act, the mapping's drift shows in the estimate
+    ctx.refine_cfg.min_ncc = 2.0  # nothing is accepted: every position is the mapping's
+    tracks = track_points(ctx, pts)
+    far = np.concatenate([tr.error_px[30:] for tr in tracks])
+    assert np.median(far) > 1.0
+
+
+def test_dense_stroke_vertices_are_corrected_by_their_matched_neighbours(drifting):
+    """Many points in one call (a stroke's vertices): matched on a subset, all corrected."""
+    clip, project = drifting
+    gt = clip.gt
+    ctx = RenderContext(project, mapping=DriftingMapping(gt))
+    s = np.linspace(0, 1, 120)
+    xy0 = np.stack([15 + 130 * s, 12 + 8 * np.sin(6 * s)], -1)  # along the top, background only
+    assert len(xy0) > ctx.REFINE_MAX_POINTS
+    _, raw, ok = ctx.propagate("bg", xy0, 0, refine=False)
+    _, ref, _ = ctx.propagate("bg", xy0, 0)
+    ts = np.arange(20, gt.n_frames, dtype=np.float64)
+    truth = np.stack([gt.inverse("bg", np.repeat(gt.forward("bg", p[None], [0.0]), len(ts), 0), ts) for p in xy0], 1)
+    inside = (truth[..., 0] > 2) & (truth[..., 0] < 158) & (truth[..., 1] > 2) & (truth[..., 1] < 110)
+    inside &= gt.alpha(truth.reshape(-1, 2), np.repeat(ts, len(xy0))).reshape(inside.shape) < 0.5
+    e_raw = np.linalg.norm(raw[20:] - truth, axis=-1)[inside]
+    e_ref = np.linalg.norm(ref[20:] - truth, axis=-1)[inside]
+    assert np.median(e_raw) > 1.0 and np.median(e_ref) < 0.5, (np.median(e_raw), np.median(e_ref))

@@ -125,7 +125,7 @@ def test_render_frame_equals_cli_edit(setup, gt_mapping, tmp_path, capsys):
     # ... but never a file somebody else put there
     user = tmp_path / "mine.png"
     user.write_bytes(b"not ours")
-    with pytest.raises(EngineError, match="not written by this engine"):
+    with pytest.raises(EngineError, match="inve did not write it"):
         call(client, "render_frame", project=str(project.path), frame=FIRST, output=str(user))
     assert user.read_bytes() == b"not ours"
 
@@ -211,7 +211,7 @@ def test_cancel_mid_propagate_keeps_written_frames(setup, tmp_path):
     assert isinstance(res, EngineError) and res.cancelled
     assert 2 <= len(frames) < T
     on_disk = sorted(int(p.stem) for p in out.glob("*.png"))
-    assert on_disk == sorted(frames)  # every announced frame, nothing half-written
+    assert on_disk == sorted(frames)  # every frame on disk was announced, nothing half-written
     for f in frames:
         img = read(out / f"{f:04d}.png")
         assert img.shape == (H, W, 4)
@@ -236,6 +236,24 @@ def test_newer_render_frame_supersedes_queued_one(setup, tmp_path):
     assert isinstance(results[1], EngineError) and results[1].cancelled
     assert results[1].reply.get("superseded_by") == reqs[2].id
     assert not (tmp_path / "p1.png").exists() and (tmp_path / "p2.png").is_file()
+
+
+def test_changed_image_file_is_read_again(setup, tmp_path):
+    """Edit images are cached between set_edits calls only while the file is unchanged."""
+    clip, project, assets, client, _ = setup
+    paint = np.zeros((H, W, 4), np.float32)
+    paint[10:20, 10:30] = (1, 0, 0, 1)
+    fsutil.write_png(tmp_path / "p.png", paint)
+    doc = {"version": 1, "layers": [{"type": "paint", "frame": FIRST, "layer": "bg", "image": "p.png"}]}
+    outs = []
+    for k, colour in enumerate([(1, 0, 0, 1), (0, 1, 0, 1)]):
+        paint[10:20, 10:30] = colour
+        fsutil.write_png(tmp_path / "p.png", paint)
+        call(client, "set_edits", project=str(project.path), edits=doc, base=str(tmp_path))
+        res = call(client, "render_frame", project=str(project.path), frame=FIRST, output=str(tmp_path / f"{k}.png"),
+                   overlay=True)
+        outs.append(read(res["path"]))
+    assert outs[0][15, 20].tolist() == [255, 0, 0, 255] and outs[1][15, 20].tolist() == [0, 255, 0, 255]
 
 
 def test_cancel_a_queued_request(setup, tmp_path):

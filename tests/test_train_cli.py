@@ -108,6 +108,11 @@ def test_train_resume_info_atlas_and_refusal(tmp_path, tiny_clip, capsys):
     assert main(["info", str(proj)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["trained"] and shown["metrics"]["iterations"] == 9 and shown["frames"] == list(range(6))
+    # the per-frame confidence read-out: one entry per frame, flagged frames among them
+    conf = shown["confidence"]
+    assert conf["frames"] == list(range(6)) and len(conf["psnr"]) == 6 and len(conf["cycle_error_px"]) == 6
+    assert set(conf["check_frames"]) <= set(range(6)) and conf["summary"]
+    assert abs(shown["metrics"]["atlas_psnr"] - shown["metrics"]["psnr"]) < 3.0
 
     out = tmp_path / "atlases"
     assert main(["atlas", str(proj), "-o", str(out)]) == 0

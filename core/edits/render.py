@@ -77,12 +77,16 @@ def composite_overlay(shape: tuple[int, int], patches: Sequence[Patch]) -> np.nd
             a[sl] *= keep
             a[sl] += p.a
         np.clip(a, 0.0, 1.0, out=a)
-        straight = np.divide(rgb, a[..., None], out=np.zeros_like(rgb), where=a[..., None] > 1e-6)
-        np.clip(straight, 0.0, 1.0, out=straight)
+        # un-premultiply; where alpha rounds to 0 the colour is 0 too, so untouched stays (0, 0, 0, 0)
+        scale = np.where(a >= 0.5 / 255.0, 255.0 / np.maximum(a, 1e-6), 0.0).astype(np.float32)
+        rgb *= scale[..., None]
+        rgb += 0.5
+        np.clip(rgb, 0.0, 255.0, out=rgb)
         region = out[y0:y1, x0:x1]
-        region[..., :3] = (straight * 255.0 + 0.5).astype(np.uint8)
-        region[..., 3] = (a * 255.0 + 0.5).astype(np.uint8)
-        region[region[..., 3] == 0] = 0  # fully transparent stays exactly (0, 0, 0, 0)
+        region[..., :3] = rgb.astype(np.uint8)
+        a *= 255.0
+        a += 0.5
+        region[..., 3] = a.astype(np.uint8)
     return out
 
 

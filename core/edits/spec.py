@@ -15,6 +15,7 @@ offset in 0..1 units; ``feather`` (adjust, optional) is the soft edge in pixels.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 import json
 import math
 from dataclasses import dataclass, field
@@ -203,13 +204,35 @@ def _image(ctx: _Ctx, d: dict, base: Path, size: tuple[int, int] | None, size_wh
     if not path.is_file():
         raise ctx.fail(f"image '{name}' not found")
     try:
-        img, has_alpha = load_rgba(path)
+        img, has_alpha, digest = _decoded(path)
     except (ValueError, OSError) as exc:
         raise ctx.fail(f"image '{name}' {exc}") from None
     if size is not None and (img.shape[1], img.shape[0]) != tuple(size):
         raise ctx.fail(f"image '{name}' is {img.shape[1]}x{img.shape[0]}, it must be {size[0]}x{size[1]} ({size_what})")
-    digest = hashlib.sha1(img.tobytes()).hexdigest()[:16]
     return img, has_alpha, digest
+
+
+#: decoded edit images by (path, size, mtime): an interactive session re-sends the whole stack
+#: at every change, and decoding + hashing a 1080p paint image costs ~100 ms each time
+_DECODED: "OrderedDict[tuple, tuple[np.ndarray, bool, str]]" = OrderedDict()
+_DECODED_BYTES = 256 * 2**20
+
+
+def _decoded(path: Path) -> tuple[np.ndarray, bool, str]:
+    """``load_rgba`` + content digest, cached while the file is unchanged (callers never modify images)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    hit = _DECODED.get(key)
+    if hit is not None:
+        _DECODED.move_to_end(key)
+        return hit
+    img, has_alpha = load_rgba(path)
+    entry = (img, has_alpha, hashlib.sha1(img.tobytes()).hexdigest()[:16])
+    if img.nbytes <= _DECODED_BYTES // 4:
+        _DECODED[key] = entry
+        while sum(e[0].nbytes for e in _DECODED.values()) > _DECODED_BYTES:
+            _DECODED.popitem(last=False)
+    return entry
 
 
 def _key(d: dict, extra: str = "") -> str:

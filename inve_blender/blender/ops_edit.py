@@ -4,15 +4,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from typing import Any
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
-from . import edit_stack, jobs, strips, strokes
-from .ops_common import (current_source_frame, engine_ready, movie_strip, poll_movie_strip, project_info,
-                         settings, timing, workspace)
-from .ops_train import _report_end
-from .worker import Worker
+from ..io import edit_stack, results, strokes
+from ..io.preview import stack_key
+from . import gp_strokes, jobs, service
+from . import sequencer as strips
+from .context import (active_project, current_source_frame, engine_ready, movie_strip, poll_movie_strip, project_info,
+                      settings, timing, workspace)
+from .ops_base import EngineJobOperator, JobPlan
 
 
 def find_annotation(context: bpy.types.Context) -> object | None:
@@ -56,12 +59,12 @@ def preview_cursor_source(context: bpy.types.Context, strip: object) -> tuple[fl
 def gp_objects(context: bpy.types.Context) -> list[bpy.types.Object]:
     """Selected Grease Pencil objects, else the active one, else all visible ones in the scene."""
     scene = strips.sequencer_scene(context)
-    objs = [o for o in getattr(context, "selected_objects", []) or [] if strokes.is_gp_object(o)]
+    objs = [o for o in getattr(context, "selected_objects", []) or [] if gp_strokes.is_gp_object(o)]
     active = getattr(context, "active_object", None)
-    if not objs and strokes.is_gp_object(active):
+    if not objs and gp_strokes.is_gp_object(active):
         objs = [active]
     if not objs:
-        objs = [o for o in scene.objects if strokes.is_gp_object(o) and not o.hide_render]
+        objs = [o for o in scene.objects if gp_strokes.is_gp_object(o) and not o.hide_render]
     return objs
 
 
@@ -85,7 +88,7 @@ def collect_strokes(op: bpy.types.Operator, context: bpy.types.Context, strip: o
             return None
         try:
             for obj in objects:
-                found += strokes.read_gp_object_strokes(obj, scene, scene.frame_current, placement)
+                found += gp_strokes.read_gp_object_strokes(obj, scene, scene.frame_current, placement)
         except ValueError as exc:
             op.report({"ERROR"}, str(exc))
             return None
@@ -96,8 +99,19 @@ def collect_strokes(op: bpy.types.Operator, context: bpy.types.Context, strip: o
     return found
 
 
+def consume_strokes(context: bpy.types.Context, source: str) -> int:
+    """Take the strokes that became a layer off the canvas (a second Add Strokes adds nothing twice)."""
+    frame = strips.sequencer_scene(context).frame_current
+    if source == "ANNOTATION":
+        return gp_strokes.consume_annotation_strokes(find_annotation(context), frame)
+    return sum(gp_strokes.consume_gp_strokes(obj, frame) for obj in gp_objects(context))
+
+
 def add_layer(context: bpy.types.Context, kind: str, layer: dict, name: str, image: str = "") -> object:
-    s = settings(context)
+    """Append a layer to the stack of the active strip's project (layers belong to a project)."""
+    s = active_project(context)
+    if s is None:
+        raise ValueError("the active strip has no trained project to hold layers")
     item = s.layers.add()
     item.name = edit_stack.unique_name(name, [it.name for it in s.layers if it != item])
     item.kind = kind
@@ -161,6 +175,7 @@ class INVE_OT_add_strokes(_NeedsProject, bpy.types.Operator):
                                                                s.contrast), f"Region f{frame}")
         if lines:
             add_layer(context, "sketch", strokes.sketch_layer(lines, frame), f"Sketch f{frame}")
+        consume_strokes(context, source)
         self.report({"INFO"}, f"Added {len(lines)} stroke(s)" + (f" and {len(closed)} region(s)" if closed else "")
                     + f" on source frame {frame}")
         return {"FINISHED"}
@@ -262,15 +277,15 @@ class INVE_OT_layer_set_adjust(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        s = settings(context)
-        if not (0 <= s.active_layer < len(s.layers)) or s.layers[s.active_layer].kind != "adjust":
+        s = active_project(context)
+        if s is None or not (0 <= s.active_layer < len(s.layers)) or s.layers[s.active_layer].kind != "adjust":
             cls.poll_message_set("The active layer is not an adjust layer")
             return False
         return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         s = settings(context)
-        item = s.layers[s.active_layer]
+        item = active_project(context).layers[active_project(context).active_layer]
         data = json.loads(item.data or "{}")
         data.update(hue=s.hue, saturation=s.saturation, brightness=s.brightness, contrast=s.contrast)
         item.data = json.dumps(data)
@@ -288,14 +303,14 @@ class INVE_OT_layer_move(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        s = settings(context)
-        if len(s.layers) < 2:
+        s = active_project(context)
+        if s is None or len(s.layers) < 2:
             cls.poll_message_set("Nothing to reorder")
             return False
         return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        s = settings(context)
+        s = active_project(context)
         i = s.active_layer
         j = edit_stack.move_index(i, self.direction, len(s.layers))
         if i != j:
@@ -313,81 +328,118 @@ class INVE_OT_layer_remove(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        s = settings(context)
-        if not (0 <= s.active_layer < len(s.layers)):
+        s = active_project(context)
+        if s is None or not (0 <= s.active_layer < len(s.layers)):
             cls.poll_message_set("No layer selected")
             return False
         return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        s = settings(context)
+        s = active_project(context)
         s.layers.remove(s.active_layer)
         s.active_layer = min(s.active_layer, len(s.layers) - 1)
         return {"FINISHED"}
 
 
-class INVE_OT_propagate(_NeedsProject, bpy.types.Operator):
-    """Render the visible layers into every frame and show them as an image strip above the movie"""
+class INVE_OT_propagate(EngineJobOperator, bpy.types.Operator):
+    """Render the visible layers into every frame, streamed as a transparent overlay strip
+    (Alpha Over) above the movie; the frames show up as the engine writes them"""
 
     bl_idname = "inve.propagate"
     bl_label = "Propagate"
     bl_options = {"REGISTER", "UNDO"}
+    job_kind = "edit"
+    failed_text = "Propagation failed"
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
         if not poll_movie_strip(cls, context):
             return False
-        if not any(it.visible for it in settings(context).layers):
+        item = active_project(context)
+        if item is None or not any(it.visible for it in item.layers):
             cls.poll_message_set("No visible layers: add strokes, a sticker or a painted atlas first")
             return False
         return True
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        s = settings(context)
+    def build(self, context: bpy.types.Context) -> JobPlan | None:
+        s = active_project(context)
         strip = movie_strip(context)
         spec = engine_ready(self, context)
         if spec is None:
-            return {"CANCELLED"}
+            return None
         info = project_info(self, context, strip, spec)
         if info is None:
-            return {"CANCELLED"}
+            return None
         ws = workspace(context, strip)
-        try:
+        try:  # EDITS.json stays next to the project: `inve edit` reproduces the result from it
             edits = edit_stack.write_edits(s.layers, ws.edits_file, abspath=bpy.path.abspath)
         except (ValueError, FileNotFoundError) as exc:
             self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        cmd = spec.command("edit", ws.project, "--edits", ws.edits_file, "-o", ws.frames, "--progress", "json")
-        worker = Worker(cmd, env=spec.env(), title=f"Propagating {len(edits['layers'])} layer(s)")
-        job = jobs.Job("edit", worker, scene_name=strips.sequencer_scene(context).name, on_done=_propagate_done,
-                       context_data={"strip": strip.name, "frames_dir": ws.frames,
-                                     "source_frames": list(info.get("frames") or []),
-                                     "timing": timing(context, strip)})
-        jobs.start(job)
-        if job.state.finished:
-            return _report_end(self, job)
-        return {"FINISHED"}
+            return None
+        key = stack_key(edits)
+        out = results.folder_for(ws.frames, key)
+        scene = strips.sequencer_scene(context)
+        strips.ensure_strip_ids(scene)
+        data = {"strip": strip.name, "movie_id": strip.get(strips.MOVIE_ID, ""), "frames_dir": out,
+                "frames_root": ws.frames, "source_frames": list(info.get("frames") or []),
+                "timing": timing(context, strip), "stack": key, "shown": 0}
+        fields: dict[str, Any] = {"project": ws.project, "output": out, "overlay": True}
+        if settings(context).export_movie:
+            fields.update(movie=os.path.join(ws.base, f"{key}.mp4"), overwrite=True)
+            data["movie"] = fields["movie"]
+        title = f"Propagating {len(edits['layers'])} layer(s)"
+        task = service.task("propagate", fields, title, on_frame=lambda ev: _frame_arrived(scene.name, data, ev),
+                            pre=[("set_edits", {"project": ws.project, "edits": edits, "base": ws.edits_dir})])
+        return JobPlan(task, title, data)
+
+    @classmethod
+    def succeeded(cls, job: jobs.Job, scene: Any) -> str:
+        d = job.context_data
+        results.record(d["frames_root"], d["stack"], complete=True)
+        result = _show_frames(scene, d)
+        if result is None:
+            return "Propagated, but its movie strip is gone"
+        if jobs.interactive():
+            bpy.ops.ed.undo_push(message="INVE Propagate")
+        movie = f"; movie {d['movie']}" if d.get("movie") else ""
+        return f"Propagated into '{result.name}' (channel {result.channel}, {len(result.elements)} frames){movie}"
+
+    @classmethod
+    def cancelled(cls, job: jobs.Job, scene: Any) -> str:
+        d = job.context_data
+        n = len(getattr(job.worker, "frames", []))
+        if n:  # the frames written stay, and the strip shows them
+            results.record(d["frames_root"], d["stack"], complete=False)
+            _show_frames(scene, d)
+        return f"Propagation cancelled: {n} frame(s) written are kept"
 
 
-def _propagate_done(job: jobs.Job) -> None:
-    st = job.state
-    if not st.ok:
-        job.outcome = "Propagation cancelled" if st.cancelled else f"Propagation failed: {st.error}"
-        return
-    scene = bpy.data.scenes.get(job.scene_name)
+def _movie_of(scene: Any, data: dict[str, Any]) -> Any:
     if scene is None:
-        job.outcome = "Propagated, but the scene is gone"
-        return
-    movie = next((s for s in strips.all_strips(scene) if s.name == job.context_data["strip"]), None)
+        return None
+    return next((m for m in strips.movie_strips(scene) if m.get(strips.MOVIE_ID) == data["movie_id"]), None)
+
+
+def _show_frames(scene: Any, data: dict[str, Any]) -> Any:
+    movie = _movie_of(scene, data)
     if movie is None:
-        job.outcome = f"Propagated, but the strip '{job.context_data['strip']}' is gone"
+        return None
+    return strips.place_result_strip(scene, movie, data["frames_dir"], data["source_frames"], data["timing"],
+                                     streaming=True)
+
+
+def _frame_arrived(scene_name: str, data: dict[str, Any], ev: dict[str, Any]) -> None:
+    """A propagated frame is on disk: show the overlay strip (made on the first frame)."""
+    scene = bpy.data.scenes.get(scene_name)
+    movie = _movie_of(scene, data)
+    if movie is None:
         return
-    result = strips.place_result_strip(scene, movie, job.context_data["frames_dir"],
-                                       job.context_data["source_frames"], job.context_data["timing"])
-    job.outcome = (f"Propagated into '{result.name}' (channel {result.channel}, "
-                   f"{len(result.elements)} frames)")
-    if jobs.interactive():
-        bpy.ops.ed.undo_push(message="INVE Propagate")
+    strip = strips.find_result_strip(scene, movie)
+    if strip is None or os.path.normpath(bpy.path.abspath(strip.directory)) != os.path.normpath(data["frames_dir"]):
+        _show_frames(scene, data)
+    else:
+        strip.invalidate_cache("RAW")
+    data["shown"] += 1
 
 
 CLASSES = (INVE_OT_add_strokes, INVE_OT_add_sticker, INVE_OT_add_paint, INVE_OT_layer_set_adjust, INVE_OT_layer_move,

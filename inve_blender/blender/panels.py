@@ -2,52 +2,14 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import bpy
 
-from . import engine_env, jobs, strips
-from .edit_stack import describe
-
-
-def _wrapped(layout: bpy.types.UILayout, text: str, icon: str = "NONE", width: int = 44) -> None:
-    lines = textwrap.wrap(text, width) or [""]
-    for i, line in enumerate(lines):
-        layout.label(text=line, icon=icon if i == 0 else "BLANK1")
-
-
-def draw_engine_status(layout: bpy.types.UILayout, context: bpy.types.Context, in_preferences: bool = False) -> bool:
-    """Engine readiness with the one-click ways out; returns whether the engine is ready."""
-    status = engine_env.cached_status()
-    if status is not None and status.ok:
-        if in_preferences:
-            _wrapped(layout, status.message, icon="CHECKMARK")
-            layout.operator("inve.check_engine", icon="FILE_REFRESH")
-        return True
-    box = layout.box()
-    if status is None:
-        box.label(text="Engine not checked yet", icon="INFO")
-    else:
-        _wrapped(box, status.message, icon="ERROR")
-    row = box.row(align=True)
-    row.operator("inve.check_engine", icon="FILE_REFRESH")
-    box.operator("inve.install_dependencies", icon="IMPORT")
-    if not in_preferences:
-        box.operator("inve.open_preferences", icon="PREFERENCES")
-    return False
-
-
-def draw_job(layout: bpy.types.UILayout) -> None:
-    job = jobs.last()
-    if job is None:
-        return
-    st = job.state
-    if not st.finished:
-        layout.progress(factor=st.fraction, type="BAR", text=st.status_text())
-        layout.operator("inve.cancel", icon="CANCEL")
-    elif job.outcome or st.error:
-        icon = "CHECKMARK" if st.ok else ("CANCEL" if st.cancelled else "ERROR")
-        _wrapped(layout, job.outcome or st.error, icon=icon)
+from ..io.edit_stack import describe
+from . import sequencer as strips
+from . import preview, service
+from .context import active_project, project_folder, propagated, started_folder, strip_project, workspace_path
+from .ui import _wrapped, draw_engine_status, draw_job
 
 
 class INVE_PT_main(bpy.types.Panel):
@@ -57,8 +19,6 @@ class INVE_PT_main(bpy.types.Panel):
     bl_label = "INVE"
 
     def draw(self, context: bpy.types.Context) -> None:
-        from .ops_common import workspace_path
-
         layout = self.layout
         layout.use_property_split = True
         layout.use_property_decorate = False
@@ -88,27 +48,48 @@ class INVE_PT_main(bpy.types.Panel):
         col.prop(s, "single_layer")
         col.prop(s, "device")
         col.prop(s, "project_dir")
-        base, temporary = workspace_path(context, strip)
+        item, match = strip_project(context, strip)
+        folder = (project_folder(item, update=False) or started_folder(item)) if item is not None else None
+        try:
+            base, temporary = workspace_path(context, strip, update=False)
+        except (OSError, ValueError):
+            base, temporary = "", False
         if temporary:
             _wrapped(layout.box(), f"Unsaved file: the project goes to a temporary folder ({base}). "
                                    "Save the .blend to keep it next to it.", icon="ERROR")
+        if item is not None and folder is None:
+            box = layout.box()
+            _wrapped(box, f"The project folder was moved or deleted ({item.abs_path})", icon="ERROR")
+            box.operator("inve.relink_project", icon="FILE_FOLDER")
+        if match is not None and not match.complete:
+            box = layout.box()
+            missing = ", ".join(f"{a}-{b - 1}" for a, b in match.outside)
+            _wrapped(box, f"Source frames {missing} are not trained: they show no edits", icon="ERROR")
+            box.operator("inve.train", text="Train New Frames", icon="PLAY")
         row = layout.row(align=True)
         row.scale_y = 1.4
         row.operator("inve.train", icon="PLAY")
         draw_job(layout)
-        self._draw_info(layout, s, strip)
+        notice = service.MANAGER.check_restarts()
+        if notice:
+            _wrapped(layout.box(), notice, icon="ERROR")
+        self._draw_info(layout, item, strip)
 
     @staticmethod
-    def _draw_info(layout: bpy.types.UILayout, s: object, strip: object) -> None:
+    def _draw_info(layout: bpy.types.UILayout, item: object, strip: object) -> None:
         box = layout.box()
         row = box.row()
         row.label(text="Project", icon="FILE_FOLDER")
         row.operator("inve.project_info", text="", icon="FILE_REFRESH")
-        if not s.info_json or s.info_strip != strip.name:
+        if item is None:
+            box.label(text="Not trained yet")
+            return
+        box.label(text=f"{item.source_name} {item.frame_start}-{item.frame_end - 1}", icon="FILE_MOVIE")
+        if not item.info_json:
             box.label(text="Not trained yet (or press refresh)")
             return
         try:
-            info = json.loads(s.info_json)
+            info = json.loads(item.info_json)
         except json.JSONDecodeError:
             box.label(text="Project info unreadable: refresh", icon="ERROR")
             return
@@ -154,21 +135,29 @@ class INVE_PT_layers(bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         s = strips.sequencer_scene(context).inve
+        owner = active_project(context)
+        if owner is None:
+            layout.label(text="Train the active strip: its project holds the layers", icon="INFO")
+            return
         row = layout.row()
-        row.template_list("INVE_UL_layers", "", s, "layers", s, "active_layer", rows=4)
+        row.template_list("INVE_UL_layers", "", owner, "layers", owner, "active_layer", rows=4)
         col = row.column(align=True)
         col.operator("inve.layer_move", text="", icon="TRIA_UP").direction = "UP"
         col.operator("inve.layer_move", text="", icon="TRIA_DOWN").direction = "DOWN"
         col.separator()
         col.operator("inve.layer_remove", text="", icon="X")
         layout.label(text="Later layers draw on top")
-        if 0 <= s.active_layer < len(s.layers):
-            item = s.layers[s.active_layer]
+        if 0 <= owner.active_layer < len(owner.layers):
+            item = owner.layers[owner.active_layer]
             sub = layout.column()
             sub.use_property_split = True
             sub.prop(item, "attach")
             if item.kind in ("paint", "sticker", "atlas"):
                 sub.prop(item, "image")
+            if item.kind == "sticker":
+                row = sub.row(align=True)
+                for mode, icon in (("G", "VIEW_PAN"), ("S", "FULLSCREEN_ENTER"), ("R", "FILE_REFRESH")):
+                    row.operator("inve.sticker_transform", text=mode, icon=icon).mode = mode
             if item.kind == "adjust":
                 for name in ("hue", "saturation", "brightness", "contrast"):
                     sub.prop(s, name)
@@ -177,7 +166,7 @@ class INVE_PT_layers(bpy.types.Panel):
         col.use_property_split = True
         col.prop(s, "stroke_source")
         col.prop(s, "as_region")
-        active_adjust = 0 <= s.active_layer < len(s.layers) and s.layers[s.active_layer].kind == "adjust"
+        active_adjust = 0 <= owner.active_layer < len(owner.layers) and owner.layers[owner.active_layer].kind == "adjust"
         if s.as_region and not active_adjust:
             for name in ("hue", "saturation", "brightness", "contrast"):
                 col.prop(s, name)
@@ -189,6 +178,16 @@ class INVE_PT_layers(bpy.types.Panel):
         big = layout.row()
         big.scale_y = 1.4
         big.operator("inve.propagate", icon="RENDER_ANIMATION")
+        scene = strips.sequencer_scene(context)
+        got = propagated(scene, strips.active_strip(scene))
+        if got is not None and got[2]:
+            _wrapped(layout, "The result strip shows other layers than these (muted): Propagate to update it",
+                     icon="INFO")
+        row = layout.row()
+        row.prop(s, "live_preview")
+        if s.live_preview and preview.last_ms is not None:
+            row.label(text=f"{preview.last_ms:.0f} ms")
+        layout.prop(s, "export_movie")
 
 
 class INVE_PT_tools(bpy.types.Panel):

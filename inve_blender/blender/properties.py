@@ -1,4 +1,9 @@
-"""Data saved in the .blend: per-scene settings and the edit layer stack."""
+"""Data saved in the .blend: per-scene settings and, per trained project, its edit layer stack.
+
+A project is recorded by what identifies it (the source file's content fingerprint and the
+source frames it was trained on), not by a strip name: every strip that plays that source
+within those frames (renamed, blade-cut, duplicated) finds it and its layers.
+"""
 from __future__ import annotations
 
 import bpy
@@ -31,6 +36,24 @@ class INVE_PG_layer(bpy.types.PropertyGroup):
         default="AUTO")
 
 
+class INVE_PG_project(bpy.types.PropertyGroup):
+    """One trained project of this .blend and the edit layers drawn on it."""
+
+    fingerprint: StringProperty(name="Source Fingerprint", default="", options={"HIDDEN"})
+    frame_start: IntProperty(name="First Source Frame", default=0)
+    frame_end: IntProperty(name="End Source Frame", description="One past the last trained source frame",
+                           default=0)
+    path: StringProperty(name="Folder", subtype="DIR_PATH", default="", options={"PATH_SUPPORTS_BLEND_RELATIVE"},
+                         description="The project's folder (relative to the .blend where possible)")
+    abs_path: StringProperty(name="Absolute Folder", default="", options={"HIDDEN"})
+    source_name: StringProperty(name="Source", default="")
+    layers: CollectionProperty(type=INVE_PG_layer)
+    active_layer: IntProperty(name="Active Layer", default=0)
+    info_json: StringProperty(name="Project Info", default="", options={"HIDDEN"})
+    shown_stack: StringProperty(name="Shown Stack", default="", options={"HIDDEN"},
+                                description="The edit stack the result strip shows (to notice Undo)")
+
+
 class INVE_PG_settings(bpy.types.PropertyGroup):
     """Per-scene INVE settings (``scene.inve``)."""
 
@@ -49,13 +72,13 @@ class INVE_PG_settings(bpy.types.PropertyGroup):
                            min=0.05, max=24 * 60, unit="NONE")
     single_layer: BoolProperty(name="Background Only", description="Train one layer only (no moving "
                                "foreground): faster, for shots without a foreground object", default=False)
-    device: EnumProperty(name="Device", items=[("auto", "Automatic", "CUDA when available"),
-                                               ("cpu", "CPU", ""), ("cuda", "CUDA", "")], default="auto")
-    project_dir: StringProperty(name="Project Folder", subtype="DIR_PATH", default="",
-                                description="Where the trained project lives (empty: //inve/<strip name> "
-                                            "next to the .blend)")
-    layers: CollectionProperty(type=INVE_PG_layer)
-    active_layer: IntProperty(name="Active Layer", default=0)
+    device: EnumProperty(name="Device", items=[("auto", "Automatic", "CUDA, else Apple Metal (MPS), else the CPU"),
+                                               ("cpu", "CPU", ""), ("cuda", "CUDA", "NVIDIA GPU"),
+                                               ("mps", "Metal (MPS)", "Apple Silicon GPU")], default="auto")
+    project_dir: StringProperty(name="Projects Folder", subtype="DIR_PATH", default="",
+                                description="Where new projects are made, one folder per source and frame "
+                                            "range (empty: //inve/ next to the .blend)")
+    projects: CollectionProperty(type=INVE_PG_project)
     stroke_source: EnumProperty(
         name="Strokes From",
         items=[("ANNOTATION", "Annotations", "Strokes drawn with the Annotate tool in the Sequencer preview"),
@@ -63,18 +86,22 @@ class INVE_PG_settings(bpy.types.PropertyGroup):
         default="ANNOTATION")
     as_region: BoolProperty(name="Closed Strokes as Regions", description="A closed stroke becomes a colour "
                             "adjustment region instead of a line", default=False)
+    live_preview: BoolProperty(name="Live Preview", default=True,
+                               description="Show the edits on the frame under the playhead as you change them "
+                                           "(the engine service renders it; no Propagate needed)")
+    export_movie: BoolProperty(name="Also Write a Movie", default=False,
+                               description="Propagate also writes the edited clip (full frames) as an .mp4 next "
+                                           "to the project, for export outside Blender")
     hue: FloatProperty(name="Hue", default=0.0, min=-0.5, max=0.5)
     saturation: FloatProperty(name="Saturation", default=1.0, min=0.0, max=4.0)
     brightness: FloatProperty(name="Brightness", default=0.0, min=-1.0, max=1.0)
     contrast: FloatProperty(name="Contrast", default=1.0, min=0.0, max=4.0)
-    info_json: StringProperty(name="Project Info", default="", options={"HIDDEN"})
-    info_strip: StringProperty(name="Project Strip", default="", options={"HIDDEN"})
 
     def working_side(self) -> int:
         return self.max_side if self.quality == "CUSTOM" else QUALITY_SIDES[self.quality]
 
 
-CLASSES = (INVE_PG_layer, INVE_PG_settings)
+CLASSES = (INVE_PG_layer, INVE_PG_project, INVE_PG_settings)
 
 
 def register_props() -> None:

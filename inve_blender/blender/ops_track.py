@@ -3,25 +3,31 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import bpy
 from bpy.props import EnumProperty
 
-from . import atlas_paint, edit_stack, jobs, strips, tracking
-from .ops_common import (current_source_frame, engine_ready, movie_strip, poll_movie_strip, project_info,
-                         settings, timing, workspace)
+from ..io import atlas_paint, edit_stack, tracking
+from ..io.worker import Worker
+from . import jobs
+from . import sequencer as strips
+from .context import (active_project, current_source_frame, engine_ready, movie_strip, poll_movie_strip, project_info, settings,
+                      timing, workspace)
+from .ops_base import EngineJobOperator, JobPlan
 from .ops_edit import add_layer, collect_strokes
-from .ops_train import _report_end
-from .worker import Worker
 
 
-class INVE_OT_track(bpy.types.Operator):
+class INVE_OT_track(EngineJobOperator, bpy.types.Operator):
     """Track the points marked on this frame (the centre of each stroke) through the clip and
     put them into a Movie Clip as tracking markers"""
 
     bl_idname = "inve.track"
     bl_label = "Track Points"
     bl_options = {"REGISTER", "UNDO"}
+    job_kind = "track"
+    cancelled_text = "Tracking cancelled"
+    failed_text = "Tracking failed"
 
     source: EnumProperty(name="Points From", items=[
         ("SETTINGS", "As in Panel", ""), ("ANNOTATION", "Annotations", ""), ("GPENCIL", "Grease Pencil", "")],
@@ -31,21 +37,21 @@ class INVE_OT_track(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         return poll_movie_strip(cls, context)
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def build(self, context: bpy.types.Context) -> JobPlan | None:
         s = settings(context)
         strip = movie_strip(context)
         spec = engine_ready(self, context)
         if spec is None:
-            return {"CANCELLED"}
+            return None
         info = project_info(self, context, strip, spec)
         if info is None:
-            return {"CANCELLED"}
+            return None
         frame = current_source_frame(self, context, strip, info)
         if frame is None:
-            return {"CANCELLED"}
+            return None
         found = collect_strokes(self, context, strip, s.stroke_source if self.source == "SETTINGS" else self.source)
         if found is None:
-            return {"CANCELLED"}
+            return None
         centres = [(sum(p[0] for p in st.points) / len(st.points), sum(p[1] for p in st.points) / len(st.points))
                    for st in found]
         ws = workspace(context, strip)
@@ -54,79 +60,62 @@ class INVE_OT_track(bpy.types.Operator):
         tracks_path = os.path.join(ws.tracks_dir, "TRACKS.json")
         edit_stack.write_json_atomic(points_path, tracking.points_json(centres, frame))
         cmd = spec.command("track", ws.project, "--points", points_path, "-o", tracks_path, "--overwrite")
-        worker = Worker(cmd, env=spec.env(), title=f"Tracking {len(centres)} point(s)")
-        job = jobs.Job("track", worker, scene_name=strips.sequencer_scene(context).name, on_done=_track_done,
-                       context_data={"strip": strip.name, "tracks": tracks_path,
-                                     "size": tuple(info.get("source_size") or strips.strip_source_size(strip)),
-                                     "timing": timing(context, strip)})
-        jobs.start(job)
-        if job.state.finished:
-            return _report_end(self, job)
-        return {"FINISHED"}
+        title = f"Tracking {len(centres)} point(s)"
+        return JobPlan(Worker(cmd, env=spec.env(), title=title), title,
+                       {"strip": strip.name, "tracks": tracks_path,
+                        "size": tuple(info.get("source_size") or strips.strip_source_size(strip)),
+                        "timing": timing(context, strip)})
+
+    @classmethod
+    def succeeded(cls, job: jobs.Job, scene: Any) -> str:
+        movie = next((s for s in strips.all_strips(scene) if s.name == job.context_data["strip"]), None) if scene else None
+        if movie is None:
+            return "Tracked, but the movie strip is gone"
+        tracks = tracking.load_tracks(job.context_data["tracks"])
+        clip = bpy.data.movieclips.load(bpy.path.abspath(movie.filepath), check_existing=True)
+        t: strips.StripTiming = job.context_data["timing"]
+        # clip frame c shows at scene frame frame_start + c - 1: line the clip up with the strip
+        clip.frame_start = int(round(t.frame_start)) - t.anim_offset
+        names = tracking.apply_tracks(clip, tracks, job.context_data["size"])
+        if jobs.interactive():
+            bpy.ops.ed.undo_push(message="INVE Track")
+        return f"{len(names)} track(s) in Movie Clip '{clip.name}'"
 
 
-def _track_done(job: jobs.Job) -> None:
-    st = job.state
-    if not st.ok:
-        job.outcome = "Tracking cancelled" if st.cancelled else f"Tracking failed: {st.error}"
-        return
-    scene = bpy.data.scenes.get(job.scene_name)
-    movie = next((s for s in strips.all_strips(scene) if s.name == job.context_data["strip"]), None) if scene else None
-    if movie is None:
-        job.outcome = "Tracked, but the movie strip is gone"
-        return
-    tracks = tracking.load_tracks(job.context_data["tracks"])
-    clip = bpy.data.movieclips.load(bpy.path.abspath(movie.filepath), check_existing=True)
-    t: strips.StripTiming = job.context_data["timing"]
-    # clip frame c shows at scene frame frame_start + c - 1: line the clip up with the strip
-    clip.frame_start = int(round(t.frame_start)) - t.anim_offset
-    names = tracking.apply_tracks(clip, tracks, job.context_data["size"])
-    job.outcome = f"{len(names)} track(s) in Movie Clip '{clip.name}'"
-    if jobs.interactive():
-        bpy.ops.ed.undo_push(message="INVE Track")
-
-
-class INVE_OT_atlas_open(bpy.types.Operator):
+class INVE_OT_atlas_open(EngineJobOperator, bpy.types.Operator):
     """Write the atlas images of the project and open them for Texture Paint"""
 
     bl_idname = "inve.atlas_open"
     bl_label = "Open Atlas for Painting"
     bl_options = {"REGISTER", "UNDO"}
+    job_kind = "atlas"
+    failed_text = "Writing the atlas failed"
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
         return poll_movie_strip(cls, context)
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def build(self, context: bpy.types.Context) -> JobPlan | None:
         strip = movie_strip(context)
         spec = engine_ready(self, context)
         if spec is None:
-            return {"CANCELLED"}
+            return None
         if project_info(self, context, strip, spec) is None:
-            return {"CANCELLED"}
+            return None
         ws = workspace(context, strip)
         worker = Worker(spec.command("atlas", ws.project, "-o", ws.atlas), env=spec.env(), title="Writing atlas")
-        job = jobs.Job("atlas", worker, scene_name=strips.sequencer_scene(context).name, on_done=_atlas_done,
-                       context_data={"strip": strip.name, "folder": ws.atlas})
-        jobs.start(job)
-        if job.state.finished:
-            return _report_end(self, job)
-        return {"FINISHED"}
+        return JobPlan(worker, "Writing atlas", {"strip": strip.name, "folder": ws.atlas})
 
-
-def _atlas_done(job: jobs.Job) -> None:
-    st = job.state
-    if not st.ok:
-        job.outcome = f"Writing the atlas failed: {st.error}"
-        return
-    images = atlas_paint.open_atlas_images(bpy.data, job.context_data["folder"], job.context_data["strip"])
-    if not images:
-        job.outcome = f"The engine wrote no atlas images into {job.context_data['folder']}"
-        job.state.ok, job.state.error = False, job.outcome
-        return
-    if jobs.interactive():
-        _show_in_image_editor(images[0])
-    job.outcome = f"Opened {', '.join(im.name for im in images)}: paint, then Apply Painted Atlas"
+    @classmethod
+    def succeeded(cls, job: jobs.Job, scene: Any) -> str:
+        images = atlas_paint.open_atlas_images(bpy.data, job.context_data["folder"], job.context_data["strip"])
+        if not images:
+            msg = f"The engine wrote no atlas images into {job.context_data['folder']}"
+            job.state.ok, job.state.error = False, msg
+            return msg
+        if jobs.interactive():
+            _show_in_image_editor(images[0])
+        return f"Opened {', '.join(im.name for im in images)}: paint, then Apply Painted Atlas"
 
 
 def _show_in_image_editor(image: bpy.types.Image) -> None:
@@ -155,14 +144,17 @@ class INVE_OT_atlas_apply(bpy.types.Operator):
         return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        s = settings(context)
         strip = movie_strip(context)
+        owner = active_project(context)
+        if owner is None:
+            self.report({"ERROR"}, f"No trained project for '{strip.name}': press Train first")
+            return {"CANCELLED"}
         ws = workspace(context, strip)
         done = []
         for img in atlas_paint.atlas_images(bpy.data, strip.name):
             layer = img[atlas_paint.ATLAS_TAG]
             path = atlas_paint.save_painted(img, ws.edits_dir)
-            item = next((it for it in s.layers if it.kind == "atlas" and it.attach == layer), None)
+            item = next((it for it in owner.layers if it.kind == "atlas" and it.attach == layer), None)
             if item is None:
                 item = add_layer(context, "atlas", {"type": "atlas", "layer": layer}, f"Atlas {layer}", image=path)
             item.image = path

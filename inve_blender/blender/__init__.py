@@ -1,0 +1,1 @@
+"""The bpy glue of the add-on: properties, preferences, operators, panels."""
