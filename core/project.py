@@ -130,9 +130,9 @@ class BakedMaps:
     ``atlas_used[layer]``: float32 [A, A] how much of each atlas texel any frame shows (0..1).
     ``meta``: what the maps were baked from (checkpoint step, identity), saved with them.
 
-    On disk (``PROJECT/maps/``, :mod:`core.arraystore`) the per-frame maps are float16
-    ``.npy`` files (uv: at most 0.0005 atlas units of rounding, about 0.1 source pixel),
-    opened memory-mapped: an edit or a track reads only the frames it touches instead of the
+    On disk (``PROJECT/maps/``, :mod:`core.arraystore`) all maps are float16 ``.npy``
+    files (uv: at most 0.0005 atlas units of rounding, about 0.1 source pixel; atlases are
+    read back as float32); the per-frame ones are opened memory-mapped: an edit or a track reads only the frames it touches instead of the
     whole clip, and its memory does not grow with the shot. Readers convert per frame
     (``np.asarray(maps.uv[L][t], np.float32)``). ``meta.json`` is written last and marks
     a complete set. Projects of format 1 (one ``maps.npz``) still load, into memory.
@@ -183,8 +183,8 @@ class BakedMaps:
             for layer in self.uv:
                 if not store.has(f"uv_{layer}"):
                     _put_frames(store, f"uv_{layer}", self.uv[layer], self.MAP_DTYPE)
-                store.put(f"atlas_{layer}", self.atlas[layer], np.float32)
-                store.put(f"atlas_used_{layer}", self.atlas_used[layer], np.float32)
+                store.put(f"atlas_{layer}", self.atlas[layer], self.MAP_DTYPE)
+                store.put(f"atlas_used_{layer}", self.atlas_used[layer], self.MAP_DTYPE)
             for old in Path(path).glob("*.npy"):  # layers of an earlier bake that this one lacks
                 if old.stem.startswith(("uv_", "atlas_")) and old.stem.split("_")[-1] not in self.uv:
                     old.unlink()
@@ -224,8 +224,8 @@ class BakedMaps:
                     return arraystore.open_array(path, name, mmap=mapped)
 
                 maps = cls(uv={k: get(f"uv_{k}", mmap) for k in layers}, alpha=get("alpha", mmap),
-                           atlas={k: np.asarray(get(f"atlas_{k}", False)) for k in layers},
-                           atlas_used={k: np.asarray(get(f"atlas_used_{k}", False)) for k in layers},
+                           atlas={k: np.asarray(get(f"atlas_{k}", False), np.float32) for k in layers},
+                           atlas_used={k: np.asarray(get(f"atlas_used_{k}", False), np.float32) for k in layers},
                            meta=dict(stored.get("meta") or {}))
             except (OSError, ValueError, EOFError) as exc:
                 raise InveError(f"the baked maps in {path} are damaged ({_first_line(exc)}); {_REBAKE}") from None
