@@ -127,7 +127,7 @@ class CorrectionTerm:
         with torch.no_grad():
             for tr, p, t in zip(self.tracks, self.p, self.t):
                 uv = model.uv(tr.layer, p, t).mean(0, keepdim=True).expand(len(t), -1)
-                back = self.coords.from_norm(model.inverse(tr.layer, uv, t).double().cpu().numpy())
+                back = self.coords.from_norm(model.inverse(tr.layer, uv, t).cpu().numpy().astype(np.float64))
                 out.append(np.linalg.norm(back - tr.xy, axis=1))
         return out
 

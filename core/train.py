@@ -189,9 +189,7 @@ def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
     if project_dir.exists():
         if not project_dir.is_dir():
             raise InveError(f"project path {project_dir} exists and is not a folder")
-        from core.lock import LOCK_NAME  # noqa: PLC0415 - the caller's own lock is no content
-
-        if any(p.name != LOCK_NAME for p in project_dir.iterdir()):
+        if any(project_dir.iterdir()):
             raise InveError(f"{project_dir} is not empty and is not an inve project; choose an empty or new folder")
     return None
 
