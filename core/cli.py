@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--frames", type=_frame_range, default=None, help="START:END, half-open, 0-based")
     t.add_argument("--max-side", type=_positive_int, default=None, help="working resolution: longest side in px")
     t.add_argument("--masks", default=None, help="folder of rough foreground masks, one PNG per frame")
+    t.add_argument("--fg-hint", default=None,
+                   help="HINTS.json: outline(s) of the foreground on one or a few frames, grown into masks")
     t.add_argument("--iters", type=_positive_int, default=None, help="training iterations")
     t.add_argument("--minutes", type=_positive_float, default=None, help="training time budget")
     t.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
@@ -97,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overlay", action="store_true",
                    help="RGBA PNGs of the edits only (transparent elsewhere), to lay over the original")
     e.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+
+    c = sub.add_parser("correct", help="fine-tune a trained project with hand-confirmed positions, then re-bake")
+    c.add_argument("project")
+    c.add_argument("--corrections", required=True, help="CORRECTIONS.json")
+    c.add_argument("--minutes", type=_positive_float, default=None, help="fine-tuning budget (default 0.5)")
+    c.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
 
     a = sub.add_parser("atlas", help="write the atlas images (to paint on)")
     a.add_argument("project")
@@ -157,6 +165,10 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
         from core.atlas_io import export_atlases
 
         return export_atlases(Path(args.project), Path(args.output))
+    if args.command == "correct":
+        from core.correct import correct_project
+
+        return correct_project(Path(args.project), Path(args.corrections), args.minutes, progress)
     if args.command == "info":
         return _info(args.project)
     if args.command == "serve":

@@ -57,6 +57,7 @@ class TrainConfig:
     frames: tuple[int, int] | None = None
     max_side: int = DEFAULT_MAX_SIDE
     masks: str | None = None
+    fg_hint: str | None = None  # HINTS.json: outlines grown into the masks (core/hints.py)
     iters: int | None = None
     minutes: float | None = None
     device: str = "auto"
@@ -188,9 +189,7 @@ def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
     if project_dir.exists():
         if not project_dir.is_dir():
             raise InveError(f"project path {project_dir} exists and is not a folder")
-        from core.lock import LOCK_NAME  # noqa: PLC0415 - the caller's own lock is no content
-
-        if any(p.name != LOCK_NAME for p in project_dir.iterdir()):
+        if any(project_dir.iterdir()):
             raise InveError(f"{project_dir} is not empty and is not an inve project; choose an empty or new folder")
     return None
 
@@ -251,8 +250,13 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
         progress.message(f"training budget {cfg.minutes:g} min for {end - start} frames at {work[0]}x{work[1]} "
                          "(the default grows with frames x pixels; set --minutes or --iters to choose)")
     frames = working_frames(project_dir / "cache", source, vinfo, start, end, work, progress)
-    prep = preprocess(project_dir / "cache", frames, Path(cfg.masks) if cfg.masks else None, cfg.single_layer,
-                      start, progress)
+    masks_dir = Path(cfg.masks) if cfg.masks else None
+    if cfg.fg_hint and masks_dir is None:
+        from core.hints import hint_masks  # noqa: PLC0415
+
+        masks_dir = hint_masks(project_dir / "cache", frames, Path(cfg.fg_hint), (vinfo.width, vinfo.height),
+                               list(range(start, end)), progress)
+    prep = preprocess(project_dir / "cache", frames, masks_dir, cfg.single_layer, start, progress)
     layers = ["bg"] if prep.masks is None else ["bg", "fg"]
     if prep.masks is None and not cfg.single_layer:
         progress.message("no moving foreground found: training a single (background) layer")
@@ -360,9 +364,15 @@ def _settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def train_command(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    fg_hint = getattr(args, "fg_hint", None)
+    if fg_hint:
+        from core.hints import check_hints_file  # noqa: PLC0415
+
+        check_hints_file(Path(fg_hint), args.masks, args.single_layer)  # before any folder is made
+        fg_hint = str(Path(fg_hint).resolve())
     cfg = TrainConfig(frames=args.frames, max_side=args.max_side or DEFAULT_MAX_SIDE, masks=args.masks,
                       iters=args.iters, minutes=args.minutes, device=args.device, seed=args.seed,
-                      single_layer=args.single_layer)
+                      single_layer=args.single_layer, fg_hint=fg_hint)
     project = train_project(args.video, args.output, cfg, progress, resume=args.resume)
     metrics = project.metrics()
     return {"project": str(project.path.resolve()), **metrics,
