@@ -5,8 +5,8 @@ runs the same program on a laptop (a local cluster it starts itself) and on a cl
 (``--address``), schedules tasks by the resources they ask for (CPUs, a GPU) and retries a
 task whose worker process died. The engine makes a retry cheap and safe: every shot is an
 ordinary project trained by :func:`core.train.train_project`, which checkpoints every
-``checkpoint_seconds`` and on cancel, and resumes from the last checkpoint; the project lock
-(:mod:`core.lock`) keeps two attempts from writing one project, and the lock of a killed
+``checkpoint_seconds`` and on cancel, and resumes from the last checkpoint; the project lock it
+holds (:mod:`core.lock`) keeps two attempts from writing one project, and the lock of a killed
 worker on the same host is stale at once (its pid is dead), so a retry never waits for it.
 
 The flow: SHOTS.json is read and checked as a whole before anything starts (every problem
@@ -281,32 +281,32 @@ class ShotProgress(Progress):
 
 def run_shot(spec: dict[str, Any], root: str, emit: Callable[[dict[str, Any]], None], cancel: CancelToken,
              attempt: int = 1) -> dict[str, Any]:
-    """Train one shot into ``root/<name>`` (new, or resumed from its checkpoint) under its lock.
+    """Train one shot into ``root/<name>`` (new, or resumed from its checkpoint).
 
     Errors a user can cause come back as a ``failed`` result, a cancel as ``cancelled``
     (with the checkpoint saved by the engine); both end this shot only.
     """
-    from core.lock import project_lock  # noqa: PLC0415
     from core.project import Project  # noqa: PLC0415
     from core.train import DEFAULT_MAX_SIDE, TrainConfig, train_project  # noqa: PLC0415
 
     name = spec["name"]
     folder = Path(root) / name
     try:
-        with project_lock(folder, f"inve batch shot {name}"):
-            resume = (folder / Project.INFO).is_file()
-            step = checkpoint_step(folder) if resume else None
-            emit({"event": "shot", "shot": name, "state": "running", "attempt": attempt, "pid": os.getpid(),
-                  "host": socket.gethostname(), "resumed_from": step, "time": time.time()})
-            cfg = TrainConfig(frames=tuple(spec["frames"]) if spec["frames"] else None,
-                              max_side=spec["max_side"] or DEFAULT_MAX_SIDE, masks=spec["masks"],
-                              iters=spec["iters"], minutes=spec["minutes"], device=spec["device"],
-                              seed=spec["seed"], single_layer=spec["single_layer"])
-            if spec.get("checkpoint_seconds"):
-                cfg.checkpoint_seconds = float(spec["checkpoint_seconds"])
-            progress = ShotProgress(name, emit, cancel)
-            project = train_project(spec["video"], folder, cfg, progress, resume=resume)
-            metrics = project.metrics()
+        # A folder with project.json is this shot's project (load_shots/shot_state checked
+        # that): a retry or a rerun resumes it. train_project holds the project lock.
+        resume = (folder / Project.INFO).is_file()
+        step = checkpoint_step(folder) if resume else None
+        emit({"event": "shot", "shot": name, "state": "running", "attempt": attempt, "pid": os.getpid(),
+              "host": socket.gethostname(), "resumed_from": step, "time": time.time()})
+        cfg = TrainConfig(frames=tuple(spec["frames"]) if spec["frames"] else None,
+                          max_side=spec["max_side"] or DEFAULT_MAX_SIDE, masks=spec["masks"],
+                          iters=spec["iters"], minutes=spec["minutes"], device=spec["device"],
+                          seed=spec["seed"], single_layer=spec["single_layer"])
+        if spec.get("checkpoint_seconds"):
+            cfg.checkpoint_seconds = float(spec["checkpoint_seconds"])
+        progress = ShotProgress(name, emit, cancel)
+        project = train_project(spec["video"], folder, cfg, progress, resume=resume)
+        metrics = project.metrics()
     except Cancelled:
         return {"shot": name, "state": "cancelled", "message": "cancelled; the checkpoint is kept, rerun to resume"}
     except InveError as exc:
@@ -450,6 +450,8 @@ class BatchDisplay:
                 view.note = f"resumed from iteration {e['resumed_from']}"
             elif state in ("done", "failed", "cancelled", "skipped"):
                 view.note = e.get("message", "") or view.note
+                if state in ("done", "skipped"):
+                    view.stage, view.step, view.total = "", 1, 1
             view.state = state
             self._line(view, force=True)
         elif kind == "progress":

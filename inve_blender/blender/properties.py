@@ -72,8 +72,9 @@ class INVE_PG_settings(bpy.types.PropertyGroup):
                            min=0.05, max=24 * 60, unit="NONE")
     single_layer: BoolProperty(name="Background Only", description="Train one layer only (no moving "
                                "foreground): faster, for shots without a foreground object", default=False)
-    device: EnumProperty(name="Device", items=[("auto", "Automatic", "CUDA when available"),
-                                               ("cpu", "CPU", ""), ("cuda", "CUDA", "")], default="auto")
+    device: EnumProperty(name="Device", items=[("auto", "Automatic", "CUDA, else Apple Metal (MPS), else the CPU"),
+                                               ("cpu", "CPU", ""), ("cuda", "CUDA", "NVIDIA GPU"),
+                                               ("mps", "Metal (MPS)", "Apple Silicon GPU")], default="auto")
     project_dir: StringProperty(name="Projects Folder", subtype="DIR_PATH", default="",
                                 description="Where new projects are made, one folder per source and frame "
                                             "range (empty: //inve/ next to the .blend)")
