@@ -7,7 +7,9 @@ non-zero exit status (plus an ``error`` event with ``--progress json``).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -50,8 +52,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
     return value
 
 
@@ -136,9 +138,14 @@ def _info(project_dir: str) -> dict:
     from core.project import Project
 
     proj = Project.open(project_dir)
+    state, why = proj.state()
     metrics = proj.metrics()
-    out = {"project": str(proj.path.resolve()), "trained": proj.is_trained, **proj.info.to_json(),
-           "metrics": metrics, "size_on_disk": proj.size_on_disk()}
+    out = {"project": str(proj.path.resolve()), "trained": state == "trained", "state": state,
+           **proj.info.to_json(), "metrics": metrics, "size_on_disk": proj.size_on_disk()}
+    if why:
+        out["state_reason"] = why
+    if state == "needs bake":
+        out["next_step"] = f"inve train VIDEO -o {proj.path} --resume  (re-bakes the maps)"
     if "per_frame" in metrics:
         from core.confidence import frame_summary  # noqa: PLC0415
 
@@ -190,7 +197,32 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
     raise InveError(f"unknown command {args.command!r}")
 
 
+def _join_option_values(argv: Sequence[str]) -> list[str]:
+    """``--frames -1:3`` -> ``--frames=-1:3``: argparse takes a value starting with '-' for an
+    option and would say "expected one argument"; joined, the range check explains the problem."""
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in ("--frames", "--minutes", "--iters", "--max-side", "--seed"):
+            nxt = next(it, None)
+            if nxt is not None and nxt.startswith("-") and len(nxt) > 1 and nxt[1:2] not in ("-",) \
+                    and not nxt[1:2].isalpha():
+                out.append(f"{a}={nxt}")
+                continue
+            out.append(a)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(a)
+    return out
+
+
+# destination errors that libraries raise directly (not through core.fsutil): one line each
+_DESTINATION_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = _join_option_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     progress = Progress(getattr(args, "progress", "bar"))
     progress.cancel.install_signal_handlers()
@@ -204,8 +236,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.error(str(exc))
         sys.stderr.write(f"inve: error: {exc}\n")
         return EXIT_ERROR
+    except OSError as exc:
+        if exc.errno not in _DESTINATION_ERRNOS:
+            raise  # anything else is a bug: keep its traceback
+        from core.fsutil import describe_os_error
+
+        msg = f"cannot write {exc.filename or 'the output'}: {describe_os_error(exc)}"
+        progress.error(msg)
+        sys.stderr.write(f"inve: error: {msg}\n")
+        return EXIT_ERROR
     except MemoryError:
-        msg = "out of memory; try a smaller --max-side or fewer --frames"
+        msg = ("out of memory; try a smaller --max-side or fewer --frames" if args.command in ("train", "batch")
+               else "out of memory; close other programs, or work on a project with fewer frames")
         progress.error(msg)
         sys.stderr.write(f"inve: error: {msg}\n")
         return EXIT_ERROR
