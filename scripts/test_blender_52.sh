@@ -19,7 +19,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   mkdir -p "$(dirname "$VENV")"
   "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q "bpy==5.2.3" "numpy>=2.2,<3" "imageio>=2.31" "imageio-ffmpeg>=0.5" \
+"$VENV/bin/python" -m pip install -q "bpy==5.2.3" "numpy>=2.2,<3" "imageio>=2.31" "imageio-ffmpeg>=0.6" \
   "opencv-python-headless>=4.8,<4.12" "pytest>=8"
 export INVE_TEST_ENGINE_PYTHON="$PWD/.venv/bin/python"
 exec "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider tests/test_blender_*.py "$@"
