@@ -19,6 +19,7 @@ echo "test_numpy2: engine tests with numpy $np ($VENV)"
 if [ "$#" -eq 0 ]; then
   set -- -m "not slow and not blender" tests/test_hashgrid.py tests/test_encoding_backends.py tests/test_video.py \
     tests/test_identity.py tests/test_lock.py tests/test_preprocess.py tests/test_edits.py tests/test_track.py \
-    tests/test_edits_cli.py tests/test_train_cli.py tests/test_blender_units.py tests/test_device.py
+    tests/test_edits_cli.py tests/test_train_cli.py tests/test_blender_units.py tests/test_device.py \
+    tests/test_coords.py tests/test_refine.py tests/test_serve.py tests/test_long.py tests/test_batch.py
 fi
 exec "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider "$@"
