@@ -7,7 +7,9 @@ non-zero exit status (plus an ``error`` event with ``--progress json``).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -50,8 +52,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
     return value
 
 
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--frames", type=_frame_range, default=None, help="START:END, half-open, 0-based")
     t.add_argument("--max-side", type=_positive_int, default=None, help="working resolution: longest side in px")
     t.add_argument("--masks", default=None, help="folder of rough foreground masks, one PNG per frame")
+    t.add_argument("--fg-hint", default=None,
+                   help="HINTS.json: outline(s) of the foreground on one or a few frames, grown into masks")
     t.add_argument("--iters", type=_positive_int, default=None, help="training iterations")
     t.add_argument("--minutes", type=_positive_float, default=None, help="training time budget")
     t.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
@@ -97,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overlay", action="store_true",
                    help="RGBA PNGs of the edits only (transparent elsewhere), to lay over the original")
     e.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
+
+    c = sub.add_parser("correct", help="fine-tune a trained project with hand-confirmed positions, then re-bake")
+    c.add_argument("project")
+    c.add_argument("--corrections", required=True, help="CORRECTIONS.json")
+    c.add_argument("--minutes", type=_positive_float, default=None, help="fine-tuning budget (default 0.5)")
+    c.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
 
     a = sub.add_parser("atlas", help="write the atlas images (to paint on)")
     a.add_argument("project")
@@ -128,9 +138,14 @@ def _info(project_dir: str) -> dict:
     from core.project import Project
 
     proj = Project.open(project_dir)
+    state, why = proj.state()
     metrics = proj.metrics()
-    out = {"project": str(proj.path.resolve()), "trained": proj.is_trained, **proj.info.to_json(),
-           "metrics": metrics, "size_on_disk": proj.size_on_disk()}
+    out = {"project": str(proj.path.resolve()), "trained": state == "trained", "state": state,
+           **proj.info.to_json(), "metrics": metrics, "size_on_disk": proj.size_on_disk()}
+    if why:
+        out["state_reason"] = why
+    if state == "needs bake":
+        out["next_step"] = f"inve train VIDEO -o {proj.path} --resume  (re-bakes the maps)"
     if "per_frame" in metrics:
         from core.confidence import frame_summary  # noqa: PLC0415
 
@@ -157,6 +172,10 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
         from core.atlas_io import export_atlases
 
         return export_atlases(Path(args.project), Path(args.output))
+    if args.command == "correct":
+        from core.correct import correct_project
+
+        return correct_project(Path(args.project), Path(args.corrections), args.minutes, progress)
     if args.command == "info":
         return _info(args.project)
     if args.command == "serve":
@@ -178,7 +197,32 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
     raise InveError(f"unknown command {args.command!r}")
 
 
+def _join_option_values(argv: Sequence[str]) -> list[str]:
+    """``--frames -1:3`` -> ``--frames=-1:3``: argparse takes a value starting with '-' for an
+    option and would say "expected one argument"; joined, the range check explains the problem."""
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in ("--frames", "--minutes", "--iters", "--max-side", "--seed"):
+            nxt = next(it, None)
+            if nxt is not None and nxt.startswith("-") and len(nxt) > 1 and nxt[1:2] not in ("-",) \
+                    and not nxt[1:2].isalpha():
+                out.append(f"{a}={nxt}")
+                continue
+            out.append(a)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(a)
+    return out
+
+
+# destination errors that libraries raise directly (not through core.fsutil): one line each
+_DESTINATION_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = _join_option_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     progress = Progress(getattr(args, "progress", "bar"))
     progress.cancel.install_signal_handlers()
@@ -192,8 +236,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.error(str(exc))
         sys.stderr.write(f"inve: error: {exc}\n")
         return EXIT_ERROR
+    except OSError as exc:
+        if exc.errno not in _DESTINATION_ERRNOS:
+            raise  # anything else is a bug: keep its traceback
+        from core.fsutil import describe_os_error
+
+        msg = f"cannot write {exc.filename or 'the output'}: {describe_os_error(exc)}"
+        progress.error(msg)
+        sys.stderr.write(f"inve: error: {msg}\n")
+        return EXIT_ERROR
     except MemoryError:
-        msg = "out of memory; try a smaller --max-side or fewer --frames"
+        msg = ("out of memory; try a smaller --max-side or fewer --frames" if args.command in ("train", "batch")
+               else "out of memory; close other programs, or work on a project with fewer frames")
         progress.error(msg)
         sys.stderr.write(f"inve: error: {msg}\n")
         return EXIT_ERROR

@@ -4,7 +4,8 @@
 Metal (``mps``, Apple Silicon), then the CPU. On ``mps`` the pure-PyTorch hash grid runs as on
 the CPU: everything in ``core`` keeps torch tensors in float32/int64 (``mps`` has no float64)
 and uses gather/scatter-add ops that Metal implements; ``tests/test_device.py`` scans ``core``
-for float64 tensors so that stays true.
+for float64 tensors placed on a device so that stays true. Adam's fused kernel is asked for only
+where every supported torch has it (:func:`fused_adam`).
 
 What the machine offers is read once into :class:`Availability`; :func:`pick_device` takes it
 as an argument so every platform's choice is unit-tested without the hardware.

@@ -176,6 +176,9 @@ def _png_writer(image: np.ndarray, compress_level: int | None = None) -> Callabl
     return lambda tmp: iio.imwrite(tmp, img, extension=".png")
 
 
+png_writer = _png_writer  # ``writer(tmp)`` for write_output_file / OutputFolder.write
+
+
 def write_png(path: str | os.PathLike, image: np.ndarray, compress_level: int | None = None) -> None:
     """Write an 8-bit PNG (HxW, HxWx3 or HxWx4; floats in 0..1 are converted) atomically."""
     with atomic_path(path, suffix=".png") as tmp:
@@ -332,6 +335,13 @@ def _write_marker(folder: Path, files: dict[str, str | None], complete: bool,
            "note": "inve replaces the files listed here only while they are unchanged",
            "complete": complete, **(extra or {}), "files": dict(sorted(files.items()))}
     write_json(folder / OUTPUT_MARKER, doc)
+
+
+def mark_output_dir(folder: str | os.PathLike) -> None:
+    """Give ``folder`` an (empty, complete) marker: files inve writes there get recorded."""
+    folder = Path(folder)
+    if _read_marker(folder) is None:
+        _write_marker(folder, {}, complete=True)
 
 
 def output_dir_state(folder: str | os.PathLike) -> dict[str, Any] | None:

@@ -108,6 +108,12 @@ def load_masks(folder: Path, n_frames: int, start: int, work_size: tuple[int, in
         m = _mask_from_image(read_image(f))
         if shape is None:
             shape = m.shape
+            mh, mw = shape
+            # a mask of another aspect belongs to another framing: stretching it would put
+            # the foreground in the wrong place, so it is refused (resampling is for scale only)
+            if abs(mw * h - mh * w) > max(mw, mh, w, h):
+                raise InveError(f"mask {f.name} is {mw}x{mh}, which is not the video's shape ({w}x{h} at working "
+                                "size): masks must have the frames' aspect ratio (any scale)")
         elif m.shape != shape:
             raise InveError(f"mask {f.name} is {m.shape[1]}x{m.shape[0]}, others are {shape[1]}x{shape[0]}")
         m = cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA) if m.shape != (h, w) else m

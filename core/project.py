@@ -25,6 +25,7 @@ covers that square with pixel centres at uv = 2*(i+0.5)/A - 1, which is exactly
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -53,6 +54,9 @@ class ProjectInfo:
     source_relative: str | None = None
     format: int = PROJECT_FORMAT
     tool_version: str = __version__
+    # content fingerprint of the source (core.identity): finds the project again after a
+    # rename, and tells a checkpoint of this project from a copy of another one
+    source_fingerprint: str | None = None
 
     @property
     def n_frames(self) -> int:
@@ -76,7 +80,10 @@ class ProjectInfo:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], where: str = "project.json") -> "ProjectInfo":
+    def from_json(cls, d: Any, where: str = "project.json") -> "ProjectInfo":
+        fix = "restore it from a backup or train the project again into a new folder"
+        if not isinstance(d, dict):
+            raise InveError(f"{where} is damaged (not a JSON object); {fix}")
         fmt = d.get("format")
         if not isinstance(fmt, int):
             raise InveError(f"{where} has no format version; it was not written by inve")
@@ -90,9 +97,27 @@ class ProjectInfo:
             kwargs["source_size"] = tuple(int(v) for v in kwargs["source_size"])
             kwargs["work_size"] = tuple(int(v) for v in kwargs["work_size"])
             kwargs["frames"] = [int(v) for v in kwargs["frames"]]
-            return cls(**kwargs)
+            kwargs["fps"] = float(kwargs["fps"])
+            if not isinstance(kwargs.get("layers", []), list) or not isinstance(kwargs.get("settings", {}), dict):
+                raise TypeError("layers must be a list and settings an object")
+            info = cls(**kwargs)
         except (KeyError, TypeError, ValueError) as exc:
-            raise InveError(f"{where} is damaged: {exc}") from None
+            raise InveError(f"{where} is damaged ({exc}); {fix}") from None
+        problems = []
+        if not info.frames:
+            problems.append("no frames")
+        elif info.frames[0] < 0 or info.frames != list(range(info.frames[0], info.frames[0] + len(info.frames))):
+            problems.append("frames are not a range of source frames")
+        if len(info.source_size) != 2 or min(info.source_size) <= 0 or len(info.work_size) != 2 \
+                or min(info.work_size) <= 0:
+            problems.append("sizes must be positive")
+        if not info.layers or any(L not in LAYERS for L in info.layers):
+            problems.append(f"layers must be among {list(LAYERS)}")
+        if not 0 < info.fps < 1e4:
+            problems.append("bad fps")
+        if problems:
+            raise InveError(f"{where} is damaged ({', '.join(problems)}); {fix}")
+        return info
 
 
 @dataclass
@@ -105,9 +130,9 @@ class BakedMaps:
     ``atlas_used[layer]``: float32 [A, A] how much of each atlas texel any frame shows (0..1).
     ``meta``: what the maps were baked from (checkpoint step, identity), saved with them.
 
-    On disk (``PROJECT/maps/``, :mod:`core.arraystore`) the per-frame maps are float16
-    ``.npy`` files (uv: at most 0.0005 atlas units of rounding, about 0.1 source pixel),
-    opened memory-mapped: an edit or a track reads only the frames it touches instead of the
+    On disk (``PROJECT/maps/``, :mod:`core.arraystore`) all maps are float16 ``.npy``
+    files (uv: at most 0.0005 atlas units of rounding, about 0.1 source pixel; atlases are
+    read back as float32); the per-frame ones are opened memory-mapped: an edit or a track reads only the frames it touches instead of the
     whole clip, and its memory does not grow with the shot. Readers convert per frame
     (``np.asarray(maps.uv[L][t], np.float32)``). ``meta.json`` is written last and marks
     a complete set. Projects of format 1 (one ``maps.npz``) still load, into memory.
@@ -158,8 +183,8 @@ class BakedMaps:
             for layer in self.uv:
                 if not store.has(f"uv_{layer}"):
                     _put_frames(store, f"uv_{layer}", self.uv[layer], self.MAP_DTYPE)
-                store.put(f"atlas_{layer}", self.atlas[layer], np.float32)
-                store.put(f"atlas_used_{layer}", self.atlas_used[layer], np.float32)
+                store.put(f"atlas_{layer}", self.atlas[layer], self.MAP_DTYPE)
+                store.put(f"atlas_used_{layer}", self.atlas_used[layer], self.MAP_DTYPE)
             for old in Path(path).glob("*.npy"):  # layers of an earlier bake that this one lacks
                 if old.stem.startswith(("uv_", "atlas_")) and old.stem.split("_")[-1] not in self.uv:
                     old.unlink()
@@ -168,6 +193,19 @@ class BakedMaps:
         except BaseException:
             store.abort()
             raise
+
+    @staticmethod
+    def read_meta(path: str | Path) -> dict[str, Any]:
+        """Only the maps' ``meta`` (cheap: ``info`` reads it without opening the arrays)."""
+        from core import arraystore  # noqa: PLC0415
+
+        path = Path(path)
+        if path.is_dir():
+            stored = arraystore.read_meta(path)
+            if stored is None or stored.get("kind") != "baked_maps":
+                raise InveError(f"the baked maps in {path} are incomplete or damaged; " + _REBAKE)
+            return dict(stored.get("meta") or {})
+        return {}
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = True) -> "BakedMaps":
@@ -185,20 +223,41 @@ class BakedMaps:
                 def get(name: str, mapped: bool) -> np.ndarray:
                     return arraystore.open_array(path, name, mmap=mapped)
 
-                return cls(uv={k: get(f"uv_{k}", mmap) for k in layers}, alpha=get("alpha", mmap),
-                           atlas={k: np.asarray(get(f"atlas_{k}", False)) for k in layers},
-                           atlas_used={k: np.asarray(get(f"atlas_used_{k}", False)) for k in layers},
+                maps = cls(uv={k: get(f"uv_{k}", mmap) for k in layers}, alpha=get("alpha", mmap),
+                           atlas={k: np.asarray(get(f"atlas_{k}", False), np.float32) for k in layers},
+                           atlas_used={k: np.asarray(get(f"atlas_used_{k}", False), np.float32) for k in layers},
                            meta=dict(stored.get("meta") or {}))
-            except (OSError, ValueError) as exc:
-                raise InveError(f"the baked maps in {path} are damaged ({exc}); train the project again") from None
+            except (OSError, ValueError, EOFError) as exc:
+                raise InveError(f"the baked maps in {path} are damaged ({_first_line(exc)}); {_REBAKE}") from None
+            _check_shapes(maps, path)
+            return maps
         legacy = path.with_name(Project.MAPS_LEGACY) if path.name != Project.MAPS_LEGACY else path
         if not legacy.is_file():
             raise InveError(f"{path.parent} has no baked maps ({path.name}); train it first (inve train)")
-        with np.load(legacy) as z:
-            layers = [k[3:] for k in z.files if k.startswith("uv_")]
-            return cls(uv={k: z[f"uv_{k}"] for k in layers}, alpha=z["alpha"],
-                       atlas={k: z[f"atlas_{k}"] for k in layers},
-                       atlas_used={k: z[f"atlas_used_{k}"] for k in layers})
+        try:
+            with np.load(legacy) as z:
+                layers = [k[3:] for k in z.files if k.startswith("uv_")]
+                maps = cls(uv={k: z[f"uv_{k}"] for k in layers}, alpha=z["alpha"],
+                           atlas={k: z[f"atlas_{k}"] for k in layers},
+                           atlas_used={k: z[f"atlas_used_{k}"] for k in layers})
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise InveError(f"the baked maps {legacy} are damaged ({_first_line(exc)}); {_REBAKE}") from None
+        _check_shapes(maps, legacy)
+        return maps
+
+
+_REBAKE = "run 'inve train VIDEO -o PROJECT --resume' to bake them again"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+
+
+def _check_shapes(maps: BakedMaps, path: Path) -> None:
+    ok = bool(maps.uv) and np.ndim(maps.alpha) == 3 and maps.n_frames > 0 and all(
+        tuple(np.shape(maps.uv[k])) == (*np.shape(maps.alpha), 2) and np.ndim(maps.atlas[k]) == 3 for k in maps.uv)
+    if not ok:
+        raise InveError(f"the baked maps in {path} are damaged (arrays of inconsistent shapes); {_REBAKE}")
 
 
 def _put_frames(store: Any, name: str, array: np.ndarray, dtype: Any) -> None:
@@ -262,12 +321,48 @@ class Project:
     # -- contents ----------------------------------------------------------------------
     @property
     def is_trained(self) -> bool:
-        maps = (self.path / self.MAPS / "meta.json").is_file() or (self.path / self.MAPS_LEGACY).is_file()
-        return maps and (self.path / self.CHECKPOINT).is_file()
+        return self.state()[0] == "trained"
+
+    def _maps_path(self) -> Path | None:
+        for p in (self.path / self.MAPS, self.path / self.MAPS_LEGACY):
+            if p.exists():
+                return p
+        return None
+
+    def state(self) -> tuple[str, str]:
+        """``(state, why)``: "trained", "needs bake" (networks newer than the maps, or maps
+        missing or interrupted), "untrained" (nothing trained yet) or "damaged" (see ``why``)."""
+        from core import checkpoint  # noqa: PLC0415
+
+        ckpt, maps = self.path / self.CHECKPOINT, self._maps_path()
+        if maps is None:
+            return ("needs bake", "no baked maps yet") if ckpt.is_file() else ("untrained", "")
+        if not ckpt.is_file():
+            return "needs bake", f"no {self.CHECKPOINT}"
+        try:
+            meta = BakedMaps.read_meta(maps)
+        except InveError as exc:
+            return "needs bake", str(exc)
+        kind, why = checkpoint.maps_state(meta, self.info, ckpt)
+        if kind == "ok":
+            return "trained", ""
+        return ("needs bake" if kind == "stale" else "damaged"), why
 
     def maps(self) -> BakedMaps:
+        """The baked maps; refused when they belong to another project or checkpoint."""
         if self._maps is None:
-            self._maps = BakedMaps.load(self.path / self.MAPS)
+            from core import checkpoint  # noqa: PLC0415
+
+            maps = BakedMaps.load(self.path / self.MAPS)
+            hint = checkpoint.RESUME_HINT.format(project=self.path)
+            kind, why = checkpoint.maps_state(maps.meta, self.info, self.path / self.CHECKPOINT)
+            if kind != "ok":
+                raise InveError(f"{self.path}: {why}; {hint}")
+            if maps.n_frames != self.info.n_frames or set(maps.layers) != set(self.info.layers):
+                raise InveError(f"{self.path} is inconsistent: {self.info.n_frames} frame(s) and layers "
+                                f"{self.info.layers} in {self.INFO}, {maps.n_frames} and {maps.layers} in the "
+                                f"baked maps; {hint}")
+            self._maps = maps
         return self._maps
 
     def source_path(self) -> Path:
@@ -295,7 +390,16 @@ class Project:
         if self._frames is None:
             p = self.path / self.FRAMES
             if p.is_file():
-                self._frames = np.load(p, mmap_mode="r")
+                W, H = self.info.source_size
+                again = f"delete {p.name} and run 'inve train VIDEO -o {self.path} --resume' to decode them again"
+                try:
+                    frames = np.load(p, mmap_mode="r")
+                except (OSError, ValueError, EOFError) as exc:
+                    raise InveError(f"the project's frames {p} are damaged ({_first_line(exc)}); {again}") from None
+                if frames.dtype != np.uint8 or frames.shape != (self.info.n_frames, H, W, 3):
+                    raise InveError(f"the project's frames {p} do not match {self.INFO} "
+                                    f"({tuple(frames.shape)} vs {(self.info.n_frames, H, W, 3)}); {again}")
+                self._frames = frames
             else:
                 from core.video import FrameSource  # noqa: PLC0415 - video I/O only when rendering
 
@@ -309,16 +413,36 @@ class Project:
         return folder_size(self.path)
 
     def mapping(self, device: str = "cpu") -> LayeredMapping:
-        """The trained networks as a :class:`LayeredMapping` (imports torch)."""
+        """The trained networks as a :class:`LayeredMapping` (imports torch).
+
+        Refuses a damaged checkpoint, one of another project, and one that the baked maps
+        were not baked from (maps and networks would disagree), each with one line."""
         if self._mapping is None:
-            from core.model import load_mapping
+            from core import checkpoint  # noqa: PLC0415
+            from core.model import ModelMapping, load_model  # noqa: PLC0415
 
             ckpt = self.path / self.CHECKPOINT
             if not ckpt.is_file():
                 raise InveError(f"{self.path} has no trained networks ({self.CHECKPOINT}); train it first")
-            self._mapping = load_mapping(ckpt, self.info, device=device)
+            if ckpt.stat().st_size == 0:
+                checkpoint.read_checkpoint(ckpt, device)  # raises: one line saying what to do
+            try:
+                model, state = load_model(ckpt, device)
+            except InveError as exc:
+                raise InveError(f"{str(exc).splitlines()[0]}; delete {ckpt.name} and train again with "
+                                f"'inve train VIDEO -o {self.path} --resume'") from None
+            checkpoint.check_belongs(state, self.info, ckpt)
+            del state
+            if self._maps_path() is not None:
+                self.maps()  # raises when the maps were baked from another checkpoint
+            self._mapping = ModelMapping(model, tuple(self.info.source_size))
         return self._mapping
 
     def metrics(self) -> dict[str, Any]:
         p = self.path / self.METRICS
-        return fsutil.read_json(p, "metrics file") if p.is_file() else {}
+        if not p.is_file():
+            return {}
+        m = fsutil.read_json(p, "metrics file")
+        if not isinstance(m, dict):
+            raise InveError(f"metrics file {p} is damaged (not a JSON object); 'inve train --resume' rewrites it")
+        return m

@@ -40,12 +40,12 @@ LayerMask = Callable[[int, torch.Tensor], torch.Tensor]
 @dataclass
 class RefineConfig:
     radius: int = 6  # template half-size, in samples of the level
-    search: int = 2  # integer search range (+- samples) at the coarsest level
+    search: int = 5  # integer search range (+- samples) at the coarsest level
     iters: int = 6  # Gauss-Newton iterations per level
     min_ncc: float = 0.75  # a worse best match is rejected
     min_texture: float = 3e-5  # smallest eigenvalue of the mean gradient structure tensor (grey 0..1 per sample)
     min_shown: float = 0.4  # share of the template window that must show the point's layer
-    max_shift: float = 3.0  # largest accepted correction, in samples of the coarsest level
+    max_shift: float = 6.0  # largest accepted correction, in samples of the coarsest level
 
 
 @dataclass

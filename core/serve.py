@@ -33,7 +33,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Iterator, TextIO
 
 import numpy as np
 
@@ -94,7 +94,6 @@ class Request:
     op: str
     fields: dict[str, Any]
     cancel: CancelToken = field(default_factory=CancelToken)
-    superseded_by: Any = None
 
 
 def encode_png(img: np.ndarray, level: int = PNG_LEVEL) -> bytes:

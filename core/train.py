@@ -13,6 +13,8 @@ inverse polish are callbacks from :mod:`core.schedules`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -57,6 +59,7 @@ class TrainConfig:
     frames: tuple[int, int] | None = None
     max_side: int = DEFAULT_MAX_SIDE
     masks: str | None = None
+    fg_hint: str | None = None  # HINTS.json: outlines grown into the masks (core/hints.py)
     iters: int | None = None
     minutes: float | None = None
     device: str = "auto"
@@ -176,7 +179,7 @@ class Trainer:
 # -- project-level orchestration -----------------------------------------------------------
 
 def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
-    """Existing project when resuming; refuse to clobber anything otherwise."""
+    """Existing project when resuming; refuse to clobber anything otherwise (call it under the lock)."""
     info_path = project_dir / Project.INFO
     if info_path.exists():
         if not resume:
@@ -188,22 +191,145 @@ def _open_or_create(project_dir: Path, resume: bool) -> Project | None:
     if project_dir.exists():
         if not project_dir.is_dir():
             raise InveError(f"project path {project_dir} exists and is not a folder")
-        if any(project_dir.iterdir()):
+        from core.lock import LOCK_NAME  # noqa: PLC0415 - the caller's own lock is no content
+
+        if any(p.name != LOCK_NAME for p in project_dir.iterdir()):
             raise InveError(f"{project_dir} is not empty and is not an inve project; choose an empty or new folder")
     return None
 
 
+def _check_masks(masks: str | None) -> None:
+    """A --masks that cannot be read is refused before anything is decoded into the project."""
+    if not masks:
+        return
+    p = Path(masks)
+    if not p.exists():
+        raise InveError(f"--masks {masks}: no such folder")
+    if not p.is_dir():
+        raise InveError(f"--masks {masks} is a file; it must be a folder of mask images, one per frame")
+    from core.video import list_images  # noqa: PLC0415
+
+    if not list_images(p):
+        raise InveError(f"--masks {masks} holds no images")
+
+
+def _resume_settings(existing: Project, video: str | Path | None, cfg: TrainConfig,
+                     given: set[str] | None) -> str:
+    """Fill ``cfg`` from the project; refuse (naming each) settings that differ from it.
+
+    ``given`` names the settings the caller set on purpose (``None``: all of them). Returns
+    the source path to use (the stored one, or the same content found under a new name).
+    """
+    from core import video as vio  # noqa: PLC0415
+    from core.identity import source_fingerprint  # noqa: PLC0415
+
+    info = existing.info
+    stored = info.settings.get("train", {})
+    given = {"frames", "max_side", "video"} if given is None else given
+    diffs = []
+    start, end = info.frames[0], info.frames[-1] + 1
+    if "frames" in given and cfg.frames is not None:
+        a, b = cfg.frames
+        if a != start or (b not in (-1, None) and b != end):
+            diffs.append(f"--frames {a}:{'' if b in (-1, None) else b} (the project has {start}:{end})")
+    stored_side = int(stored.get("max_side", cfg.max_side))
+    if "max_side" in given and cfg.max_side != stored_side:
+        diffs.append(f"--max-side {cfg.max_side} (the project has {stored_side})")
+    source = info.source
+    if "video" in given and video is not None and Path(video).resolve() != Path(info.source).resolve():
+        vp = Path(video)
+        if not vp.exists():
+            diffs.append(f"VIDEO {video} (not found; the project's source is {info.source})")
+        else:
+            want = info.source_fingerprint or (source_fingerprint(info.source) if Path(info.source).exists() else None)
+            if want is None or source_fingerprint(vp) != want:
+                diffs.append(f"VIDEO {video} (the project was trained on {info.source})")
+            else:
+                source = str(vp.resolve())  # the same footage, moved or renamed
+    if diffs:
+        raise InveError(f"--resume continues {existing.path} with its own settings; these differ: "
+                        f"{'; '.join(diffs)}. Leave them out, or train into a new folder")
+    cfg.frames = (start, end)
+    cfg.max_side = stored_side
+    cfg.single_layer = info.layers == ["bg"]
+    if cfg.masks is None:
+        cfg.masks = stored.get("masks")
+    if cfg.iters is None and cfg.minutes is None:
+        cfg.iters, cfg.minutes = stored.get("iters"), stored.get("minutes")
+    return source
+
+
+def _check_project_atlases(project_dir: Path) -> None:
+    """The atlas PNGs in a project are replaced on every bake: refuse up front when the user
+    changed one (painted it in place), rather than overwrite it or fail after training."""
+    marker = fsutil.output_dir_state(project_dir)
+    for layer in ("bg", "fg"):
+        p = project_dir / f"atlas_{layer}.png"
+        if not p.is_file():
+            continue
+        if marker is None:  # a project of inve 0.1: its atlases are the ones it wrote
+            fsutil.record_output(p, fsutil.sha256_file(p))
+            continue
+        if not fsutil.is_ours(p):
+            raise InveError(f"{p} was changed after inve wrote it (painted?); training would replace it: "
+                            "move it out of the project (to use it as an 'atlas' edit layer), then run again")
+
+
 def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, progress: Progress,
-                  resume: bool = False, monitor: Callable[[Trainer], None] | None = None) -> Project:
+                  resume: bool = False, monitor: Callable[[Trainer], None] | None = None,
+                  given: set[str] | None = None) -> Project:
     """Train (or resume) a project and bake it. Returns the opened project.
+
+    Holds the project lock (``core.lock``) throughout: a second writer is refused with the
+    holder's name, and the "already a project" check runs inside it. ``cfg`` is not changed
+    (a resume works on a copy filled from the project). ``given`` names the settings the
+    caller chose explicitly ("frames", "max_side", "video"; ``None``: all); a resume refuses
+    those that differ from the project, naming each.
 
     ``monitor(trainer)`` is called after every step (benchmarks use it to measure quality
     over time); its own run time is not counted as training time.
     """
+    from core.lock import project_lock  # noqa: PLC0415
+
+    cfg = dataclasses.replace(cfg, weights=dataclasses.replace(cfg.weights), model=dict(cfg.model))
+    project_dir = Path(project_dir)
+    _check_masks(cfg.masks)
+    if project_dir.exists() and not project_dir.is_dir():
+        raise InveError(f"project path {project_dir} exists and is not a folder")
+    if not resume and not (project_dir / Project.INFO).exists() and not Path(video).exists():
+        raise InveError(f"video not found: {video}")
+    created = not project_dir.exists()
+    fsutil.probe_writable(project_dir, "project folder")
+    try:
+        with _lock_unless_ours(project_dir, project_lock):
+            return _train_locked(video, project_dir, cfg, progress, resume, monitor, given)
+    except BaseException:
+        if created:  # refused before anything was written: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                project_dir.rmdir()
+        raise
+
+
+def _lock_unless_ours(project_dir: Path, project_lock: Callable[..., Any]) -> Any:
+    """The project lock, unless this very process holds it already (``inve batch`` takes it
+    for a whole shot and calls :func:`train_project` inside)."""
+    import socket  # noqa: PLC0415
+
+    from core.lock import read_holder  # noqa: PLC0415
+
+    holder = read_holder(project_dir) if project_dir.is_dir() else None
+    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        return contextlib.nullcontext()
+    return project_lock(project_dir, "train")
+
+
+def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progress: Progress, resume: bool,
+                  monitor: Callable[[Trainer], None] | None, given: set[str] | None) -> Project:
+    from core import checkpoint  # noqa: PLC0415
     from core import video as vio  # noqa: PLC0415
+    from core.identity import source_fingerprint  # noqa: PLC0415
     from core.preprocess import preprocess, release_cache, working_frames  # noqa: PLC0415
 
-    project_dir = Path(project_dir)
     existing = _open_or_create(project_dir, resume)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -211,60 +337,71 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
         torch.set_num_threads(_cpu_threads())
 
     if existing is not None:
-        info = existing.info
-        stored = info.settings.get("train", {})
         # A resume keeps the data settings of the project; new budgets replace old ones.
-        cfg.frames = (info.frames[0], info.frames[-1] + 1)
-        cfg.max_side = int(stored.get("max_side", cfg.max_side))
-        cfg.single_layer = info.layers == ["bg"]
-        if cfg.masks is None:
-            cfg.masks = stored.get("masks")
-        if cfg.iters is None and cfg.minutes is None:
-            cfg.iters, cfg.minutes = stored.get("iters"), stored.get("minutes")
-        source = info.source
+        source = _resume_settings(existing, video, cfg, given)
+        _check_masks(cfg.masks)
+        _check_project_atlases(project_dir)
+        if Path(source).resolve() == Path(existing.info.source).resolve():
+            source = str(existing.source_path())  # also found relative to the project
     else:
         source = str(Path(video).resolve())
-    if existing is not None:
-        source = str(existing.source_path())
     vinfo = vio.probe(source)
     start, end = vio.resolve_range(vinfo, cfg.frames)
     work = vio.working_size(vinfo.width, vinfo.height, cfg.max_side)
-    if existing is not None and tuple(existing.info.source_size) != (vinfo.width, vinfo.height):
-        raise InveError(f"the source video {source} changed size since the project was made; start a new project")
+    fingerprint = source_fingerprint(source)
+    if existing is not None:
+        if tuple(existing.info.source_size) != (vinfo.width, vinfo.height):
+            raise InveError(f"the source video {source} changed size since the project was made; "
+                            "start a new project")
+        if existing.info.source_fingerprint not in (None, fingerprint):
+            raise InveError(f"the source video {source} is not the footage the project was trained on "
+                            "(its content changed); put the original back or start a new project")
     vio.check_resources(end - start, (vinfo.width, vinfo.height), work, None)
 
-    project_dir.mkdir(parents=True, exist_ok=True)
     settings = {"train": _settings(cfg)}
     rel_source = _relative(source, project_dir)
     if existing is None:
         # Claim the folder first: a run cancelled while loading leaves a project that
         # `--resume` picks up, not an anonymous folder that the next run refuses.
         layers = ["bg"] if cfg.single_layer else ["bg", "fg"]
+        fsutil.mark_output_dir(project_dir)  # the folder's marker records the atlas PNGs inve writes
         Project(project_dir, ProjectInfo(source=source, frames=list(range(start, end)),
                                          source_size=(vinfo.width, vinfo.height), work_size=work, fps=vinfo.fps,
-                                         layers=layers, settings=settings, source_relative=rel_source)).save_info()
+                                         layers=layers, settings=settings, source_relative=rel_source,
+                                         source_fingerprint=fingerprint)).save_info()
     if cfg.iters is None and cfg.minutes is None:
         cfg.minutes = default_minutes(end - start, work)
         settings = {"train": _settings(cfg)}
         progress.message(f"training budget {cfg.minutes:g} min for {end - start} frames at {work[0]}x{work[1]} "
                          "(the default grows with frames x pixels; set --minutes or --iters to choose)")
     frames = working_frames(project_dir / "cache", source, vinfo, start, end, work, progress)
-    prep = preprocess(project_dir / "cache", frames, Path(cfg.masks) if cfg.masks else None, cfg.single_layer,
-                      start, progress)
+    masks_dir = Path(cfg.masks) if cfg.masks else None
+    if cfg.fg_hint and masks_dir is None:
+        from core.hints import hint_masks  # noqa: PLC0415
+
+        masks_dir = hint_masks(project_dir / "cache", frames, Path(cfg.fg_hint), (vinfo.width, vinfo.height),
+                               list(range(start, end)), progress)
+    prep = preprocess(project_dir / "cache", frames, masks_dir, cfg.single_layer, start, progress)
     layers = ["bg"] if prep.masks is None else ["bg", "fg"]
     if prep.masks is None and not cfg.single_layer:
         progress.message("no moving foreground found: training a single (background) layer")
 
     info = ProjectInfo(source=source, frames=list(range(start, end)), source_size=(vinfo.width, vinfo.height),
                        work_size=work, fps=vinfo.fps, layers=layers,
-                       settings={**settings, "mask_source": prep.mask_source}, source_relative=rel_source)
+                       settings={**settings, "mask_source": prep.mask_source}, source_relative=rel_source,
+                       source_fingerprint=fingerprint)
     project = Project(project_dir, info)
     project.save_info()
 
     ckpt_path = project_dir / Project.CHECKPOINT
     if existing is not None and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        mcfg = config_from_json(state["model_config"])
+        state = checkpoint.read_checkpoint(ckpt_path, device)  # damaged: one line, what to do
+        checkpoint.check_belongs(state, info, ckpt_path)  # a copy from another project: refused
+        try:
+            mcfg = config_from_json(state["model_config"])
+        except (KeyError, TypeError, ValueError):
+            raise InveError(f"the checkpoint {ckpt_path} is not readable by this inve; delete it and "
+                            "train again with --resume") from None
     else:
         state = None
         backend = "auto"
@@ -278,7 +415,7 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     if state is not None:
         trainer.load_state(state)
 
-    run_loop(trainer, ckpt_path, progress, monitor)
+    run_loop(trainer, ckpt_path, progress, monitor, info=info)
     model.set_atlas_detail(1.0)
     progress.message(f"trained {trainer.step} iterations in {trainer.elapsed:.0f} s "
                      f"(running PSNR ~{trainer.psnr_estimate:.1f} dB); baking maps")
@@ -289,12 +426,15 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
     store = BakedMaps.writer(project_dir / Project.MAPS)  # maps go straight into memory-mapped files
     try:
         result = bake(model, prep.frames, info.source_size, progress, out=store.frame_array)
+        # the maps remember the checkpoint they come from: a later checkpoint (a resume killed
+        # before its bake) makes the project "needs bake" instead of silently mixing the two
+        result.maps.meta = {**result.maps.meta, **checkpoint.maps_meta(info, ckpt_path, trainer.step)}
         result.maps.save(project_dir / Project.MAPS, store=store)
     except BaseException:
         store.abort()  # a cancelled bake leaves no temporary files (and the last maps, if any)
         raise
     for layer, atlas in result.maps.atlas.items():
-        fsutil.write_png(project_dir / f"atlas_{layer}.png", atlas)
+        fsutil.write_output_file(project_dir / f"atlas_{layer}.png", fsutil.png_writer(atlas), "project atlas")
     metrics = {"psnr": round(result.psnr, 3), "atlas_psnr": round(atlas_psnr(result.maps, prep.frames), 3),
                "iterations": trainer.step, "train_seconds": round(trainer.elapsed, 2),
                "cycle_error_px": {k: round(v, 4) for k, v in result.cycle_error_px.items()},
@@ -306,8 +446,18 @@ def train_project(video: str | Path, project_dir: str | Path, cfg: TrainConfig, 
 
 
 def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress,
-             monitor: Callable[[Trainer], None] | None = None) -> None:
-    """Train until the budget is spent; checkpoint periodically and on cancel."""
+             monitor: Callable[[Trainer], None] | None = None, info: ProjectInfo | None = None) -> None:
+    """Train until the budget is spent; checkpoint periodically and on cancel.
+
+    With ``info`` the checkpoints record the project's identity (``core.checkpoint``)."""
+    def save() -> None:
+        if info is None:
+            trainer.save(ckpt_path)
+        else:
+            from core.checkpoint import save_checkpoint  # noqa: PLC0415
+
+            save_checkpoint(ckpt_path, trainer.state(), info)
+
     iters, seconds = trainer.cfg.budget()
     last_ckpt = time.monotonic()
     try:
@@ -321,13 +471,13 @@ def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress,
             progress.update("train", int(round(fr * 1000)), 1000, psnr=round(trainer.psnr_estimate, 2),
                             iteration=trainer.step)
             if time.monotonic() - last_ckpt > trainer.cfg.checkpoint_seconds:
-                trainer.save(ckpt_path)
+                save()
                 last_ckpt = time.monotonic()
     except Cancelled:
-        trainer.save(ckpt_path)
+        save()
         progress.message(f"cancelled at iteration {trainer.step}; checkpoint saved, continue with --resume")
         raise
-    trainer.save(ckpt_path)
+    save()
 
 
 def _relative(source: str, project_dir: Path) -> str | None:
@@ -358,10 +508,18 @@ def _settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def train_command(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    fg_hint = getattr(args, "fg_hint", None)
+    if fg_hint:
+        from core.hints import check_hints_file  # noqa: PLC0415
+
+        check_hints_file(Path(fg_hint), args.masks, args.single_layer)  # before any folder is made
+        fg_hint = str(Path(fg_hint).resolve())
     cfg = TrainConfig(frames=args.frames, max_side=args.max_side or DEFAULT_MAX_SIDE, masks=args.masks,
                       iters=args.iters, minutes=args.minutes, device=args.device, seed=args.seed,
-                      single_layer=args.single_layer)
-    project = train_project(args.video, args.output, cfg, progress, resume=args.resume)
+                      single_layer=args.single_layer, fg_hint=fg_hint)
+    given = {"video"} | {name for name, value in (("frames", args.frames), ("max_side", args.max_side))
+                         if value is not None}
+    project = train_project(args.video, args.output, cfg, progress, resume=args.resume, given=given)
     metrics = project.metrics()
     return {"project": str(project.path.resolve()), **metrics,
             "summary": f"project {project.path}: PSNR {metrics['psnr']:.2f} dB after {metrics['iterations']} "

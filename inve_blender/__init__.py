@@ -18,31 +18,33 @@ from __future__ import annotations
 
 
 def _classes() -> list[type]:
-    from .blender import ops_edit, ops_sticker, ops_track, ops_train, panels, preferences, properties
+    from .blender import ops_edit, ops_engine, ops_sticker, ops_track, ops_train, panels, preferences, properties
 
     return [*properties.CLASSES, *preferences.CLASSES, *ops_train.CLASSES, *ops_edit.CLASSES,
-            *ops_sticker.CLASSES, *ops_track.CLASSES, *panels.CLASSES]
+            *ops_sticker.CLASSES, *ops_track.CLASSES, *ops_engine.CLASSES, *panels.CLASSES]
 
 
 def register() -> None:
     import bpy
 
-    from .blender import handlers, properties
+    from .blender import handlers, ops_engine, preferences, properties
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     properties.register_props()
     handlers.register()
+    ops_engine.register(preferences.engine_spec)  # the engine check at start-up, in the background
 
 
 def unregister() -> None:
     import bpy
 
-    from .blender import handlers, jobs, preview, properties, service
+    from .blender import handlers, jobs, ops_engine, preview, properties, service
 
     handlers.unregister()
     preview.unregister()
     jobs.shutdown()
+    ops_engine.unregister()
     service.stop()  # the engine service ends with the add-on
     properties.unregister_props()
     for cls in reversed(_classes()):

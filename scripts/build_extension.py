@@ -72,7 +72,7 @@ def stage(dest: Path) -> Path:
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     (pkg / "engine" / "requirements.txt").write_text(
         "# The INVE engine's Python dependencies (from pyproject.toml), installed by the add-on's\n"
-        "# 'Install Dependencies' button into the extension's user folder.\n" + "\n".join(deps) + "\n")
+        "# 'Install Engine' button into the engine environment (inve_blender/io/engine_setup.py).\n" + "\n".join(deps) + "\n")
     return pkg
 
 

@@ -18,7 +18,7 @@ if [ ! -x "$LTS_VENV/bin/python" ]; then
   "$PY" -m venv "$LTS_VENV"
   "$LTS_VENV/bin/python" -m pip install -q --upgrade pip
 fi
-"$LTS_VENV/bin/python" -m pip install -q "bpy==4.5.*" "numpy>=1.26,<2" "imageio>=2.31" "imageio-ffmpeg>=0.5" \
+"$LTS_VENV/bin/python" -m pip install -q "bpy==4.5.*" "numpy>=1.26,<2" "imageio>=2.31" "imageio-ffmpeg>=0.6" \
   "opencv-python-headless>=4.8,<4.12" "pytest>=8"
 export INVE_TEST_ENGINE_PYTHON="$PWD/.venv/bin/python"
 exec "$LTS_VENV/bin/python" -m pytest -q -rs -p no:cacheprovider tests/test_blender_*.py "$@"

@@ -556,6 +556,7 @@ def _add_gp_stroke(bpy: Any, scene: Any, frame: int, world_pts: list[tuple[float
     scene.collection.objects.link(obj)
     mat = bpy.data.materials.new(name + "Red")
     bpy.data.materials.create_gpencil_data(mat)
+    mat.grease_pencil.show_stroke = True  # 5.2 leaves it False here (5.0.1: True): strokes would be hidden
     mat.grease_pencil.color = (1.0, 0.0, 0.0, 1.0)
     obj.data.materials.append(mat)
     layer = gp.layers.new("Lines")

@@ -73,11 +73,15 @@ def test_png_folder_named_by_source_frame_from_original_frames(proj, gt_mapping,
     assert events[-1]["event"] == "done" and events[-1]["frames"] == T
     import imageio.v3 as iio
 
+    changed = []
     for t in range(T):
         img = iio.imread(out / f"{FIRST + t:04d}.png")
         assert img.shape == (H, W, 3)  # source resolution although the maps are at half size
         diff = np.abs(img.astype(int) - clip.frames[t]).max(-1)
         assert (diff > 0).mean() < 0.5 and diff[30:, :20].max() == 0  # untouched pixels are the originals
+        changed.append(int((diff > 16).sum()))
+    # the edits were applied: clearly changed pixels in every frame (not just re-encoded originals)
+    assert min(changed) > 20, changed
     # a second run into the folder inve wrote is allowed
     rc, _, err = run_cli(capsys, "edit", str(project.path), "--edits", str(edits), "-o", str(out), "--progress", "none")
     assert rc == 0, err

@@ -52,9 +52,15 @@ def test_demo_writes_movie_contact_sheet_and_a_valid_stack(fake_fit, tmp_path, c
     assert probe(out / "edited.mp4").n_frames == 10
     tracks = json.loads((out / "TRACKS.json").read_text())
     assert len(tracks["tracks"]) >= 4 and all(len(t["xy"]) == 10 for t in tracks["tracks"])
-    # the fg loop stroke attached to the foreground
+    # the fg loop stroke attached to the foreground, the wave to the background
+    from core.edits.context import RenderContext
+    from core.edits.sketch import carry_stroke
+
     sketch = next(l for l in layers if l.type == "sketch")
     assert len(sketch.strokes) == 2
+    ctx = RenderContext(proj, mapping=clip.gt)
+    assert carry_stroke(ctx, sketch.strokes[0], sketch.t, sketch.layer).layer == "bg"
+    assert carry_stroke(ctx, sketch.strokes[1], sketch.t, sketch.layer).layer == "fg"
     # a second demo run into the same folder re-uses the project instead of training again
     assert cli.main(["demo", "-o", str(out), "--progress", "none"]) == 0
     assert len(calls) == 1

@@ -224,13 +224,14 @@ def test_online_steps_take_torch_from_the_plans_index(tmp_path: Path) -> None:
     reqs = ["torch==2.13.0", "numpy>=1.26,<3", "imageio>=2.31"]
     for machine, index in ((Machine("Linux", "x86_64", True), es.TORCH_INDEX["cuda"]),
                            (Machine("Darwin", "arm64", False), None)):
-        steps = EngineInstaller(tmp_path, reqs, allow_online=True, machine=machine).steps("py")
+        pip_step, *steps = EngineInstaller(tmp_path, reqs, allow_online=True, machine=machine).steps("py")
+        assert pip_step.args[-2:] == ["--upgrade", "pip"]
         assert [s.args[-1] for s in steps][0] == "torch==2.13.0"
-        assert ("--index-url" in steps[0].args) == (index is not None)
+        assert ("--extra-index-url" in steps[0].args) == (index is not None)
         if index:
-            assert steps[0].args[steps[0].args.index("--index-url") + 1] == index
+            assert steps[0].args[steps[0].args.index("--extra-index-url") + 1] == index
         assert steps[1].args[-2:] == ["-r", str(tmp_path / "requirements.txt")]
-        assert abs(sum(s.share for s in steps) - 1.0) < 1e-9
+        assert abs(sum(s.share for s in [pip_step, *steps]) - 1.0) < 1e-9
     offline = EngineInstaller(tmp_path, reqs, wheels_dir=tmp_path).steps("py")
     assert len(offline) == 1 and "--no-index" in offline[0].args and "--find-links" in offline[0].args
 

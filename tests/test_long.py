@@ -270,3 +270,26 @@ def test_default_budget_grows_with_the_shot():
     assert DEFAULT_MINUTES < box <= MAX_DEFAULT_MINUTES
     assert default_minutes(132, (256, 144)) < box
     assert default_minutes(5000, (256, 192)) == MAX_DEFAULT_MINUTES
+
+
+def test_bake_into_memory_mapped_maps_matches_in_memory_bake(tmp_path):
+    """Training bakes straight into the project's float16 files: same maps (to float16), same metrics."""
+    from core.bake import bake
+    from core.model import LayeredAtlasModel, ModelConfig
+
+    torch.manual_seed(0)
+    frames = np.random.default_rng(1).integers(0, 256, (3, 24, 32, 3), dtype=np.uint8)
+    model = LayeredAtlasModel(ModelConfig(n_frames=3, work_size=(32, 24), map_log2_table=12, alpha_log2_table=12,
+                                          atlas_log2_table=12, atlas_levels=6, alpha_levels=4, map_levels=4))
+    ram = bake(model, frames, (64, 48), atlas_size=64)
+    store = BakedMaps.writer(tmp_path / "maps")
+    mapped = bake(model, frames, (64, 48), atlas_size=64, out=store.frame_array)
+    mapped.maps.save(tmp_path / "maps", store=store)
+    assert mapped.psnr == ram.psnr and mapped.cycle_error_px == ram.cycle_error_px
+    back = BakedMaps.load(tmp_path / "maps")
+    assert not list((tmp_path / "maps").glob(".*"))  # no temporary files left
+    for L in ram.maps.layers:
+        assert np.abs(back.uv[L].astype(np.float32) - ram.maps.uv[L]).max() <= 5e-4
+        assert back.atlas[L].dtype == np.float32
+        np.testing.assert_allclose(back.atlas[L], ram.maps.atlas[L], atol=5e-4, rtol=0)
+    assert np.abs(back.alpha.astype(np.float32) - ram.maps.alpha).max() <= 5e-4

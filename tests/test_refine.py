@@ -111,3 +111,22 @@ def test_tracks_report_their_own_error(drifting):
     tracks = track_points(ctx, pts)
     far = np.concatenate([tr.error_px[30:] for tr in tracks])
     assert np.median(far) > 1.0
+
+
+def test_dense_stroke_vertices_are_corrected_by_their_matched_neighbours(drifting):
+    """Many points in one call (a stroke's vertices): matched on a subset, all corrected."""
+    clip, project = drifting
+    gt = clip.gt
+    ctx = RenderContext(project, mapping=DriftingMapping(gt))
+    s = np.linspace(0, 1, 120)
+    xy0 = np.stack([15 + 130 * s, 12 + 8 * np.sin(6 * s)], -1)  # along the top, background only
+    assert len(xy0) > ctx.REFINE_MAX_POINTS
+    _, raw, ok = ctx.propagate("bg", xy0, 0, refine=False)
+    _, ref, _ = ctx.propagate("bg", xy0, 0)
+    ts = np.arange(20, gt.n_frames, dtype=np.float64)
+    truth = np.stack([gt.inverse("bg", np.repeat(gt.forward("bg", p[None], [0.0]), len(ts), 0), ts) for p in xy0], 1)
+    inside = (truth[..., 0] > 2) & (truth[..., 0] < 158) & (truth[..., 1] > 2) & (truth[..., 1] < 110)
+    inside &= gt.alpha(truth.reshape(-1, 2), np.repeat(ts, len(xy0))).reshape(inside.shape) < 0.5
+    e_raw = np.linalg.norm(raw[20:] - truth, axis=-1)[inside]
+    e_ref = np.linalg.norm(ref[20:] - truth, axis=-1)[inside]
+    assert np.median(e_raw) > 1.0 and np.median(e_ref) < 0.5, (np.median(e_raw), np.median(e_ref))

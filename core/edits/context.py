@@ -58,6 +58,10 @@ class RenderContext:
     SCAN_STRIDE = 2
     #: refine propagated points against the drawing frame's pixels (core/refine.py) by default
     REFINE = True
+    #: at most this many points of one propagation are matched; the others (the dense vertices
+    #: of a stroke) take the correction of their nearest matched neighbours: the mapping's
+    #: drift is smooth, and matching every vertex doubled the cost of rendering a stroke
+    REFINE_MAX_POINTS = 24
 
     def __init__(self, project: Project, mapping: LayeredMapping | None = None,
                  maps: BakedMaps | None = None, frames: np.ndarray | None = None) -> None:
@@ -223,8 +227,30 @@ class RenderContext:
         ok = (err_px < self.CYCLE_TOL_PX) & np.isfinite(xy_all).all(-1)
         xy_all, ok = xy_all.reshape(nf, n, 2), ok.reshape(nf, n)
         if self.refine_enabled if refine is None else refine:
-            xy_all = self.refine(layer, xy, t_from, frames, xy_all, ok).xy
+            xy_all = self._refine_sparse(layer, xy, t_from, frames, xy_all, ok)
         return uv, xy_all, ok
+
+    def _refine_sparse(self, layer: str, xy0: np.ndarray, t_from: int, frames: np.ndarray, xy: np.ndarray,
+                       ok: np.ndarray) -> np.ndarray:
+        """Refined positions; beyond REFINE_MAX_POINTS points, matched on an even subset and spread."""
+        n = len(xy0)
+        if n <= self.REFINE_MAX_POINTS:
+            return self.refine(layer, xy0, t_from, frames, xy, ok).xy
+        sub = np.unique(np.linspace(0, n - 1, self.REFINE_MAX_POINTS).round().astype(int))
+        r = self.refine(layer, xy0[sub], t_from, frames, xy[:, sub], ok[:, sub])
+        delta = np.where(r.accepted[..., None], r.xy - xy[:, sub], 0.0)  # [F, m, 2]
+        d2 = ((xy0[:, None, :] - xy0[None, sub, :]) ** 2).sum(-1)  # [n, m]
+        near = np.argsort(d2, axis=1)[:, :4]  # the 4 nearest matched points of each point
+        w_near = 1.0 / (np.take_along_axis(d2, near, 1) + 1.0)  # [n, 4]
+        out = np.array(xy, copy=True)
+        for i in range(len(frames)):
+            acc = r.accepted[i][near]  # [n, 4]
+            w = w_near * acc
+            tot = w.sum(1)
+            corr = (w[..., None] * delta[i][near]).sum(1) / np.maximum(tot, 1e-12)[:, None]
+            out[i] = np.where((tot > 0)[:, None], xy[i] + corr, xy[i])
+        out[:, sub] = r.xy  # matched points keep their own match
+        return out
 
     def cycle_error_px(self, layer: str, uv: np.ndarray, xy: np.ndarray) -> np.ndarray:
         """forward(xy_t) vs the points' uv [N, 2], source px, for positions xy [F, N, 2] of all frames."""

@@ -124,10 +124,34 @@ def _xy(ctx: _Ctx, v: Any, what: str) -> tuple[float, float]:
     return float(v[0]), float(v[1])
 
 
-def _points(ctx: _Ctx, v: Any, what: str, min_len: int) -> np.ndarray:
+# Extreme values are handled here, before anything is allocated: buffers downstream are sized
+# by the frame, never by a number from the file. Coordinates may reach a few frames beyond the
+# picture (a stroke may start off-screen); widths and feathers wider than the frame look the
+# same as the frame's size, so they are clipped to it; stickers must end up between half a
+# pixel and 16 frames in size.
+COORD_MARGIN = 4.0  # coordinates within [-4 W, 5 W] x [-4 H, 5 H]
+STICKER_MAX_FRAMES = 16.0
+
+
+def _check_coords(ctx: _Ctx, pts: np.ndarray, what: str, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None or pts.size == 0:
+        return pts
+    W, H = size
+    lo = -COORD_MARGIN * np.array([W, H], np.float64)
+    hi = (1.0 + COORD_MARGIN) * np.array([W, H], np.float64)
+    bad = np.nonzero(((pts < lo) | (pts > hi)).any(axis=1))[0]
+    if bad.size:
+        x, y = pts[bad[0]]
+        raise ctx.fail(f"{what} point ({x:.6g}, {y:.6g}) is far outside the {W}x{H} frame "
+                       f"(coordinates must lie within {lo[0]:g}..{hi[0]:g} x {lo[1]:g}..{hi[1]:g} source pixels)")
+    return pts
+
+
+def _points(ctx: _Ctx, v: Any, what: str, min_len: int, size: tuple[int, int] | None = None) -> np.ndarray:
     if not isinstance(v, list) or len(v) < min_len:
         raise ctx.fail(f"{what} must be a list of at least {min_len} [x, y] points")
-    return np.array([_xy(ctx, p, f"{what}[{j}]") for j, p in enumerate(v)], np.float64).reshape(-1, 2)
+    pts = np.array([_xy(ctx, p, f"{what}[{j}]") for j, p in enumerate(v)], np.float64).reshape(-1, 2)
+    return _check_coords(ctx, pts, what, size)
 
 
 def parse_color(ctx: _Ctx, v: Any, what: str = "color") -> tuple[float, float, float, float]:
@@ -266,9 +290,9 @@ def parse_layer(i: int, d: Any, base: Path, info: ProjectInfo, fname: str = "EDI
                 raise sctx.fail("must be an object with 'points', 'color', 'width'")
             if "points" not in s:
                 raise sctx.fail("missing field 'points'")
-            pts = _points(sctx, s["points"], "'points'", 1)
+            pts = _points(sctx, s["points"], "'points'", 1, (W, H))
             color = parse_color(sctx, s["color"]) if "color" in s else (1.0, 0.0, 0.0, 1.0)
-            width = _number(sctx, s, "width", 4.0, lo=0.0, lo_open=True)
+            width = min(_number(sctx, s, "width", 4.0, lo=0.0, lo_open=True), 2.0 * max(W, H))  # clipped
             strokes.append(Stroke(points=pts, color=color, width=width))
         return SketchLayer(**common, strokes=strokes, key=_key(d))
 
@@ -281,7 +305,15 @@ def parse_layer(i: int, d: Any, base: Path, info: ProjectInfo, fname: str = "EDI
         if "center" not in d:
             raise ctx.fail("missing field 'center'")
         center = _xy(ctx, d["center"], "'center'")
+        _check_coords(ctx, np.array([center], np.float64), "'center'", (W, H))
         scale = _number(ctx, d, "scale", 1.0, lo=0.0, lo_open=True)
+        side = scale * max(img.shape[0], img.shape[1])
+        if side > STICKER_MAX_FRAMES * max(W, H):
+            raise ctx.fail(f"'scale' {scale:g} makes the sticker {side:.6g} px wide, more than {STICKER_MAX_FRAMES:g} "
+                           f"times the {W}x{H} frame: only a blurred patch of it would show; use a smaller scale")
+        if side < 0.5:
+            raise ctx.fail(f"'scale' {scale:g} makes the sticker {side:.3g} px wide: it would cover nothing "
+                           "visible; use a larger scale")
         rotation = _number(ctx, d, "rotation", 0.0)
         mode = d.get("mode", "rigid")
         if mode not in STICKER_MODES:
@@ -293,12 +325,13 @@ def parse_layer(i: int, d: Any, base: Path, info: ProjectInfo, fname: str = "EDI
         region = d.get("region")
         if not isinstance(region, dict) or "polygon" not in region:
             raise ctx.fail("missing field 'region' ({\"polygon\": [[x, y], ...]})")
-        poly = _points(ctx, region["polygon"], "'region.polygon'", 3)
+        poly = _points(ctx, region["polygon"], "'region.polygon'", 3, (W, H))
         return AdjustLayer(**common, polygon=poly, hue=_number(ctx, d, "hue", 0.0),
                            saturation=_number(ctx, d, "saturation", 1.0, lo=0.0),
                            brightness=_number(ctx, d, "brightness", 0.0),
                            contrast=_number(ctx, d, "contrast", 1.0, lo=0.0),
-                           feather=_number(ctx, d, "feather", 1.5, lo=0.0), key=_key(d))
+                           feather=min(_number(ctx, d, "feather", 1.5, lo=0.0), float(max(W, H))),  # clipped
+                           key=_key(d))
 
     # atlas
     layer = layer or "bg"

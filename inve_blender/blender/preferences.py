@@ -7,6 +7,7 @@ import bpy
 from bpy.props import StringProperty
 
 from ..io import engine_env
+from . import ops_engine
 from .ui import draw_engine_status
 
 ADDON_ID = __package__.rpartition(".")[0]  # the add-on package (inve_blender or bl_ext.<repo>.inve_blender)
@@ -30,7 +31,8 @@ def deps_dir(create: bool = False) -> str:
 def engine_spec(context: bpy.types.Context | None = None) -> engine_env.EngineSpec:
     p = prefs(context)
     python = p.python_path if p is not None else ""
-    return engine_env.resolve(bpy.path.abspath(python) if python else "", deps_dir())
+    return engine_env.resolve(bpy.path.abspath(python) if python else "", deps_dir(),
+                              engine_python=ops_engine.installed_python())
 
 
 def _python_changed(self: "INVE_AP_preferences", context: bpy.types.Context) -> None:
@@ -46,11 +48,19 @@ class INVE_AP_preferences(bpy.types.AddonPreferences):
                     "<project>/.venv/bin/python). Empty: Blender's own Python plus the dependencies "
                     "installed with Install Dependencies",
         update=_python_changed)
+    wheels_dir: StringProperty(
+        name="Offline Wheels", subtype="DIR_PATH", default="",
+        description="Install Engine from this folder of wheels, without the internet (made elsewhere with "
+                    "pip download -d FOLDER -r requirements.txt). Empty: download (needs Allow Online Access)")
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         layout.prop(self, "python_path")
         draw_engine_status(layout, context, in_preferences=True)
+        box = layout.box()
+        box.label(text=f"Engine environment: {ops_engine.engine_home()}", icon="FILE_FOLDER")
+        box.prop(self, "wheels_dir")
+        ops_engine.draw_install(box)
         layout.label(text=f"Dependencies folder: {deps_dir()}", icon="FILE_FOLDER")
 
 

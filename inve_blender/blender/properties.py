@@ -43,7 +43,7 @@ class INVE_PG_project(bpy.types.PropertyGroup):
     frame_start: IntProperty(name="First Source Frame", default=0)
     frame_end: IntProperty(name="End Source Frame", description="One past the last trained source frame",
                            default=0)
-    path: StringProperty(name="Folder", subtype="DIR_PATH", default="",
+    path: StringProperty(name="Folder", subtype="DIR_PATH", default="", options={"PATH_SUPPORTS_BLEND_RELATIVE"},
                          description="The project's folder (relative to the .blend where possible)")
     abs_path: StringProperty(name="Absolute Folder", default="", options={"HIDDEN"})
     source_name: StringProperty(name="Source", default="")
@@ -72,8 +72,9 @@ class INVE_PG_settings(bpy.types.PropertyGroup):
                            min=0.05, max=24 * 60, unit="NONE")
     single_layer: BoolProperty(name="Background Only", description="Train one layer only (no moving "
                                "foreground): faster, for shots without a foreground object", default=False)
-    device: EnumProperty(name="Device", items=[("auto", "Automatic", "CUDA when available"),
-                                               ("cpu", "CPU", ""), ("cuda", "CUDA", "")], default="auto")
+    device: EnumProperty(name="Device", items=[("auto", "Automatic", "CUDA, else Apple Metal (MPS), else the CPU"),
+                                               ("cpu", "CPU", ""), ("cuda", "CUDA", "NVIDIA GPU"),
+                                               ("mps", "Metal (MPS)", "Apple Silicon GPU")], default="auto")
     project_dir: StringProperty(name="Projects Folder", subtype="DIR_PATH", default="",
                                 description="Where new projects are made, one folder per source and frame "
                                             "range (empty: //inve/ next to the .blend)")

@@ -6,7 +6,7 @@ import textwrap
 import bpy
 
 from ..io import engine_env
-from . import jobs
+from . import jobs, ops_engine
 
 
 def _wrapped(layout: bpy.types.UILayout, text: str, icon: str = "NONE", width: int = 44) -> None:
@@ -25,12 +25,14 @@ def draw_engine_status(layout: bpy.types.UILayout, context: bpy.types.Context, i
         return True
     box = layout.box()
     if status is None:
-        box.label(text="Engine not checked yet", icon="INFO")
+        box.label(text="Checking the engine..." if ops_engine.checking() else "Engine not checked yet", icon="INFO")
     else:
         _wrapped(box, status.message, icon="ERROR")
     row = box.row(align=True)
     row.operator("inve.check_engine", icon="FILE_REFRESH")
-    box.operator("inve.install_dependencies", icon="IMPORT")
+    ops_engine.draw_install(box)
+    if in_preferences:  # the older way: into Blender's own Python (per Blender version)
+        box.operator("inve.install_dependencies", icon="IMPORT")
     if not in_preferences:
         box.operator("inve.open_preferences", icon="PREFERENCES")
     return False

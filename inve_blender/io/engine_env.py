@@ -104,12 +104,17 @@ def requirements(root: Path | None = None) -> list[str]:
     raise FileNotFoundError(f"the engine's requirements are missing from {root}")
 
 
-def resolve(preferred_python: str, deps_dir: str | None, blender_python: str | None = None) -> EngineSpec:
-    """Pick the interpreter: the preference if set, else Blender's own Python (+ installed deps)."""
+def resolve(preferred_python: str, deps_dir: str | None, blender_python: str | None = None,
+            engine_python: str | None = None) -> EngineSpec:
+    """Pick the interpreter: the preference if set, else the engine environment that Install
+    Engine made (``engine_python``, see io/engine_setup.py), else Blender's own Python (+ deps
+    installed into the extension's folder)."""
     root = str(engine_root())
     if preferred_python.strip():
         return EngineSpec(python=os.path.abspath(os.path.expanduser(preferred_python.strip())),
                           pythonpath=(root,), origin="preferences")
+    if engine_python:
+        return EngineSpec(python=engine_python, pythonpath=(root,), origin="engine environment")
     python = blender_python or sys.executable
     if deps_dir and os.path.isdir(deps_dir) and os.listdir(deps_dir):
         return EngineSpec(python=python, pythonpath=(root, deps_dir), origin="installed dependencies")
@@ -137,8 +142,8 @@ def check(spec: EngineSpec, timeout: float = 120.0) -> EngineStatus:
     missing = info.get("missing") or []
     if missing:
         short = ", ".join(m.split(":")[0] for m in missing)
-        how = ("click Install Dependencies, or set Engine Python in the add-on preferences to a "
-               "Python environment that has them")
+        how = ("click Install Engine (or Install Dependencies), or set Engine Python in the add-on "
+               "preferences to a Python environment that has them")
         return EngineStatus(False, f"The engine needs {short}: {how}", spec, info, now)
     where = "GPU (CUDA)" if info.get("cuda") else "CPU"
     return EngineStatus(True, f"Engine ready: torch {info.get('torch')} on {where} ({spec.origin})", spec, info, now)

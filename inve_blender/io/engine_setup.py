@@ -46,7 +46,6 @@ MARKER = "inve-engine.json"  # written last: the environment is complete
 LOG_NAME = "install.log"
 LOCK_NAME = ".install.lock"
 VENV_DIR = "venv"
-PYPI_INDEX = "https://pypi.org/simple"
 TORCH_INDEX = {"cpu": "https://download.pytorch.org/whl/cpu",
                "cuda": "https://download.pytorch.org/whl/cu128"}
 SUPPORTED_PYTHONS = ((3, 10), (3, 11), (3, 12), (3, 13), (3, 14))  # PyTorch 2.13 wheels
@@ -472,11 +471,14 @@ class EngineInstaller:
                             1.0, len(self.requirements))]
         plan = self.plan()
         torch_reqs = [r for r in self.requirements if requirement_name(r) == "torch"]
-        steps: list[PipStep] = []
+        # a current pip first (a few MB): the venv's bundled one may predate byte-level progress
+        steps: list[PipStep] = [PipStep("pip", [*common, "--upgrade", "pip"], 0.02, 1)]
         if torch_reqs:
-            index = ["--index-url", plan.torch_index, "--extra-index-url", PYPI_INDEX] if plan.torch_index else []
+            # an extra index: pip takes the highest version, and a local build such as 2.13.0+cpu or
+            # 2.13.0+cu128 sorts above the default index's plain 2.13.0 (PEP 440)
+            index = ["--extra-index-url", plan.torch_index] if plan.torch_index else []
             steps.append(PipStep(f"PyTorch ({plan.torch_build})", [*common, *index, *torch_reqs], 0.75, 8))
-        steps.append(PipStep("the other packages", [*common, "-r", req_file], 0.25 if torch_reqs else 1.0,
+        steps.append(PipStep("the other packages", [*common, "-r", req_file], 0.23 if torch_reqs else 0.98,
                              len(self.requirements) - len(torch_reqs) + 2))
         return steps
 

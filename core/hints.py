@@ -1,0 +1,205 @@
+"""Foreground the user can point at (``inve train --fg-hint HINTS.json``).
+
+The automatic masks (motion that disagrees with the camera) miss thin and weakly textured
+parts of a moving object, which then live in the background atlas and an edit on the
+background is drawn over them. A user knows where the object is: a closed outline on one or
+a few frames is enough to grow rough masks for the whole clip::
+
+    {"version": 1, "hints": [{"frame": 12, "polygon": [[x, y], ...], "label": "fg"},
+                             {"frame": 12, "polygon": [[x, y], ...], "label": "bg"}]}
+
+(source pixels; ``fg``: a closed outline of the foreground; ``bg``: a region known to be
+background). From each hint frame the mask is carried frame by frame with the optical flow
+and re-fitted to the image on every frame with a GrabCut colour model seeded by the carried
+mask (sure foreground well inside it, sure background well outside, GrabCut decides the
+band in between), so it follows the object's real outline instead of accumulating the
+flow's errors. Every frame takes its mask from the nearest hint frame. The masks then serve
+as user masks (like ``--masks``): they bootstrap the alpha network early in the fit.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from core import fsutil
+from core.errors import InveError
+from core.flow import FlowField
+from core.progress import Progress
+from core.project import ProjectInfo
+
+#: sure foreground / background lie this far (fraction of the object's size, >= 2 px)
+#: inside / outside the carried outline; GrabCut labels the band in between
+BAND = 0.12
+GRABCUT_ITERS = 3
+#: a re-fitted mask whose area differs from the carried one by more than this factor is
+#: not trusted (GrabCut leaked into a look-alike background): the carried mask is kept
+MAX_AREA_CHANGE = 1.6
+
+
+@dataclass
+class Hint:
+    t: int  # project frame index
+    polygon: np.ndarray  # [K, 2] source pixels
+    label: str  # "fg" | "bg"
+
+
+def parse_hints(doc: Any, info: ProjectInfo | None, source_size: tuple[int, int], frames: list[int],
+                fname: str = "HINTS.json") -> list[Hint]:
+    """Validate a HINTS document; one clear error naming the hint and field."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("hints"), list):
+        raise InveError(f"{fname}: must be a JSON object with a 'hints' list")
+    W, H = source_size
+    out: list[Hint] = []
+    for i, h in enumerate(doc["hints"]):
+        where = f"{fname} hints[{i}]"
+        if not isinstance(h, dict) or "frame" not in h or "polygon" not in h:
+            raise InveError(f"{where}: must be an object with frame and polygon")
+        frame = h["frame"]
+        if isinstance(frame, float) and frame.is_integer():
+            frame = int(frame)
+        if isinstance(frame, bool) or not isinstance(frame, int) or frame not in frames:
+            raise InveError(f"{where}: frame {frame!r} is outside the frames being trained "
+                            f"({frames[0]}..{frames[-1]})")
+        label = h.get("label", "fg")
+        if label not in ("fg", "bg"):
+            raise InveError(f"{where}: 'label' must be \"fg\" or \"bg\", got {label!r}")
+        poly = h["polygon"]
+        if (not isinstance(poly, list) or len(poly) < 3
+                or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in poly)):
+            raise InveError(f"{where}: 'polygon' must be a list of at least 3 [x, y] points")
+        pts = []
+        for p in poly:
+            if not all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in p):
+                raise InveError(f"{where}: polygon points must be numbers")
+            pts.append((float(np.clip(p[0], 0, W)), float(np.clip(p[1], 0, H))))
+        out.append(Hint(frames.index(frame), np.array(pts), label))
+    if not any(h.label == "fg" for h in out):
+        raise InveError(f"{fname}: needs at least one 'fg' outline of the foreground")
+    return out
+
+
+def _raster(poly: np.ndarray, source_size: tuple[int, int], work_size: tuple[int, int]) -> np.ndarray:
+    W, H = source_size
+    w, h = work_size
+    pts = np.round(poly * [w / W, h / H] * 16 - 8).astype(np.int32)  # 4 fractional bits, centres at i+0.5
+    m = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(m, [pts], 1, cv2.LINE_8, shift=4)
+    return m
+
+
+def _warp(mask: np.ndarray, disp: np.ndarray) -> np.ndarray:
+    """m'(x) = m(x + disp(x)): carry a mask along a flow that points back into its frame."""
+    h, w = mask.shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    out = cv2.remap(mask.astype(np.float32), gx + disp[..., 0], gy + disp[..., 1], cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return (out > 0.5).astype(np.uint8)
+
+
+def _grabcut(img: np.ndarray, carried: np.ndarray, bg: np.ndarray | None) -> np.ndarray:
+    """Re-fit a carried mask to the frame with a GrabCut colour model seeded by it."""
+    area = int(carried.sum())
+    if area < 9:
+        return carried
+    size = math.sqrt(area)
+    r = max(2, int(round(BAND * size)))
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    sure_fg = cv2.erode(carried, k)
+    maybe = cv2.dilate(carried, k)
+    gc = np.full(carried.shape, cv2.GC_BGD, np.uint8)
+    gc[maybe > 0] = cv2.GC_PR_BGD
+    gc[carried > 0] = cv2.GC_PR_FGD
+    gc[sure_fg > 0] = cv2.GC_FGD
+    if bg is not None:
+        gc[(bg > 0) & (sure_fg == 0)] = cv2.GC_BGD
+    if not (gc == cv2.GC_BGD).any() or not ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).any():
+        return carried
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return carried
+    out = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.uint8)
+    ratio = (out.sum() + 1) / (area + 1)
+    if not (1 / MAX_AREA_CHANGE <= ratio <= MAX_AREA_CHANGE):
+        return carried
+    return out
+
+
+def grow_masks(frames: np.ndarray, flow: FlowField | None, hints: list[Hint], source_size: tuple[int, int],
+               refit: bool = True) -> np.ndarray:
+    """Masks uint8 [T, h, w] (1 = foreground) for working frames [T, h, w, 3] from the hints."""
+    T, h, w = frames.shape[:3]
+    work = (w, h)
+    seeds: dict[int, np.ndarray] = {}
+    bgs: dict[int, np.ndarray] = {}
+    for hint in hints:
+        m = _raster(hint.polygon, source_size, work)
+        target = seeds if hint.label == "fg" else bgs
+        target[hint.t] = np.maximum(target.get(hint.t, np.zeros((h, w), np.uint8)), m)
+    for t, bg in bgs.items():
+        if t in seeds:
+            seeds[t] = seeds[t] & (1 - bg)
+    keys = sorted(seeds)
+    # every frame follows its nearest hint frame (ties: the earlier one)
+    owner = [min(keys, key=lambda k: (abs(k - t), k)) for t in range(T)]
+    out = np.zeros((T, h, w), np.uint8)
+    for k in keys:
+        out[k] = _grabcut(frames[k], seeds[k], bgs.get(k)) if refit else seeds[k]
+        out[k] = np.maximum(out[k], cv2.erode(seeds[k], np.ones((3, 3), np.uint8)))  # the outline is the user's
+        for step in (1, -1):
+            prev, t = out[k], k + step
+            while 0 <= t < T and owner[t] == k:
+                if flow is None:
+                    carried = prev
+                elif step == 1:  # bwd[t-1]: frame t's pixels back into frame t-1
+                    carried = _warp(prev, flow.bwd[t - 1])
+                else:  # fwd[t]: frame t's pixels into frame t+1
+                    carried = _warp(prev, flow.fwd[t])
+                out[t] = _grabcut(frames[t], carried, bgs.get(t)) if refit else carried
+                prev, t = out[t], t + step
+    return out
+
+
+def write_hint_masks(folder: Path, masks: np.ndarray, first_frame: int) -> None:
+    """Masks as PNGs named by source frame index (the ``--masks`` folder format)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, m in enumerate(masks):
+        fsutil.write_png(folder / f"{first_frame + t:04d}.png", (m > 0).astype(np.float32))
+
+
+def check_hints_file(path: Path, masks: str | None, single_layer: bool) -> None:
+    """Refuse a hints file that cannot work before anything is written (frames checked later)."""
+    if masks:
+        raise InveError("--fg-hint and --masks both give the foreground; use one of them")
+    if single_layer:
+        raise InveError("--fg-hint and --single-layer contradict each other: hints describe a foreground layer")
+    doc = fsutil.read_json(path, "hints file")
+    frames = [h.get("frame") for h in doc.get("hints", []) if isinstance(h, dict)] if isinstance(doc, dict) else []
+    frames = [f for f in frames if isinstance(f, int) and not isinstance(f, bool)]
+    parse_hints(doc, None, (10 ** 9, 10 ** 9), sorted(set(frames)) or [0], Path(path).name)
+
+
+def hint_masks(cache_dir: Path, frames: np.ndarray, hints_path: Path, source_size: tuple[int, int],
+               source_frames: list[int], progress: Progress | None = None) -> Path:
+    """Grow the hints into masks for ``frames`` (working size) in ``cache_dir/hint_masks``; returns the folder."""
+    from core.preprocess import frames_digest, get_flow  # noqa: PLC0415
+
+    doc = fsutil.read_json(hints_path, "hints file")
+    hints = parse_hints(doc, None, source_size, source_frames, Path(hints_path).name)
+    if progress is not None:
+        progress.message(f"growing {len(hints)} foreground hint(s) into masks")
+    flow = get_flow(Path(cache_dir), frames, frames_digest(frames), progress) if len(frames) > 1 else None
+    masks = grow_masks(np.asarray(frames), flow, hints, source_size)
+    folder = Path(cache_dir) / "hint_masks"
+    write_hint_masks(folder, masks, source_frames[0])
+    return folder
+
+
+__all__ = ["Hint", "parse_hints", "grow_masks", "write_hint_masks", "check_hints_file", "hint_masks"]

@@ -1,0 +1,154 @@
+"""Benchmark the Blender add-on on the persistent engine service (bpy, headless).
+
+Drives the add-on the way the tests do: registers it from this checkout in the bpy module,
+puts the clip in as a movie strip, trains it with the Train operator (a short budget: the
+figures here are about the editing loop, not the fit), adds a sketch and an adjust layer,
+then measures, wall clock from the operator call to the strip updated in the Sequencer:
+
+- cold Propagate: no engine service running (starts it: Python, torch, the project's maps);
+- warm Propagate: the service is up and holds the project; a layer was changed first;
+- preview latency: a layer hidden/shown -> the frame under the playhead re-rendered with the
+  stack and shown as the preview strip (median of N changes);
+- the service's memory (resident, and its peak) after all that.
+
+Clips: the bundled 48-frame 480x270 excerpt (``core/data/bbb_excerpt.mp4``) and, unless
+``--skip-1080``, the same clip upscaled to 1920x1080 (written to the work folder).
+
+    .venv/bin/python scripts/bench_blender.py [--minutes 0.3] [--out /tmp/inve_bench_blender]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CLIP = ROOT / "core" / "data" / "bbb_excerpt.mp4"
+
+
+def upscale(src: Path, dst: Path, size: tuple[int, int]) -> Path:
+    import cv2
+    import imageio.v3 as iio
+
+    from core.video import write_movie
+
+    if not dst.is_file():
+        frames = iio.imread(src, index=None)
+        write_movie(dst, [cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames], fps=25.0)
+    return dst
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) MiB of a process, from /proc (Linux)."""
+    vals = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":")
+                vals[k] = int(v.split()[0]) / 1024.0
+    return vals.get("VmRSS", float("nan")), vals.get("VmHWM", float("nan"))
+
+
+def bench_clip(bpy: Any, addon: Any, clip: Path, work: Path, minutes: float, previews: int) -> dict[str, Any]:
+    from inve_blender.blender import context as ctx
+    from inve_blender.blender import jobs, preview, sequencer, service
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    bpy.ops.wm.save_as_mainfile(filepath=str(work / f"{clip.stem}.blend"))
+    movie = sequencer.strip_collection(scene).new_movie(clip.stem, str(clip), 1, 1, fit_method="FIT")
+    w, h = sequencer.strip_source_size(movie)
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = w, h, 100
+    scene.sequence_editor.active_strip = movie
+    s = scene.inve
+    s.quality, s.max_side, s.minutes, s.device = "CUSTOM", 256, minutes, "cpu"
+    t0 = time.perf_counter()
+    bpy.ops.inve.train()
+    train_s = time.perf_counter() - t0
+    proj = ctx.active_project(bpy.context)
+    info = json.loads(proj.info_json)
+    # a sketch across the frame and an adjust region, on the first frame
+    scene.frame_set(movie.frame_final_start)
+    f0 = info["frames"][0]
+    for name, kind, data in (
+            ("Sketch", "sketch", {"frame": f0, "strokes": [{"points": [[w * 0.1, h * 0.7], [w * 0.5, h * 0.5],
+                                                                       [w * 0.9, h * 0.6]],
+                                                            "color": [1, 0.1, 0.1, 1], "width": max(4.0, w / 120)}]}),
+            ("Region", "adjust", {"frame": f0, "region": {"polygon": [[w * 0.05, h * 0.05], [w * 0.3, h * 0.08],
+                                                                      [w * 0.28, h * 0.4]]},
+                                  "hue": 0.3, "saturation": 1.4, "brightness": 0.1, "contrast": 1.0})):
+        it = proj.layers.add()
+        it.name, it.kind, it.data = name, kind, json.dumps(data)
+    service.stop()  # cold: no engine process
+    t0 = time.perf_counter()
+    bpy.ops.inve.propagate()
+    cold = time.perf_counter() - t0
+    assert jobs.last().state.ok, jobs.last().outcome
+    proj.layers[1].visible = False  # another stack, so the frames are really rendered again
+    t0 = time.perf_counter()
+    bpy.ops.inve.propagate()
+    warm = time.perf_counter() - t0
+    assert jobs.last().state.ok, jobs.last().outcome
+    n_frames = len(info["frames"])
+    lat = []
+    for i in range(previews):
+        scene.frame_set(movie.frame_final_start + (i * 7) % n_frames)
+        proj.layers[1].visible = not proj.layers[1].visible  # a layer change
+        t0 = time.perf_counter()
+        preview.schedule(scene)
+        preview.pump(scene, wait=True)
+        lat.append((time.perf_counter() - t0) * 1000.0)
+    pid = service.MANAGER.client.pid
+    rss, peak = rss_mb(pid)
+    return {"clip": clip.name, "size": f"{w}x{h}", "frames": n_frames, "train_s": round(train_s, 1),
+            "cold_propagate_s": round(cold, 2), "warm_propagate_s": round(warm, 2),
+            "preview_ms_median": round(statistics.median(lat), 1), "preview_ms_max": round(max(lat), 1),
+            "service_rss_mb": round(rss), "service_peak_mb": round(peak)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=0.3, help="training budget per clip (the fit is not measured)")
+    ap.add_argument("--out", default="/tmp/inve_bench_blender")
+    ap.add_argument("--previews", type=int, default=10)
+    ap.add_argument("--skip-1080", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.out)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2))))
+    import bpy
+
+    import inve_blender as addon
+
+    addon.register()
+    cpu0 = time.process_time()
+    rows = []
+    try:
+        clips = [CLIP] + ([] if args.skip_1080 else [upscale(CLIP, work / "bbb_excerpt_1080p.mp4", (1920, 1080))])
+        for clip in clips:
+            rows.append(bench_clip(bpy, addon, clip, work, args.minutes, args.previews))
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        addon.unregister()
+    print(f"\nBlender add-on on the engine service (bpy {bpy.app.version_string}, {os.cpu_count()} CPUs; "
+          f"Blender-side CPU {time.process_time() - cpu0:.0f} s)")
+    print("| clip | frames | cold Propagate | warm Propagate | preview after a layer change (median / max) "
+          "| service memory (now / peak) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clip']} {r['size']} | {r['frames']} | {r['cold_propagate_s']:.2f} s | {r['warm_propagate_s']:.2f} s "
+              f"| {r['preview_ms_median']:.0f} / {r['preview_ms_max']:.0f} ms | {r['service_rss_mb']} / "
+              f"{r['service_peak_mb']} MB |")
+
+
+if __name__ == "__main__":
+    main()
