@@ -195,7 +195,8 @@ def main() -> int:
             idx = torch.randint(0, data.n * hw, (65536,), generator=gen)
             t = idx // hw
             grid = frame_grid(data.w, data.h)
-            probe.update(p=grid[idx % hw], t=t.float(), rgb=data.rgb[idx].float() / 255.0)
+            dev = data.device
+            probe.update(p=grid[idx % hw].to(dev), t=t.float().to(dev), rgb=data.rgb[idx.to(dev)].float() / 255.0)
         with torch.no_grad():
             rgb, _, _ = trainer.model.reconstruct(probe["p"], probe["t"])
         mse = float(((rgb - probe["rgb"]) ** 2).mean())
