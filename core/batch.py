@@ -298,7 +298,8 @@ def run_shot(spec: dict[str, Any], root: str, emit: Callable[[dict[str, Any]], N
         step = checkpoint_step(folder) if resume else None
         emit({"event": "shot", "shot": name, "state": "running", "attempt": attempt, "pid": os.getpid(),
               "host": socket.gethostname(), "resumed_from": step, "time": time.time()})
-        cfg = TrainConfig(frames=tuple(spec["frames"]) if spec["frames"] else None,
+        # a resumed project keeps its frames (shot_state checked they are the shot's)
+        cfg = TrainConfig(frames=tuple(spec["frames"]) if spec["frames"] and not resume else None,
                           max_side=spec["max_side"] or DEFAULT_MAX_SIDE, masks=spec["masks"],
                           iters=spec["iters"], minutes=spec["minutes"], device=spec["device"],
                           seed=spec["seed"], single_layer=spec["single_layer"])
