@@ -252,8 +252,9 @@ def _resume_settings(existing: Project, video: str | Path | None, cfg: TrainConf
     cfg.frames = (start, end)
     cfg.max_side = stored_side
     cfg.single_layer = info.layers == ["bg"]
-    if cfg.masks is None:
-        cfg.masks = stored.get("masks")
+    if cfg.masks is None and cfg.fg_hint is None:
+        # the masks source the project was trained with: user masks, or hints grown into masks
+        cfg.masks, cfg.fg_hint = stored.get("masks"), stored.get("fg_hint")
     if cfg.iters is None and cfg.minutes is None:
         cfg.iters, cfg.minutes = stored.get("iters"), stored.get("minutes")
     return source

@@ -78,3 +78,7 @@ def test_train_with_a_foreground_hint(clip, tmp_path, capsys):
     grown = load_masks(proj / "cache" / "hint_masks", clip.n_frames, 0, clip.size)
     ious = [_iou(grown[t] > 0, clip.masks[t] > 0.5) for t in range(clip.n_frames)]
     assert min(ious) > 0.8
+    # training it more keeps the hint as its masks source (not the automatic masks)
+    assert main(["train", str(video), "-o", str(proj), "--resume", "--iters", "6", "--progress", "none"]) == 0
+    metrics = json.loads((proj / "metrics.json").read_text())
+    assert metrics["iterations"] == 6 and metrics["mask_source"] == "user", metrics
