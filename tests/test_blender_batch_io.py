@@ -87,6 +87,7 @@ def test_events_become_one_state_per_shot():
     t.apply({"event": "shot", "shot": "a", "state": "running", "attempt": 2, "resumed_from": 300})
     t.apply({"event": "progress", "shot": "a", "stage": "train", "step": 500, "total": 1000})
     assert t.shots["a"].line() == "training train 50% | PSNR 28.10 dB | attempt 2, from iteration 300"
+    assert t.shots["a"].resumed_from == 300
     t.apply({"event": "shot", "shot": "a", "state": "done", "metrics": {"psnr": 31.234}})
     t.apply({"event": "progress", "shot": "a", "stage": "train", "step": 1, "total": 1000})  # late: ignored
     assert t.shots["a"].line() == "done | PSNR 31.23 dB" and t.shots["a"].fraction == 1.0
@@ -147,7 +148,7 @@ def test_the_batch_worker_trains_each_strip_into_its_own_project_cancel_and_resu
     st = w.run_to_completion(timeout=120)
     assert st.finished and st.cancelled, (st, w.stderr_tail)
     lines = {n: s.line() for n, s in w.tracker.shots.items()}
-    assert lines["pan"].startswith("cancelled: ") and lines["pan.001"] == "cancelled: not started", lines
+    assert lines["pan"].startswith("cancelled") and "checkpoint" in lines["pan"] and lines["pan.001"] == "cancelled: not started", lines
     assert "Train All again resumes" in batch.finished_line(w.tracker, st)
     step = engine_batch.checkpoint_step(Path(strips[0].project))
     assert step is not None and step > 0

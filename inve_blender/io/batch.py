@@ -132,6 +132,7 @@ class ShotState:
     psnr: float | None = None
     message: str = ""
     attempt: int = 0
+    resumed_from: int | None = None  # the checkpoint's iteration this run started from
 
     @property
     def fraction(self) -> float:
@@ -144,11 +145,13 @@ class ShotState:
         psnr = f"PSNR {self.psnr:.2f} dB" if self.psnr is not None else ""
         if self.state == "training":
             parts = [f"training {self.stage} {int(self.fraction * 100)}%" if self.stage else "training", psnr,
-                     self.message if self.attempt > 1 else ""]
+                     self.message]
         elif self.state == "done":
             parts = ["done", psnr, self.message]
         elif self.state in ("failed", "cancelled"):
-            return f"{self.state}: {self.message}" if self.message else self.state
+            if not self.message or self.message.lower().startswith(self.state):  # the engine's "cancelled; ..."
+                return self.message or self.state
+            return f"{self.state}: {self.message}"
         else:
             parts = ["queued", self.message]
         return " | ".join(p for p in parts if p)
@@ -181,6 +184,7 @@ class BatchTracker:
                 attempt = _number(ev.get("attempt"))
                 sh.attempt = int(attempt) if attempt is not None else sh.attempt
                 resumed = _number(ev.get("resumed_from"))
+                sh.resumed_from = int(resumed) if resumed is not None else None
                 sh.message = (f"attempt {sh.attempt}, from iteration {int(resumed or 0)}" if sh.attempt > 1
                               else f"resumed from iteration {int(resumed)}" if resumed else "")
             elif state in ("done", "skipped"):
