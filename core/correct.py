@@ -170,13 +170,16 @@ def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, 
     from core.objectives import LossWeights  # noqa: PLC0415
     from core.sampling import TrainingData  # noqa: PLC0415
     from core.preprocess import working_frames  # noqa: PLC0415
-    from core.train import TrainConfig, Trainer, run_loop  # noqa: PLC0415
+    from core import checkpoint  # noqa: PLC0415
+    from core.train import TrainConfig, Trainer, _check_project_atlases, run_loop  # noqa: PLC0415
 
     info = project.info
     stored = dict(info.settings.get("train", {}))
     device = pick_device(str(stored.get("device", "auto")))
     ckpt = project.path / Project.CHECKPOINT
     model, state = load_model(ckpt, str(device))
+    checkpoint.check_belongs(state, info, ckpt)  # a checkpoint copied from elsewhere is not corrected
+    _check_project_atlases(project.path)  # an atlas painted in place is never overwritten by the re-bake
     source = str(project.source_path())
     vinfo = vio.probe(source)
     start, end = info.frames[0], info.frames[-1] + 1
@@ -214,12 +217,14 @@ def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, 
     # the corrected networks continue the project's own history (resume counts on)
     trainer.step = int(state.get("step", 0)) + trainer.step
     trainer.elapsed = float(state.get("elapsed", 0.0)) + trainer.elapsed
-    trainer.save(ckpt)
+    # the same identity-carrying checkpoint and maps as training writes (core/checkpoint.py)
+    checkpoint.save_checkpoint(ckpt, trainer.state(), info)
     model.set_atlas_detail(1.0)
     result = bake(model, prep.frames, info.source_size, progress)
+    result.maps.meta = {**result.maps.meta, **checkpoint.maps_meta(info, ckpt, trainer.step)}
     result.maps.save(project.path / Project.MAPS)
     for layer, atlas in result.maps.atlas.items():
-        fsutil.write_png(project.path / f"atlas_{layer}.png", atlas)
+        fsutil.write_output_file(project.path / f"atlas_{layer}.png", fsutil.png_writer(atlas), "project atlas")
     metrics = project.metrics()
     metrics.update({"psnr": round(result.psnr, 3), "atlas_psnr": round(atlas_psnr(result.maps, prep.frames), 3),
                     "iterations": trainer.step, "train_seconds": round(trainer.elapsed, 2),

@@ -263,6 +263,10 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
     assert r["trained"] and isinstance(r["psnr"], (int, float))
     assert r["trained_minutes"] == pytest.approx(r["metrics_train_seconds"] / 60.0)
     assert r["trained_minutes"] > 0
+    # a second Train on the finished project trained the panel's 0.1 minutes more
+    s1, it1, s2, it2 = r["second_train"]
+    assert r["second_train_ok"] and it2 > it1, r["second_train"]
+    assert 0.1 * 60 - 0.5 <= s2 - s1 <= 0.1 * 60 + 5, r["second_train"]
     _check_identity(r)
     # the sketch layer sits on the source frame of the scene frame it was drawn on
     layer = r["layer"]
@@ -887,6 +891,14 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     out["trained_minutes"] = ops_train.finished_training_minutes(info)
     out["metrics_train_seconds"] = (info.get("metrics") or {}).get("train_seconds")
     out["project_dir"] = job.context_data["project"]
+    # ... and it does: Train again with 0.1 minutes in the panel
+    s.minutes = 0.1
+    bpy.ops.inve.train()
+    out["second_train_ok"] = jobs.last().previous.state.ok
+    info2 = json.loads(ops_common.active_project(bpy.context).info_json)
+    m1, m2 = info.get("metrics") or {}, info2.get("metrics") or {}
+    out["second_train"] = [m1.get("train_seconds"), m1.get("iterations"), m2.get("train_seconds"), m2.get("iterations")]
+    s.minutes = args["minutes"]
 
     # a red stroke on scene frame `stroke_frame`, as a Grease Pencil object seen by an ortho camera
     _ortho_camera(bpy, scene, 3.2)  # 100 render px per unit; the clip is fitted x2 into the render

@@ -66,6 +66,15 @@ def test_correction_moves_the_track_where_the_user_put_it(trained, tmp_path):
     metrics = json.loads((proj / "metrics.json").read_text())
     assert metrics["psnr"] > psnr_before - 1.0
     assert metrics["corrections"][-1]["error_after_px"] < 1.0
+    # the corrected checkpoint and maps carry the project's identity like a trained one
+    from core import checkpoint
+
+    project = Project.open(proj)
+    meta = project.maps().meta
+    assert meta["checkpoint"]["step"] == metrics["iterations"]
+    assert checkpoint.maps_state(meta, project.info, proj / Project.CHECKPOINT)[0] == "ok"
+    state = checkpoint.read_checkpoint(proj / Project.CHECKPOINT)
+    assert state["identity"] == checkpoint.identity(project.info)
 
 
 def test_bad_corrections_are_refused_with_one_line(trained, tmp_path, capsys):
