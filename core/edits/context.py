@@ -233,23 +233,54 @@ class RenderContext:
     def _refine_sparse(self, layer: str, xy0: np.ndarray, t_from: int, frames: np.ndarray, xy: np.ndarray,
                        ok: np.ndarray) -> np.ndarray:
         """Refined positions; beyond REFINE_MAX_POINTS points, matched on an even subset and spread."""
-        n = len(xy0)
-        if n <= self.REFINE_MAX_POINTS:
-            return self.refine(layer, xy0, t_from, frames, xy, ok).xy
-        sub = np.unique(np.linspace(0, n - 1, self.REFINE_MAX_POINTS).round().astype(int))
-        r = self.refine(layer, xy0[sub], t_from, frames, xy[:, sub], ok[:, sub])
-        delta = np.where(r.accepted[..., None], r.xy - xy[:, sub], 0.0)  # [F, m, 2]
+        return self.refine_sets(layer, t_from, frames, [(xy0, xy, ok)])[0]
+
+    def refine_sets(self, layer: str, t_from: int, frames: np.ndarray,
+                    sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Refine several point sets drawn on ``layer`` at ``t_from`` in ONE matching call.
+
+        ``sets``: (xy0 [n, 2], xy [F, n, 2] propagated to ``frames``, cycle-consistent [F, n]).
+        Each set (a stroke) is matched on at most REFINE_MAX_POINTS of its points and the others
+        take the correction of their nearest matched neighbours *in the same set*, exactly as
+        one :meth:`propagate` per set would; but the matching itself (grid samples, Gauss-
+        Newton) runs once for all sets: why a frame with many strokes still costs one call.
+        """
+        frames = np.asarray(frames, int)
+        subs, starts, n_tot = [], [], 0
+        for xy0, _, _ in sets:
+            n = len(xy0)
+            sub = (np.arange(n) if n <= self.REFINE_MAX_POINTS
+                   else np.unique(np.linspace(0, n - 1, self.REFINE_MAX_POINTS).round().astype(int)))
+            subs.append(sub)
+            starts.append(n_tot)
+            n_tot += len(sub)
+        if n_tot == 0:
+            return [np.array(xy, copy=True) for _, xy, _ in sets]
+        r = self.refine(layer, np.concatenate([np.asarray(x0, np.float64).reshape(-1, 2)[sub] for (x0, _, _), sub in zip(sets, subs)]),
+                        t_from, frames, np.concatenate([xy[:, sub] for (_, xy, _), sub in zip(sets, subs)], axis=1),
+                        np.concatenate([ok[:, sub] for (_, _, ok), sub in zip(sets, subs)], axis=1))
+        out = []
+        for (xy0, xy, _), sub, a in zip(sets, subs, starts):
+            rxy, racc = r.xy[:, a:a + len(sub)], r.accepted[:, a:a + len(sub)]
+            out.append(rxy if len(sub) == len(xy0) else self._spread(np.asarray(xy0, np.float64).reshape(-1, 2),
+                                                                     xy, sub, rxy, racc))
+        return out
+
+    @staticmethod
+    def _spread(xy0: np.ndarray, xy: np.ndarray, sub: np.ndarray, rxy: np.ndarray, racc: np.ndarray) -> np.ndarray:
+        """Corrections of the matched subset ``sub`` carried to every point of the set (4 nearest)."""
+        delta = np.where(racc[..., None], rxy - xy[:, sub], 0.0)  # [F, m, 2]
         d2 = ((xy0[:, None, :] - xy0[None, sub, :]) ** 2).sum(-1)  # [n, m]
         near = np.argsort(d2, axis=1)[:, :4]  # the 4 nearest matched points of each point
         w_near = 1.0 / (np.take_along_axis(d2, near, 1) + 1.0)  # [n, 4]
         out = np.array(xy, copy=True)
-        for i in range(len(frames)):
-            acc = r.accepted[i][near]  # [n, 4]
+        for i in range(len(xy)):
+            acc = racc[i][near]  # [n, 4]
             w = w_near * acc
             tot = w.sum(1)
             corr = (w[..., None] * delta[i][near]).sum(1) / np.maximum(tot, 1e-12)[:, None]
             out[i] = np.where((tot > 0)[:, None], xy[i] + corr, xy[i])
-        out[:, sub] = r.xy  # matched points keep their own match
+        out[:, sub] = rxy  # matched points keep their own match
         return out
 
     def cycle_error_px(self, layer: str, uv: np.ndarray, xy: np.ndarray) -> np.ndarray:
@@ -309,15 +340,20 @@ class RenderContext:
         return mask
 
     def levels(self) -> list[Level]:
-        """Grey frame pyramid for refinement: the working resolution (if smaller), then the source."""
+        """Grey frame pyramid for refinement: the working resolution (if smaller), then the source.
+
+        The source frames come from ``self.frames`` (the FrameSource that compositing reads, with
+        its LRU cache: no second decode); the working level is an area resize of the source
+        level's grey image (converted once per frame, kept in that level's small cache).
+        """
         if self._levels is None:
             import cv2  # noqa: PLC0415
 
             src = Level(lambda t: grey(self.frames[t]), 1.0, (self.W, self.H))
             self._levels = [src]
             if max(self.W / self.w, self.H / self.h) > 1.2:
-                work = Level(lambda t: grey(cv2.resize(np.asarray(self.frames[t]), (self.w, self.h),
-                                                       interpolation=cv2.INTER_AREA)),
+                work = Level(lambda t: torch.from_numpy(cv2.resize(src.image(t)[0, 0].numpy(), (self.w, self.h),
+                                                                   interpolation=cv2.INTER_AREA))[None, None],
                              max(self.W / self.w, self.H / self.h), (self.W, self.H))
                 self._levels = [work, src]
         return self._levels

@@ -40,8 +40,12 @@ def densify(points: np.ndarray, spacing: float = DENSIFY_PX) -> np.ndarray:
 class CarriedStroke:
     """A stroke's (densified) vertices in the project frames, filled in as frames are needed.
 
-    Rendering all frames carries every frame in one batched call; showing a single frame
-    right after a stroke was drawn carries just that frame (interactive latency).
+    Two stages per frame: *carried* (the mapping's positions: one batched network call for
+    the frames asked) and *settled* (refined against the drawing frame's pixels, visibility
+    decided). Carrying runs up front for all frames; refinement runs per frame when it is
+    rendered, for all strokes of a layer at once (:func:`settle`), so the edit pass matches
+    against the frame it decodes for compositing anyway, and an interactive render refines
+    only the frame shown.
     """
 
     layer: str
@@ -51,18 +55,60 @@ class CarriedStroke:
     margin: float  # how far outside the frame a vertex may still be drawn from
     xy: np.ndarray  # [T, M, 2]
     visible: np.ndarray  # [T, M] bool
-    done: np.ndarray  # [T] bool
+    done: np.ndarray  # [T] bool: settled (final positions and visibility)
+    ok: np.ndarray | None = None  # [T, M] bool: cycle-consistent (carried stage)
+    carried: np.ndarray | None = None  # [T] bool: the mapping's positions are in xy
 
-    def ensure(self, ctx: RenderContext, frames: np.ndarray | None = None) -> None:
-        todo = np.flatnonzero(~self.done) if frames is None else np.asarray(frames)[~self.done[frames]]
+    def __post_init__(self) -> None:
+        T, M = self.visible.shape
+        if self.ok is None:
+            self.ok = np.zeros((T, M), bool)
+        if self.carried is None:
+            self.carried = np.array(self.done, copy=True)
+
+    def carry(self, ctx: RenderContext, frames: np.ndarray | None = None) -> None:
+        """The mapping's positions (no refinement) for ``frames`` (default: all) not carried yet."""
+        todo = np.flatnonzero(~self.carried) if frames is None else np.asarray(frames)[~self.carried[frames]]
         if todo.size == 0:
             return
-        _, xy, ok = ctx.propagate(self.layer, self.dense, self.t, frames=todo, uv=self.uv)
-        m = self.margin
-        inside = ((xy[..., 0] >= -m) & (xy[..., 0] <= ctx.W + m) & (xy[..., 1] >= -m) & (xy[..., 1] <= ctx.H + m))
+        _, xy, ok = ctx.propagate(self.layer, self.dense, self.t, frames=todo, uv=self.uv, refine=False)
         self.xy[todo] = xy
-        self.visible[todo] = ok & inside
-        self.done[todo] = True
+        self.ok[todo] = ok
+        self.carried[todo] = True
+
+    def ensure(self, ctx: RenderContext, frames: np.ndarray | None = None) -> None:
+        """Final positions and visibility for ``frames`` (default: all)."""
+        settle(ctx, [self], np.arange(ctx.T) if frames is None else np.asarray(frames))
+
+
+def settle(ctx: RenderContext, strokes: list[CarriedStroke], frames: np.ndarray) -> None:
+    """Carry and refine ``strokes`` into ``frames``: one refinement call per (layer, drawing frame).
+
+    Why batched: each refinement call pays for its templates, warps and grid samples; a frame
+    shown after a playhead move needs every stroke of the stack there, and one call for all
+    of them costs little more than one for a single stroke.
+    """
+    frames = np.asarray(frames, int).reshape(-1)
+    groups: dict[tuple[str, int], list[CarriedStroke]] = {}
+    for c in strokes:
+        if not c.done[frames].all():
+            c.carry(ctx, frames)
+            groups.setdefault((c.layer, c.t), []).append(c)
+    for (layer, t0), cs in groups.items():
+        todo = [frames[~c.done[frames]] for c in cs]
+        # a frame any stroke of the group still needs; strokes already settled there keep theirs
+        need = np.unique(np.concatenate(todo))
+        if ctx.refine_enabled:
+            sets = [(c.dense, c.xy[need], c.ok[need] & ~c.done[need][:, None]) for c in cs]
+            for c, xy in zip(cs, ctx.refine_sets(layer, t0, need, sets)):
+                redo = ~c.done[need]
+                c.xy[need[redo]] = xy[redo]
+        for c in cs:
+            f = need[~c.done[need]]
+            xy, m = c.xy[f], c.margin
+            inside = ((xy[..., 0] >= -m) & (xy[..., 0] <= ctx.W + m) & (xy[..., 1] >= -m) & (xy[..., 1] <= ctx.H + m))
+            c.visible[f] = c.ok[f] & inside
+            c.done[f] = True
 
 
 def stroke_key(stroke: Stroke, t: int, layer: str | None) -> str:
@@ -149,14 +195,22 @@ class SketchRenderer:
         self._carried, self._keys = carried, keys
 
     def prepare(self, ctx: RenderContext) -> None:
-        """Carry every stroke into every frame (one batched mapping call per stroke)."""
+        """Carry every stroke into every frame (one batched mapping call per stroke).
+
+        Refinement is left to :meth:`render` (per frame, all strokes at once): it reads the
+        frame's pixels, which rendering decodes for compositing anyway.
+        """
         self.attach(ctx)
         for c in self._carried:
-            c.ensure(ctx)
+            c.carry(ctx)
 
     def render(self, ctx: RenderContext, t: int) -> list[Patch]:
         if self._carried is None:
             self.attach(ctx)
+        # every stroke whose patch this frame still needs is settled here in one batched call
+        todo = [c for c, k in zip(self._carried, self._keys) if (k, t) not in self._cache.patches and not c.done[t]]
+        if todo:
+            settle(ctx, todo, np.array([t]))
         out = []
         for s, c, k in zip(self.spec.strokes, self._carried, self._keys):
             p = self._cache.patch(k, t, lambda: render_stroke(ctx, s, c, t))
