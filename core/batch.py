@@ -37,7 +37,7 @@ from core.errors import Cancelled, InveError
 from core.progress import CancelToken, Progress
 
 SHOT_FIELDS = ("name", "video", "frames", "iters", "minutes", "max_side", "masks", "device", "seed",
-               "single_layer", "cpus", "checkpoint_seconds")
+               "single_layer", "cpus", "checkpoint_seconds", "project")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # names that are special folders on Windows: a project there could not be opened everywhere
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
@@ -65,6 +65,11 @@ class Shot:
     single_layer: bool = False
     cpus: int = 1
     checkpoint_seconds: float | None = None
+    project: Path | None = None  # the project folder when not ROOT/<name> (the Blender add-on's own layout)
+
+    def folder(self, root: Path) -> Path:
+        """Where this shot's project lives: its own ``project`` folder, else ``root/<name>``."""
+        return self.project if self.project is not None else Path(root) / self.name
 
     @property
     def num_gpus(self) -> int:
@@ -76,7 +81,8 @@ class Shot:
                 "iters": self.iters, "minutes": self.minutes, "max_side": self.max_side,
                 "masks": str(self.masks) if self.masks else None, "device": self.device, "seed": self.seed,
                 "single_layer": self.single_layer, "cpus": self.cpus,
-                "checkpoint_seconds": self.checkpoint_seconds}
+                "checkpoint_seconds": self.checkpoint_seconds,
+                "project": str(self.project) if self.project else None}
 
 
 def _is_int(v: Any) -> bool:
@@ -146,13 +152,20 @@ def _parse_shot(i: int, raw: Any, base: Path, problems: list[str]) -> Shot | Non
             masks_path = (base / masks).resolve()
             if not masks_path.is_dir():
                 problems.append(f"{where}: masks folder {masks_path} does not exist")
+    project = raw.get("project")
+    project_path: Path | None = None
+    if project is not None:
+        if not isinstance(project, str) or not project:
+            problems.append(f"{where}: \"project\" must be a folder path")
+        else:
+            project_path = (base / project).resolve()
     if len(problems) > start:
         return None
     return Shot(name=name, video=video_path, frames=frame_range, iters=raw.get("iters"),  # type: ignore[arg-type]
                 minutes=raw.get("minutes"), max_side=raw.get("max_side"), masks=masks_path,
                 device=raw.get("device", "auto"), seed=raw.get("seed", 0),
                 single_layer=raw.get("single_layer", False), cpus=raw.get("cpus", 1),
-                checkpoint_seconds=raw.get("checkpoint_seconds"))
+                checkpoint_seconds=raw.get("checkpoint_seconds"), project=project_path)
 
 
 def load_shots(path: str | os.PathLike) -> list[Shot]:
@@ -180,6 +193,15 @@ def load_shots(path: str | os.PathLike) -> list[Shot]:
                                 "unique, ignoring case")
             else:
                 seen[key] = name
+    folders: dict[str, str] = {}
+    for shot in shots:  # two shots must never train one project
+        if shot.project is None:
+            continue
+        key = os.path.normcase(str(shot.project))
+        if key in folders:
+            problems.append(f"shot {shot.name!r}: its project folder {shot.project} is shot {folders[key]!r}'s too")
+        else:
+            folders[key] = shot.name
     if problems:
         raise InveError(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n  "
                         + "\n  ".join(problems))
@@ -214,7 +236,7 @@ def shot_state(shot: Shot, root: Path) -> str:
     from core.lock import LOCK_NAME  # noqa: PLC0415
     from core.project import Project  # noqa: PLC0415
 
-    folder = root / shot.name
+    folder = shot.folder(root)
     if not (folder / Project.INFO).is_file():
         if folder.exists() and (not folder.is_dir() or any(p.name != LOCK_NAME for p in folder.iterdir())):
             raise InveError(f"shot {shot.name!r}: {folder} exists and is not an inve project; move it away or "
@@ -290,7 +312,7 @@ def run_shot(spec: dict[str, Any], root: str, emit: Callable[[dict[str, Any]], N
     from core.train import DEFAULT_MAX_SIDE, TrainConfig, train_project  # noqa: PLC0415
 
     name = spec["name"]
-    folder = Path(root) / name
+    folder = Path(spec["project"]) if spec.get("project") else Path(root) / name
     try:
         # A folder with project.json is this shot's project (load_shots/shot_state checked
         # that): a retry or a rerun resumes it. train_project holds the project lock.

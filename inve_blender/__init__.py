@@ -18,9 +18,10 @@ from __future__ import annotations
 
 
 def _classes() -> list[type]:
-    from .blender import ops_edit, ops_engine, ops_sticker, ops_track, ops_train, panels, preferences, properties
+    from .blender import (ops_batch, ops_edit, ops_engine, ops_sticker, ops_track, ops_train, panels, preferences,
+                          properties)
 
-    return [*properties.CLASSES, *preferences.CLASSES, *ops_train.CLASSES, *ops_edit.CLASSES,
+    return [*properties.CLASSES, *preferences.CLASSES, *ops_train.CLASSES, *ops_batch.CLASSES, *ops_edit.CLASSES,
             *ops_sticker.CLASSES, *ops_track.CLASSES, *ops_engine.CLASSES, *panels.CLASSES]
 
 

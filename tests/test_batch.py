@@ -125,6 +125,29 @@ def test_without_ray_it_says_how_to_get_it_and_local_runs_the_shots_in_turn(tmp_
     assert Project.open(root / "one").metrics()["iterations"] == 7
 
 
+def test_a_shot_with_its_own_project_folder_trains_there_and_two_shots_never_share_one(tmp_path, capsys):
+    """The Blender add-on's layout: every strip's project is ``<workspace>/project``, not ROOT/<name>."""
+    clips = _clips(tmp_path, 1, T=3, size=(32, 24))
+    own = tmp_path / "blend" / "inve" / "clip0_ab_0-3" / "project"
+    shots = _write_shots(tmp_path / "SHOTS.json", [
+        {"name": "a", "video": str(clips[0]), "iters": 3, "max_side": 32, "project": str(own)},
+        {"name": "b", "video": str(clips[0]), "iters": 3, "max_side": 32, "project": "blend/inve/clip0_ab_0-3/project"},
+    ])
+    root = tmp_path / "root"
+    assert main(["batch", str(shots), "-o", str(root), "--local", "--progress", "none"]) != 0
+    lines = _error_lines(capsys)
+    assert any("'b'" in line and "'a'" in line and "project folder" in line for line in lines), lines
+    assert not own.exists()
+
+    shots = _write_shots(tmp_path / "SHOTS.json", json.loads(shots.read_text())["shots"][:1])
+    assert main(["batch", str(shots), "-o", str(root), "--local", "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["shots"] == {"a": "done"}
+    assert Project.open(own).metrics()["iterations"] == 3 and not (root / "a").exists()
+    assert main(["batch", str(shots), "-o", str(root), "--local", "--progress", "json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["shots"] == {"a": "skipped"}
+
+
 class _Driver:
     """`inve batch --progress json` in a subprocess; events read as they come, with arrival times."""
 

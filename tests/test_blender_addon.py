@@ -378,6 +378,46 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
     assert len(xs) >= 4 and np.linalg.norm(np.array([xs.mean() + 0.5, ys.mean() + 0.5]) - want) <= TOL_PX + 1.0
 
 
+# ---------------------------------------------------------------------------------------
+# Train All Strips: two visible strips as one batch, a muted one left out
+def test_train_all_strips_cancel_resume_and_identity(extension_zip: Path, tmp_path: Path) -> None:
+    """Train All in real Blender (the engine's ``--local`` batch: a Ray cluster is too slow to
+    start for a test): each strip's state in the panel from the batch's events, Cancel keeps
+    the checkpoints, Train All again resumes; each project sits where the single-strip Train
+    puts it and the usual identity rule finds it."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import synth
+    from core.video import write_movie
+
+    clips = []
+    for i in range(2):
+        clip = synth.make_clip(T=4, size=(48, 32), camera="pan", occluder=False, fps=24.0, seed=30 + i)
+        clips.append(str(tmp_path / f"shot {i}.mp4"))
+        write_movie(clips[-1], list(clip.frames), fps=24.0)
+    r = run_child("train_all", {"zip": str(extension_zip), "clips": clips, "tmp": str(tmp_path)}, tmp_path,
+                  timeout=600)
+    print(f"train_all scenario: {r['_seconds']:.1f} s", {k: v for k, v in r.items() if k != "_log"})
+    assert "No visible (unmuted) movie strips in the sequencer" in r["poll_nothing"], r["poll_nothing"]
+    assert "Ray is not installed" in r["notice"] and "--local" in r["argv"]
+    # a duplicate strip shows the same project: one shot for both
+    assert r["shots"] == {"shot_0": ["shot 0", "shot 0.002"], "shot_0.001": ["shot 0.001"], "shot_1": ["shot 1"]}
+    assert any(line.startswith("progress:training train") for line in r["drawn_running"]), r["drawn_running"]
+    assert any(line == "label:shot 1" for line in r["drawn_running"])
+    assert r["cancelled"] and "Train All again resumes" in r["cancel_outcome"], r["cancel_outcome"]
+    assert r["lines_cancelled"]["shot_0"].startswith("cancelled"), r["lines_cancelled"]
+    assert r["checkpoint_after_cancel"], "a cancelled shot keeps its checkpoint"
+    assert r["outcome"].startswith("Train All: 3 of 3 done"), r["outcome"]
+    assert r["resumed"], r["resumed_from"]
+    for strip, (line, project, expected, found, trained) in r["strips"].items():
+        assert line.startswith("done | PSNR"), (strip, line)
+        assert project == expected, (strip, project, expected)  # where Train puts it
+        assert found and trained, strip  # the identity rule finds it, the engine's info says trained
+    assert Path(r["strips"]["shot 0"][1]).parent.parent == tmp_path / "inve"
+    assert "muted" not in r["strips"]
+    assert "op:inve.train_all" in r["drawn_done"] and "label:shot 0.002" in r["drawn_done"]
+    assert sum(line.startswith("label:done | PSNR") for line in r["drawn_done"]) == 4, r["drawn_done"]
+
+
 def _check_service(r: dict[str, Any]) -> None:
     p = r["preview"]
     print(f"preview: {r['preview_ms']:.0f} ms from the change to the strip updated", p)
@@ -1186,7 +1226,97 @@ def _identity_checks(bpy: Any, scene: Any, movie: Any, args: dict[str, Any], imp
     return out
 
 
-SCENARIOS = {"install": child_install, "e2e": child_e2e}
+def child_train_all(args: dict[str, Any]) -> dict[str, Any]:
+    from importlib import import_module
+
+    import bpy
+
+    _child_setup(args)
+    jobs = import_module(ADDON_MODULE + ".blender.jobs")
+    strips = import_module(ADDON_MODULE + ".blender.sequencer")
+    ctx_mod = import_module(ADDON_MODULE + ".blender.context")
+    panels = import_module(ADDON_MODULE + ".blender.panels")
+    engine_env = import_module(ADDON_MODULE + ".io.engine_env")
+    out: dict[str, Any] = {}
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = 24, 1.0
+    bpy.ops.wm.save_as_mainfile(filepath=os.path.join(args["tmp"], "cut.blend"))
+    out["poll_nothing"] = _poll_error(bpy.ops.inve.train_all)
+    coll = strips.strip_collection(scene)
+    a = coll.new_movie("shot 0", args["clips"][0], 1, 1, fit_method="FIT")  # source 0..3
+    a.frame_final_duration = 2  # a cut: shows source frames 0-1 ...
+    b = coll.new_movie("shot 0.001", args["clips"][0], 2, 3, fit_method="FIT")
+    b.frame_offset_start = 2  # ... and 2-3: another project of the same file
+    c = coll.new_movie("shot 1", args["clips"][1], 3, 10, fit_method="FIT")
+    m = coll.new_movie("muted", args["clips"][1], 4, 20, fit_method="FIT")
+    m.mute = True
+    d = coll.new_movie("shot 0.002", args["clips"][0], 2, 30, fit_method="FIT")  # a duplicate of "shot 0"
+    d.frame_final_duration = 2
+    scene.sequence_editor.active_strip = c
+    s = scene.inve
+    s.quality, s.max_side, s.minutes, s.single_layer, s.device = "CUSTOM", 32, 0.08, True, "cpu"
+    bpy.ops.inve.check_engine()
+    status = engine_env.cached_status()
+    assert status is not None and status.ok, status
+    status.versions["ray"] = False  # the engine's --local batch (a Ray cluster takes long to start)
+
+    real_interactive = jobs.interactive
+    jobs.interactive = lambda: True
+    try:
+        bpy.ops.inve.train_all()
+        job = jobs.current()
+        out["argv"] = job.worker.cmd
+        out["shots"] = job.context_data["strips"]
+        deadline = time.monotonic() + 180
+        tracker = job.worker.tracker
+        while time.monotonic() < deadline and not job.state.finished:
+            time.sleep(0.1)
+            jobs._tick()
+            if any(sh.stage == "train" and sh.step > 0 for sh in tracker.shots.values()):
+                break
+        time.sleep(1.5)
+        jobs._tick()
+        out["drawn_running"] = _draw_all(bpy, panels, bpy.context.preferences.addons[ADDON_MODULE].preferences)
+        bpy.ops.inve.cancel()
+        while jobs._tick() is not None and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
+        out["cancelled"], out["cancel_outcome"] = job.state.cancelled, job.outcome
+        out["lines_cancelled"] = {n: sh.line() for n, sh in tracker.shots.items()}
+        out["checkpoint_after_cancel"] = any(
+            os.path.isfile(os.path.join(ctx_mod.workspace_path(bpy.context, st)[0], "project", "checkpoint.pt"))
+            for st in (a, b, c))
+    finally:
+        jobs.interactive = real_interactive
+    ops_batch = import_module(ADDON_MODULE + ".blender.ops_batch")
+    out["notice"] = " ".join(ops_batch._NOTICES)
+
+    bpy.ops.inve.train_all()  # background: the batch runs to its end here, then the projects are read
+    job = ops_batch.batch_job()
+    tracker = job.worker.tracker
+    out["outcome"] = jobs.last().outcome
+    out["resumed_from"] = {n: sh.resumed_from for n, sh in tracker.shots.items()}
+    out["resumed"] = any(v for v in out["resumed_from"].values())
+    Workspace = import_module(ADDON_MODULE + ".io.projects").Workspace
+    out["strips"] = {}
+    for st in (a, b, c, d):
+        shot = next(n for n, names in job.context_data["strips"].items() if st.name in names)
+        fp, frames = ctx_mod.source_key(bpy.context, st)
+        base, _ = ctx_mod.new_workspace_path(bpy.context, st, fp, frames)
+        item, match = ctx_mod.strip_project(bpy.context, st)
+        folder = ctx_mod.project_folder(item) if item is not None else None
+        info = json.loads(item.info_json) if item is not None and item.info_json else {}
+        out["strips"][st.name] = [tracker.shots[shot].line(), job.context_data["projects"][shot][2],
+                                  Workspace(base).project,
+                                  bool(match is not None and match.complete and folder == base),
+                                  bool(info.get("trained"))]
+    scene.sequence_editor.active_strip = a
+    out["drawn_done"] = _draw_all(bpy, panels, bpy.context.preferences.addons[ADDON_MODULE].preferences)
+    _child_teardown()
+    return out
+
+
+SCENARIOS = {"install": child_install, "e2e": child_e2e, "train_all": child_train_all}
 
 
 def child_main(scenario: str, args_file: str) -> int:

@@ -74,6 +74,30 @@ def clear_partial_project(path: str) -> bool:
     return True
 
 
+def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frames: tuple[int, int]
+                 ) -> tuple[str, tuple[int, int], bool, Any, str] | None:
+    """Where Train puts the strip's project and which source frames it trains:
+    (workspace folder, frames, temporary?, the existing record or None, a note on new frames);
+    None after reporting why not. Train All uses the same rule, so every strip's project is
+    where the single-strip Train (and so preview, Propagate, Track) expects it."""
+    item, match = strip_project(context, strip)
+    new_frames = ""
+    if item is not None and match is not None and match.complete:
+        base = started_folder(item)
+        if base is None:
+            op.report({"ERROR"}, f"The project folder of '{strip.name}' was moved or deleted "
+                                 f"({item.abs_path}): use Relink Project first")
+            return None
+        frames = (item.frame_start, item.frame_end)
+        temporary = base.startswith(os.path.join(tempfile.gettempdir(), "inve_unsaved"))
+    else:
+        if item is not None:  # the strip shows frames the project lacks: a project for them all
+            frames = (min(frames[0], item.frame_start), max(frames[1], item.frame_end))
+            new_frames = f" (new frames: a project for {frames[0]}..{frames[1] - 1})"
+        base, temporary = new_workspace_path(context, strip, fp, frames)
+    return base, frames, temporary, item, new_frames
+
+
 class INVE_OT_train(EngineJobOperator, bpy.types.Operator):
     """Fit the neural atlases to the active movie strip's visible frames (runs in the background)"""
 
@@ -99,21 +123,10 @@ class INVE_OT_train(EngineJobOperator, bpy.types.Operator):
         except (OSError, ValueError) as exc:
             self.report({"ERROR"}, f"'{strip.name}': {exc}")
             return None
-        item, match = strip_project(context, strip)
-        new_frames = ""
-        if item is not None and match is not None and match.complete:
-            base = started_folder(item)
-            if base is None:
-                self.report({"ERROR"}, f"The project folder of '{strip.name}' was moved or deleted "
-                                       f"({item.abs_path}): use Relink Project first")
-                return None
-            frames = (item.frame_start, item.frame_end)
-            temporary = base.startswith(os.path.join(tempfile.gettempdir(), "inve_unsaved"))
-        else:
-            if item is not None:  # the strip shows frames the project lacks: a project for them all
-                frames = (min(frames[0], item.frame_start), max(frames[1], item.frame_end))
-                new_frames = f" (new frames: a project for {frames[0]}..{frames[1] - 1})"
-            base, temporary = new_workspace_path(context, strip, fp, frames)
+        target = train_target(self, context, strip, fp, frames)
+        if target is None:
+            return None
+        base, frames, temporary, item, new_frames = target
         ws = Workspace(base)
         if temporary:
             self.report({"WARNING"}, f"The .blend is not saved: the project goes to a temporary folder ({base}); "

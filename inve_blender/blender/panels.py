@@ -7,9 +7,37 @@ import bpy
 
 from ..io.edit_stack import describe
 from . import sequencer as strips
-from . import preview, service
+from . import ops_batch, preview, service
 from .context import active_project, project_folder, propagated, started_folder, strip_project, workspace_path
 from .ui import _wrapped, draw_engine_status, draw_job
+
+
+BATCH_ICONS = {"queued": "SORTTIME", "training": "PLAY", "done": "CHECKMARK", "failed": "ERROR",
+               "cancelled": "CANCEL"}
+
+
+def draw_batch(layout: bpy.types.UILayout, active: str = "") -> None:
+    """Each strip's state in the latest Train All (queued / training with progress and PSNR /
+    done / failed with its message); the active strip's row is highlighted."""
+    job = ops_batch.batch_job()
+    if job is None:
+        return
+    tracker = job.worker.tracker
+    box = layout.box()
+    box.label(text="Train All Strips", icon="SEQ_STRIP_DUPLICATE")
+    col = box.column(align=True)
+    for name, names in job.context_data.get("strips", {}).items():
+        sh = tracker.shots.get(name)
+        if sh is None:
+            continue
+        for strip_name in names:
+            row = col.row(align=True)
+            row.alert = sh.state == "failed"
+            row.label(text=strip_name, icon="RIGHTARROW" if strip_name == active else BATCH_ICONS.get(sh.state, "DOT"))
+            if sh.state == "training" and sh.total:
+                row.progress(factor=sh.fraction, type="BAR", text=sh.line())
+            else:
+                row.label(text=sh.line())
 
 
 class INVE_PT_main(bpy.types.Panel):
@@ -27,7 +55,9 @@ class INVE_PT_main(bpy.types.Panel):
         problem = strips.movie_strip_problem(scene)
         if problem:
             _wrapped(layout, problem, icon="INFO")
+            layout.operator("inve.train_all", icon="SEQ_STRIP_DUPLICATE")
             draw_job(layout)
+            draw_batch(layout)
             return
         strip = strips.active_strip(scene)
         s = scene.inve
@@ -69,7 +99,9 @@ class INVE_PT_main(bpy.types.Panel):
         row = layout.row(align=True)
         row.scale_y = 1.4
         row.operator("inve.train", icon="PLAY")
+        layout.operator("inve.train_all", icon="SEQ_STRIP_DUPLICATE")
         draw_job(layout)
+        draw_batch(layout, strip.name)
         notice = service.MANAGER.check_restarts()
         if notice:
             _wrapped(layout.box(), notice, icon="ERROR")

@@ -1,4 +1,5 @@
-"""Add-on preferences: which Python runs the engine, and the one-click dependency installer."""
+"""Add-on preferences: which Python runs the engine, the one-click dependency installer, and the
+Ray cluster that Train All Strips uses."""
 from __future__ import annotations
 
 import os
@@ -53,9 +54,16 @@ class INVE_AP_preferences(bpy.types.AddonPreferences):
         description="Install Engine from this folder of wheels, without the internet (made elsewhere with "
                     "pip download -d FOLDER -r requirements.txt). Empty: download (needs Allow Online Access)")
 
+    ray_address: StringProperty(
+        name="Ray Address", default="",
+        description="Train All Strips runs its batch on this Ray cluster (for example 10.0.0.5:6379; every node "
+                    "needs the engine installed). Empty: a local Ray cluster on this computer, started for the "
+                    "batch. Without Ray in the Engine Python the strips train one after another")
+
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         layout.prop(self, "python_path")
+        layout.prop(self, "ray_address")
         draw_engine_status(layout, context, in_preferences=True)
         box = layout.box()
         box.label(text=f"Engine environment: {ops_engine.engine_home()}", icon="FILE_FOLDER")

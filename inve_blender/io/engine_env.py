@@ -43,6 +43,8 @@ PROBE = (
     "    out['engine_path'] = core.__file__\n"
     "except Exception as exc:\n"
     "    out['missing'].append('core (the INVE engine): ' + str(exc)[:200])\n"
+    "import importlib.util\n"
+    "out['ray'] = importlib.util.find_spec('ray') is not None\n"  # optional (Train All on Ray); not imported
     "if 'torch' in out:\n"
     "    import torch\n"
     "    out['cuda'] = bool(torch.cuda.is_available())\n"
@@ -76,6 +78,11 @@ class EngineStatus:
     @property
     def cuda(self) -> bool:
         return bool(self.versions.get("cuda"))
+
+    @property
+    def ray(self) -> bool:
+        """Whether the engine's Python has Ray (the batch extra): Train All then runs on Ray."""
+        return bool(self.versions.get("ray"))
 
 
 def engine_root() -> Path:
