@@ -44,8 +44,8 @@ from core.progress import CancelToken, Progress, _clean
 PROTOCOL_VERSION = 1
 OPS = ("hello", "open", "info", "set_edits", "render_frame", "propagate", "track", "fingerprint",
        "cancel", "shutdown")
-#: zlib level of preview PNGs (render_frame): level 1 encodes a full 1080p frame about 3x faster
-#: than the default 6 for ~15 % more bytes; a preview is rewritten at every change.
+#: zlib level of preview PNGs (render_frame): a preview is rewritten at every change, so the
+#: fastest level (``core.png`` at 1 encodes a 1080p overlay in ~15 ms).
 PNG_LEVEL = 1
 #: frames rendered ahead of the movie writer while propagating (bounds memory at 1080p)
 WRITE_AHEAD = 8
@@ -97,10 +97,11 @@ class Request:
 
 
 def encode_png(img: np.ndarray, level: int = PNG_LEVEL) -> bytes:
-    """PNG bytes of an 8-bit RGB or RGBA image at zlib ``level``."""
-    import imageio.v3 as iio
+    """PNG bytes of an 8-bit RGB or RGBA image at zlib ``level`` (``core.png``: ~3x faster than
+    Pillow on a mostly transparent 1080p overlay)."""
+    from core import png
 
-    return iio.imwrite("<bytes>", np.ascontiguousarray(img), extension=".png", compress_level=int(level))
+    return png.encode(np.ascontiguousarray(img), int(level))
 
 
 class OpenProject:
@@ -392,7 +393,7 @@ class Service:
         req.cancel.raise_if_cancelled()
         data = encode_png(img)
         # the output rule: replaces only a file inve wrote there and nobody changed since
-        fsutil.write_output_file(out, lambda tmp: tmp.write_bytes(data), "preview file")
+        fsutil.write_output_bytes(out, data, "preview file")
         return {"frame": frame, "path": str(out.resolve()), "overlay": overlay,
                 "ms": round((time.perf_counter() - start) * 1000.0, 1),
                 "cpu_ms": round((time.process_time() - cpu) * 1000.0, 1)}
@@ -421,7 +422,7 @@ class Service:
         session.prepare()
         written: list[int] = []
 
-        def on_written(frame: int, path: Path) -> None:  # writer thread, as each PNG lands
+        def on_written(frame: int, path: Path) -> None:  # as each PNG lands
             written.append(frame)
             self.emit(req.id, "frame", frame=frame, path=str(Path(path).resolve()))
 
