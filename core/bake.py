@@ -7,6 +7,7 @@ reconstruction PSNR and the forward->inverse cycle error reported in ``metrics.j
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -61,6 +62,42 @@ def default_atlas_size(work_size: tuple[int, int], uv_scale: float) -> int:
     return int(min(4096, max(256, 64 * math.ceil(texels / 64))))
 
 
+def _timed(fn: Callable[[], torch.Tensor]) -> float:
+    """Seconds ``fn`` takes, its result brought to the CPU (so a GPU has finished too)."""
+    t0 = time.perf_counter()
+    fn().cpu()
+    return time.perf_counter() - t0
+
+
+def atlas_step_weights(model: LayeredAtlasModel, grid: torch.Tensor, layers: list[str], size: int,
+                       n_frames: int, probe: int = 8192) -> list[int]:
+    """How many frame steps of the bake each layer's atlas step is worth, measured.
+
+    Why: progress counts steps and its ETA assumes they cost the same, but a layer's atlas
+    step evaluates ``size``^2 texels and splats every frame's uv map (:func:`atlas_usage`),
+    ~10 frame steps at the defaults and more on long shots: counted as one step, the ETA
+    missed by half. Small probes (``probe`` pixels through the whole model, as many texels
+    through the atlas, one frame's splat) give each atlas step its weight in frame steps.
+    """
+    device = grid.device
+    k = min(probe, grid.shape[0])
+    p, tt = grid[:k], torch.zeros(k, device=device)
+    rec = min(_timed(lambda: model.reconstruct(p, tt)[0]) for _ in range(2))
+    h_w = grid.shape[0]
+    frame_s = max(rec / k * h_w, 1e-6)
+    texels = torch.rand(k, 2, generator=torch.Generator().manual_seed(0)).to(device) * 2.0 - 1.0
+    uv1 = np.zeros((1, h_w, 1, 2), np.float32)
+    a1 = np.zeros((1, h_w, 1), np.float32)
+    weights = []
+    for L in layers:
+        atl = min(_timed(lambda: model.atlas(L, texels)) for _ in range(2)) / k * size * size
+        t0 = time.perf_counter()
+        atlas_usage(uv1, a1, size, L)
+        use = (time.perf_counter() - t0) * n_frames
+        weights.append(max(1, int(round((atl + use) / frame_s))))
+    return weights
+
+
 @torch.no_grad()
 def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, int],
          progress: Progress | None = None, atlas_size: int | None = None, chunk: int = 1 << 15,
@@ -88,7 +125,11 @@ def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, i
     cycle_err: dict[str, list[np.ndarray]] = {L: [] for L in layers}
     coords = SourceCoords(tuple(source_size), (w, h))
     rng = np.random.default_rng(0)
-    total = n + len(layers)
+    size = atlas_size or default_atlas_size((w, h), model.cfg.uv_scale)
+    # progress counts frame steps; each atlas step counts as the frame steps it is worth, so
+    # the ETA (elapsed per step x steps left) holds across the whole stage
+    weights = atlas_step_weights(model, grid, layers, size, n) if progress is not None else [1] * len(layers)
+    total = n + sum(weights)
     for t in range(n):
         if progress is not None:
             progress.update("bake", t, total)
@@ -124,12 +165,11 @@ def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, i
     mse = sq_err / (n * h * w * 3)
     psnr = float(10 * math.log10(1.0 / max(mse, 1e-12)))
 
-    size = atlas_size or default_atlas_size((w, h), model.cfg.uv_scale)
     agrid = atlas_grid(size, device)
     atlases, used = {}, {}
     for i, L in enumerate(layers):
         if progress is not None:
-            progress.update("bake", n + i, total)
+            progress.update("bake", n + sum(weights[:i]), total)
         cols = [model.atlas(L, agrid[s:s + chunk]).cpu().numpy() for s in range(0, agrid.shape[0], chunk)]
         atlases[L] = np.concatenate(cols).reshape(size, size, 3).astype(np.float32)
         used[L] = atlas_usage(uv_maps[L], alpha_maps, size, L)
