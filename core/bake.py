@@ -75,26 +75,35 @@ def atlas_step_weights(model: LayeredAtlasModel, grid: torch.Tensor, layers: lis
 
     Why: progress counts steps and its ETA assumes they cost the same, but a layer's atlas
     step evaluates ``size``^2 texels and splats every frame's uv map (:func:`atlas_usage`),
-    ~10 frame steps at the defaults and more on long shots: counted as one step, the ETA
-    missed by half. Small probes (``probe`` pixels through the whole model, as many texels
-    through the atlas, one frame's splat) give each atlas step its weight in frame steps.
+    several frame steps at the defaults and more on long shots: counted as one step, the ETA
+    missed by half. Small probes of the same kinds of work (``probe`` pixels through the
+    whole model and the cycle check's inverse, as many texels through one atlas, one frame's
+    splat and the final filter) give each atlas step its weight in frame steps.
     """
     device = grid.device
     k = min(probe, grid.shape[0])
     p, tt = grid[:k], torch.zeros(k, device=device)
-    rec = min(_timed(lambda: model.reconstruct(p, tt)[0]) for _ in range(2))
     h_w = grid.shape[0]
-    frame_s = max(rec / k * h_w, 1e-6)
-    texels = torch.rand(k, 2, generator=torch.Generator().manual_seed(0)).to(device) * 2.0 - 1.0
-    uv1 = np.zeros((1, h_w, 1, 2), np.float32)
-    a1 = np.zeros((1, h_w, 1), np.float32)
+    frame_s = min(_timed(lambda: model.reconstruct(p, tt)[0]) for _ in range(2)) / k * h_w
+    n_cyc = min(4096, h_w)
+    uv = torch.rand(max(k, n_cyc), 2, generator=torch.Generator().manual_seed(0)).to(device) * 2.0 - 1.0
+    for L in layers:
+        frame_s += min(_timed(lambda: model.inverse(L, uv[:n_cyc], tt[:n_cyc] if n_cyc <= k else
+                                                    torch.zeros(n_cyc, device=device))) for _ in range(2))
+    frame_s = max(frame_s, 1e-6)
+    uv1 = np.zeros((h_w, 2), np.float32)
+    a1 = np.zeros(h_w, np.float32)
+    hist = np.zeros(size * size, np.int64)
     weights = []
     for L in layers:
-        atl = min(_timed(lambda: model.atlas(L, texels)) for _ in range(2)) / k * size * size
+        atl = min(_timed(lambda: model.atlas(L, uv[:k])) for _ in range(2)) / k * size * size
         t0 = time.perf_counter()
-        atlas_usage(uv1, a1, size, L)
-        use = (time.perf_counter() - t0) * n_frames
-        weights.append(max(1, int(round((atl + use) / frame_s))))
+        _usage_splat(hist, uv1, a1, size, L)
+        splat = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _usage_finish(hist, size)
+        finish = time.perf_counter() - t0
+        weights.append(max(1, int(round((atl + splat * n_frames + finish) / frame_s))))
     return weights
 
 
@@ -207,6 +216,20 @@ def atlas_psnr(maps: BakedMaps, frames: np.ndarray) -> float:
     return float(10 * math.log10(1.0 / max(mse, 1e-12)))
 
 
+def _usage_splat(hist: np.ndarray, uv_t: np.ndarray, alpha_t: np.ndarray, size: int, layer: str) -> None:
+    """Add one frame's pixels that ``layer`` shows to the texel histogram ``hist`` [size*size]."""
+    coords = ((np.asarray(uv_t, np.float32).reshape(-1, 2) + 1.0) * 0.5 * size).astype(np.int64)
+    inside = (coords >= 0).all(1) & (coords < size).all(1) & np.asarray(shows(layer, alpha_t)).reshape(-1)
+    hist += np.bincount(coords[inside, 1] * size + coords[inside, 0], minlength=size * size)
+
+
+def _usage_finish(hist: np.ndarray, size: int) -> np.ndarray:
+    import cv2  # noqa: PLC0415 - heavy import only when baking
+
+    seen = cv2.dilate((hist.reshape(size, size) > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+    return cv2.GaussianBlur(seen, (0, 0), 1.0)
+
+
 def atlas_usage(uv: np.ndarray, alpha: np.ndarray, size: int, layer: str) -> np.ndarray:
     """How strongly each atlas texel is seen by some frame (0..1): a splat of the pixels ``layer`` shows.
 
@@ -215,11 +238,5 @@ def atlas_usage(uv: np.ndarray, alpha: np.ndarray, size: int, layer: str) -> np.
     """
     hist = np.zeros(size * size, np.int64)
     for t in range(uv.shape[0]):
-        coords = ((np.asarray(uv[t], np.float32).reshape(-1, 2) + 1.0) * 0.5 * size).astype(np.int64)
-        inside = (coords >= 0).all(1) & (coords < size).all(1) & np.asarray(shows(layer, alpha[t])).reshape(-1)
-        hist += np.bincount(coords[inside, 1] * size + coords[inside, 0], minlength=size * size)
-    hist = hist.reshape(size, size)
-    import cv2  # noqa: PLC0415 - heavy import only when baking
-
-    hist = cv2.dilate((hist > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
-    return cv2.GaussianBlur(hist, (0, 0), 1.0)
+        _usage_splat(hist, uv[t], alpha[t], size, layer)
+    return _usage_finish(hist, size)
