@@ -373,6 +373,12 @@ class FrameSource:
             self._decoder.close()  # type: ignore[union-attr]
         self._decoder, self._next = None, -1
 
+    def forget_decoder(self) -> None:
+        """In a forked child: drop the parent's decoder without touching it (its pipe and process
+        are the parent's) and start with a fresh lock; the next frame starts our own decoder."""
+        self._decoder, self._next = None, -1
+        self._lock = threading.RLock()
+
     def _start(self, t: int) -> None:
         self.close()
         if self._info is None:
@@ -668,8 +674,17 @@ def frame_file_name(index: int, last_index: int | None = None) -> str:
     return f"{int(index):0{digits}d}.png"
 
 
-def _encode_frame(img: np.ndarray) -> tuple[bytes, str]:
-    """PNG bytes of one frame and their SHA-256 (encoder thread: both release the GIL)."""
+@dataclass(frozen=True)
+class EncodedPNG:
+    """A frame already encoded as PNG (by a render worker), with the SHA-256 of its bytes."""
+
+    data: bytes
+    sha256: str
+
+
+def encode_png_frame(img: np.ndarray) -> EncodedPNG:
+    """PNG bytes of one frame and their SHA-256 (encoder thread or render worker: zlib and
+    hashlib release the GIL)."""
     import hashlib  # noqa: PLC0415
 
     from core import png  # noqa: PLC0415
@@ -678,7 +693,7 @@ def _encode_frame(img: np.ndarray) -> tuple[bytes, str]:
     if a.dtype != np.uint8:
         a = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     data = png.encode(a, PNG_COMPRESS_LEVEL)
-    return data, hashlib.sha256(data).hexdigest()
+    return EncodedPNG(data, hashlib.sha256(data).hexdigest())
 
 
 def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
@@ -693,7 +708,8 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
     frames have landed); an interrupted run leaves it so, and the next run replaces it.
     Numbered PNGs of an earlier run that this run did not rewrite are removed (if unchanged),
     so the folder holds exactly this sequence. ``on_written(index, path)`` is called as soon
-    as each PNG is in place, for callers that stream frames onwards.
+    as each PNG is in place, for callers that stream frames onwards. An image may come already
+    encoded (:class:`EncodedPNG`, from a render worker); it is written as it is.
     """
     from collections import deque  # noqa: PLC0415
     from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415
@@ -701,9 +717,9 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
     out = fsutil.OutputFolder(folder, "output folder").begin()
     written: list[Path] = []
 
-    def land(index: int, fut: Future) -> None:
-        data, sha = fut.result()
-        p = out.write_bytes(frame_file_name(index, last_index), data, sha)
+    def land(index: int, fut: Future | EncodedPNG) -> None:
+        enc = fut if isinstance(fut, EncodedPNG) else fut.result()
+        p = out.write_bytes(frame_file_name(index, last_index), enc.data, enc.sha256)
         written.append(p)
         if on_written is not None:
             on_written(index, p)
@@ -713,19 +729,22 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
         # the folder's bookkeeping is touched) on this thread only, in order. At most
         # PNG_IN_FLIGHT frames wait, and a failed write stops the run at the next frame.
         with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="inve-png") as pool:
-            pending: deque[tuple[int, Future]] = deque()
+            pending: deque[tuple[int, Future | EncodedPNG]] = deque()
             try:
                 for index, img in frames:
                     if int(index) < 0:
                         raise ValueError(f"negative frame index {index}")
-                    pending.append((int(index), pool.submit(_encode_frame, img)))
-                    while len(pending) > PNG_IN_FLIGHT or (pending and pending[0][1].done()):
+                    pending.append((int(index), img if isinstance(img, EncodedPNG) else
+                                    pool.submit(encode_png_frame, img)))
+                    while len(pending) > PNG_IN_FLIGHT or (pending and (isinstance(pending[0][1], EncodedPNG)
+                                                                        or pending[0][1].done())):
                         land(*pending.popleft())
                 while pending:
                     land(*pending.popleft())
             finally:
                 for _, fut in pending:
-                    fut.cancel()
+                    if not isinstance(fut, EncodedPNG):
+                        fut.cancel()
     except BaseException as exc:
         out.abort(type(exc).__name__ if not str(exc) else str(exc).splitlines()[0])
         raise

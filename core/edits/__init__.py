@@ -41,11 +41,14 @@ def check_output(out: Path, overwrite: bool = False) -> str:
 
 
 def edit_command(project_dir: Path, edits_json: Path, out: Path, progress: Progress,
-                 overwrite: bool = False, project: Project | None = None, overlay: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, project: Project | None = None, overlay: bool = False,
+                 render_workers: int | None = None) -> dict[str, Any]:
     """Render a project's frames with an edit stack to a PNG folder or a movie.
 
     ``overlay``: RGBA PNGs holding only the edits (transparent where no edit touches), for
     stacking above the original with Alpha Over; a movie cannot carry alpha, so it needs a folder.
+    ``render_workers``: processes that render (default: one per core, up to 4, on Linux for
+    clips of 16 frames or more; 1 renders here).
     """
     start = time.monotonic()
     project = project or Project.open(project_dir)
@@ -64,7 +67,14 @@ def edit_command(project_dir: Path, edits_json: Path, out: Path, progress: Progr
     if T != info.n_frames or frames.shape[0] != T:
         raise InveError(f"{project.path} is inconsistent: {info.n_frames} frames in project.json, "
                         f"{T} in the baked maps, {frames.shape[0]} in {Project.FRAMES}; train it again")
-    stream = session.render_all(progress, overlay=overlay)
+    from core.edits.parallel import default_workers
+    from core.video import encode_png_frame
+
+    # several render processes where the platform forks (the frames are the same, in order);
+    # for PNGs each worker also encodes its frames
+    workers = default_workers(T) if render_workers is None else max(1, int(render_workers))
+    stream = session.render_all(progress, overlay=overlay, workers=workers,
+                                encode=encode_png_frame if kind != "movie" else None)
     if kind == "movie":
         from core.video import write_movie
 
