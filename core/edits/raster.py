@@ -21,7 +21,7 @@ PIECE_PX = 4.0  # longest piece a segment is split into before patch evaluation
 
 
 #: side of the square tiles of the frame that sparse rasters and the compositor work in (px)
-TILE = 64
+TILE = 32
 
 
 def _stroke_samples(a: np.ndarray, b: np.ndarray, radius: float, W: int, H: int

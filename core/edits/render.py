@@ -65,8 +65,8 @@ def _parts(patches: Sequence[Patch], members: list[int], tile_box: Box) -> Itera
                (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0)))
 
 
-#: tiles composited per batch (bounds the float buffers: 256 tiles of 64 px are 16 MB)
-BATCH_TILES = 256
+#: tiles composited per batch (bounds the float buffers: 1024 tiles of 32 px are 16 MB)
+BATCH_TILES = 1024
 
 
 def _tile_batches(patches: Sequence[Patch], shape: tuple[int, int], tile: int
