@@ -46,8 +46,14 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
             encode: Callable[[np.ndarray], Any] | None) -> None:
     """A forked worker: render the blocks it is given until it gets None."""
     try:
+        import signal  # noqa: PLC0415
+
         import torch  # noqa: PLC0415
 
+        # the parent's handlers (a cancel token, a service's shutdown) are not ours: the parent
+        # stops us (terminate) when it stops, and Ctrl-C reaches it, not us
+        for name in ("SIGTERM", "SIGINT"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL if name == "SIGTERM" else signal.SIG_IGN)
         torch.set_num_threads(1)
         frames = session.ctx.frames
         if hasattr(frames, "forget_decoder"):
