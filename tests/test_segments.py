@@ -1,0 +1,260 @@
+"""Segments (core/segments.py): a shot as overlapping sub-projects, edited and tracked as one.
+
+Ground-truth checks run on synthetic segmented projects whose segments have *different*
+atlas parametrisations (tests/synth.py ``make_gt_segmented_project``), so an edit that is
+not re-anchored at a seam lands in the wrong place; the truth is the same edit rendered on
+a single-atlas ground-truth project of the same clip. The CLI and the service run in-process
+with each segment's analytic mapping in place of its networks.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from synth import make_clip, make_gt_project, make_gt_segmented_project
+from core import cli, fsutil
+from core.edits.context import RenderContext
+from core.edits.session import EditSession
+from core.edits.spec import parse_edits
+from core.errors import InveError
+from core.project import Project, ProjectInfo
+from core.segments import SegmentedSession, extension, owned, plan, switch_frames
+from core.track import parse_points, track_points
+
+W, H, T = 128, 96, 24
+RANGES = [(0, 14), (10, 24)]  # switch frame 12
+STROKE = {"type": "sketch", "frame": 5,
+          "strokes": [{"points": [[70, 8], [90, 10], [110, 12]], "color": [1, 0, 0, 1], "width": 3}]}
+
+
+@pytest.fixture(scope="module")
+def gt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segments")
+    clip = make_clip(T=T, size=(W, H), camera="pan_zoom")
+    plain = make_gt_project(clip, root / "plain")
+    seg = make_gt_segmented_project(clip, root / "seg", RANGES)
+    three = make_gt_segmented_project(clip, root / "three", [(0, 9), (6, 16), (13, 24)])
+    st = np.zeros((12, 16, 4), np.float32)
+    st[..., 1] = st[..., 3] = 1.0
+    st[:4, :, 0] = 1.0  # a top edge, so a wrong rotation shows
+    fsutil.write_png(root / "sticker.png", st)
+    paint = np.zeros((H, W, 4), np.float32)
+    paint[30:40, 100:118] = (0, 0, 1, 1)
+    fsutil.write_png(root / "paint.png", paint)
+    mappings = {sub.path.resolve(): sub._mapping for p in (seg, three) for sub in p.segments()}
+    mappings[plain.path.resolve()] = clip.gt
+    return root, clip, plain, seg, three, mappings
+
+
+def centroid(img: np.ndarray) -> tuple[np.ndarray, float]:
+    a = img[..., 3].astype(np.float64)
+    ys, xs = np.mgrid[:a.shape[0], :a.shape[1]]
+    return np.array([(a * xs).sum(), (a * ys).sum()]) / max(a.sum(), 1e-9), a.sum() / 255.0
+
+
+def sessions(root: Path, plain: Project, seg: Project, doc: dict) -> tuple[EditSession, SegmentedSession]:
+    ss = SegmentedSession(seg)
+    ss.set_edits(doc, root)
+    return EditSession(plain, parse_edits(doc, root, plain.info)), ss
+
+
+# -- planning ------------------------------------------------------------------------------
+
+def test_plan_tiles_the_shot_with_overlaps_and_seams_in_them():
+    r = plan(0, 458, 120, 8)
+    assert r[0][0] == 0 and r[-1][1] == 458 and all(b - a <= 120 for a, b in r)
+    assert all(r[k + 1][0] == r[k][1] - 8 for k in range(len(r) - 1))
+    s = switch_frames(r)
+    assert all(r[k + 1][0] < s[k] < r[k][1] for k in range(len(s)))
+    o = owned(r)
+    assert o[0][0] == 0 and o[-1][1] == 458 and all(o[k][1] == o[k + 1][0] for k in range(len(o) - 1))
+    assert plan(10, 100, 120) == [(10, 100)] and plan(0, 500, 0) == [(0, 500)]
+    before, after = extension([(20, 60)], 0, 200, 120, 8)
+    assert before == [(0, 28)] and after[0] == (52, 200)[0:1] + (after[0][1],) and after[-1][1] == 200
+
+
+def test_segmented_project_json_round_trips_and_plain_projects_stay_format_2(tmp_path):
+    info = ProjectInfo(source="v.mp4", frames=list(range(0, 30)), source_size=(64, 48), work_size=(64, 48), fps=24.0)
+    d = info.to_json()
+    assert d["format"] == 2 and "segments" not in d  # what inve before segments writes and reads
+    info.segments = [{"name": "a", "frames": [0, 20]}, {"name": "b", "frames": [15, 30]}]
+    d = info.to_json()
+    assert d["format"] == 3 and ProjectInfo.from_json(d).segments == info.segments
+    for bad in ([{"name": "a", "frames": [0, 20]}, {"name": "b", "frames": [20, 30]}],  # no overlap
+                [{"name": "a", "frames": [0, 20]}, {"name": "b", "frames": [15, 29]}],  # does not cover
+                [{"name": "../x", "frames": [0, 30]}]):
+        with pytest.raises(InveError, match="damaged"):
+            ProjectInfo.from_json({**d, "segments": bad})
+    Project(tmp_path, info).save_info()
+    proj = Project.open(tmp_path)
+    assert proj.is_segmented and proj.state()[0] == "untrained"
+    with pytest.raises(InveError, match="split into 2 segments"):
+        proj.maps()
+
+
+# -- edits across seams (ground truth) -------------------------------------------------------
+
+def test_stroke_crossing_a_seam_stays_continuous_within_a_pixel(gt):
+    root, clip, plain, seg, three, _ = gt
+    for project in (seg, three):
+        ps, ss = sessions(root, plain, project, {"layers": [STROKE]})
+        for t in range(T):
+            (c1, m1), (c2, m2) = centroid(ps.render_frame(t, overlay=True)), centroid(ss.render_frame(t, overlay=True))
+            assert m1 > 50 and abs(m2 - m1) < 0.05 * m1, (t, m1, m2)
+            assert np.linalg.norm(c1 - c2) < 1.0, (t, c1, c2)
+    # the stroke moves between the frames on both sides of the seam as the truth does
+    s = switch_frames(RANGES)[0]
+    ps, ss = sessions(root, plain, seg, {"layers": [STROKE]})
+    step_seg = centroid(ss.render_frame(s, overlay=True))[0] - centroid(ss.render_frame(s - 1, overlay=True))[0]
+    step_gt = centroid(ps.render_frame(s, overlay=True))[0] - centroid(ps.render_frame(s - 1, overlay=True))[0]
+    assert np.linalg.norm(step_seg - step_gt) < 0.5
+
+
+def test_a_stroke_drawn_in_the_second_segment_reaches_back_into_the_first(gt):
+    root, clip, plain, seg, three, _ = gt
+    late = {**STROKE, "frame": 20}
+    ps, ss = sessions(root, plain, three, {"layers": [late]})
+    for t in (0, 7, 8, 14, 15, 23):
+        (c1, m1), (c2, _) = centroid(ps.render_frame(t, overlay=True)), centroid(ss.render_frame(t, overlay=True))
+        assert m1 > 50 and np.linalg.norm(c1 - c2) < 1.0, (t, c1, c2)
+
+
+def test_sticker_paint_and_adjust_carry_through_the_seam(gt):
+    root, clip, plain, seg, three, _ = gt
+    layers = [
+        {"type": "sticker", "frame": 20, "image": "sticker.png", "center": [100, 20], "scale": 1.0, "rotation": 0.3},
+        {"type": "sticker", "frame": 20, "image": "sticker.png", "center": [100, 20], "mode": "deform"},
+        {"type": "paint", "frame": 2, "image": "paint.png"},
+        {"type": "adjust", "frame": 2, "layer": "bg", "region": {"polygon": [[100, 30], [118, 30], [118, 40], [100, 40]]},
+         "hue": 0.3},
+    ]
+    for layer in layers:
+        ps, ss = sessions(root, plain, seg, {"layers": [layer]})
+        for t in range(0, T, 3):
+            a, b = ps.render_frame(t, overlay=True), ss.render_frame(t, overlay=True)
+            (c1, m1), (c2, m2) = centroid(a), centroid(b)
+            assert m1 > 20 and abs(m2 - m1) < 0.1 * m1, (layer["type"], t, m1, m2)
+            assert np.linalg.norm(c1 - c2) < 1.0, (layer["type"], t, c1, c2)
+            assert np.abs(a.astype(float) - b.astype(float)).mean() < 1.0
+
+
+def test_tracks_cross_seams_within_tolerance_of_the_truth(gt):
+    root, clip, plain, seg, three, _ = gt
+    doc = {"points": [{"id": "bg", "frame": 3, "x": 30.0, "y": 10.0}, {"id": "late", "frame": 20, "x": 100.0, "y": 85.0},
+                      {"id": "disc", "frame": 12, "x": float(clip.gt.object_params(np.array([12.0]))[0][0, 0]),
+                       "y": float(clip.gt.object_params(np.array([12.0]))[0][0, 1])}]}
+    for project in (seg, three):
+        tracks = SegmentedSession(project).track(parse_points(doc, project.info))
+        for p, tr in zip(doc["points"], tracks):
+            uv = clip.gt.forward(tr.layer, np.array([[p["x"], p["y"]]]), np.array([float(p["frame"])]))
+            truth = clip.gt.inverse(tr.layer, np.repeat(uv, T, 0), np.arange(T, dtype=float))
+            err = np.linalg.norm(tr.xy - truth, axis=1)[tr.visible]
+            assert tr.visible.sum() >= T // 2 and err.max() < 0.75, (p["id"], err.max())
+        assert tracks[2].layer == "fg"
+    plain_tracks = track_points(RenderContext(plain, mapping=plain._mapping), parse_points(doc, plain.info))
+    seg_tracks = SegmentedSession(seg).track(parse_points(doc, seg.info))
+    for a, b in zip(plain_tracks, seg_tracks):
+        assert (a.visible == b.visible).mean() > 0.9
+
+
+def test_an_atlas_painted_on_one_segment_is_recognised_and_carried(gt, tmp_path):
+    root, clip, plain, seg, three, _ = gt
+    sub = seg.segments()[1]
+    atlas = np.clip(np.array(sub.maps().atlas["bg"], np.float32), 0, 1)
+    # paint where frame 12 (the seam) shows the background near (30, 70)
+    uv = sub._mapping.forward("bg", np.array([[30.0, 70.0]]), np.array([12.0 - RANGES[1][0]]))[0]
+    A = atlas.shape[0]
+    i, j = (int((uv[1] + 1) / 2 * A), int((uv[0] + 1) / 2 * A))
+    painted = atlas.copy()
+    painted[i - 6:i + 6, j - 6:j + 6] = (1.0, 0.0, 1.0)
+    fsutil.write_png(tmp_path / "painted.png", painted)
+    ss = SegmentedSession(seg)
+    ss.set_edits({"layers": [{"type": "atlas", "layer": "bg", "image": "painted.png"}]}, tmp_path)
+    assert ss._home(ss.layers[0]) == 1
+    for t in (12, 11, 8):  # the seam, and frames of the first segment
+        c, m = centroid(ss.render_frame(t, overlay=True))
+        truth = clip.gt.inverse("bg", clip.gt.forward("bg", np.array([[30.0, 70.0]]), np.array([12.0])),
+                                np.array([float(t)]))[0]
+        assert m > 20 and np.linalg.norm(c - (truth - 0.5)) < 2.0, (t, c, truth)
+
+
+def test_hidden_layers_and_changes_re_use_carried_work(gt):
+    root, clip, plain, seg, three, _ = gt
+    ss = SegmentedSession(seg)
+    ss.set_edits({"layers": [STROKE]}, root)
+    before = ss.render_frame(20, overlay=True)
+    carried = dict(ss._carried)
+    ss.set_edits({"layers": [{**STROKE, "visible": False}]}, root)
+    assert ss.render_frame(20, overlay=True)[..., 3].max() == 0
+    ss.set_edits({"layers": [STROKE]}, root)
+    assert ss._carried.keys() == carried.keys()
+    assert np.array_equal(ss.render_frame(20, overlay=True), before)
+
+
+# -- the commands on a segmented project ------------------------------------------------------
+
+@pytest.fixture()
+def gt_networks(gt, monkeypatch):
+    """Each segment's analytic mapping in place of its (absent) networks."""
+    mappings = gt[5]
+    monkeypatch.setattr(Project, "mapping", lambda self, device="cpu": mappings[self.path.resolve()])
+    return gt
+
+
+def test_cli_info_edit_track_atlas_on_a_segmented_project(gt_networks, tmp_path, capsys):
+    root, clip, plain, seg, three, _ = gt_networks
+    assert cli.main(["info", str(three.path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    # ground-truth segments have maps but no checkpoint: each says so, and so does the whole
+    assert info["state"] == plain.state()[0] == "needs bake" and "segment f000000-000009" in info["state_reason"]
+    assert [s["frames"] for s in info["segments"]] == [[0, 9], [6, 16], [13, 24]]
+    assert [s["owns"] for s in info["segments"]] == [[0, 7], [7, 14], [14, 24]]
+    edits = tmp_path / "EDITS.json"
+    edits.write_text(json.dumps({"version": 1, "layers": [STROKE]}))
+    out = tmp_path / "out"
+    assert cli.main(["edit", str(three.path), "--edits", str(edits), "-o", str(out), "--overlay",
+                     "--progress", "none"]) == 0
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == [f"{i:04d}.png" for i in range(T)]
+    ps = EditSession(plain, parse_edits({"layers": [STROKE]}, root, plain.info))
+    for t in (6, 7, 13, 14, 23):
+        c1, c2 = centroid(ps.render_frame(t, overlay=True))[0], centroid(iio.imread(files[t]))[0]
+        assert np.linalg.norm(c1 - c2) < 1.0
+    points = tmp_path / "POINTS.json"
+    points.write_text(json.dumps({"points": [{"id": "p", "frame": 3, "x": 30, "y": 10}]}))
+    assert cli.main(["track", str(three.path), "--points", str(points), "-o", str(tmp_path / "TRACKS.json")]) == 0
+    doc = json.loads((tmp_path / "TRACKS.json").read_text())
+    assert doc["frames"] == list(range(T)) and len(doc["tracks"][0]["xy"]) == T
+    assert cli.main(["atlas", str(three.path), "-o", str(tmp_path / "atlas")]) == 0
+    names = sorted(p.name for p in (tmp_path / "atlas").glob("*.png"))
+    assert "f000006-000016_atlas_bg.png" in names and len(names) == 3 * 4
+    capsys.readouterr()
+    edits.write_text(json.dumps({"version": 1, "layers": [{**STROKE, "frame": 99}]}))
+    assert cli.main(["edit", str(three.path), "--edits", str(edits), "-o", str(tmp_path / "o2"),
+                     "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "outside the project's frames 0..23" in err[0]
+
+
+def test_service_renders_and_tracks_a_segmented_project(gt_networks):
+    from core.serve import Request, Service
+
+    root, clip, plain, seg, three, _ = gt_networks
+    stream = io.StringIO()
+    svc = Service(stream)
+    svc.run(Request(1, "open", {"project": str(three.path)}))
+    svc.run(Request(2, "set_edits", {"project": str(three.path), "edits": {"layers": [STROKE]}, "base": str(root)}))
+    out = root / "svc_frame.png"
+    svc.run(Request(3, "render_frame", {"project": str(three.path), "frame": 15, "output": str(out), "overlay": True}))
+    svc.run(Request(4, "track", {"project": str(three.path),
+                                 "points": {"points": [{"id": "p", "frame": 3, "x": 30, "y": 10}]}}))
+    replies = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [r["event"] for r in replies] == ["done"] * 4, replies
+    ps = EditSession(plain, parse_edits({"layers": [STROKE]}, root, plain.info))
+    assert np.linalg.norm(centroid(ps.render_frame(15, overlay=True))[0] - centroid(iio.imread(out))[0]) < 1.0
+    assert len(replies[3]["tracks"]["tracks"][0]["xy"]) == T
