@@ -258,3 +258,54 @@ def test_service_renders_and_tracks_a_segmented_project(gt_networks):
     ps = EditSession(plain, parse_edits({"layers": [STROKE]}, root, plain.info))
     assert np.linalg.norm(centroid(ps.render_frame(15, overlay=True))[0] - centroid(iio.imread(out))[0]) < 1.0
     assert len(replies[3]["tracks"]["tracks"][0]["xy"]) == T
+
+
+# -- training: segments, resume, adding frames -------------------------------------------------
+
+@pytest.mark.slow
+def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
+    clip = make_clip(T=20, size=(64, 48), camera="pan", seed=3)
+    from synth import write_clip
+
+    video = write_clip(clip, tmp_path / "clip")
+    proj = tmp_path / "proj"
+    base = ["--iters", "30", "--progress", "none", "--max-side", "64"]
+    assert cli.main(["train", str(video), "-o", str(proj), "--frames", "0:16", "--segment-frames", "10",
+                     "--segment-overlap", "4", *base]) == 0
+    project = Project.open(proj)
+    assert [s["frames"] for s in project.info.segments] == [[0, 10], [6, 16]]
+    assert project.state()[0] == "trained" and not (proj / "checkpoint.pt").exists()
+    metrics = project.metrics()
+    assert [s["owns"] for s in metrics["segments"]] == [[0, 8], [8, 16]] and metrics["iterations"] == 30
+    first_ckpt = proj / "segments" / "f000000-000010" / "checkpoint.pt"
+    stamp = first_ckpt.stat().st_mtime_ns
+    # a range that does not contain the trained one: one line, nothing changes
+    capsys.readouterr()
+    assert cli.main(["train", str(video), "-o", str(proj), "--resume", "--frames", "2:20", *base]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not contain the trained frames 0:16" in err[0]
+    # a wider range adds a segment for the new frames; trained segments stay untouched
+    assert cli.main(["train", str(video), "-o", str(proj), "--resume", "--frames", "0:20", *base]) == 0
+    project = Project.open(proj)
+    assert [s["frames"] for s in project.info.segments] == [[0, 10], [6, 16], [12, 20]]
+    assert project.info.frames == list(range(20)) and project.state()[0] == "trained"
+    assert first_ckpt.stat().st_mtime_ns == stamp
+    edits = tmp_path / "EDITS.json"
+    edits.write_text(json.dumps({"version": 1, "layers": [
+        {"type": "sketch", "frame": 2, "strokes": [{"points": [[10, 10], [50, 14]], "color": [1, 0, 0, 1], "width": 3}]}]}))
+    out = tmp_path / "out"
+    assert cli.main(["edit", str(proj), "--edits", str(edits), "-o", str(out), "--overlay", "--progress", "none"]) == 0
+    cov = [iio.imread(out / f"{i:04d}.png")[..., 3].sum() / 255.0 for i in range(20)]
+    assert min(cov) > 0.5 * max(cov)  # the stroke reaches the new frames
+    # a plain project extended: its trained state moves into a segment, unchanged
+    plain = tmp_path / "plain"
+    assert cli.main(["train", str(video), "-o", str(plain), "--frames", "0:8", *base]) == 0
+    ck = (plain / "checkpoint.pt").read_bytes()
+    assert cli.main(["train", str(video), "-o", str(plain), "--resume", "--frames", "0:12", *base]) == 0
+    project = Project.open(plain)
+    assert [s["frames"] for s in project.info.segments] == [[0, 8], [4, 12]] and project.state()[0] == "trained"
+    assert (plain / "segments" / "f000000-000008" / "checkpoint.pt").read_bytes() == ck
+    capsys.readouterr()
+    assert cli.main(["info", str(plain)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == 3 and [s["state"] for s in info["segments"]] == ["trained", "trained"]
