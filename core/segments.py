@@ -257,6 +257,7 @@ def train_segmented(video: str | Path, project_dir: Path, existing: Project | No
             if trained and (extending or (stored.get("iters"), stored.get("minutes")) == (iters, minutes)):
                 continue  # finished to its share (or extending: trained segments stay untouched)
         seg_cfg = dataclasses.replace(cfg, frames=(a, b), iters=iters, minutes=minutes, segment_frames=0,
+                                      compact_checkpoint=True,
                                       weights=dataclasses.replace(cfg.weights), model=dict(cfg.model))
         seg_progress.message(f"training ({'resuming' if sub_exists else 'new'})")
         tr._train_locked(source, sub_dir, seg_cfg, seg_progress, sub_exists, monitor, {"frames", "max_side", "video"})

@@ -79,6 +79,9 @@ class TrainConfig:
     # its own atlases (core/segments.py); None: the default threshold, 0: never split
     segment_frames: int | None = None
     segment_overlap: int = 0  # frames shared by consecutive segments (0: the default)
+    # drop the optimizer's moments from the final checkpoint (2/3 of its size): segments of a
+    # long shot do, so the project stays small; a later --resume restarts the moments
+    compact_checkpoint: bool = False
     weights: LossWeights = field(default_factory=LossWeights)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
 
@@ -170,7 +173,8 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        if state.get("optimizer"):  # a compact checkpoint has none: the moments start again
+            self.opt.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.gen.set_state(state["generator"])
@@ -451,6 +455,8 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
         trainer.load_state(state)
 
     run_loop(trainer, ckpt_path, progress, monitor, info=info)
+    if cfg.compact_checkpoint:  # before baking: the maps record the checkpoint they come from
+        checkpoint.save_checkpoint(ckpt_path, {**trainer.state(), "optimizer": None}, info)
     model.set_atlas_detail(1.0)
     progress.message(f"trained {trainer.step} iterations in {trainer.elapsed:.0f} s "
                      f"(running PSNR ~{trainer.psnr_estimate:.1f} dB); baking maps")
