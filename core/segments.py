@@ -259,6 +259,8 @@ def train_segmented(video: str | Path, project_dir: Path, existing: Project | No
         seg_cfg = dataclasses.replace(cfg, frames=(a, b), iters=iters, minutes=minutes, segment_frames=0,
                                       compact_checkpoint=True,
                                       weights=dataclasses.replace(cfg.weights), model=dict(cfg.model))
+        if cfg.fg_hint and not cfg.masks:
+            seg_cfg.fg_hint = _segment_hints(Path(cfg.fg_hint), sub_dir, a, b)
         seg_progress.message(f"training ({'resuming' if sub_exists else 'new'})")
         tr._train_locked(source, sub_dir, seg_cfg, seg_progress, sub_exists, monitor, {"frames", "max_side", "video"})
     top = Project.open(project_dir)
@@ -267,6 +269,20 @@ def train_segmented(video: str | Path, project_dir: Path, existing: Project | No
     top.save_info()
     fsutil.write_json(project_dir / Project.METRICS, aggregate_metrics(top))
     return Project.open(project_dir)
+
+
+def _segment_hints(path: Path, sub_dir: Path, a: int, b: int) -> str | None:
+    """The hints of HINTS.json on frames ``a:b`` as the segment's own file (None when it has no
+    foreground outline there: that segment finds its foreground by itself)."""
+    doc = fsutil.read_json(path, "hints file")
+    hints = [h for h in doc.get("hints", []) if isinstance(h, dict) and isinstance(h.get("frame"), int)
+             and a <= h["frame"] < b]
+    if not any(h.get("label", "fg") == "fg" for h in hints):
+        return None
+    sub_dir.parent.mkdir(parents=True, exist_ok=True)
+    out = sub_dir.parent / f"{sub_dir.name}.hints.json"  # next to the segment: its folder must start empty
+    fsutil.write_json(out, {**doc, "hints": hints})
+    return str(out.resolve())
 
 
 def _resume_plan(video: str | Path, project_dir: Path, existing: Project, cfg: Any, given: set[str] | None

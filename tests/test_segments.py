@@ -309,3 +309,17 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
     assert cli.main(["info", str(plain)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == 3 and [s["state"] for s in info["segments"]] == ["trained", "trained"]
+
+
+def test_each_segment_gets_the_hints_on_its_own_frames(tmp_path):
+    from core.segments import _segment_hints
+
+    poly = [[1, 1], [9, 1], [9, 9]]
+    hints = tmp_path / "HINTS.json"
+    hints.write_text(json.dumps({"version": 1, "hints": [{"frame": 3, "polygon": poly, "label": "fg"},
+                                                         {"frame": 30, "polygon": poly, "label": "bg"}]}))
+    sub = tmp_path / "proj" / "segments" / "f000000-000020"
+    got = _segment_hints(hints, sub, 0, 20)
+    assert got and json.loads(Path(got).read_text())["hints"] == [{"frame": 3, "polygon": poly, "label": "fg"}]
+    assert not sub.exists()  # the segment's own folder starts empty (a new project goes there)
+    assert _segment_hints(hints, tmp_path / "proj" / "segments" / "f000020-000040", 20, 40) is None  # no outline
