@@ -441,6 +441,29 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
+class _FrameSlice:
+    """Frames ``offset:offset+n`` of the whole project's frame source: every segment reads the
+    one decoder the compositing reads (no second decode of the same frames)."""
+
+    def __init__(self, frames: Any, offset: int, n: int) -> None:
+        self._frames, self._offset, self._n = frames, int(offset), int(n)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._n, *tuple(self._frames.shape)[1:])
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            return self[key[0]][key[1:]]
+        t = int(key)
+        if not 0 <= t < self._n:
+            raise IndexError(f"frame {t} outside 0..{self._n - 1}")
+        return self._frames[t + self._offset]
+
+
 class _Facade:
     """What callers read from ``session.ctx`` of a segmented session (serve, edit)."""
 
@@ -501,6 +524,8 @@ class SegmentedSession:
             if s.ctx.T != sub.info.n_frames:
                 raise InveError(f"{sub.path} is inconsistent: {sub.info.n_frames} frames in project.json, "
                                 f"{s.ctx.T} in the baked maps; train it again")
+            a = self.ranges[k][0]
+            s.ctx.frames = _FrameSlice(self.ctx.frames, a - self.ranges[0][0], sub.info.n_frames)
             self._sessions[k] = s
         s = self._sessions[k]
         if not self._set[k]:
@@ -571,6 +596,8 @@ class SegmentedSession:
         home = self._home(spec)
         a = self.ranges[k][0]
         if k == home:
+            if spec.frame is None and spec.layer not in self.subs[k].info.layers:
+                return []  # an atlas of a layer no segment has
             layer = spec.layer if spec.layer is None or spec.layer in self.subs[k].info.layers else None
             return [dataclasses.replace(spec, t=None if spec.frame is None else int(spec.frame) - a, layer=layer)]
         key = (spec.key, k)
