@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -796,9 +795,6 @@ class SegmentedSession:
             out.append(Track(p.id, layer, xy, vis, err))
         return out
 
-
-def is_segmented(project: Project) -> bool:
-    return project.is_segmented
 
 
 # -- corrections -----------------------------------------------------------------------------

@@ -323,3 +323,20 @@ def test_each_segment_gets_the_hints_on_its_own_frames(tmp_path):
     assert got and json.loads(Path(got).read_text())["hints"] == [{"frame": 3, "polygon": poly, "label": "fg"}]
     assert not sub.exists()  # the segment's own folder starts empty (a new project goes there)
     assert _segment_hints(hints, tmp_path / "proj" / "segments" / "f000020-000040", 20, 40) is None  # no outline
+
+
+def test_budget_is_split_by_frames_and_progress_names_the_segment():
+    from core.progress import Progress
+    from core.segments import SegmentProgress, budget_shares
+
+    assert budget_shares([(0, 60), (52, 112), (104, 124)], 1000, 10.0) == [(429, 4.2857), (429, 4.2857), (143, 1.4286)]
+    stream = io.StringIO()
+    inner = Progress("json", stream=stream, min_interval=0.0)
+    p = SegmentProgress(inner, 1, 3, (52, 112), 0.4, 0.4)
+    p.update("train", 500, 1000, force=True, psnr=30.0)
+    p.update("bake", 3, 10, force=True)
+    p.message("hello")
+    ev = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert ev[0]["stage"] == "train" and ev[0]["step"] == 600 and ev[0]["total"] == 1000 and ev[0]["segment"] == "2/3"
+    assert ev[1]["stage"] == "bake" and ev[1]["step"] == 3 and ev[1]["segment_frames"] == "52:112"
+    assert ev[2]["message"] == "segment 2/3 (frames 52:112): hello"
