@@ -188,10 +188,14 @@ def main() -> int:
     probe: dict = {}
 
     def monitor(trainer) -> None:
-        if trainer.elapsed < len(curve) * args.eval_every and not trainer.done():
+        if probe.get("trainer") is not trainer:  # a new segment: its own frames and clock
+            probe.clear()
+            probe.update(trainer=trainer, probes=0)
+        if trainer.elapsed < probe["probes"] * args.eval_every and not trainer.done():
             return
+        probe["probes"] += 1
         data = trainer.data
-        if not probe:
+        if "p" not in probe:
             gen = torch.Generator().manual_seed(123)
             hw = data.h * data.w
             idx = torch.randint(0, data.n * hw, (65536,), generator=gen)
