@@ -96,10 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue a project from its checkpoint")
     t.add_argument("--single-layer", action="store_true", help="one (background) layer only, no foreground")
     t.add_argument("--segment-frames", type=_non_negative_int, default=None,
-                   help="split shots longer than this into overlapping segments with their own atlases "
-                        "(default 120; 0: never split)")
+                   help="split shots longer than this into overlapping segments of at most this many frames, "
+                        "each with its own atlases (default: shots above 60 frames into segments of 40; "
+                        "0: never split)")
     t.add_argument("--segment-overlap", type=_positive_int, default=None,
-                   help="frames shared by consecutive segments (default 8)")
+                   help="frames shared by consecutive segments (default 4)")
     t.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
 
     k = sub.add_parser("track", help="track points through every frame")

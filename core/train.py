@@ -76,7 +76,8 @@ class TrainConfig:
     inverse_polish: float = 0.05
     checkpoint_seconds: float = 30.0
     # longer shots are split into overlapping segments of at most this many frames, each with
-    # its own atlases (core/segments.py); None: the default threshold, 0: never split
+    # its own atlases (core/segments.py); None: the default rule (split above 60 frames into
+    # segments of 40), 0: never split
     segment_frames: int | None = None
     segment_overlap: int = 0  # frames shared by consecutive segments (0: the default)
     # drop the optimizer's moments from the final checkpoint (2/3 of its size): segments of a
@@ -364,11 +365,12 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
     if existing is None and cfg.segment_frames != 0:
         from core import segments  # noqa: PLC0415
 
-        cfg.segment_frames = segments.DEFAULT_SEGMENT_FRAMES if cfg.segment_frames is None else cfg.segment_frames
-        cfg.segment_overlap = cfg.segment_overlap or segments.DEFAULT_OVERLAP
         vinfo = vio.probe(str(Path(video).resolve()))
         start, end = vio.resolve_range(vinfo, cfg.frames)
-        if len(segments.plan(start, end, cfg.segment_frames, cfg.segment_overlap)) > 1:
+        if len(segments.split_plan(start, end, cfg.segment_frames, cfg.segment_overlap)) > 1:
+            if cfg.segment_frames is None:
+                cfg.segment_frames = segments.DEFAULT_SEGMENT_FRAMES
+            cfg.segment_overlap = cfg.segment_overlap or segments.DEFAULT_OVERLAP
             return segments.train_segmented(video, project_dir, None, cfg, progress, monitor, given)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
