@@ -80,8 +80,9 @@ class TrainConfig:
     # segments of 40), 0: never split
     segment_frames: int | None = None
     segment_overlap: int = 0  # frames shared by consecutive segments (0: the default)
-    # drop the optimizer's moments from the final checkpoint (2/3 of its size): segments of a
-    # long shot do, so the project stays small; a later --resume restarts the moments
+    # the final checkpoint without the optimizer's moments (2/3 of its size) and with the atlas
+    # and alpha tables in float16 (compact_model_state): segments of a long shot, so their
+    # project stays small; a later --resume restarts the moments
     compact_checkpoint: bool = False
     weights: LossWeights = field(default_factory=LossWeights)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
@@ -458,7 +459,9 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
 
     run_loop(trainer, ckpt_path, progress, monitor, info=info)
     if cfg.compact_checkpoint:  # before baking: the maps record the checkpoint they come from
-        checkpoint.save_checkpoint(ckpt_path, {**trainer.state(), "optimizer": None}, info)
+        state = trainer.state()
+        checkpoint.save_checkpoint(ckpt_path, {**state, "optimizer": None, "model": compact_model_state(state["model"])},
+                                   info)
     model.set_atlas_detail(1.0)
     progress.message(f"trained {trainer.step} iterations in {trainer.elapsed:.0f} s "
                      f"(running PSNR ~{trainer.psnr_estimate:.1f} dB); baking maps")
@@ -521,6 +524,17 @@ def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress,
         progress.message(f"cancelled at iteration {trainer.step}; checkpoint saved, continue with --resume")
         raise
     save()
+
+
+def compact_model_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The model's tensors with the atlas and alpha hash tables in float16 (loading casts back).
+
+    Why: they are most of a model (editing reads the baked atlases and alpha, not these
+    networks; resume and ``correct`` do), and float16 changes their colours and alpha by about
+    1e-4. The mapping networks, which edits do run, stay float32.
+    """
+    return {k: (v.half() if k.startswith(("atlases.", "alpha_field.")) and v.is_floating_point() and v.numel() > 4096
+                else v) for k, v in state.items()}
 
 
 def _relative(source: str, project_dir: Path) -> str | None:

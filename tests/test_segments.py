@@ -278,6 +278,13 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
     metrics = project.metrics()
     assert [s["owns"] for s in metrics["segments"]] == [[0, 8], [8, 16]] and metrics["iterations"] == 30
     first_ckpt = proj / "segments" / "f000000-000010" / "checkpoint.pt"
+    import torch
+
+    state = torch.load(first_ckpt, weights_only=False)
+    assert state["optimizer"] is None and state["model"]["atlases.bg.grid.table"].dtype == torch.float16
+    # more budget: every segment continues from its compact checkpoint
+    assert cli.main(["train", str(video), "-o", str(proj), "--resume", *base[:1], "40", *base[2:]]) == 0
+    assert Project.open(proj).metrics()["iterations"] == 40 and Project.open(proj).state()[0] == "trained"
     stamp = first_ckpt.stat().st_mtime_ns
     # a range that does not contain the trained one: one line, nothing changes
     capsys.readouterr()
