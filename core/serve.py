@@ -114,8 +114,13 @@ class OpenProject:
         self.path = path
         self.stamp = self.files_stamp(path)
         self.project = Project.open(path)
-        maps = self.project.maps()  # a clear InveError when it has none yet
-        self.session = EditSession(self.project, [], maps=maps)
+        if self.project.is_segmented:  # an edit session per segment, behind one interface
+            from core.segments import SegmentedSession
+
+            self.session = SegmentedSession(self.project)
+        else:
+            maps = self.project.maps()  # a clear InveError when it has none yet
+            self.session = EditSession(self.project, [], maps=maps)
         info = self.project.info
         T = self.session.ctx.T
         if T != info.n_frames or self.session.ctx.frames.shape[0] != T:
@@ -486,7 +491,8 @@ class Service:
         held = self.project(req)
         doc = self._field(req, "points", dict, "a POINTS.json document (an object)")
         points = parse_points(doc, held.project.info, "points")
-        tracks = track_points(held.session.ctx, points)
+        seg_track = getattr(held.session, "track", None)  # a segmented project tracks across its seams
+        tracks = seg_track(points) if seg_track is not None else track_points(held.session.ctx, points)
         return {"tracks": {"frames": list(held.project.info.frames), "tracks": [tr.to_json() for tr in tracks]}}
 
     def op_fingerprint(self, req: Request) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class Renderer(Protocol):
 
 
 def make_renderer(spec: EditLayer, stroke_cache: StrokeCache) -> Renderer:
+    custom = getattr(spec, "make_renderer", None)
+    if custom is not None:  # a layer type that brings its own renderer (core/segments.py)
+        return custom(stroke_cache)
     if isinstance(spec, SketchLayer):
         return SketchRenderer(spec, stroke_cache)
     if isinstance(spec, PaintLayer):
