@@ -237,6 +237,85 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
     return Refined(out, accepted, ncc_out, shift_out)
 
 
+@dataclass
+class Correction:
+    """A smooth correction of where the mapping puts a surface in one frame: d(y) = A (y - c) + b.
+
+    ``y`` are the positions (source px) the mapping gives; the surface really is at
+    y + d(y). Affine because the mapping's drift is smooth over a region a user paints (a
+    pixel or two across the frame, slowly varying): a translation plus a little scale,
+    rotation and shear captures it with few anchors, and its inverse is exact (a renderer
+    that looks up *where the content came from* needs y = (I + A)^-1 (p - b') for pixel p).
+    """
+
+    A: np.ndarray  # [2, 2]
+    b: np.ndarray  # [2] correction at c
+    c: np.ndarray  # [2] centre of the anchors
+    n: int  # anchors it rests on
+
+    def at(self, y: np.ndarray) -> np.ndarray:
+        """Correction d(y) at mapped positions y [..., 2]."""
+        return (np.asarray(y, np.float64) - self.c) @ self.A.T + self.b
+
+    def source_of(self, p: np.ndarray) -> np.ndarray:
+        """The mapped position y whose content belongs at pixel position p (y + d(y) = p)."""
+        M = np.eye(2) + self.A
+        return (np.asarray(p, np.float64) - self.c - self.b) @ np.linalg.inv(M).T + self.c
+
+    def max_shift(self, corners: np.ndarray) -> float:
+        """Largest |d| over a convex region given by its corners [k, 2] (affine: at a corner)."""
+        return float(np.linalg.norm(self.at(corners), axis=-1).max())
+
+
+#: ridge weight of the linear part: a linear term of ``LINEAR_PRIOR`` (1 % scale or
+#: rotation error) costs as much as ``ANCHOR_NOISE_PX`` of residual per anchor, so a
+#: cluster of anchors a few pixels across (where noise would decide A) stays a translation
+ANCHOR_NOISE_PX = 0.1
+LINEAR_PRIOR = 0.01
+#: anchors whose residual from the fit exceeds this many px (and 3 robust sigmas) are dropped
+OUTLIER_PX = 0.5
+
+
+def fit_correction(y: np.ndarray, d: np.ndarray, min_points: int = 1) -> Correction | None:
+    """Robust affine fit d(y) of corrections ``d`` [n, 2] measured at mapped positions ``y`` [n, 2].
+
+    None with fewer than ``min_points`` anchors (the caller keeps the mapping). One or two
+    anchors give a translation (their median); more an affine map shrunk towards a
+    translation by a ridge on its linear part (see ``LINEAR_PRIOR``) and refitted once
+    without the anchors it explains worst (a match on a look-alike patch).
+    """
+    y = np.asarray(y, np.float64).reshape(-1, 2)
+    d = np.asarray(d, np.float64).reshape(-1, 2)
+    keep = np.isfinite(y).all(1) & np.isfinite(d).all(1)
+    y, d = y[keep], d[keep]
+    n = len(y)
+    if n < max(1, min_points):
+        return None
+    if n < 3:
+        return Correction(np.zeros((2, 2)), np.median(d, 0), y.mean(0), n)
+    lam = (ANCHOR_NOISE_PX / LINEAR_PRIOR) ** 2
+    # inliers first by the median translation: a few matches on a look-alike patch would
+    # otherwise tilt the affine fit enough to hide themselves among its residuals
+    res0 = np.linalg.norm(d - np.median(d, 0), axis=1)
+    use = res0 <= max(2.0 * OUTLIER_PX, 3.0 * 1.4826 * np.median(res0))
+    if use.sum() < 3:
+        return Correction(np.zeros((2, 2)), np.median(d, 0), y.mean(0), n)
+    for it in range(3):
+        c = y[use].mean(0)
+        X = np.hstack([y[use] - c, np.ones((int(use.sum()), 1))])  # [m, 3]
+        R = np.diag([lam, lam, 0.0])
+        coef = np.linalg.solve(X.T @ X + R, X.T @ d[use])  # [3, 2]
+        A, b = coef[:2].T, coef[2]
+        if it == 2:
+            break
+        res = np.linalg.norm(d - ((y - c) @ A.T + b), axis=1)
+        new = res <= max(OUTLIER_PX, 3.0 * 1.4826 * np.median(res[use]))
+        if new.sum() < 3 or (new == use).all():
+            break
+        use = new
+    return Correction(A, b, c, int(use.sum()))
+
+
 #: error of a refined position: this floor plus NCC shortfall times ``NCC_ERROR_PX``
 REFINED_FLOOR_PX = 0.1
 NCC_ERROR_PX = 2.0
@@ -275,4 +354,5 @@ def error_estimate(frames: np.ndarray, t0: int, refined: Refined, cycle_px: np.n
     return err
 
 
-__all__ = ["RefineConfig", "Refined", "Level", "refine_positions", "grey", "error_estimate"]
+__all__ = ["RefineConfig", "Refined", "Level", "refine_positions", "grey", "error_estimate", "Correction",
+           "fit_correction"]
