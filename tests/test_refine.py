@@ -268,3 +268,107 @@ def test_fit_correction_is_robust_and_exactly_invertible():
     assert fit_correction(y[:0], d[:0]) is None
     two = fit_correction(y[:2] + 5, np.array([[1.0, 0.0], [1.2, 0.0]]))
     assert np.allclose(two.A, 0) and np.allclose(two.b, [1.1, 0.0])
+
+
+# ---------------------------------------------------------------------------------------
+# a turning object whose fit lags: far beyond one search range and rotated against the template
+class LaggingMapping(DriftingMapping):
+    """The disc's fitted mapping turns it only a fifth as far as it really turns and slides
+    up to 8 px off over the clip (what a short fit did to the benchmark's disc: 5-10 px and
+    ~20 degrees 20-47 frames from the drawing frame); the background is exact."""
+
+    LAG, SLIDE = 0.8, 8.0
+
+    def _lag(self, t):
+        u = np.asarray(t, np.float64) / max(1, self.gt.n_frames - 1)
+        q, th = self.gt.object_params(t)
+        _, th0 = self.gt.object_params(np.zeros_like(t))
+        a = self.SLIDE * u[:, None] * np.array([0.8, 0.6])
+        return q, -self.LAG * (th - th0), a
+
+    @staticmethod
+    def _rot(phi):
+        c, s = np.cos(phi), np.sin(phi)
+        return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+
+    def forward(self, layer, xy, t):
+        if layer == "bg":
+            return self.gt.forward(layer, xy, t)
+        xy, t = self.gt._prep(xy, t)
+        q, phi, a = self._lag(t)
+        x = q + np.einsum("nij,nj->ni", self._rot(-phi), xy - a - q)
+        return self.gt.forward(layer, x, t)
+
+    def inverse(self, layer, uv, t):
+        if layer == "bg":
+            return self.gt.inverse(layer, uv, t)
+        uv, t = self.gt._prep(uv, t)
+        q, phi, a = self._lag(t)
+        x = np.asarray(self.gt.inverse(layer, uv, t), np.float64)
+        return (q + np.einsum("nij,nj->ni", self._rot(phi), x - q) + a).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def lagging(tmp_path_factory):
+    import dataclasses
+
+    from tests.synth import make_clip, make_gt_project
+
+    clip = make_clip(T=48, size=(160, 112), camera="pan_zoom", seed=3)
+    lm = LaggingMapping(clip.gt)
+    lm.camera = clip.gt.camera
+    proj = make_gt_project(dataclasses.replace(clip, gt=lm), tmp_path_factory.mktemp("lag") / "p")
+    return clip, proj
+
+
+def _disc_points(clip, t, n=12, frac=0.7, seed=1):
+    q, _ = clip.gt.object_params(np.array([float(t)]))
+    rng = np.random.default_rng(seed)
+    ang, rad = rng.uniform(0, 2 * np.pi, n), clip.gt.radius * frac * np.sqrt(rng.uniform(0.05, 1, n))
+    return q[0] + np.stack([rad * np.cos(ang), rad * np.sin(ang)], -1)
+
+
+def _truth(gt, layer, xy0, t0, frames):
+    uv = gt.forward(layer, xy0, np.full(len(xy0), float(t0)))
+    return np.stack([gt.inverse(layer, uv, np.full(len(uv), float(t))) for t in frames]).astype(np.float64)
+
+
+def test_tracks_on_a_turning_object_the_fit_lags_behind(lagging):
+    """Issue #9's <= 0.5 px 20-47 frames away on the foreground, where the mapping is 3-8 px
+    and ~20 degrees off: each frame starts from its nearer neighbour's correction, and the
+    template's warp is corrected too (affine Lucas-Kanade)."""
+    clip, proj = lagging
+    gt = clip.gt
+    xy0 = _disc_points(clip, 0)
+    pts = [PointSpec(str(i), 0, 0, tuple(p), "fg") for i, p in enumerate(xy0)]
+    frames = np.arange(20, 48)
+    truth = _truth(gt, "fg", xy0, 0, frames)
+    errs = {}
+    for refine in (False, True):
+        ctx = RenderContext(proj, mapping=proj._mapping)
+        ctx.refine_enabled = refine
+        tracks = track_points(ctx, pts)
+        xy = np.stack([tr.xy for tr in tracks], 1)[frames]
+        errs[refine] = np.linalg.norm(xy - truth, axis=-1)
+    assert np.median(errs[False]) > 3.0  # the lag this test is about
+    assert np.median(errs[True]) <= 0.5 and np.mean(errs[True] < 1.0) > 0.9, (np.median(errs[True]),
+                                                                              np.mean(errs[True] < 1.0))
+
+
+def test_stroke_on_a_turning_object_refined_one_frame_at_a_time(lagging):
+    """Rendering refines one frame at a time (the frame shown): a far frame is matched after
+    the chain's links towards the drawing frame, so it lands as well as a whole-clip track."""
+    clip, proj = lagging
+    ctx = RenderContext(proj, mapping=proj._mapping)
+    q, _ = clip.gt.object_params(np.array([0.0]))
+    a = np.linspace(0, 2 * np.pi, 60)
+    xy0 = q[0] + 0.55 * clip.gt.radius * np.stack([np.cos(a), np.sin(a)], -1)  # a ring on the disc
+    assert len(xy0) > ctx.REFINE_MAX_POINTS
+    errs = []
+    for t in (24, 35, 47):
+        _, xy, ok = ctx.propagate("fg", xy0, 0, frames=[t], refine=False)
+        ref = ctx.refine_sets("fg", 0, np.array([t]), [(xy0, xy, ok)])[0]
+        truth = _truth(clip.gt, "fg", xy0, 0, [t])
+        assert np.median(np.linalg.norm(xy - truth, axis=-1)) > 3.0
+        errs.append(np.linalg.norm(ref - truth, axis=-1))
+    assert np.median(errs) <= 0.5, np.median(errs)

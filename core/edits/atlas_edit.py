@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from core.edits.context import Box, RenderContext
 from core.layers import shows
-from core.refine import Correction, fit_correction
+from core.refine import Correction, chain_parent, fit_correction
 
 
 FULL_RECT = (-1.0, -1.0, 1.0, 1.0)
@@ -318,10 +318,12 @@ def texture_anchors(ctx: RenderContext, tex: AtlasTexture) -> TextureAnchors | N
 def texture_correction(ctx: RenderContext, tex: AtlasTexture, t: int) -> Correction | None:
     """Frame t's drift correction of ``tex`` (cached per frame), or None (keep the mapping).
 
-    The anchors' baked positions in frame t are refined against their appearance in the
-    exact frame (visible ones only: core/refine.py applies core.layers' rule); the accepted
-    shifts give an affine correction (:func:`core.refine.fit_correction`). In the exact
-    frame itself the shift is known without matching (the anchor's own position).
+    The anchors' baked positions in frame t, moved by the correction of
+    :func:`core.refine.chain_parent`,
+    are refined against their appearance in the exact frame (visible ones only: core/refine.py
+    applies core.layers' rule); the accepted shifts give an affine correction
+    (:func:`core.refine.fit_correction`). In the exact frame itself the shift is known without
+    matching (the anchor's own position).
     """
     if t in tex.corrections:
         return tex.corrections[t]
@@ -330,11 +332,14 @@ def texture_correction(ctx: RenderContext, tex: AtlasTexture, t: int) -> Correct
     a = tex.anchors
     corr = None
     if a:
+        parent = chain_parent(t, a.t0)
+        prior = texture_correction(ctx, tex, parent) if parent is not None else None
         y = baked_preimage(ctx, tex.layer, t, a.uv, a.start[t] if t != a.t0 else a.x0)
         if t == a.t0:
             corr = fit_correction(y, a.x0 - y) if tex.t0 is not None else None
         else:
-            r = ctx.refine(tex.layer, a.x0, a.t0, np.array([t]), y[None], a.ok[t][None].copy())
+            start = y + prior.at(y) if prior is not None else y
+            r = ctx.refine(tex.layer, a.x0, a.t0, np.array([t]), start[None], a.ok[t][None].copy())
             acc = r.accepted[0] & (np.nan_to_num(r.ncc[0]) >= ANCHOR_MIN_NCC)
             corr = fit_correction(y[acc], (r.xy[0] - y)[acc])
     tex.corrections[t] = corr

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from core.layers import layer_at, shows
 from core.project import BakedMaps, LayeredMapping, Project
-from core.refine import Level, RefineConfig, Refined, grey, refine_positions
+from core.refine import Level, RefineConfig, Refined, chain_ancestors, grey, refine_positions
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in source pixels, half-open
 
@@ -256,9 +256,19 @@ class RenderContext:
             n_tot += len(sub)
         if n_tot == 0:
             return [np.array(xy, copy=True) for _, xy, _ in sets]
-        r = self.refine(layer, np.concatenate([np.asarray(x0, np.float64).reshape(-1, 2)[sub] for (x0, _, _), sub in zip(sets, subs)]),
-                        t_from, frames, np.concatenate([xy[:, sub] for (_, xy, _), sub in zip(sets, subs)], axis=1),
-                        np.concatenate([ok[:, sub] for (_, _, ok), sub in zip(sets, subs)], axis=1))
+        x0_all = np.concatenate([np.asarray(x0, np.float64).reshape(-1, 2)[sub] for (x0, _, _), sub in zip(sets, subs)])
+        xy_all = np.concatenate([xy[:, sub] for (_, xy, _), sub in zip(sets, subs)], axis=1)
+        ok_all = np.concatenate([ok[:, sub] for (_, _, ok), sub in zip(sets, subs)], axis=1)
+        # frames far from the drawing frame are matched after the chain's links towards it
+        # (core.refine.chain_parent): each starts from its nearer link's correction
+        links = chain_ancestors(frames, t_from)
+        if links:
+            _, lxy, lok = self.propagate(layer, x0_all, t_from, frames=np.array(links), refine=False)
+            r = self.refine(layer, x0_all, t_from, np.concatenate([frames, links]),
+                            np.concatenate([xy_all, lxy]), np.concatenate([ok_all, lok]))
+            r = Refined(r.xy[:len(frames)], r.accepted[:len(frames)], r.ncc[:len(frames)], r.shift[:len(frames)])
+        else:
+            r = self.refine(layer, x0_all, t_from, frames, xy_all, ok_all)
         out = []
         for (xy0, xy, _), sub, a in zip(sets, subs, starts):
             rxy, racc = r.xy[:, a:a + len(sub)], r.accepted[:, a:a + len(sub)]
