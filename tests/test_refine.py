@@ -372,3 +372,24 @@ def test_stroke_on_a_turning_object_refined_one_frame_at_a_time(lagging):
         assert np.median(np.linalg.norm(xy - truth, axis=-1)) > 3.0
         errs.append(np.linalg.norm(ref - truth, axis=-1))
     assert np.median(errs) <= 0.5, np.median(errs)
+
+
+def test_error_of_an_unmatched_track_is_the_rate_its_surface_drifts_at(lagging):
+    """A track no frame of which could be matched (error_px's fallback) is estimated at the
+    drift rate the other points' matches measured on the same surface -- checked against the
+    truth on the lagging disc, where the old assumed 0.05 px/frame said ~2 px for 6-8 px."""
+    from core.refine import error_estimate
+
+    clip, proj = lagging
+    ctx = RenderContext(proj, mapping=proj._mapping)
+    xy0 = _disc_points(clip, 0, n=10)
+    uv, xy, ok = ctx.propagate("fg", xy0, 0, refine=False)
+    frames = np.arange(clip.n_frames)
+    r = ctx.refine("fg", xy0, 0, frames, xy, ok)
+    r.accepted[:, 0] = False  # as if point 0 were flat or hidden everywhere: the mapping's position stays
+    est = error_estimate(frames, 0, r, ctx.cycle_error_px("fg", uv, xy))[:, 0]
+    true = np.linalg.norm(xy[:, 0] - _truth(clip.gt, "fg", xy0[:1], 0, frames)[:, 0], axis=-1)
+    far = (frames >= 20) & ok[:, 0]
+    assert np.median(true[far]) > 3.0
+    assert np.mean(true[far] <= est[far] + 0.25) > 0.8, (np.round(true[far], 1), np.round(est[far], 1))
+    assert np.median(est[far]) < 3.0 * np.median(true[far])  # and not uselessly large
