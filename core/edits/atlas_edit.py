@@ -319,8 +319,7 @@ def texture_correction(ctx: RenderContext, tex: AtlasTexture, t: int) -> Correct
     """Frame t's drift correction of ``tex`` (cached per frame), or None (keep the mapping).
 
     The anchors' baked positions in frame t, moved by the correction of
-    :func:`core.refine.chain_parent`,
-    are refined against their appearance in the exact frame (visible ones only: core/refine.py
+    :func:`core.refine.chain_parent` (cached), are refined against their appearance in the exact frame (visible ones only: core/refine.py
     applies core.layers' rule); the accepted shifts give an affine correction
     (:func:`core.refine.fit_correction`). In the exact frame itself the shift is known without
     matching (the anchor's own position).
@@ -332,16 +331,16 @@ def texture_correction(ctx: RenderContext, tex: AtlasTexture, t: int) -> Correct
     a = tex.anchors
     corr = None
     if a:
-        parent = chain_parent(t, a.t0)
-        prior = texture_correction(ctx, tex, parent) if parent is not None else None
         y = baked_preimage(ctx, tex.layer, t, a.uv, a.start[t] if t != a.t0 else a.x0)
         if t == a.t0:
             corr = fit_correction(y, a.x0 - y) if tex.t0 is not None else None
         else:
+            parent = chain_parent(t, a.t0)
+            prior = texture_correction(ctx, tex, parent) if parent is not None else None
             start = y + prior.at(y) if prior is not None else y
             r = ctx.refine(tex.layer, a.x0, a.t0, np.array([t]), start[None], a.ok[t][None].copy())
-            acc = r.accepted[0] & (np.nan_to_num(r.ncc[0]) >= ANCHOR_MIN_NCC)
-            corr = fit_correction(y[acc], (r.xy[0] - y)[acc])
+            acc, xy = r.accepted[0] & (np.nan_to_num(r.ncc[0]) >= ANCHOR_MIN_NCC), r.xy[0]
+            corr = fit_correction(y[acc], (xy - y)[acc])
     tex.corrections[t] = corr
     return corr
 

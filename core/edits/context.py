@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from core.layers import layer_at, shows
 from core.project import BakedMaps, LayeredMapping, Project
-from core.refine import Level, RefineConfig, Refined, chain_ancestors, grey, refine_positions
+from core.refine import Level, RefineConfig, Refined, chain_parent, grey, refine_positions
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in source pixels, half-open
 
@@ -62,6 +62,8 @@ class RenderContext:
     #: of a stroke) take the correction of their nearest matched neighbours: the mapping's
     #: drift is smooth, and matching every vertex doubled the cost of rendering a stroke
     REFINE_MAX_POINTS = 24
+    #: chain links kept (:meth:`refine_chained`): point set x link frame
+    LINK_CACHE = 512
 
     def __init__(self, project: Project, mapping: LayeredMapping | None = None,
                  maps: BakedMaps | None = None, frames: np.ndarray | None = None) -> None:
@@ -85,6 +87,7 @@ class RenderContext:
         self.refine_enabled = self.REFINE
         self.refine_cfg = RefineConfig()
         self._levels: list[Level] | None = None
+        self._links: dict[tuple, np.ndarray] = {}
 
     # -- mapping (networks) ------------------------------------------------------------
     @property
@@ -259,22 +262,51 @@ class RenderContext:
         x0_all = np.concatenate([np.asarray(x0, np.float64).reshape(-1, 2)[sub] for (x0, _, _), sub in zip(sets, subs)])
         xy_all = np.concatenate([xy[:, sub] for (_, xy, _), sub in zip(sets, subs)], axis=1)
         ok_all = np.concatenate([ok[:, sub] for (_, _, ok), sub in zip(sets, subs)], axis=1)
-        # frames far from the drawing frame are matched after the chain's links towards it
-        # (core.refine.chain_parent): each starts from its nearer link's correction
-        links = chain_ancestors(frames, t_from)
-        if links:
-            _, lxy, lok = self.propagate(layer, x0_all, t_from, frames=np.array(links), refine=False)
-            r = self.refine(layer, x0_all, t_from, np.concatenate([frames, links]),
-                            np.concatenate([xy_all, lxy]), np.concatenate([ok_all, lok]))
-            r = Refined(r.xy[:len(frames)], r.accepted[:len(frames)], r.ncc[:len(frames)], r.shift[:len(frames)])
-        else:
-            r = self.refine(layer, x0_all, t_from, frames, xy_all, ok_all)
+        r = self.refine_chained(layer, x0_all, t_from, frames, xy_all, ok_all)
         out = []
         for (xy0, xy, _), sub, a in zip(sets, subs, starts):
             rxy, racc = r.xy[:, a:a + len(sub)], r.accepted[:, a:a + len(sub)]
             out.append(rxy if len(sub) == len(xy0) else self._spread(np.asarray(xy0, np.float64).reshape(-1, 2),
                                                                      xy, sub, rxy, racc))
         return out
+
+    def refine_chained(self, layer: str, xy0: np.ndarray, t_from: int, frames: np.ndarray, xy: np.ndarray,
+                       ok: np.ndarray) -> Refined:
+        """:meth:`refine`, each frame far from ``t_from`` started from the correction its chain
+        link measured (core.refine.chain_parent; links cached per point set).
+
+        Why: the mapping's drift on a turning object 20-47 frames away is beyond one search
+        range; a link 8 frames nearer has measured most of it. Rendering refines one frame at
+        a time, so the links are what carries the correction out; each is matched once.
+        """
+        frames = np.asarray(frames, int)
+        prior = np.zeros_like(xy)
+        for i, f in enumerate(frames):
+            parent = chain_parent(int(f), t_from)
+            if parent is not None:
+                prior[i] = self._link(layer, xy0, t_from, parent)
+        r = self.refine(layer, xy0, t_from, frames, xy + prior, ok)
+        # rejected points keep the mapping's position (as without links); shifts are the mapping's
+        r.xy[:] = np.where(r.accepted[..., None], r.xy, xy)
+        r.shift[:] = np.where(r.accepted, np.linalg.norm(r.xy - xy, axis=-1), 0.0)
+        return r
+
+    def _link(self, layer: str, xy0: np.ndarray, t_from: int, t: int) -> np.ndarray:
+        """Correction [n, 2] of the mapping at chain link t for points xy0 drawn at t_from (cached).
+
+        Matched from the previous link's correction; a point not accepted here keeps that one
+        (the drift is smooth), so one hidden link does not break the chain.
+        """
+        key = (layer, int(t_from), hash(np.ascontiguousarray(xy0, np.float64).tobytes()), int(t))
+        if key not in self._links:
+            parent = chain_parent(t, t_from)
+            prior = self._link(layer, xy0, t_from, parent) if parent is not None else np.zeros_like(xy0)
+            _, pxy, pok = self.propagate(layer, xy0, t_from, frames=[t], refine=False)
+            rr = self.refine(layer, xy0, t_from, np.array([t]), (pxy[0] + prior)[None], pok)
+            self._links[key] = np.where(rr.accepted[0][:, None], rr.xy[0] - pxy[0], prior)
+            while len(self._links) > self.LINK_CACHE:
+                self._links.pop(next(iter(self._links)))
+        return self._links[key]
 
     @staticmethod
     def _spread(xy0: np.ndarray, xy: np.ndarray, sub: np.ndarray, rxy: np.ndarray, racc: np.ndarray) -> np.ndarray:
