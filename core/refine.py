@@ -363,6 +363,7 @@ class Correction:
     b: np.ndarray  # [2] correction at c
     c: np.ndarray  # [2] centre of the anchors
     n: int  # anchors it rests on
+    inliers: np.ndarray | None = None  # [n_in] bool over the points given to fit_correction
 
     def at(self, y: np.ndarray) -> np.ndarray:
         """Correction d(y) at mapped positions y [..., 2]."""
@@ -402,15 +403,21 @@ def fit_correction(y: np.ndarray, d: np.ndarray, min_points: int = 1) -> Correct
     n = len(y)
     if n < max(1, min_points):
         return None
+
+    def inl(m: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(keep), bool)
+        out[np.flatnonzero(keep)[m]] = True
+        return out
+
     if n < 3:
-        return Correction(np.zeros((2, 2)), np.median(d, 0), y.mean(0), n)
+        return Correction(np.zeros((2, 2)), np.median(d, 0), y.mean(0), n, inl(np.ones(n, bool)))
     lam = (ANCHOR_NOISE_PX / LINEAR_PRIOR) ** 2
     # inliers first by the median translation: a few matches on a look-alike patch would
     # otherwise tilt the affine fit enough to hide themselves among its residuals
     res0 = np.linalg.norm(d - np.median(d, 0), axis=1)
     use = res0 <= max(2.0 * OUTLIER_PX, 3.0 * 1.4826 * np.median(res0))
     if use.sum() < 3:
-        return Correction(np.zeros((2, 2)), np.median(d, 0), y.mean(0), n)
+        return Correction(np.zeros((2, 2)), np.median(d, 0), y.mean(0), n, inl(use))
     for it in range(3):
         c = y[use].mean(0)
         X = np.hstack([y[use] - c, np.ones((int(use.sum()), 1))])  # [m, 3]
@@ -424,7 +431,7 @@ def fit_correction(y: np.ndarray, d: np.ndarray, min_points: int = 1) -> Correct
         if new.sum() < 3 or (new == use).all():
             break
         use = new
-    return Correction(A, b, c, int(use.sum()))
+    return Correction(A, b, c, int(use.sum()), inl(use))
 
 
 #: error of a refined position: this floor plus NCC shortfall times ``NCC_ERROR_PX``
