@@ -335,11 +335,20 @@ def texture_correction(ctx: RenderContext, tex: AtlasTexture, t: int) -> Correct
         if t == a.t0:
             corr = fit_correction(y, a.x0 - y) if tex.t0 is not None else None
         else:
+            def match(start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                r = ctx.refine(tex.layer, a.x0, a.t0, np.array([t]), start[None], a.ok[t][None].copy())
+                return r.accepted[0] & (np.nan_to_num(r.ncc[0]) >= ANCHOR_MIN_NCC), r.xy[0]
+
             parent = chain_parent(t, a.t0)
-            prior = texture_correction(ctx, tex, parent) if parent is not None else None
-            start = y + prior.at(y) if prior is not None else y
-            r = ctx.refine(tex.layer, a.x0, a.t0, np.array([t]), start[None], a.ok[t][None].copy())
-            acc, xy = r.accepted[0] & (np.nan_to_num(r.ncc[0]) >= ANCHOR_MIN_NCC), r.xy[0]
+            n_ok = int((a.ok[t] & np.isfinite(y).all(-1)).sum())
+            direct = ctx.CHAIN_BELOW is not None or parent is None
+            acc, xy = match(y) if direct else (np.zeros(len(y), bool), y)
+            if parent is not None and n_ok and (not direct or acc.sum() < ctx.CHAIN_BELOW * n_ok):
+                prior = texture_correction(ctx, tex, parent)
+                if prior is not None:
+                    acc2, xy2 = match(y + prior.at(y))
+                    if acc2.sum() > acc.sum():
+                        acc, xy = acc2, xy2
             corr = fit_correction(y[acc], (xy - y)[acc])
     tex.corrections[t] = corr
     return corr
