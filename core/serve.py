@@ -42,7 +42,7 @@ from core.errors import Cancelled, InveError
 from core.progress import CancelToken, Progress, _clean
 
 PROTOCOL_VERSION = 1
-OPS = ("hello", "open", "info", "set_edits", "render_frame", "propagate", "track", "fingerprint",
+OPS = ("hello", "open", "info", "set_edits", "render_frame", "propagate", "track", "atlas", "fingerprint",
        "cancel", "shutdown")
 #: zlib level of preview PNGs (render_frame): level 1 encodes a full 1080p frame about 3x faster
 #: than the default 6 for ~15 % more bytes; a preview is rewritten at every change.
@@ -487,6 +487,13 @@ class Service:
         points = parse_points(doc, held.project.info, "points")
         tracks = track_points(held.session.ctx, points)
         return {"tracks": {"frames": list(held.project.info.frames), "tracks": [tr.to_json() for tr in tracks]}}
+
+    def op_atlas(self, req: Request) -> dict[str, Any]:
+        """``inve atlas PROJECT -o OUTPUT`` without a new process (the add-on's Open Atlas)."""
+        from core.atlas_io import export_atlases
+
+        path = self._path(req, "project", "a project folder path")
+        return export_atlases(path, self._path(req, "output", "a folder for the atlas PNGs"))
 
     def op_fingerprint(self, req: Request) -> dict[str, Any]:
         from core.identity import source_fingerprint
