@@ -1334,10 +1334,11 @@ def child_train_all(args: dict[str, Any]) -> dict[str, Any]:
 SCENARIOS = {"install": child_install, "e2e": child_e2e, "train_all": child_train_all}
 
 
-def child_main(scenario: str, args_file: str) -> int:
+def child_main(scenario: str, args_file: str, scenarios: dict[str, Any] | None = None) -> int:
+    """Run one scenario (of this file, or of ``scenarios``) and write its result, or fail."""
     args = json.loads(Path(args_file).read_text())
     try:
-        result = SCENARIOS[scenario](args)
+        result = (scenarios or SCENARIOS)[scenario](args)
     except Exception:  # noqa: BLE001 - report the child's failure to the parent
         traceback.print_exc()
         try:

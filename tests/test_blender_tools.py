@@ -133,6 +133,24 @@ def test_apply_corrections_round_trip(extension_zip: Path, tmp_path: Path) -> No
     assert r["corrections_history"] == 1 and r["iterations_after"] > r["iterations_before"]
 
 
+def _new_scene(bpy: Any, args: dict[str, Any], blend: str, clip_name: str, start: int, trim: int = 0) -> tuple[Any, Any]:
+    """An empty saved .blend whose render is the W x H clip fitted x2, with the clip as the
+    active movie strip at scene frame ``start`` (``trim`` frames cut off its head)."""
+    from importlib import import_module
+
+    strips = import_module(ADDON_MODULE + ".blender.sequencer")
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 2 * W, 2 * H, 100
+    scene.render.fps, scene.render.fps_base = 24, 1.0
+    scene.view_settings.view_transform = "Standard"
+    bpy.ops.wm.save_as_mainfile(filepath=os.path.join(args["tmp"], blend))
+    movie = strips.strip_collection(scene).new_movie(clip_name, args["clip"], 1, start, fit_method="FIT")
+    movie.frame_offset_start = trim
+    scene.sequence_editor.active_strip = movie
+    return scene, movie
+
+
 def child_correct(args: dict[str, Any]) -> dict[str, Any]:
     from importlib import import_module
 
@@ -144,13 +162,7 @@ def child_correct(args: dict[str, Any]) -> dict[str, Any]:
     ctx = import_module(ADDON_MODULE + ".blender.context")
     tracking = import_module(ADDON_MODULE + ".io.tracking")
     out: dict[str, Any] = {}
-    bpy.ops.wm.read_homefile(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 2 * W, 2 * H, 100
-    scene.render.fps, scene.render.fps_base = 24, 1.0
-    bpy.ops.wm.save_as_mainfile(filepath=os.path.join(args["tmp"], "correct.blend"))
-    movie = strips.strip_collection(scene).new_movie("patch", args["clip"], 1, STRIP_START, fit_method="FIT")
-    scene.sequence_editor.active_strip = movie
+    scene, movie = _new_scene(bpy, args, "correct.blend", "patch", STRIP_START)
     s = scene.inve
     s.quality, s.max_side, s.minutes, s.single_layer, s.device = "CUSTOM", W, 0.2, True, "cpu"
     s.correct_minutes = 0.15
@@ -270,15 +282,7 @@ def child_tools(args: dict[str, Any]) -> dict[str, Any]:
     from test_blender_addon import _draw_all
 
     out: dict[str, Any] = {}
-    bpy.ops.wm.read_homefile(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 2 * W, 2 * H, 100
-    scene.render.fps, scene.render.fps_base = 24, 1.0
-    scene.view_settings.view_transform = "Standard"
-    bpy.ops.wm.save_as_mainfile(filepath=os.path.join(args["tmp"], "hint.blend"))
-    movie = strips.strip_collection(scene).new_movie("fg", args["clip"], 1, HINT_START, fit_method="FIT")
-    movie.frame_offset_start = HINT_TRIM
-    scene.sequence_editor.active_strip = movie
+    scene, movie = _new_scene(bpy, args, "hint.blend", "fg", HINT_START, HINT_TRIM)
     s = scene.inve
     s.quality, s.max_side, s.minutes, s.device, s.single_layer = "CUSTOM", 64, 0.1, "cpu", False
     scene.frame_set(HINT_FRAME)
@@ -382,22 +386,7 @@ def child_tools(args: dict[str, Any]) -> dict[str, Any]:
 SCENARIOS = {"correct": child_correct, "tools": child_tools}
 
 
-def child_main(scenario: str, args_file: str) -> int:
-    import traceback
-
-    args = json.loads(Path(args_file).read_text())
-    try:
-        result = SCENARIOS[scenario](args)
-    except Exception:  # noqa: BLE001 - report the child's failure to the parent
-        traceback.print_exc()
-        try:
-            _child_teardown()
-        except Exception:  # noqa: BLE001
-            pass
-        return 1
-    Path(args["result"]).write_text(json.dumps(result, default=str))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(child_main(sys.argv[1], sys.argv[2]))
+    from test_blender_addon import child_main
+
+    sys.exit(child_main(sys.argv[1], sys.argv[2], SCENARIOS))
