@@ -42,7 +42,7 @@ from core.errors import Cancelled, InveError
 from core.progress import CancelToken, Progress, _clean
 
 PROTOCOL_VERSION = 1
-OPS = ("hello", "open", "info", "set_edits", "render_frame", "propagate", "track", "fingerprint",
+OPS = ("hello", "open", "info", "set_edits", "render_frame", "propagate", "track", "atlas", "fingerprint",
        "cancel", "shutdown")
 #: zlib level of preview PNGs (render_frame): a preview is rewritten at every change, so the
 #: fastest level (``core.png`` at 1 encodes a 1080p overlay in ~15 ms).
@@ -494,6 +494,13 @@ class Service:
         seg_track = getattr(held.session, "track", None)  # a segmented project tracks across its seams
         tracks = seg_track(points) if seg_track is not None else track_points(held.session.ctx, points)
         return {"tracks": {"frames": list(held.project.info.frames), "tracks": [tr.to_json() for tr in tracks]}}
+
+    def op_atlas(self, req: Request) -> dict[str, Any]:
+        """``inve atlas PROJECT -o OUTPUT`` without a new process (the add-on's Open Atlas)."""
+        from core.atlas_io import export_atlases
+
+        path = self._path(req, "project", "a project folder path")
+        return export_atlases(path, self._path(req, "output", "a folder for the atlas PNGs"))
 
     def op_fingerprint(self, req: Request) -> dict[str, Any]:
         from core.identity import source_fingerprint

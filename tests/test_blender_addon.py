@@ -42,7 +42,9 @@ def engine_python() -> str:
     return os.environ.get("INVE_TEST_ENGINE_PYTHON") or sys.executable
 
 
-def run_child(scenario: str, args: dict[str, Any], tmp: Path, timeout: float = 600) -> dict[str, Any]:
+def run_child(scenario: str, args: dict[str, Any], tmp: Path, timeout: float = 600,
+              script: Path | None = None) -> dict[str, Any]:
+    """Run ``scenario`` of ``script`` (default: this file) in a child process with bpy."""
     user = tmp / "blender_user"
     user.mkdir(exist_ok=True)
     args = {**args, "result": str(tmp / f"{scenario}_result.json"), "engine_python": engine_python()}
@@ -51,7 +53,7 @@ def run_child(scenario: str, args: dict[str, Any], tmp: Path, timeout: float = 6
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(user), OMP_NUM_THREADS="2")
     env.pop("PYTHONPATH", None)  # the add-on must find its bundled engine on its own
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), scenario, str(args_file)],
+    proc = subprocess.run([sys.executable, str(script or Path(__file__).resolve()), scenario, str(args_file)],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=str(tmp))
     log = f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
     assert proc.returncode == 0, f"Blender child '{scenario}' failed (status {proc.returncode})\n{log}"
@@ -416,6 +418,10 @@ def test_train_all_strips_cancel_resume_and_identity(extension_zip: Path, tmp_pa
     assert "muted" not in r["strips"]
     assert "op:inve.train_all" in r["drawn_done"] and "label:shot 0.002" in r["drawn_done"]
     assert sum(line.startswith("label:done | PSNR") for line in r["drawn_done"]) == 4, r["drawn_done"]
+    # saved in the .blend: after reopening, the panel shows every strip's end again
+    assert sorted(r["saved_rows"]) == sorted([[n, "done"] for n in ("shot 0", "shot 0.001", "shot 0.002", "shot 1")])
+    assert sum(line.startswith("label:done | PSNR") for line in r["drawn_reloaded"]) == 4, r["drawn_reloaded"]
+    assert "label:Train All: 3 of 3 done" in r["drawn_reloaded"], r["drawn_reloaded"]
 
 
 def _check_service(r: dict[str, Any]) -> None:
@@ -1327,6 +1333,15 @@ def child_train_all(args: dict[str, Any]) -> dict[str, Any]:
                                   bool(info.get("trained"))]
     scene.sequence_editor.active_strip = a
     out["drawn_done"] = _draw_all(bpy, panels, bpy.context.preferences.addons[ADDON_MODULE].preferences)
+    # each strip's end is saved with the .blend: reopened in a new session (no batch job in
+    # memory), the panel still shows it
+    bpy.ops.wm.save_mainfile()
+    jobs.SLOT.last_job = None
+    bpy.ops.wm.open_mainfile(filepath=bpy.data.filepath)
+    scene = bpy.context.scene
+    scene.sequence_editor.active_strip = next(st for st in strips.strip_collection(scene) if st.name == "shot 1")
+    out["saved_rows"] = [[r.strip, r.state] for r in scene.inve.batch_strips]
+    out["drawn_reloaded"] = _draw_all(bpy, panels, bpy.context.preferences.addons[ADDON_MODULE].preferences)
     _child_teardown()
     return out
 
@@ -1334,10 +1349,11 @@ def child_train_all(args: dict[str, Any]) -> dict[str, Any]:
 SCENARIOS = {"install": child_install, "e2e": child_e2e, "train_all": child_train_all}
 
 
-def child_main(scenario: str, args_file: str) -> int:
+def child_main(scenario: str, args_file: str, scenarios: dict[str, Any] | None = None) -> int:
+    """Run one scenario (of this file, or of ``scenarios``) and write its result, or fail."""
     args = json.loads(Path(args_file).read_text())
     try:
-        result = SCENARIOS[scenario](args)
+        result = (scenarios or SCENARIOS)[scenario](args)
     except Exception:  # noqa: BLE001 - report the child's failure to the parent
         traceback.print_exc()
         try:

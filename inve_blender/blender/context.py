@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import bpy
@@ -308,6 +309,37 @@ def current_source_frame(op: Any, context: bpy.types.Context, strip: Any, info: 
                              f"frames {frames[0]}..{frames[-1]}")
         return None
     return src
+
+
+@dataclass
+class StripTarget:
+    """What an operator on the active strip's project works with (see :func:`strip_target`)."""
+
+    strip: Any
+    spec: engine_env.EngineSpec
+    info: dict[str, Any] | None = None  # the engine's ``info`` of the strip's trained project
+    frame: int | None = None  # the source frame under the playhead
+
+
+def strip_target(op: Any, context: bpy.types.Context, need_info: bool = True,
+                 need_frame: bool = False) -> StripTarget | None:
+    """The prelude of every operator on the active strip: the strip, a working engine and, as
+    asked, its trained project's info and the source frame under the playhead (one of the
+    project's frames). None after reporting why not (each step says what to do)."""
+    strip = movie_strip(context)
+    spec = engine_ready(op, context)
+    if spec is None:
+        return None
+    target = StripTarget(strip, spec)
+    if need_info or need_frame:
+        target.info = project_info(op, context, strip, spec)
+        if target.info is None:
+            return None
+    if need_frame:
+        target.frame = current_source_frame(op, context, strip, target.info)
+        if target.frame is None:
+            return None
+    return target
 
 
 LAYER_FIELDS = ("name", "kind", "visible", "data", "image", "attach")
