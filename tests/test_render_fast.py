@@ -134,7 +134,7 @@ def test_png_encoder_round_trips(shape):
 
 @pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
                     reason="forked render workers are Linux-only")
-def test_parallel_render_equals_sequential_and_writes_the_same_pngs(tmp_path):
+def test_parallel_render_equals_sequential_and_writes_the_same_pngs(tmp_path, monkeypatch):
     """Forked render workers give the frames of the in-process path, in order; PNGs they
     encode are byte-identical to the writer's own, recorded under the output rule."""
     from core import fsutil
@@ -147,7 +147,11 @@ def test_parallel_render_equals_sequential_and_writes_the_same_pngs(tmp_path):
                                                     "color": [1, 0, 0, 1], "width": 3.0}]},
         {"type": "adjust", "frame": 0, "region": {"polygon": [[5, 5], [40, 8], [30, 40]]}, "hue": 0.3}]}
     layers = parse_edits(doc, tmp_path, proj.info)
+    from core.edits import parallel
+
     for overlay in (False, True):
+        # blocks of 8 frames; with overlays, blocks of 2 (what a large frame gets)
+        monkeypatch.setattr(parallel, "AHEAD_BYTES", 1 if overlay else parallel.AHEAD_BYTES)
         seq = [img for _, img in EditSession(proj, layers, mapping=clip.gt).render_all(overlay=overlay)]
         par = list(EditSession(proj, layers, mapping=clip.gt).render_all(overlay=overlay, workers=2))
         assert [t for t, _ in par] == list(range(20))
