@@ -166,3 +166,23 @@ def test_parallel_render_equals_sequential_and_writes_the_same_pngs(tmp_path, mo
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert fsutil.is_ours(tmp_path / "b" / name)
     assert fsutil.output_dir_state(tmp_path / "b")["complete"]
+
+
+def test_blender_loads_the_fast_pngs(tmp_path):
+    """The preview and overlay PNGs are read by Blender itself (image strips): same pixels."""
+    bpy = pytest.importorskip("bpy")
+    rng = np.random.default_rng(3)
+    img = np.zeros((37, 53, 4), np.uint8)
+    img[5:30, 7:40] = rng.integers(0, 256, (25, 33, 4))
+    path = tmp_path / "overlay.png"
+    path.write_bytes(png.encode(img))
+    im = bpy.data.images.load(str(path))
+    try:
+        assert tuple(im.size) == (53, 37)
+        px = np.empty(53 * 37 * 4, np.float32)
+        im.pixels.foreach_get(px)
+        # Blender stores rows bottom-up, floats 0..1; 8-bit PNGs stay straight alpha
+        got = np.round(px.reshape(37, 53, 4)[::-1] * 255.0).astype(np.uint8)
+        assert np.array_equal(got, img)
+    finally:
+        bpy.data.images.remove(im)
