@@ -186,3 +186,32 @@ def test_blender_loads_the_fast_pngs(tmp_path):
         assert np.array_equal(got, img)
     finally:
         bpy.data.images.remove(im)
+
+
+@pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
+                    reason="forked render workers are Linux-only")
+def test_edit_command_with_workers_writes_what_one_process_writes(tmp_path, monkeypatch):
+    """`inve edit` through render workers: the same PNG bytes and the same movie as in one process."""
+    import json
+
+    from core.edits import edit_command
+    from core.progress import Progress
+    from core.project import Project
+    from core.video import iter_frames
+
+    clip = make_clip(T=18, size=(80, 48), camera="pan_zoom", seed=9)
+    make_gt_project(clip, tmp_path / "p", atlas_size=128)
+    monkeypatch.setattr(Project, "mapping", lambda self, device="cpu": clip.gt)
+    doc = {"version": 1, "layers": [{"type": "sketch", "frame": 0, "strokes": [
+        {"points": [[5, 40], [40, 8], [75, 30]], "color": [0, 1, 0, 1], "width": 2.5}]}]}
+    (tmp_path / "EDITS.json").write_text(json.dumps(doc))
+    for w in (1, 2):
+        edit_command(tmp_path / "p", tmp_path / "EDITS.json", tmp_path / f"png{w}", Progress("none"), render_workers=w)
+        edit_command(tmp_path / "p", tmp_path / "EDITS.json", tmp_path / f"m{w}.mp4", Progress("none"),
+                     render_workers=w)
+    names = sorted(p.name for p in (tmp_path / "png1").glob("*.png"))
+    assert len(names) == 18 and names == sorted(p.name for p in (tmp_path / "png2").glob("*.png"))
+    assert all((tmp_path / "png1" / n).read_bytes() == (tmp_path / "png2" / n).read_bytes() for n in names)
+    a = np.stack(list(iter_frames(tmp_path / "m1.mp4", 0, 18)))
+    b = np.stack(list(iter_frames(tmp_path / "m2.mp4", 0, 18)))
+    assert np.array_equal(a, b)
