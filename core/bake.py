@@ -7,7 +7,6 @@ reconstruction PSNR and the forward->inverse cycle error reported in ``metrics.j
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -62,51 +61,6 @@ def default_atlas_size(work_size: tuple[int, int], uv_scale: float) -> int:
     return int(min(4096, max(256, 64 * math.ceil(texels / 64))))
 
 
-def _timed(fn: Callable[[], torch.Tensor]) -> float:
-    """Seconds ``fn`` takes, its result brought to the CPU (so a GPU has finished too)."""
-    t0 = time.perf_counter()
-    fn().cpu()
-    return time.perf_counter() - t0
-
-
-def atlas_step_weights(model: LayeredAtlasModel, grid: torch.Tensor, layers: list[str], size: int,
-                       n_frames: int, probe: int = 8192) -> list[int]:
-    """How many frame steps of the bake each layer's atlas step is worth, measured.
-
-    Why: progress counts steps and its ETA assumes they cost the same, but a layer's atlas
-    step evaluates ``size``^2 texels and splats every frame's uv map (:func:`atlas_usage`),
-    several frame steps at the defaults and more on long shots: counted as one step, the ETA
-    missed by half. Small probes of the same kinds of work (``probe`` pixels through the
-    whole model and the cycle check's inverse, as many texels through one atlas, one frame's
-    splat and the final filter) give each atlas step its weight in frame steps.
-    """
-    device = grid.device
-    k = min(probe, grid.shape[0])
-    p, tt = grid[:k], torch.zeros(k, device=device)
-    h_w = grid.shape[0]
-    frame_s = min(_timed(lambda: model.reconstruct(p, tt)[0]) for _ in range(2)) / k * h_w
-    n_cyc = min(4096, h_w)
-    uv = torch.rand(max(k, n_cyc), 2, generator=torch.Generator().manual_seed(0)).to(device) * 2.0 - 1.0
-    for L in layers:
-        frame_s += min(_timed(lambda: model.inverse(L, uv[:n_cyc], tt[:n_cyc] if n_cyc <= k else
-                                                    torch.zeros(n_cyc, device=device))) for _ in range(2))
-    frame_s = max(frame_s, 1e-6)
-    uv1 = np.zeros((h_w, 2), np.float32)
-    a1 = np.zeros(h_w, np.float32)
-    hist = np.zeros(size * size, np.int64)
-    weights = []
-    for L in layers:
-        atl = min(_timed(lambda: model.atlas(L, uv[:k])) for _ in range(2)) / k * size * size
-        t0 = time.perf_counter()
-        _usage_splat(hist, uv1, a1, size, L)
-        splat = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        _usage_finish(hist, size)
-        finish = time.perf_counter() - t0
-        weights.append(max(1, int(round((atl + splat * n_frames + finish) / frame_s))))
-    return weights
-
-
 @torch.no_grad()
 def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, int],
          progress: Progress | None = None, atlas_size: int | None = None, chunk: int = 1 << 15,
@@ -135,10 +89,16 @@ def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, i
     coords = SourceCoords(tuple(source_size), (w, h))
     rng = np.random.default_rng(0)
     size = atlas_size or default_atlas_size((w, h), model.cfg.uv_scale)
-    # progress counts frame steps; each atlas step counts as the frame steps it is worth, so
-    # the ETA (elapsed per step x steps left) holds across the whole stage
-    weights = atlas_step_weights(model, grid, layers, size, n) if progress is not None else [1] * len(layers)
-    total = n + sum(weights)
+    # The atlases (size^2 texels per layer) and their usage splats are spread over the frame
+    # steps: after frame t, the atlas chunks due by then are evaluated and the frame's uv is
+    # splatted. Why: progress counts steps and its ETA is elapsed-per-step x steps left; with
+    # the atlases as separate last steps (each worth several frames) the ETA missed by half.
+    agrid = atlas_grid(size, device)
+    atlas_chunks = [(L, s) for L in layers for s in range(0, agrid.shape[0], chunk)]
+    atlas_cols: dict[str, list[np.ndarray]] = {L: [] for L in layers}
+    hists = {L: np.zeros(size * size, np.int64) for L in layers}
+    done_chunks = 0
+    total = n
     for t in range(n):
         if progress is not None:
             progress.update("bake", t, total)
@@ -171,17 +131,20 @@ def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, i
             back = model.inverse(L, uv[shown], tt[shown])
             cycle_err[L].append(coords.delta_to_source_px(back - p[shown]).norm(dim=1).cpu().numpy())
             frame_cycle[L].append(float(np.median(cycle_err[L][-1])))
+        for L in layers:  # what the stored maps say (float16 when memory-mapped), as atlas_usage reads them
+            _usage_splat(hists[L], uv_maps[L][t], alpha_maps[t], size, L)
+        due = len(atlas_chunks) * (t + 1) // n
+        while done_chunks < due:
+            L, s = atlas_chunks[done_chunks]
+            atlas_cols[L].append(model.atlas(L, agrid[s:s + chunk]).cpu().numpy())
+            done_chunks += 1
     mse = sq_err / (n * h * w * 3)
     psnr = float(10 * math.log10(1.0 / max(mse, 1e-12)))
 
-    agrid = atlas_grid(size, device)
     atlases, used = {}, {}
-    for i, L in enumerate(layers):
-        if progress is not None:
-            progress.update("bake", n + sum(weights[:i]), total)
-        cols = [model.atlas(L, agrid[s:s + chunk]).cpu().numpy() for s in range(0, agrid.shape[0], chunk)]
-        atlases[L] = np.concatenate(cols).reshape(size, size, 3).astype(np.float32)
-        used[L] = atlas_usage(uv_maps[L], alpha_maps, size, L)
+    for L in layers:
+        atlases[L] = np.concatenate(atlas_cols[L]).reshape(size, size, 3).astype(np.float32)
+        used[L] = _usage_finish(hists[L], size)
     if progress is not None:
         progress.update("bake", total, total)
     maps = BakedMaps(uv=uv_maps, alpha=alpha_maps, atlas=atlases, atlas_used=used)

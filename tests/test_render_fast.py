@@ -134,7 +134,7 @@ def test_png_encoder_round_trips(shape):
 
 @pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
                     reason="forked render workers are Linux-only")
-def test_parallel_render_equals_sequential_and_writes_the_same_pngs(tmp_path):
+def test_parallel_render_equals_sequential_and_writes_the_same_pngs(tmp_path, monkeypatch):
     """Forked render workers give the frames of the in-process path, in order; PNGs they
     encode are byte-identical to the writer's own, recorded under the output rule."""
     from core import fsutil
@@ -147,7 +147,11 @@ def test_parallel_render_equals_sequential_and_writes_the_same_pngs(tmp_path):
                                                     "color": [1, 0, 0, 1], "width": 3.0}]},
         {"type": "adjust", "frame": 0, "region": {"polygon": [[5, 5], [40, 8], [30, 40]]}, "hue": 0.3}]}
     layers = parse_edits(doc, tmp_path, proj.info)
+    from core.edits import parallel
+
     for overlay in (False, True):
+        # blocks of 8 frames; with overlays, blocks of 2 (what a large frame gets)
+        monkeypatch.setattr(parallel, "AHEAD_BYTES", 1 if overlay else parallel.AHEAD_BYTES)
         seq = [img for _, img in EditSession(proj, layers, mapping=clip.gt).render_all(overlay=overlay)]
         par = list(EditSession(proj, layers, mapping=clip.gt).render_all(overlay=overlay, workers=2))
         assert [t for t, _ in par] == list(range(20))
@@ -162,3 +166,52 @@ def test_parallel_render_equals_sequential_and_writes_the_same_pngs(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert fsutil.is_ours(tmp_path / "b" / name)
     assert fsutil.output_dir_state(tmp_path / "b")["complete"]
+
+
+def test_blender_loads_the_fast_pngs(tmp_path):
+    """The preview and overlay PNGs are read by Blender itself (image strips): same pixels."""
+    bpy = pytest.importorskip("bpy")
+    rng = np.random.default_rng(3)
+    img = np.zeros((37, 53, 4), np.uint8)
+    img[5:30, 7:40] = rng.integers(0, 256, (25, 33, 4))
+    path = tmp_path / "overlay.png"
+    path.write_bytes(png.encode(img))
+    im = bpy.data.images.load(str(path))
+    try:
+        assert tuple(im.size) == (53, 37)
+        px = np.empty(53 * 37 * 4, np.float32)
+        im.pixels.foreach_get(px)
+        # Blender stores rows bottom-up, floats 0..1; 8-bit PNGs stay straight alpha
+        got = np.round(px.reshape(37, 53, 4)[::-1] * 255.0).astype(np.uint8)
+        assert np.array_equal(got, img)
+    finally:
+        bpy.data.images.remove(im)
+
+
+@pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
+                    reason="forked render workers are Linux-only")
+def test_edit_command_with_workers_writes_what_one_process_writes(tmp_path, monkeypatch):
+    """`inve edit` through render workers: the same PNG bytes and the same movie as in one process."""
+    import json
+
+    from core.edits import edit_command
+    from core.progress import Progress
+    from core.project import Project
+    from core.video import iter_frames
+
+    clip = make_clip(T=18, size=(80, 48), camera="pan_zoom", seed=9)
+    make_gt_project(clip, tmp_path / "p", atlas_size=128)
+    monkeypatch.setattr(Project, "mapping", lambda self, device="cpu": clip.gt)
+    doc = {"version": 1, "layers": [{"type": "sketch", "frame": 0, "strokes": [
+        {"points": [[5, 40], [40, 8], [75, 30]], "color": [0, 1, 0, 1], "width": 2.5}]}]}
+    (tmp_path / "EDITS.json").write_text(json.dumps(doc))
+    for w in (1, 2):
+        edit_command(tmp_path / "p", tmp_path / "EDITS.json", tmp_path / f"png{w}", Progress("none"), render_workers=w)
+        edit_command(tmp_path / "p", tmp_path / "EDITS.json", tmp_path / f"m{w}.mp4", Progress("none"),
+                     render_workers=w)
+    names = sorted(p.name for p in (tmp_path / "png1").glob("*.png"))
+    assert len(names) == 18 and names == sorted(p.name for p in (tmp_path / "png2").glob("*.png"))
+    assert all((tmp_path / "png1" / n).read_bytes() == (tmp_path / "png2" / n).read_bytes() for n in names)
+    a = np.stack(list(iter_frames(tmp_path / "m1.mp4", 0, 18)))
+    b = np.stack(list(iter_frames(tmp_path / "m2.mp4", 0, 18)))
+    assert np.array_equal(a, b)

@@ -10,8 +10,8 @@ exactly as the single-process path renders it (a frame's result depends only on 
 prepared layers and that frame), so the output is identical.
 
 Workers are forked (POSIX ``fork``): where that is unavailable or unsafe (Windows, macOS)
-callers render in-process. Memory stays bounded: at most ``2 * workers`` blocks are handed
-out ahead of the frame the caller is waiting for.
+callers render in-process. Memory stays bounded: at most ``workers + 1`` blocks (of fewer
+frames for large frames) are handed out ahead of the frame the caller is waiting for.
 """
 from __future__ import annotations
 
@@ -26,8 +26,15 @@ import numpy as np
 
 from core.errors import InveError
 
-#: frames per block a worker renders in a row (its decoder then reads ahead without restarts)
+#: frames per block a worker renders in a row (its decoder then reads ahead without restarts),
+#: fewer for large frames: at most AHEAD_BYTES of raw frames wait for the caller per worker
 BLOCK = 8
+AHEAD_BYTES = 24 * 2**20
+
+
+def block_frames(width: int, height: int) -> int:
+    """Frames per block: BLOCK, fewer (down to 2) for frames larger than 640x480-ish."""
+    return max(2, min(BLOCK, AHEAD_BYTES // max(1, 3 * width * height)))
 
 
 def can_fork() -> bool:
@@ -79,12 +86,13 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
     Stopping the iteration early (an error downstream, a cancel) stops the workers.
     """
     T = session.ctx.T
+    B = block_frames(session.ctx.W, session.ctx.H)
     ctx = mp.get_context("fork")
     tasks, results = ctx.Queue(), ctx.Queue()
     frames = session.ctx.frames
     if hasattr(frames, "close"):
         frames.close()  # no decoder process shared with the children
-    blocks = [(s, min(T, s + BLOCK)) for s in range(0, T, BLOCK)]
+    blocks = [(s, min(T, s + B)) for s in range(0, T, B)]
     procs = [ctx.Process(target=_worker, args=(session, tasks, results, overlay, encode), daemon=True,
                          name=f"inve-render-{i}") for i in range(workers)]
     for p in procs:
@@ -92,7 +100,7 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
     sent = 0
     pending: dict[int, Any] = {}
     try:
-        for _ in range(min(len(blocks), 2 * workers)):
+        for _ in range(min(len(blocks), workers + 1)):
             tasks.put(blocks[sent])
             sent += 1
         for t in range(T):
@@ -111,7 +119,7 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
                         raise InveError(msg)
                     raise RuntimeError(f"a render worker failed ({kind}):\n{msg}")
                 pending[got] = payload
-            if t % BLOCK == 0 and sent < len(blocks):  # one block done ahead: hand out the next
+            if t % B == 0 and sent < len(blocks):  # a block is being handed over: give out the next
                 tasks.put(blocks[sent])
                 sent += 1
             yield t, pending.pop(t)
