@@ -721,6 +721,15 @@ class SegmentedSession:
         k = self.owner(f)
         return self.session(k), f - self.ranges[k][0]
 
+    def release(self, k: int) -> None:
+        """Close segment k's session, networks and memory-mapped maps (a streaming pass that has
+        left it behind: memory stays that of a few segments, not of the whole shot)."""
+        if self._sessions[k] is not None:
+            self._sessions[k] = None
+            self._set[k] = False
+            sub = self.subs[k]
+            sub._maps, sub._mapping = None, None
+
     def prepare(self) -> None:
         for k in range(len(self.subs)):
             self.session(k).prepare()
@@ -742,8 +751,14 @@ class SegmentedSession:
         T = self.ctx.T
         if progress is not None:
             progress.update("render", 0, T, force=True)
-        self.prepare()
+        current = -1
         for t in range(T):
+            k = self.owner(self.project.info.frames[t])
+            if k != current:  # entering segment k: its layers come from k - 1, which is then done
+                self.session(k).prepare()
+                for j in range(k):
+                    self.release(j)
+                current = k
             img = self.render_frame(t, cache=cache, overlay=overlay)
             if progress is not None:
                 progress.update("render", t + 1, T)

@@ -304,6 +304,18 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
     assert cli.main(["edit", str(proj), "--edits", str(edits), "-o", str(out), "--overlay", "--progress", "none"]) == 0
     cov = [iio.imread(out / f"{i:04d}.png")[..., 3].sum() / 255.0 for i in range(20)]
     assert min(cov) > 0.5 * max(cov)  # the stroke reaches the new frames
+    # corrections: each segment is fine-tuned with the keys in its frames
+    corr = tmp_path / "CORRECTIONS.json"
+    corr.write_text(json.dumps({"tracks": [{"id": "a", "keys": [{"frame": 1, "x": 20.0, "y": 12.0},
+                                                                {"frame": 4, "x": 22.0, "y": 12.0}]},
+                                           {"id": "b", "keys": [{"frame": 3, "x": 30.0, "y": 30.0},
+                                                                {"frame": 18, "x": 31.0, "y": 30.0}]}]}))
+    stamp3 = (proj / "segments" / "f000012-000020" / "checkpoint.pt").stat().st_mtime_ns
+    assert cli.main(["correct", str(proj), "--corrections", str(corr), "--minutes", "0.02", "--progress", "none"]) == 0
+    history = Project.open(proj).metrics()["corrections"][-1]["segments"]
+    assert [h["segment"] for h in history] == ["f000000-000010"] and history[0]["tracks"] == 1
+    assert (proj / "segments" / "f000012-000020" / "checkpoint.pt").stat().st_mtime_ns == stamp3
+    assert Project.open(proj).state()[0] == "trained"
     # a plain project extended: its trained state moves into a segment, unchanged
     plain = tmp_path / "plain"
     assert cli.main(["train", str(video), "-o", str(plain), "--frames", "0:8", *base]) == 0
