@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -138,16 +139,20 @@ class SegmentProgress(Progress):
     training stage onto the whole run's budget (step 0..1000 over all segments)."""
 
     def __init__(self, inner: Progress, index: int, count: int, frames: tuple[int, int],
-                 done_share: float, share: float) -> None:
+                 done_share: float, share: float, run_start: float | None = None) -> None:
         super().__init__("none", cancel=inner.cancel)
         self.inner, self.index, self.count, self.frames = inner, index, count, frames
         self.done_share, self.share = done_share, share
+        self.run_start = time.monotonic() if run_start is None else run_start
 
     def update(self, stage: str, step: int, total: int, force: bool = False, **extra: Any) -> None:
-        tag = {"segment": f"{self.index + 1}/{self.count}", "segment_frames": f"{self.frames[0]}:{self.frames[1]}"}
+        tag: dict[str, Any] = {"segment": f"{self.index + 1}/{self.count}",
+                               "segment_frames": f"{self.frames[0]}:{self.frames[1]}"}
         if stage == "train" and total:
-            step = int(round(1000 * (self.done_share + self.share * min(1.0, step / total))))
-            total = 1000
+            frac = self.done_share + self.share * min(1.0, step / total)
+            step, total = int(round(1000 * frac)), 1000
+            if frac > self.done_share and frac > 0:  # the whole run's: every segment's stages count
+                tag["eta"] = round((time.monotonic() - self.run_start) / frac * (1.0 - frac), 1)
         self.inner.update(stage, step, total, force, **tag, **extra)
 
     def message(self, text: str) -> None:
@@ -256,11 +261,12 @@ def train_segmented(video: str | Path, project_dir: Path, existing: Project | No
     total_share = [(b - a) for a, b in ranges]
     done = 0.0
     whole = float(sum(total_share))
+    run_start = time.monotonic()
     extending = existing is not None and any(r not in set(ranges_of(existing.info)) for r in ranges)
     for k, (s, (a, b), (iters, minutes)) in enumerate(zip(segs, ranges, shares)):
         share = (b - a) / whole
         sub_dir = top.segment_path(s["name"])
-        seg_progress = SegmentProgress(progress, k, len(ranges), (a, b), done, share)
+        seg_progress = SegmentProgress(progress, k, len(ranges), (a, b), done, share, run_start)
         done += share
         sub_exists = (sub_dir / Project.INFO).is_file()
         if sub_exists:

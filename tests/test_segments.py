@@ -357,5 +357,6 @@ def test_budget_is_split_by_frames_and_progress_names_the_segment():
     p.message("hello")
     ev = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert ev[0]["stage"] == "train" and ev[0]["step"] == 600 and ev[0]["total"] == 1000 and ev[0]["segment"] == "2/3"
+    assert ev[0]["eta"] is not None and ev[0]["eta"] >= 0  # the whole run's estimate, not this segment's
     assert ev[1]["stage"] == "bake" and ev[1]["step"] == 3 and ev[1]["segment_frames"] == "52:112"
     assert ev[2]["message"] == "segment 2/3 (frames 52:112): hello"
