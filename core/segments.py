@@ -56,6 +56,7 @@ DEFAULT_SEGMENT_FRAMES = 40
 #: Only the seam and its neighbours are used to carry edits; more would cost maps and training.
 DEFAULT_OVERLAP = 4
 MIN_OVERLAP = 2
+MIN_SEGMENT_FRAMES = 8
 
 
 # -- planning ------------------------------------------------------------------------------
@@ -66,6 +67,9 @@ def plan(start: int, end: int, length: int | None, overlap: int = DEFAULT_OVERLA
     Equal lengths (the budget is split by frames), consecutive ranges sharing ``overlap``
     frames. ``length`` 0/None or a shot no longer than it: one range.
     """
+    if length and length < MIN_SEGMENT_FRAMES:
+        raise InveError(f"--segment-frames {length} is too short: use 0 (never split) or at least "
+                        f"{MIN_SEGMENT_FRAMES} frames")
     n = end - start
     if not length or n <= length:
         return [(start, end)]

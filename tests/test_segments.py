@@ -74,6 +74,13 @@ def test_plan_tiles_the_shot_with_overlaps_and_seams_in_them():
     o = owned(r)
     assert o[0][0] == 0 and o[-1][1] == 458 and all(o[k][1] == o[k + 1][0] for k in range(len(o) - 1))
     assert plan(10, 100, 120) == [(10, 100)] and plan(0, 500, 0) == [(0, 500)]
+    for length in (8, 9, 13):
+        for n in (9, 20, 57):
+            r = plan(0, n, length, 4)
+            assert r[0][0] == 0 and r[-1][1] == n and all(b - a <= max(length, n if len(r) == 1 else 0) for a, b in r)
+            assert all(r[k][0] < r[k + 1][0] < r[k][1] for k in range(len(r) - 1))
+    with pytest.raises(InveError, match="too short"):
+        plan(0, 100, 2)
     before, after = extension([(20, 60)], 0, 200, 120, 8)
     assert before == [(0, 28)] and after[0] == (52, 200)[0:1] + (after[0][1],) and after[-1][1] == 200
 
