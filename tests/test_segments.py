@@ -260,11 +260,18 @@ def test_service_renders_and_tracks_a_segmented_project(gt_networks):
     svc.run(Request(3, "render_frame", {"project": str(three.path), "frame": 15, "output": str(out), "overlay": True}))
     svc.run(Request(4, "track", {"project": str(three.path),
                                  "points": {"points": [{"id": "p", "frame": 3, "x": 30, "y": 10}]}}))
+    folder = root / "svc_propagate"
+    svc.run(Request(5, "propagate", {"project": str(three.path), "output": str(folder), "overlay": True}))
     replies = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [r["event"] for r in replies] == ["done"] * 4, replies
+    done = [r for r in replies if r["event"] in ("done", "error")]
+    assert [r["event"] for r in done] == ["done"] * 5, done
+    assert sorted(r["frame"] for r in replies if r["event"] == "frame") == list(range(T))
     ps = EditSession(plain, parse_edits({"layers": [STROKE]}, root, plain.info))
     assert np.linalg.norm(centroid(ps.render_frame(15, overlay=True))[0] - centroid(iio.imread(out))[0]) < 1.0
-    assert len(replies[3]["tracks"]["tracks"][0]["xy"]) == T
+    assert len(done[3]["tracks"]["tracks"][0]["xy"]) == T
+    for t in (6, 7, 13, 14):  # both sides of both seams
+        assert np.linalg.norm(centroid(ps.render_frame(t, overlay=True))[0]
+                              - centroid(iio.imread(folder / f"{t:04d}.png"))[0]) < 1.0
 
 
 # -- training: segments, resume, adding frames -------------------------------------------------
