@@ -30,6 +30,7 @@ covers that square with pixel centres at uv = 2*(i+0.5)/A - 1, which is exactly
 from __future__ import annotations
 
 import dataclasses
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ PLAIN_FORMAT = 2
 #: format of a project split into segments (``ProjectInfo.segments``)
 SEGMENTED_FORMAT = 3
 SEGMENTS_DIR = "segments"
-_SEGMENT_NAME = __import__("re").compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SEGMENT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass
@@ -353,6 +354,7 @@ class Project:
         self._maps: BakedMaps | None = None
         self._mapping: LayeredMapping | None = None
         self._frames: Any = None
+        self._segments: list["Project"] | None = None
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -379,7 +381,7 @@ class Project:
     def segments(self) -> list["Project"]:
         """The segments' own projects, in frame order; a clear error when one is missing or
         does not match what ``project.json`` says about it."""
-        if getattr(self, "_segments", None) is None:
+        if self._segments is None:
             subs = []
             for s in self.info.segments or []:
                 p = self.segment_path(s["name"])

@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -55,6 +56,7 @@ DEFAULT_SEGMENT_FRAMES = 40
 #: Only the seam and its neighbours are used to carry edits; more would cost maps and training.
 DEFAULT_OVERLAP = 4
 MIN_OVERLAP = 2
+MIN_SEGMENT_FRAMES = 8
 
 
 # -- planning ------------------------------------------------------------------------------
@@ -65,6 +67,9 @@ def plan(start: int, end: int, length: int | None, overlap: int = DEFAULT_OVERLA
     Equal lengths (the budget is split by frames), consecutive ranges sharing ``overlap``
     frames. ``length`` 0/None or a shot no longer than it: one range.
     """
+    if length and length < MIN_SEGMENT_FRAMES:
+        raise InveError(f"--segment-frames {length} is too short: use 0 (never split) or at least "
+                        f"{MIN_SEGMENT_FRAMES} frames")
     n = end - start
     if not length or n <= length:
         return [(start, end)]
@@ -138,16 +143,20 @@ class SegmentProgress(Progress):
     training stage onto the whole run's budget (step 0..1000 over all segments)."""
 
     def __init__(self, inner: Progress, index: int, count: int, frames: tuple[int, int],
-                 done_share: float, share: float) -> None:
+                 done_share: float, share: float, run_start: float | None = None) -> None:
         super().__init__("none", cancel=inner.cancel)
         self.inner, self.index, self.count, self.frames = inner, index, count, frames
         self.done_share, self.share = done_share, share
+        self.run_start = time.monotonic() if run_start is None else run_start
 
     def update(self, stage: str, step: int, total: int, force: bool = False, **extra: Any) -> None:
-        tag = {"segment": f"{self.index + 1}/{self.count}", "segment_frames": f"{self.frames[0]}:{self.frames[1]}"}
+        tag: dict[str, Any] = {"segment": f"{self.index + 1}/{self.count}",
+                               "segment_frames": f"{self.frames[0]}:{self.frames[1]}"}
         if stage == "train" and total:
-            step = int(round(1000 * (self.done_share + self.share * min(1.0, step / total))))
-            total = 1000
+            frac = self.done_share + self.share * min(1.0, step / total)
+            step, total = int(round(1000 * frac)), 1000
+            if frac > self.done_share and frac > 0:  # the whole run's: every segment's stages count
+                tag["eta"] = round((time.monotonic() - self.run_start) / frac * (1.0 - frac), 1)
         self.inner.update(stage, step, total, force, **tag, **extra)
 
     def message(self, text: str) -> None:
@@ -256,11 +265,12 @@ def train_segmented(video: str | Path, project_dir: Path, existing: Project | No
     total_share = [(b - a) for a, b in ranges]
     done = 0.0
     whole = float(sum(total_share))
+    run_start = time.monotonic()
     extending = existing is not None and any(r not in set(ranges_of(existing.info)) for r in ranges)
     for k, (s, (a, b), (iters, minutes)) in enumerate(zip(segs, ranges, shares)):
         share = (b - a) / whole
         sub_dir = top.segment_path(s["name"])
-        seg_progress = SegmentProgress(progress, k, len(ranges), (a, b), done, share)
+        seg_progress = SegmentProgress(progress, k, len(ranges), (a, b), done, share, run_start)
         done += share
         sub_exists = (sub_dir / Project.INFO).is_file()
         if sub_exists:
@@ -721,6 +731,15 @@ class SegmentedSession:
         k = self.owner(f)
         return self.session(k), f - self.ranges[k][0]
 
+    def release(self, k: int) -> None:
+        """Close segment k's session, networks and memory-mapped maps (a streaming pass that has
+        left it behind: memory stays that of a few segments, not of the whole shot)."""
+        if self._sessions[k] is not None:
+            self._sessions[k] = None
+            self._set[k] = False
+            sub = self.subs[k]
+            sub._maps, sub._mapping = None, None
+
     def prepare(self) -> None:
         for k in range(len(self.subs)):
             self.session(k).prepare()
@@ -742,8 +761,14 @@ class SegmentedSession:
         T = self.ctx.T
         if progress is not None:
             progress.update("render", 0, T, force=True)
-        self.prepare()
+        current = -1
         for t in range(T):
+            k = self.owner(self.project.info.frames[t])
+            if k != current:  # entering segment k: its layers come from k - 1, which is then done
+                self.session(k).prepare()
+                for j in range(k):
+                    self.release(j)
+                current = k
             img = self.render_frame(t, cache=cache, overlay=overlay)
             if progress is not None:
                 progress.update("render", t + 1, T)

@@ -74,6 +74,13 @@ def test_plan_tiles_the_shot_with_overlaps_and_seams_in_them():
     o = owned(r)
     assert o[0][0] == 0 and o[-1][1] == 458 and all(o[k][1] == o[k + 1][0] for k in range(len(o) - 1))
     assert plan(10, 100, 120) == [(10, 100)] and plan(0, 500, 0) == [(0, 500)]
+    for length in (8, 9, 13):
+        for n in (9, 20, 57):
+            r = plan(0, n, length, 4)
+            assert r[0][0] == 0 and r[-1][1] == n and all(b - a <= max(length, n if len(r) == 1 else 0) for a, b in r)
+            assert all(r[k][0] < r[k + 1][0] < r[k][1] for k in range(len(r) - 1))
+    with pytest.raises(InveError, match="too short"):
+        plan(0, 100, 2)
     before, after = extension([(20, 60)], 0, 200, 120, 8)
     assert before == [(0, 28)] and after[0] == (52, 200)[0:1] + (after[0][1],) and after[-1][1] == 200
 
@@ -253,11 +260,18 @@ def test_service_renders_and_tracks_a_segmented_project(gt_networks):
     svc.run(Request(3, "render_frame", {"project": str(three.path), "frame": 15, "output": str(out), "overlay": True}))
     svc.run(Request(4, "track", {"project": str(three.path),
                                  "points": {"points": [{"id": "p", "frame": 3, "x": 30, "y": 10}]}}))
+    folder = root / "svc_propagate"
+    svc.run(Request(5, "propagate", {"project": str(three.path), "output": str(folder), "overlay": True}))
     replies = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [r["event"] for r in replies] == ["done"] * 4, replies
+    done = [r for r in replies if r["event"] in ("done", "error")]
+    assert [r["event"] for r in done] == ["done"] * 5, done
+    assert sorted(r["frame"] for r in replies if r["event"] == "frame") == list(range(T))
     ps = EditSession(plain, parse_edits({"layers": [STROKE]}, root, plain.info))
     assert np.linalg.norm(centroid(ps.render_frame(15, overlay=True))[0] - centroid(iio.imread(out))[0]) < 1.0
-    assert len(replies[3]["tracks"]["tracks"][0]["xy"]) == T
+    assert len(done[3]["tracks"]["tracks"][0]["xy"]) == T
+    for t in (6, 7, 13, 14):  # both sides of both seams
+        assert np.linalg.norm(centroid(ps.render_frame(t, overlay=True))[0]
+                              - centroid(iio.imread(folder / f"{t:04d}.png"))[0]) < 1.0
 
 
 # -- training: segments, resume, adding frames -------------------------------------------------
@@ -304,6 +318,18 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
     assert cli.main(["edit", str(proj), "--edits", str(edits), "-o", str(out), "--overlay", "--progress", "none"]) == 0
     cov = [iio.imread(out / f"{i:04d}.png")[..., 3].sum() / 255.0 for i in range(20)]
     assert min(cov) > 0.5 * max(cov)  # the stroke reaches the new frames
+    # corrections: each segment is fine-tuned with the keys in its frames
+    corr = tmp_path / "CORRECTIONS.json"
+    corr.write_text(json.dumps({"tracks": [{"id": "a", "keys": [{"frame": 1, "x": 20.0, "y": 12.0},
+                                                                {"frame": 4, "x": 22.0, "y": 12.0}]},
+                                           {"id": "b", "keys": [{"frame": 3, "x": 30.0, "y": 30.0},
+                                                                {"frame": 18, "x": 31.0, "y": 30.0}]}]}))
+    stamp3 = (proj / "segments" / "f000012-000020" / "checkpoint.pt").stat().st_mtime_ns
+    assert cli.main(["correct", str(proj), "--corrections", str(corr), "--minutes", "0.02", "--progress", "none"]) == 0
+    history = Project.open(proj).metrics()["corrections"][-1]["segments"]
+    assert [h["segment"] for h in history] == ["f000000-000010"] and history[0]["tracks"] == 1
+    assert (proj / "segments" / "f000012-000020" / "checkpoint.pt").stat().st_mtime_ns == stamp3
+    assert Project.open(proj).state()[0] == "trained"
     # a plain project extended: its trained state moves into a segment, unchanged
     plain = tmp_path / "plain"
     assert cli.main(["train", str(video), "-o", str(plain), "--frames", "0:8", *base]) == 0
@@ -345,5 +371,6 @@ def test_budget_is_split_by_frames_and_progress_names_the_segment():
     p.message("hello")
     ev = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert ev[0]["stage"] == "train" and ev[0]["step"] == 600 and ev[0]["total"] == 1000 and ev[0]["segment"] == "2/3"
+    assert ev[0]["eta"] is not None and ev[0]["eta"] >= 0  # the whole run's estimate, not this segment's
     assert ev[1]["stage"] == "bake" and ev[1]["step"] == 3 and ev[1]["segment_frames"] == "52:112"
     assert ev[2]["message"] == "segment 2/3 (frames 52:112): hello"
