@@ -97,7 +97,8 @@ BUNNY_OUTLINE = [[60, 44], [68, 35], [90, 38], [100, 44], [114, 42], [114, 33], 
 #: the ear, the head and the raised right hand, to the trees on the right
 BUNNY_STROKE = [[20, 50], [75, 45], [105, 42], [132, 36], [200, 33], [250, 33]]
 #: hand-checked on frame 47 (x0, y0, x1, y1): the stroke passes over the bunny here ...
-BUNNY_HIDDEN = {"ear": (124, 34, 140, 38), "raised right hand": (193, 31, 205, 35), "raised left hand": (71, 44, 81, 47)}
+BUNNY_HIDDEN = {"ear": (124, 34, 140, 38), "raised right hand": (193, 31, 205, 35),
+                "raised left hand": (71, 44, 81, 47)}
 #: ... and over the background here
 BUNNY_SHOWN = {"grass left of the hand": (30, 47, 50, 50), "trees right of the head": (226, 31, 246, 35)}
 

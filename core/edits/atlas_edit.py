@@ -346,7 +346,8 @@ def texture_correction(ctx: RenderContext, tex: AtlasTexture, t: int) -> Correct
     """Frame t's drift correction of ``tex`` (cached per frame), or None (keep the mapping).
 
     The anchors' baked positions in frame t, moved by the correction of
-    :func:`core.refine.chain_parent` (cached), are refined against their appearance in the exact frame (visible ones only: core/refine.py
+    :func:`core.refine.chain_parent` (cached), are refined against their appearance in the
+    exact frame (visible ones only: core/refine.py
     applies core.layers' rule); the accepted shifts give an affine correction
     (:func:`core.refine.fit_correction`). In the exact frame itself the shift is known without
     matching (the anchor's own position).
