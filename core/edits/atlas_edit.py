@@ -345,12 +345,12 @@ def baked_search(ctx: RenderContext, layer: str, t: int, uv: np.ndarray) -> tupl
 def texture_correction(ctx: RenderContext, tex: AtlasTexture, t: int) -> Correction | None:
     """Frame t's drift correction of ``tex`` (cached per frame), or None (keep the mapping).
 
-    The anchors' baked positions in frame t, moved by the correction of
-    :func:`core.refine.chain_parent` (cached), are refined against their appearance in the
-    exact frame (visible ones only: core/refine.py
-    applies core.layers' rule); the accepted shifts give an affine correction
-    (:func:`core.refine.fit_correction`). In the exact frame itself the shift is known without
-    matching (the anchor's own position).
+    The anchors' baked positions in frame t are refined against their appearance in the
+    exact frame (visible ones only: core/refine.py applies core.layers' rule); where fewer
+    than ``CHAIN_BELOW`` of them match far from it, again from the correction of its chain
+    link (:func:`core.refine.chain_parent`, cached like every frame's), and the better kept.
+    The accepted shifts give an affine correction (:func:`core.refine.fit_correction`). In
+    the exact frame itself the shift is known without matching (the anchor's own position).
     """
     if t in tex.corrections:
         return tex.corrections[t]
