@@ -200,8 +200,8 @@ class TextureAnchors:
     t0: int  # the frame where their positions are exact
     x0: np.ndarray  # [K, 2] positions at t0, source px
     uv: np.ndarray  # [K, 2] the texels holding their content
-    start: np.ndarray  # [T, K, 2] the inverse mapping's positions (start of the baked preimage)
-    ok: np.ndarray  # [T, K] cycle-consistent there
+    start: np.ndarray | None  # [T, K, 2] the inverse mapping's positions (start of the baked preimage)
+    ok: np.ndarray | None  # [T, K] cycle-consistent there (None: found per frame in the baked map)
 
 
 def baked_preimage(ctx: RenderContext, layer: str, t: int, uv: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -307,22 +307,50 @@ def texture_anchors(ctx: RenderContext, tex: AtlasTexture) -> TextureAnchors | N
         return None
     L = tex.layer
     u = ctx.uv_at(L, t0, x0).astype(np.float64)
-    if tex.t0 is not None:
-        xa = np.asarray(ctx.mapping.inverse(L, u, np.full(len(u), float(t0))), np.float64)
-        J = ctx._uv_jacobian(L, t0, x0)
-        u = u - np.einsum("nij,nj->ni", J, xa - x0)
+    if tex.t0 is None:
+        # painted on the atlas: no networks needed (an atlas-only stack never loads them);
+        # each frame finds its anchors in its own baked map (:func:`baked_search`)
+        return TextureAnchors(t0, x0, u, None, None)
+    xa = np.asarray(ctx.mapping.inverse(L, u, np.full(len(u), float(t0))), np.float64)
+    J = ctx._uv_jacobian(L, t0, x0)
+    u = u - np.einsum("nij,nj->ni", J, xa - x0)
     _, start, ok = ctx.propagate(L, x0, t0, uv=u, refine=False)
     return TextureAnchors(t0, x0, u, start, ok)
+
+
+#: a texel found in a frame's baked map farther than this (in scan samples) from its uv is not there
+SEARCH_TOL = 1.5
+
+
+def baked_search(ctx: RenderContext, layer: str, t: int, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where frame t's baked uv map comes nearest to each of ``uv`` [K, 2] on pixels showing
+    ``layer``: (source positions [K, 2], found [K] bool); a start for :func:`baked_preimage`
+    without the inverse network. Scans every SCAN_STRIDE-th work pixel."""
+    S = ctx.SCAN_STRIDE
+    m = np.asarray(ctx.maps.uv[layer][t, ::S, ::S], np.float32)  # [h', w', 2]
+    hs, ws = m.shape[:2]
+    flat = m.reshape(-1, 2)
+    d2 = ((flat[None, :, :] - uv[:, None, :].astype(np.float32)) ** 2).sum(-1)  # [K, h' w']
+    if ctx.has_fg:
+        shown = np.asarray(shows(layer, np.asarray(ctx.maps.alpha[t, ::S, ::S], np.float32))).reshape(-1)
+        d2[:, ~shown] = np.inf
+    i = np.argmin(d2, axis=1)
+    sx, sy = ctx.W / ctx.w, ctx.H / ctx.h
+    xy = np.stack([((i % ws) * S + 0.5) * sx, ((i // ws) * S + 0.5) * sy], -1)
+    tol = SEARCH_TOL * S * max(sx, sy) / ctx.px_per_uv(layer)
+    found = np.sqrt(d2[np.arange(len(uv)), i]) <= tol
+    return xy, found
 
 
 def texture_correction(ctx: RenderContext, tex: AtlasTexture, t: int) -> Correction | None:
     """Frame t's drift correction of ``tex`` (cached per frame), or None (keep the mapping).
 
-    The anchors' baked positions in frame t, moved by the correction of
-    :func:`core.refine.chain_parent` (cached), are refined against their appearance in the exact frame (visible ones only: core/refine.py
-    applies core.layers' rule); the accepted shifts give an affine correction
-    (:func:`core.refine.fit_correction`). In the exact frame itself the shift is known without
-    matching (the anchor's own position).
+    The anchors' baked positions in frame t are refined against their appearance in the
+    exact frame (visible ones only: core/refine.py applies core.layers' rule); where fewer
+    than ``CHAIN_BELOW`` of them match far from it, again from the correction of its chain
+    link (:func:`core.refine.chain_parent`, cached like every frame's), and the better kept.
+    The accepted shifts give an affine correction (:func:`core.refine.fit_correction`). In
+    the exact frame itself the shift is known without matching (the anchor's own position).
     """
     if t in tex.corrections:
         return tex.corrections[t]
@@ -331,16 +359,22 @@ def texture_correction(ctx: RenderContext, tex: AtlasTexture, t: int) -> Correct
     a = tex.anchors
     corr = None
     if a:
-        y = baked_preimage(ctx, tex.layer, t, a.uv, a.start[t] if t != a.t0 else a.x0)
+        if t == a.t0:
+            start_t, ok_t = a.x0, np.ones(len(a.x0), bool)
+        elif a.start is None:
+            start_t, ok_t = baked_search(ctx, tex.layer, t, a.uv)
+        else:
+            start_t, ok_t = a.start[t], a.ok[t]
+        y = baked_preimage(ctx, tex.layer, t, a.uv, start_t)
         if t == a.t0:
             corr = fit_correction(y, a.x0 - y) if tex.t0 is not None else None
         else:
             def match(start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                r = ctx.refine(tex.layer, a.x0, a.t0, np.array([t]), start[None], a.ok[t][None].copy())
+                r = ctx.refine(tex.layer, a.x0, a.t0, np.array([t]), start[None], ok_t[None].copy())
                 return r.accepted[0] & (np.nan_to_num(r.ncc[0]) >= ANCHOR_MIN_NCC), r.xy[0]
 
             parent = chain_parent(t, a.t0)
-            n_ok = int((a.ok[t] & np.isfinite(y).all(-1)).sum())
+            n_ok = int((ok_t & np.isfinite(y).all(-1)).sum())
             direct = ctx.CHAIN_BELOW is not None or parent is None
             acc, xy = match(y) if direct else (np.zeros(len(y), bool), y)
             if parent is not None and n_ok and (not direct or acc.sum() < ctx.CHAIN_BELOW * n_ok):
