@@ -115,6 +115,9 @@ def test_apply_corrections_round_trip(extension_zip: Path, tmp_path: Path) -> No
         assert np.allclose(keys[f], targets[f], atol=0.01), (f, keys[f], targets[f])
     # the propagated sticker lands within 1 px of the corrected positions on those frames ...
     moved = {f: float(np.linalg.norm(np.subtract(after[str(f)], before[str(f)]))) for f in range(T)}
+    for f in range(T):
+        print(f"frame {f}: track {np.round(track0[f], 2)}, sticker before {np.round(before[str(f)], 2)}, "
+              f"after {np.round(after[str(f)], 2)}, marker after {np.round(r['markers_after'][str(f + 1)], 2)}")
     print("sticker moved by the correction (px):", {f: round(v, 2) for f, v in moved.items()})
     for f in MOVED:
         err = float(np.linalg.norm(np.subtract(after[str(f)], targets[f])))
@@ -131,6 +134,7 @@ def test_apply_corrections_round_trip(extension_zip: Path, tmp_path: Path) -> No
     assert r["result_same_strip"], "the result strip was updated in place"
     assert "Corrected 'patch'" in r["outcome"] and "Propagated" in r["outcome"], r["outcome"]
     assert r["corrections_history"] == 1 and r["iterations_after"] > r["iterations_before"]
+    assert r["info_iterations_after"] == r["iterations_after"], "the panel's project info was read again"
 
 
 def _new_scene(bpy: Any, args: dict[str, Any], blend: str, clip_name: str, start: int, trim: int = 0) -> tuple[Any, Any]:
@@ -209,6 +213,7 @@ def child_correct(args: dict[str, Any]) -> dict[str, Any]:
         metrics = json.load(fh)
     out["corrections_history"] = len(metrics.get("corrections", []))
     out["iterations_after"] = metrics["iterations"]
+    out["info_iterations_after"] = json.loads(ctx.active_project(bpy.context).info_json)["metrics"]["iterations"]
     _child_teardown()
     return out
 

@@ -4,6 +4,11 @@ An operator subclass says how to build its task (:meth:`EngineJobOperator.build`
 success means (:meth:`EngineJobOperator.succeeded`); starting the job, the progress report,
 and the end — success, cancel or failure — are handled here once. ``succeeded`` is a
 classmethod: it runs when the job ends, long after the operator instance is gone.
+
+The other pieces operators share live here too: starting any job and reporting its end
+(:func:`start_job`, :func:`report_outcome`) and the image file browser of Add Sticker and
+Add Paint (:class:`ImageFileOperator`); the strip + engine + project prelude is
+:func:`.context.strip_target`.
 """
 from __future__ import annotations
 

@@ -17,9 +17,10 @@ from bpy.props import EnumProperty
 from ..io import atlas_paint, corrections, edit_stack, tracking
 from ..io.jobs import Job
 from ..io.worker import Worker
-from . import jobs, service
+from . import engine_jobs, jobs, service
 from . import sequencer as strips
-from .context import active_project, movie_strip, poll_movie_strip, settings, strip_target, timing, workspace
+from .context import (active_project, movie_strip, poll_movie_strip, settings, strip_project, strip_target, timing,
+                      workspace)
 from .ops_base import EngineJobOperator, JobPlan
 from .ops_edit import add_layer, collect_strokes
 
@@ -167,19 +168,31 @@ class INVE_OT_apply_corrections(EngineJobOperator, bpy.types.Operator):
                            "--progress", "json")
         strips.ensure_strip_ids(strips.sequencer_scene(context))
         title = f"Correcting {len(doc['tracks'])} track(s)"
+        item, _ = strip_project(context, strip)
         data = {**track_data(context, strip, info, ws.tracks_dir), "project": ws.project, "points": points,
-                "corrections": path, "keys": n_keys}
+                "corrections": path, "keys": n_keys, "spec": spec,
+                "record": (item.fingerprint, item.frame_start, item.frame_end)}
         return JobPlan(Worker(cmd, env=spec.env(), title=title),
                        f"{title} with {n_keys} confirmed position(s), {minutes:g} min", data)
 
     @classmethod
     def succeeded(cls, job: jobs.Job, scene: Any) -> str:
         r = job.state.result
-        job.then = _track_again
+        job.then = _read_corrected
         before, after = r.get("error_before_px"), r.get("error_after_px")
-        said = (f": the moved markers were {before:.2f} px off, now {after:.2f} px"
+        said = (f": the confirmed positions were {before:.2f} px off, now {after:.2f} px (median)"
                 if isinstance(before, (int, float)) and isinstance(after, (int, float)) else "")
         return f"Corrected '{job.context_data['strip']}'{said}"
+
+
+def _read_corrected(job: Job) -> Job:
+    """After a correction: the engine's ``info`` of the project (new metrics for the panel;
+    the service reopens the re-baked project), then :func:`_track_again`."""
+    d = job.context_data
+    nxt = engine_jobs.info_job(job.scene_name, d["record"], d["project"], d["spec"])
+    nxt.context_data = dict(d)
+    nxt.then = _track_again
+    return nxt
 
 
 def _track_again(job: Job) -> Job:
