@@ -59,9 +59,9 @@ def sparsity_loss(alpha: torch.Tensor, fg_rgb: torch.Tensor) -> torch.Tensor:
     return ((1.0 - alpha.detach()).unsqueeze(1) * fg_rgb).abs().mean()
 
 
-def bootstrap_loss(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy against the rough foreground masks (early training only)."""
-    return F.binary_cross_entropy(alpha.clamp(1e-4, 1 - 1e-4), mask)
+def bootstrap_loss(alpha: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy against the rough foreground masks (early training only), optionally per-sample weighted."""
+    return F.binary_cross_entropy(alpha.clamp(1e-4, 1 - 1e-4), mask, weight=weight)
 
 
 def cycle_loss(p_back: torch.Tensor, p: torch.Tensor, weight: torch.Tensor, px_per_unit: float) -> torch.Tensor:

@@ -12,10 +12,14 @@ settings (automatic masks) for ``--minutes``; then, from a drawing frame (defaul
   positions the truth shows) and occlusion accuracy;
 * edits: a paint layer and sketch strokes drawn on that frame are rendered into every frame
   through the fitted project and through the ground-truth project; printed: PSNR of the
-  edited frames against the truth and IoU of the edited regions;
+  edited frames against the truth and IoU of the edited regions (all frames, the frames 20+
+  away from the drawing frame, and paint and strokes alone);
 * the networks' PSNR and the baked atlas' PSNR (what edits sample).
 
     PYTHONPATH=$PWD .venv/bin/python scripts/bench_fidelity.py --minutes 3
+
+``--project DIR`` keeps the fitted project (or reuses one fitted before): code that only
+changes propagation (refinement, edits) is then compared on the same fit.
 """
 from __future__ import annotations
 
@@ -191,9 +195,19 @@ def main() -> int:
     gt_proj = make_gt_project(clip, tmp / "gt", atlas_size=1024)
     doc = make_edits(clip, t0, tmp)
     truth = render(gt_proj, doc, tmp, clip.gt, refine=False)
+    far = slice(0, max(0, t0 - 20) + 1) if t0 >= args.frames // 2 else slice(t0 + 20, args.frames)
     for refine in (False, True):
+        key = f"edits_{'refined' if refine else 'mapping'}"
+        t = time.monotonic()
         edited = render(project, doc, tmp, mapping, refine)
-        result[f"edits_{'refined' if refine else 'mapping'}"] = edit_scores(edited, truth, clip.frames)
+        result[key] = edit_scores(edited, truth, clip.frames)
+        result[key]["seconds"] = round(time.monotonic() - t, 2)
+        result[key]["far"] = edit_scores(edited[far], truth[far], clip.frames[far])  # 20+ frames away
+        # each kind of edit alone (where the error comes from)
+        for kind in ("paint", "sketch"):
+            sub = dict(doc, layers=[l for l in doc["layers"] if l["type"] == kind])
+            result[key][kind] = edit_scores(render(project, sub, tmp, mapping, refine),
+                                            render(gt_proj, sub, tmp, clip.gt, refine=False), clip.frames)
     if args.json:
         print(json.dumps(result))
     else:
@@ -207,7 +221,10 @@ def main() -> int:
                   f"occlusion accuracy {tr['occlusion_accuracy']:.3f} ({tr['seconds']:.1f} s)")
             print("    median by distance: " + ", ".join(
                 f"{k[7:]} {v:.2f}" for k, v in tr.items() if k.startswith("median_") and k != "median_px"))
-            print(f"    edits: PSNR {ed['psnr']:.2f} dB vs truth, edited-region IoU {ed['iou']:.3f}")
+            print(f"    edits: PSNR {ed['psnr']:.2f} dB vs truth, edited-region IoU {ed['iou']:.3f} "
+                  f"({ed['seconds']:.1f} s for {args.frames} frames); 20+ frames away {ed['far']['psnr']:.2f} dB / "
+                  f"{ed['far']['iou']:.3f}; paint alone {ed['paint']['psnr']:.2f} dB / {ed['paint']['iou']:.3f}, "
+                  f"strokes alone {ed['sketch']['psnr']:.2f} dB / {ed['sketch']['iou']:.3f}")
     if not args.project:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -464,6 +464,10 @@ def _check_identity(r: dict[str, Any]) -> None:
     assert r["after_uncut"][:2] == b["movie"][:2]
     assert r["duplicate_same_project"], "a duplicate of the strip finds the same project"
     assert r["retrim"][0] and r["retrim"][1] == [[0, 1]], "source frame 0 is shown but was not trained"
+    tnf = r["train_new_frames"]
+    assert tnf["same_folder"] and tnf["same_record"] and tnf["resume"], tnf
+    assert tnf["frames"] == [0, CLIP_T] and tnf["frames_arg"] == f"0:{CLIP_T}" and "added to the project" in tnf["note"]
+    assert r["train_all_new_folder"], "Train All keeps making a project for all the frames"
     assert not r["second_project"] and "No trained project" in r["second_add_strokes"]
     assert r["stale_muted"] and r["restored_unmuted"], "a result showing another stack is muted as stale"
     folder, rel, layers_ok = r["save_as"]
@@ -1188,6 +1192,17 @@ def _identity_checks(bpy: Any, scene: Any, movie: Any, args: dict[str, Any], imp
     movie.frame_offset_start = 0
     item, match = ctx.strip_project(bpy.context, movie)
     out["retrim"] = [item == proj, list(map(list, match.outside))]
+    # Train New Frames resumes the trained project with the wider range (the engine adds a
+    # segment for the new frames; tests/test_segments.py trains that), not a new project
+    ops_train = import_module(ADDON_MODULE + ".blender.ops_train")
+    fp, shown = ctx.source_key(bpy.context, movie, exact=True)
+    base, frames, _, target_item, note = ops_train.train_target(None, bpy.context, movie, fp, shown, extend=True)
+    argv = ops_train.train_args("v.mp4", "p", frames, 64, 1.0, "cpu", False, True)
+    out["train_new_frames"] = {"same_folder": base == ctx.started_folder(proj), "same_record": target_item == proj,
+                               "frames": list(frames), "note": note,
+                               "frames_arg": argv[argv.index("--frames") + 1], "resume": "--resume" in argv}
+    batch_base = ops_train.train_target(None, bpy.context, movie, fp, shown)[0]
+    out["train_all_new_folder"] = batch_base != base
     movie.frame_offset_start = args["trim"]
     # a second strip of other footage has no project and no layers of the first
     other = os.path.join(args["tmp"], "other.mp4")

@@ -82,3 +82,84 @@ def test_train_with_a_foreground_hint(clip, tmp_path, capsys):
     assert main(["train", str(video), "-o", str(proj), "--resume", "--iters", "6", "--progress", "none"]) == 0
     metrics = json.loads((proj / "metrics.json").read_text())
     assert metrics["iterations"] == 6 and metrics["mask_source"] == "user", metrics
+
+
+# ---------------------------------------------------------------------------------------
+# the bundled clip: a background stroke behind the bunny's ear and raised arms
+#: one outline of the bunny on the last frame (source px of the 480x270 clip, drawn by hand
+#: around the standing bunny: raised left arm and hand, the ear sticking out left of the head,
+#: the raised right arm, the body down to the feet; the grey rocks on the left are not his)
+BUNNY_OUTLINE = [[60, 44], [68, 35], [90, 38], [100, 44], [114, 42], [114, 33], [125, 30], [150, 28],
+                 [162, 22], [185, 22], [190, 17], [208, 18], [215, 28], [212, 60], [224, 95], [232, 140],
+                 [232, 190], [222, 222], [200, 236], [165, 234], [138, 220], [124, 185], [119, 140],
+                 [121, 95], [128, 72], [110, 66], [90, 60], [66, 58]]
+#: a background stroke drawn on frame 47 from the grass on the left, through the raised hand,
+#: the ear, the head and the raised right hand, to the trees on the right
+BUNNY_STROKE = [[20, 50], [75, 45], [105, 42], [132, 36], [200, 33], [250, 33]]
+#: hand-checked on frame 47 (x0, y0, x1, y1): the stroke passes over the bunny here ...
+BUNNY_HIDDEN = {"ear": (124, 34, 140, 38), "raised right hand": (193, 31, 205, 35),
+                "raised left hand": (71, 44, 81, 47)}
+#: ... and over the background here
+BUNNY_SHOWN = {"grass left of the hand": (30, 47, 50, 50), "trees right of the head": (226, 31, 246, 35)}
+
+
+@pytest.mark.slow
+def test_bunny_background_stroke_is_hidden_behind_ear_and_raised_arms(tmp_path):
+    """Issue #9 "How it is checked": with one foreground outline, a background stroke across
+    the bunny's ear and raised hands is hidden there and shows beside them (a short fit at
+    200 px: ~45 s). Without the hint the automatic masks leave those thin parts in the
+    background atlas; with the hint's masks fading out like automatic ones the alpha network
+    gave them up again (ear alpha 0.18: the stroke was drawn over ear, hands and head), and
+    at the masks' full weight the ear still ended at 0.6-0.8 (core/objectives.py)."""
+    import json
+    from pathlib import Path
+
+    import core
+    from core.cli import main
+    from core.edits import EditSession, parse_edits
+    from core.project import Project
+
+    video = Path(core.__file__).parent / "data" / "bbb_excerpt.mp4"
+    hints = tmp_path / "hints.json"
+    hints.write_text(json.dumps({"version": 1, "hints": [{"frame": 47, "polygon": BUNNY_OUTLINE, "label": "fg"}]}))
+    proj = tmp_path / "bunny"
+    assert main(["train", str(video), "-o", str(proj), "--fg-hint", str(hints), "--max-side", "200",
+                 "--iters", "300", "--seed", "0", "--progress", "none"]) == 0
+    project = Project.open(proj)
+    doc = {"version": 1, "layers": [{"type": "sketch", "frame": 47, "layer": "bg", "strokes": [
+        {"points": BUNNY_STROKE, "color": [1, 0, 0, 1], "width": 4.0}]}]}
+    session = EditSession(project, parse_edits(doc, tmp_path, project.info))
+    out = session.render_frame(47).astype(int)
+    orig = np.asarray(project.frames()[47]).astype(int)
+    for name, (x0, y0, x1, y1) in BUNNY_HIDDEN.items():
+        diff = np.abs(out[y0:y1, x0:x1] - orig[y0:y1, x0:x1]).max(-1)
+        assert diff.mean() < 24, (name, diff.mean())
+    for name, (x0, y0, x1, y1) in BUNNY_SHOWN.items():
+        px = out[y0:y1, x0:x1].reshape(-1, 3)
+        assert (px[:, 0] > 200).mean() > 0.9 and (px[:, 1] < 60).mean() > 0.9, (name, px.mean(0))
+
+
+def test_bunny_outline_keeps_his_raised_hands_seven_frames_away():
+    """Grown from the outline on frame 47 of the bundled clip, frame 40's mask still holds
+    the raised hands and arm (hand-checked points, source px) and none of the grass, trees
+    or rocks. Thin parts have no sure core after the band's erosion; without their carried
+    centre line GrabCut gave both hands to the look-alike background within 3 frames."""
+    import cv2
+
+    from core.video import default_clip, iter_frames
+
+    W, H = 480, 270
+    w, h = 240, 135
+    frames = np.stack([cv2.resize(np.asarray(f), (w, h), interpolation=cv2.INTER_AREA)
+                       for f in iter_frames(default_clip(), 0, 48)])
+    doc = {"version": 1, "hints": [{"frame": 47, "polygon": BUNNY_OUTLINE, "label": "fg"}]}
+    hints = parse_hints(doc, None, (W, H), list(range(len(frames))))
+    masks = grow_masks(frames, compute_flow(frames), hints, (W, H))
+
+    def at(x, y):
+        return int(masks[40, int(y * h / H), int(x * w / W)])
+
+    bunny = {"raised left hand": (85, 37), "left arm": (110, 50), "raised right hand": (198, 26), "belly": (180, 150)}
+    scene = {"grass": (40, 60), "trees": (250, 60), "rocks": (60, 180)}
+    assert all(at(*p) == 1 for p in bunny.values()), {k: at(*p) for k, p in bunny.items()}
+    assert all(at(*p) == 0 for p in scene.values()), {k: at(*p) for k, p in scene.items()}

@@ -76,12 +76,18 @@ def clear_partial_project(path: str) -> bool:
     return True
 
 
-def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frames: tuple[int, int]
-                 ) -> tuple[str, tuple[int, int], bool, Any, str] | None:
+def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frames: tuple[int, int],
+                 extend: bool = False) -> tuple[str, tuple[int, int], bool, Any, str] | None:
     """Where Train puts the strip's project and which source frames it trains:
     (workspace folder, frames, temporary?, the existing record or None, a note on new frames);
     None after reporting why not. Train All uses the same rule, so every strip's project is
-    where the single-strip Train (and so preview, Propagate, Track) expects it."""
+    where the single-strip Train (and so preview, Propagate, Track) expects it.
+
+    The strip shows frames its project lacks (its trim was extended): with ``extend`` (*Train
+    New Frames*) the trained project resumes with the wider range, and the engine adds
+    segments for the new frames (trained frames and the layers drawn on them stay as they
+    are); without, a new project for all the frames is made (Train All's batch rule).
+    """
     item, match = strip_project(context, strip)
     new_frames = ""
     if item is not None and match is not None and match.complete:
@@ -92,11 +98,16 @@ def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frame
             return None
         frames = (item.frame_start, item.frame_end)
         temporary = base.startswith(os.path.join(tempfile.gettempdir(), "inve_unsaved"))
-    else:
-        if item is not None:  # the strip shows frames the project lacks: a project for them all
-            frames = (min(frames[0], item.frame_start), max(frames[1], item.frame_end))
-            new_frames = f" (new frames: a project for {frames[0]}..{frames[1] - 1})"
-        base, temporary = new_workspace_path(context, strip, fp, frames)
+        return base, frames, temporary, item, new_frames
+    if item is not None:  # the strip shows frames the project lacks
+        frames = (min(frames[0], item.frame_start), max(frames[1], item.frame_end))
+        base = started_folder(item) if extend else None
+        if base is not None and projects.is_project_folder(Workspace(base).project):
+            temporary = base.startswith(os.path.join(tempfile.gettempdir(), "inve_unsaved"))
+            return base, frames, temporary, item, (f" (new frames: {frames[0]}..{frames[1] - 1} added to the "
+                                                   f"project of {item.frame_start}..{item.frame_end - 1})")
+        new_frames = f" (new frames: a project for {frames[0]}..{frames[1] - 1})"
+    base, temporary = new_workspace_path(context, strip, fp, frames)
     return base, frames, temporary, item, new_frames
 
 
@@ -144,11 +155,16 @@ class INVE_OT_train(EngineJobOperator, bpy.types.Operator):
         except (OSError, ValueError) as exc:
             self.report({"ERROR"}, f"'{strip.name}': {exc}")
             return None
-        target = train_target(self, context, strip, fp, frames)
+        target = train_target(self, context, strip, fp, frames, extend=True)
         if target is None:
             return None
         base, frames, temporary, item, new_frames = target
         ws = Workspace(base)
+        if item is not None and tuple(frames) != (item.frame_start, item.frame_end) \
+                and started_folder(item) == base:
+            # Train New Frames: the same project (and its layers) now covers the wider range;
+            # a cancelled run leaves the engine's project claiming it too, and Train resumes
+            item.frame_start, item.frame_end = int(frames[0]), int(frames[1])
         if temporary:
             self.report({"WARNING"}, f"The .blend is not saved: the project goes to a temporary folder ({base}); "
                                      "save the file first to keep it next to the .blend")
