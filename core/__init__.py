@@ -15,4 +15,6 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 #: Version of the project-folder format. Bumped when a project written by an older
 #: version can no longer be read; ``core.project`` refuses newer formats with a clear message.
-PROJECT_FORMAT = 2
+#: Format 3 adds segments (``core.segments``): only segmented projects are written as format 3,
+#: a project without segments is still written as format 2 so older inve keeps reading it.
+PROJECT_FORMAT = 3

@@ -88,7 +88,17 @@ def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, i
     cycle_err: dict[str, list[np.ndarray]] = {L: [] for L in layers}
     coords = SourceCoords(tuple(source_size), (w, h))
     rng = np.random.default_rng(0)
-    total = n + len(layers)
+    size = atlas_size or default_atlas_size((w, h), model.cfg.uv_scale)
+    # The atlases (size^2 texels per layer) and their usage splats are spread over the frame
+    # steps: after frame t, the atlas chunks due by then are evaluated and the frame's uv is
+    # splatted. Why: progress counts steps and its ETA is elapsed-per-step x steps left; with
+    # the atlases as separate last steps (each worth several frames) the ETA missed by half.
+    agrid = atlas_grid(size, device)
+    atlas_chunks = [(L, s) for L in layers for s in range(0, agrid.shape[0], chunk)]
+    atlas_cols: dict[str, list[np.ndarray]] = {L: [] for L in layers}
+    hists = {L: np.zeros(size * size, np.int64) for L in layers}
+    done_chunks = 0
+    total = n
     for t in range(n):
         if progress is not None:
             progress.update("bake", t, total)
@@ -121,18 +131,20 @@ def bake(model: LayeredAtlasModel, frames: np.ndarray, source_size: tuple[int, i
             back = model.inverse(L, uv[shown], tt[shown])
             cycle_err[L].append(coords.delta_to_source_px(back - p[shown]).norm(dim=1).cpu().numpy())
             frame_cycle[L].append(float(np.median(cycle_err[L][-1])))
+        for L in layers:  # what the stored maps say (float16 when memory-mapped), as atlas_usage reads them
+            _usage_splat(hists[L], uv_maps[L][t], alpha_maps[t], size, L)
+        due = len(atlas_chunks) * (t + 1) // n
+        while done_chunks < due:
+            L, s = atlas_chunks[done_chunks]
+            atlas_cols[L].append(model.atlas(L, agrid[s:s + chunk]).cpu().numpy())
+            done_chunks += 1
     mse = sq_err / (n * h * w * 3)
     psnr = float(10 * math.log10(1.0 / max(mse, 1e-12)))
 
-    size = atlas_size or default_atlas_size((w, h), model.cfg.uv_scale)
-    agrid = atlas_grid(size, device)
     atlases, used = {}, {}
-    for i, L in enumerate(layers):
-        if progress is not None:
-            progress.update("bake", n + i, total)
-        cols = [model.atlas(L, agrid[s:s + chunk]).cpu().numpy() for s in range(0, agrid.shape[0], chunk)]
-        atlases[L] = np.concatenate(cols).reshape(size, size, 3).astype(np.float32)
-        used[L] = atlas_usage(uv_maps[L], alpha_maps, size, L)
+    for L in layers:
+        atlases[L] = np.concatenate(atlas_cols[L]).reshape(size, size, 3).astype(np.float32)
+        used[L] = _usage_finish(hists[L], size)
     if progress is not None:
         progress.update("bake", total, total)
     maps = BakedMaps(uv=uv_maps, alpha=alpha_maps, atlas=atlases, atlas_used=used)
@@ -167,6 +179,20 @@ def atlas_psnr(maps: BakedMaps, frames: np.ndarray) -> float:
     return float(10 * math.log10(1.0 / max(mse, 1e-12)))
 
 
+def _usage_splat(hist: np.ndarray, uv_t: np.ndarray, alpha_t: np.ndarray, size: int, layer: str) -> None:
+    """Add one frame's pixels that ``layer`` shows to the texel histogram ``hist`` [size*size]."""
+    coords = ((np.asarray(uv_t, np.float32).reshape(-1, 2) + 1.0) * 0.5 * size).astype(np.int64)
+    inside = (coords >= 0).all(1) & (coords < size).all(1) & np.asarray(shows(layer, alpha_t)).reshape(-1)
+    hist += np.bincount(coords[inside, 1] * size + coords[inside, 0], minlength=size * size)
+
+
+def _usage_finish(hist: np.ndarray, size: int) -> np.ndarray:
+    import cv2  # noqa: PLC0415 - heavy import only when baking
+
+    seen = cv2.dilate((hist.reshape(size, size) > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+    return cv2.GaussianBlur(seen, (0, 0), 1.0)
+
+
 def atlas_usage(uv: np.ndarray, alpha: np.ndarray, size: int, layer: str) -> np.ndarray:
     """How strongly each atlas texel is seen by some frame (0..1): a splat of the pixels ``layer`` shows.
 
@@ -175,11 +201,5 @@ def atlas_usage(uv: np.ndarray, alpha: np.ndarray, size: int, layer: str) -> np.
     """
     hist = np.zeros(size * size, np.int64)
     for t in range(uv.shape[0]):
-        coords = ((np.asarray(uv[t], np.float32).reshape(-1, 2) + 1.0) * 0.5 * size).astype(np.int64)
-        inside = (coords >= 0).all(1) & (coords < size).all(1) & np.asarray(shows(layer, alpha[t])).reshape(-1)
-        hist += np.bincount(coords[inside, 1] * size + coords[inside, 0], minlength=size * size)
-    hist = hist.reshape(size, size)
-    import cv2  # noqa: PLC0415 - heavy import only when baking
-
-    hist = cv2.dilate((hist > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
-    return cv2.GaussianBlur(hist, (0, 0), 1.0)
+        _usage_splat(hist, uv[t], alpha[t], size, layer)
+    return _usage_finish(hist, size)

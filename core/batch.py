@@ -262,7 +262,11 @@ def shot_state(shot: Shot, root: Path) -> str:
         metrics = json.loads((folder / Project.METRICS).read_text())
     except (OSError, ValueError):
         return "resume"
-    if metrics.get("iterations") != checkpoint_step(folder):
+    if project.is_segmented:  # every segment checked by is_trained; iterations are their sum
+        steps = [checkpoint_step(sub.path) for sub in project.segments()]
+        if None in steps or metrics.get("iterations") != sum(steps):
+            return "resume"
+    elif metrics.get("iterations") != checkpoint_step(folder):
         return "resume"  # checkpoint newer than the maps: bake again (and train on if budget is left)
     stored = info.settings.get("train", {})
     if shot.iters is not None or shot.minutes is not None:

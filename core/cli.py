@@ -47,6 +47,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -85,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue a project from its checkpoint")
     t.add_argument("--single-layer", action="store_true", help="one (background) layer only, no foreground")
+    t.add_argument("--segment-frames", type=_non_negative_int, default=None,
+                   help="split shots longer than this into overlapping segments of at most this many frames, "
+                        "each with its own atlases (default: shots above 60 frames into segments of 40; "
+                        "0: never split)")
+    t.add_argument("--segment-overlap", type=_positive_int, default=None,
+                   help="frames shared by consecutive segments (default 4)")
     t.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
 
     k = sub.add_parser("track", help="track points through every frame")
@@ -146,6 +162,10 @@ def _info(project_dir: str) -> dict:
         out["state_reason"] = why
     if state == "needs bake":
         out["next_step"] = f"inve train VIDEO -o {proj.path} --resume  (re-bakes the maps)"
+    if proj.is_segmented:
+        from core.segments import segments_info  # noqa: PLC0415
+
+        out["segments"] = segments_info(proj)
     if "per_frame" in metrics:
         from core.confidence import frame_summary  # noqa: PLC0415
 

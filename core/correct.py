@@ -152,10 +152,15 @@ def correct_project(project_dir: Path, corrections: Path, minutes: float | None,
     if not project.is_trained:
         raise InveError(f"{project_dir} is not trained yet; run 'inve train' first")
     doc = fsutil.read_json(corrections, "corrections file")
-    tracks = parse_corrections(doc, project.info, project.maps().alpha, Path(corrections).name)
     minutes = DEFAULT_MINUTES if minutes is None else minutes
     if not (minutes > 0):
         raise InveError("--minutes must be positive")
+    if project.is_segmented:  # each segment fine-tuned with the keys in its frames
+        from core.segments import correct_segmented  # noqa: PLC0415
+
+        with project_lock(project_dir, "correct"):
+            return correct_segmented(project, doc, Path(corrections).name, minutes, progress)
+    tracks = parse_corrections(doc, project.info, project.maps().alpha, Path(corrections).name)
     with project_lock(project_dir, "correct"):
         return _fine_tune(project, tracks, minutes, progress)
 

@@ -312,6 +312,18 @@ def write_output_file(path: str | os.PathLike, writer: Callable[[Path], None], w
     _record(path, sha)
 
 
+def write_output_bytes(path: str | os.PathLike, data: bytes, what: str = "file") -> str:
+    """:func:`write_output_file` for contents already in memory (an encoded PNG): the checksum
+    is taken from ``data`` rather than by reading the file back. Returns the checksum."""
+    path = Path(path)
+    check_replaceable(path, what)
+    sha = hashlib.sha256(data).hexdigest()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    _record(path, sha)
+    return sha
+
+
 def record_output(path: str | os.PathLike, sha: str) -> None:
     """Record ``sha`` as what inve wrote at ``path`` (marker of its folder, or sidecar)."""
     _record(Path(path), sha)
@@ -437,6 +449,20 @@ class OutputFolder:
         with atomic_path(p) as tmp:
             writer(tmp)
             sha = sha256_file(tmp)
+        self._journal({"name": name, "sha256": sha})
+        self.files[name] = sha
+        self.written.append(name)
+        return p
+
+    def write_bytes(self, name: str, data: bytes, sha: str | None = None) -> Path:
+        """:meth:`write` for contents already in memory; ``sha`` (their SHA-256, if the caller
+        hashed them already, say on an encoder thread) saves reading the file back."""
+        p = self.path / name
+        self.check(name)
+        self._journal({"name": name})
+        sha = sha or hashlib.sha256(data).hexdigest()
+        with atomic_path(p) as tmp:
+            tmp.write_bytes(data)
         self._journal({"name": name, "sha256": sha})
         self.files[name] = sha
         self.written.append(name)

@@ -16,6 +16,11 @@ video (found at its absolute path or relative to the project). Format 1 projects
       atlas_bg.png      atlas images for people (and for painting, see `inve atlas`)
       metrics.json      psnr, iterations, train_seconds, ...
 
+A long shot may be split into overlapping **segments** (``core.segments``): then
+``project.json`` lists them (format 3) and each is a complete project of its own under
+``segments/<name>/`` (project.json, checkpoint, maps, atlases, metrics); the top level
+keeps only project.json and an aggregated metrics.json.
+
 Coordinates: everything outside this package speaks *source pixel coordinates* (x right,
 y down, pixel centres at i+0.5) and *project frame indices* t = 0..T-1 (source frame =
 ``info.frames[t]``). Atlas coordinates ``uv`` are in [-1, 1]^2; an atlas image of size A
@@ -25,6 +30,7 @@ covers that square with pixel centres at uv = 2*(i+0.5)/A - 1, which is exactly
 from __future__ import annotations
 
 import dataclasses
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +43,12 @@ from core.errors import InveError
 from core import fsutil
 
 LAYERS: tuple[str, ...] = ("bg", "fg")
+#: format of a project without segments (what inve before segments reads)
+PLAIN_FORMAT = 2
+#: format of a project split into segments (``ProjectInfo.segments``)
+SEGMENTED_FORMAT = 3
+SEGMENTS_DIR = "segments"
+_SEGMENT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass
@@ -52,11 +64,14 @@ class ProjectInfo:
     settings: dict[str, Any] = field(default_factory=dict)
     # the source relative to the project folder (found there when project and video moved together)
     source_relative: str | None = None
-    format: int = PROJECT_FORMAT
+    format: int = PLAIN_FORMAT
     tool_version: str = __version__
     # content fingerprint of the source (core.identity): finds the project again after a
     # rename, and tells a checkpoint of this project from a copy of another one
     source_fingerprint: str | None = None
+    # overlapping segments in frame order, each {"name": ..., "frames": [start, end]} (source
+    # frames, half-open), a complete project in segments/<name>/ (core.segments); None: one atlas
+    segments: list[dict[str, Any]] | None = None
 
     @property
     def n_frames(self) -> int:
@@ -77,6 +92,11 @@ class ProjectInfo:
         d = dataclasses.asdict(self)
         d["source_size"] = list(self.source_size)
         d["work_size"] = list(self.work_size)
+        if self.segments:
+            d["format"] = max(int(self.format), SEGMENTED_FORMAT)
+        else:
+            d.pop("segments")  # a plain project's file stays exactly what older inve wrote
+            d["format"] = min(int(self.format), PLAIN_FORMAT)
         return d
 
     @classmethod
@@ -115,9 +135,40 @@ class ProjectInfo:
             problems.append(f"layers must be among {list(LAYERS)}")
         if not 0 < info.fps < 1e4:
             problems.append("bad fps")
+        if info.segments is not None and not problems:
+            problems += _segment_problems(info)
         if problems:
             raise InveError(f"{where} is damaged ({', '.join(problems)}); {fix}")
         return info
+
+
+def _segment_problems(info: ProjectInfo) -> list[str]:
+    """What is wrong with ``info.segments`` (empty when they tile the frames with overlaps)."""
+    segs = info.segments
+    if not isinstance(segs, list) or not segs:
+        return ["segments must be a non-empty list"]
+    out: list[str] = []
+    prev: tuple[int, int] | None = None
+    names = set()
+    for i, s in enumerate(segs):
+        try:
+            name, (a, b) = s["name"], s["frames"]
+            a, b = int(a), int(b)
+        except (KeyError, TypeError, ValueError):
+            return [f"segments[{i}] must be {{\"name\": ..., \"frames\": [start, end]}}"]
+        if not isinstance(name, str) or not _SEGMENT_NAME.match(name) or name in names:
+            out.append(f"segments[{i}] has a bad or repeated name {name!r}")
+        names.add(name)
+        if b <= a:
+            out.append(f"segments[{i}] frames {a}:{b} are empty")
+        if prev is not None and not (prev[0] < a < prev[1] < b):
+            out.append(f"segments[{i}] ({a}:{b}) must start inside and end after the previous one ({prev[0]}:{prev[1]})")
+        s["frames"] = [a, b]
+        prev = (a, b)
+    first, last = int(segs[0]["frames"][0]), int(segs[-1]["frames"][1])
+    if not out and (first != info.frames[0] or last != info.frames[-1] + 1):
+        out.append(f"segments cover {first}:{last}, the project {info.frames[0]}:{info.frames[-1] + 1}")
+    return out
 
 
 @dataclass
@@ -303,6 +354,7 @@ class Project:
         self._maps: BakedMaps | None = None
         self._mapping: LayeredMapping | None = None
         self._frames: Any = None
+        self._segments: list["Project"] | None = None
 
     # -- opening -----------------------------------------------------------------------
     @classmethod
@@ -317,6 +369,37 @@ class Project:
 
     def save_info(self) -> None:
         fsutil.write_json(self.path / self.INFO, self.info.to_json())
+
+    # -- segments (core.segments dispatches edits and tracks over them) --------------------
+    @property
+    def is_segmented(self) -> bool:
+        return bool(self.info.segments)
+
+    def segment_path(self, name: str) -> Path:
+        return self.path / SEGMENTS_DIR / name
+
+    def segments(self) -> list["Project"]:
+        """The segments' own projects, in frame order; a clear error when one is missing or
+        does not match what ``project.json`` says about it."""
+        if self._segments is None:
+            subs = []
+            for s in self.info.segments or []:
+                p = self.segment_path(s["name"])
+                if not (p / self.INFO).is_file():
+                    raise InveError(f"{self.path}: segment {s['name']} ({s['frames'][0]}:{s['frames'][1]}) is missing "
+                                    f"({p} holds no {self.INFO}); run 'inve train VIDEO -o {self.path} --resume'")
+                sub = Project.open(p)
+                a, b = s["frames"]
+                if sub.info.frames[0] != a or sub.info.frames[-1] + 1 != b:
+                    raise InveError(f"{p} holds frames {sub.info.frames[0]}:{sub.info.frames[-1] + 1}, "
+                                    f"{self.INFO} says {a}:{b}; the project is damaged: train it again")
+                subs.append(sub)
+            self._segments = subs
+        return self._segments
+
+    def _no_single(self, what: str) -> InveError:
+        return InveError(f"{self.path} is split into {len(self.info.segments or [])} segments: it has no single "
+                         f"{what} (each segment has its own, in {SEGMENTS_DIR}/<name>/)")
 
     # -- contents ----------------------------------------------------------------------
     @property
@@ -334,6 +417,8 @@ class Project:
         missing or interrupted), "untrained" (nothing trained yet) or "damaged" (see ``why``)."""
         from core import checkpoint  # noqa: PLC0415
 
+        if self.is_segmented:
+            return self._segments_state()
         ckpt, maps = self.path / self.CHECKPOINT, self._maps_path()
         if maps is None:
             return ("needs bake", "no baked maps yet") if ckpt.is_file() else ("untrained", "")
@@ -348,8 +433,37 @@ class Project:
             return "trained", ""
         return ("needs bake" if kind == "stale" else "damaged"), why
 
+    def _segments_state(self) -> tuple[str, str]:
+        """A segmented project is trained when every segment is; else the first problem."""
+        states = []
+        for s in self.info.segments or []:
+            p = self.segment_path(s["name"])
+            if not (p / self.INFO).is_file():  # not started yet (a run stopped before it)
+                states.append((s["name"], "untrained", "not trained yet"))
+                continue
+            try:
+                sub = Project.open(p)
+            except InveError as exc:
+                states.append((s["name"], "damaged", str(exc)))
+                continue
+            if [sub.info.frames[0], sub.info.frames[-1] + 1] != list(s["frames"]):
+                states.append((s["name"], "damaged", f"it holds frames {sub.info.frames[0]}:{sub.info.frames[-1] + 1}"))
+                continue
+            states.append((s["name"], *sub.state()))
+        for want in ("damaged", "needs bake", "untrained"):
+            bad = [(n, why) for n, st, why in states if st == want]
+            if bad:
+                if want == "untrained" and len(bad) == len(states):
+                    return "untrained", ""
+                n, why = bad[0]
+                return ("damaged" if want == "damaged" else "needs bake"), \
+                    f"segment {n}: {why or want}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+        return "trained", ""
+
     def maps(self) -> BakedMaps:
         """The baked maps; refused when they belong to another project or checkpoint."""
+        if self.is_segmented:
+            raise self._no_single("set of baked maps")
         if self._maps is None:
             from core import checkpoint  # noqa: PLC0415
 
@@ -417,6 +531,8 @@ class Project:
 
         Refuses a damaged checkpoint, one of another project, and one that the baked maps
         were not baked from (maps and networks would disagree), each with one line."""
+        if self.is_segmented:
+            raise self._no_single("set of networks")
         if self._mapping is None:
             from core import checkpoint  # noqa: PLC0415
             from core.model import ModelMapping, load_model  # noqa: PLC0415

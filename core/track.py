@@ -138,8 +138,13 @@ def track_command(project_dir: Path, points_json: Path, out_json: Path, overwrit
     if out_json.is_dir():
         raise InveError(f"{out_json} is a folder; -o must name the TRACKS.json file to write")
     fsutil.check_output_file(out_json, overwrite, "tracks file")
-    ctx = RenderContext(project, mapping=project.mapping())
-    tracks = track_points(ctx, points)
+    if project.is_segmented:  # tracked per segment, handed over at the seams
+        from core.segments import SegmentedSession  # noqa: PLC0415
+
+        tracks = SegmentedSession(project).track(points)
+    else:
+        ctx = RenderContext(project, mapping=project.mapping())
+        tracks = track_points(ctx, points)
     doc = {"frames": list(info.frames), "tracks": [tr.to_json() for tr in tracks]}
     fsutil.write_output_file(out_json, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"), "tracks file")
     n_vis = sum(int(tr.visible.sum()) for tr in tracks)

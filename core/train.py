@@ -75,6 +75,15 @@ class TrainConfig:
     # that no longer move: the inverse otherwise lags the forward and the cycle error shows it.
     inverse_polish: float = 0.05
     checkpoint_seconds: float = 30.0
+    # longer shots are split into overlapping segments of at most this many frames, each with
+    # its own atlases (core/segments.py); None: the default rule (split above 60 frames into
+    # segments of 40), 0: never split
+    segment_frames: int | None = None
+    segment_overlap: int = 0  # frames shared by consecutive segments (0: the default)
+    # the final checkpoint without the optimizer's moments (2/3 of its size) and with the atlas
+    # and alpha tables in float16 (compact_model_state): segments of a long shot, so their
+    # project stays small; a later --resume restarts the moments
+    compact_checkpoint: bool = False
     weights: LossWeights = field(default_factory=LossWeights)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
 
@@ -166,7 +175,8 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        if state.get("optimizer"):  # a compact checkpoint has none: the moments start again
+            self.opt.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.gen.set_state(state["generator"])
@@ -231,7 +241,8 @@ def _resume_settings(existing: Project, video: str | Path | None, cfg: TrainConf
     if "frames" in given and cfg.frames is not None:
         a, b = cfg.frames
         if a != start or (b not in (-1, None) and b != end):
-            diffs.append(f"--frames {a}:{'' if b in (-1, None) else b} (the project has {start}:{end})")
+            diffs.append(f"--frames {a}:{'' if b in (-1, None) else b} (the project has {start}:{end}; "
+                         "a range that contains it adds frames as new segments)")
     stored_side = int(stored.get("max_side", cfg.max_side))
     if "max_side" in given and cfg.max_side != stored_side:
         diffs.append(f"--max-side {cfg.max_side} (the project has {stored_side})")
@@ -258,6 +269,22 @@ def _resume_settings(existing: Project, video: str | Path | None, cfg: TrainConf
     if cfg.iters is None and cfg.minutes is None:
         cfg.iters, cfg.minutes = stored.get("iters"), stored.get("minutes")
     return source
+
+
+def _extends(existing: Project, cfg: TrainConfig, given: set[str] | None) -> bool:
+    """``--resume --frames A:B`` asks for frames beyond the trained ones (segments add them)."""
+    if cfg.frames is None or (given is not None and "frames" not in given):
+        return False
+    a, b = cfg.frames
+    start, end = existing.info.frames[0], existing.info.frames[-1] + 1
+    if b in (-1, None):
+        from core import video as vio  # noqa: PLC0415
+
+        try:
+            b = vio.probe(str(existing.source_path())).n_frames
+        except InveError:
+            return False  # the source is gone: the resume says so itself
+    return a <= start and b >= end and (a, b) != (start, end)
 
 
 def _check_project_atlases(project_dir: Path) -> None:
@@ -332,6 +359,20 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
     from core.preprocess import preprocess, release_cache, working_frames  # noqa: PLC0415
 
     existing = _open_or_create(project_dir, resume)
+    if existing is not None and (existing.is_segmented or _extends(existing, cfg, given)):
+        from core.segments import train_segmented  # noqa: PLC0415
+
+        return train_segmented(video, project_dir, existing, cfg, progress, monitor, given)
+    if existing is None and cfg.segment_frames != 0:
+        from core import segments  # noqa: PLC0415
+
+        vinfo = vio.probe(str(Path(video).resolve()))
+        start, end = vio.resolve_range(vinfo, cfg.frames)
+        if len(segments.split_plan(start, end, cfg.segment_frames, cfg.segment_overlap)) > 1:
+            if cfg.segment_frames is None:
+                cfg.segment_frames = segments.DEFAULT_SEGMENT_FRAMES
+            cfg.segment_overlap = cfg.segment_overlap or segments.DEFAULT_OVERLAP
+            return segments.train_segmented(video, project_dir, None, cfg, progress, monitor, given)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
@@ -417,6 +458,10 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
         trainer.load_state(state)
 
     run_loop(trainer, ckpt_path, progress, monitor, info=info)
+    if cfg.compact_checkpoint:  # before baking: the maps record the checkpoint they come from
+        state = trainer.state()
+        checkpoint.save_checkpoint(ckpt_path, {**state, "optimizer": None, "model": compact_model_state(state["model"])},
+                                   info)
     model.set_atlas_detail(1.0)
     progress.message(f"trained {trainer.step} iterations in {trainer.elapsed:.0f} s "
                      f"(running PSNR ~{trainer.psnr_estimate:.1f} dB); baking maps")
@@ -481,6 +526,17 @@ def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress,
     save()
 
 
+def compact_model_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The model's tensors with the atlas and alpha hash tables in float16 (loading casts back).
+
+    Why: they are most of a model (editing reads the baked atlases and alpha, not these
+    networks; resume and ``correct`` do), and float16 changes their colours and alpha by about
+    1e-4. The mapping networks, which edits do run, stay float32.
+    """
+    return {k: (v.half() if k.startswith(("atlases.", "alpha_field.")) and v.is_floating_point() and v.numel() > 4096
+                else v) for k, v in state.items()}
+
+
 def _relative(source: str, project_dir: Path) -> str | None:
     """The source's path relative to the project folder (None across drives on Windows)."""
     try:
@@ -517,7 +573,9 @@ def train_command(args: argparse.Namespace, progress: Progress) -> dict[str, Any
         fg_hint = str(Path(fg_hint).resolve())
     cfg = TrainConfig(frames=args.frames, max_side=args.max_side or DEFAULT_MAX_SIDE, masks=args.masks,
                       iters=args.iters, minutes=args.minutes, device=args.device, seed=args.seed,
-                      single_layer=args.single_layer, fg_hint=fg_hint)
+                      single_layer=args.single_layer, fg_hint=fg_hint,
+                      segment_frames=getattr(args, "segment_frames", None),
+                      segment_overlap=getattr(args, "segment_overlap", None) or 0)
     given = {"video"} | {name for name, value in (("frames", args.frames), ("max_side", args.max_side))
                          if value is not None}
     project = train_project(args.video, args.output, cfg, progress, resume=args.resume, given=given)

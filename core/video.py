@@ -373,6 +373,12 @@ class FrameSource:
             self._decoder.close()  # type: ignore[union-attr]
         self._decoder, self._next = None, -1
 
+    def forget_decoder(self) -> None:
+        """In a forked child: drop the parent's decoder without touching it (its pipe and process
+        are the parent's) and start with a fresh lock; the next frame starts our own decoder."""
+        self._decoder, self._next = None, -1
+        self._lock = threading.RLock()
+
     def _start(self, t: int) -> None:
         self.close()
         if self._info is None:
@@ -555,11 +561,12 @@ def movie_preset(width: int, height: int) -> str:
     return MOVIE_PRESET_LARGE if width * height >= MOVIE_LARGE_PIXELS else MOVIE_PRESET
 
 
-# PNG sequences: level 1, Huffman-only, in a writer thread (see fsutil.write_png); frames in flight
-# are bounded so memory does not grow with the shot.
+# PNG sequences: core.png's encoder (Up filter, zlib RLE level 1) on encoder threads (zlib and
+# hashlib release the GIL, so encoding overlaps rendering); frames in flight are bounded so
+# memory does not grow with the shot.
 PNG_COMPRESS_LEVEL = 1
-PNG_WRITERS = 1
-PNG_IN_FLIGHT = 4
+PNG_WRITERS = 2
+PNG_IN_FLIGHT = 6
 
 
 # Containers inve writes, and others a user might type that it does not: those are refused
@@ -667,6 +674,28 @@ def frame_file_name(index: int, last_index: int | None = None) -> str:
     return f"{int(index):0{digits}d}.png"
 
 
+@dataclass(frozen=True)
+class EncodedPNG:
+    """A frame already encoded as PNG (by a render worker), with the SHA-256 of its bytes."""
+
+    data: bytes
+    sha256: str
+
+
+def encode_png_frame(img: np.ndarray) -> EncodedPNG:
+    """PNG bytes of one frame and their SHA-256 (encoder thread or render worker: zlib and
+    hashlib release the GIL)."""
+    import hashlib  # noqa: PLC0415
+
+    from core import png  # noqa: PLC0415
+
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    data = png.encode(a, PNG_COMPRESS_LEVEL)
+    return EncodedPNG(data, hashlib.sha256(data).hexdigest())
+
+
 def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
                        last_index: int | None = None,
                        on_written: Callable[[int, Path], None] | None = None) -> list[Path]:
@@ -678,31 +707,44 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
     While the sequence is written the folder's marker says it is incomplete (and which
     frames have landed); an interrupted run leaves it so, and the next run replaces it.
     Numbered PNGs of an earlier run that this run did not rewrite are removed (if unchanged),
-    so the folder holds exactly this sequence. ``on_written(index, path)`` is called (on the
-    writer thread) as soon as each PNG is in place, for callers that stream frames onwards.
+    so the folder holds exactly this sequence. ``on_written(index, path)`` is called as soon
+    as each PNG is in place, for callers that stream frames onwards. An image may come already
+    encoded (:class:`EncodedPNG`, from a render worker); it is written as it is.
     """
     from collections import deque  # noqa: PLC0415
     from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415
 
     out = fsutil.OutputFolder(folder, "output folder").begin()
     written: list[Path] = []
+
+    def land(index: int, fut: Future | EncodedPNG) -> None:
+        enc = fut if isinstance(fut, EncodedPNG) else fut.result()
+        p = out.write_bytes(frame_file_name(index, last_index), enc.data, enc.sha256)
+        written.append(p)
+        if on_written is not None:
+            on_written(index, p)
+
     try:
-        # Encoding runs in one writer thread while the next frame renders (the folder's
-        # bookkeeping is only touched from that thread); at most PNG_IN_FLIGHT frames wait,
-        # and a failed write stops the run at the next frame.
+        # PNG_WRITERS threads encode and hash while the next frames render; files land (and
+        # the folder's bookkeeping is touched) on this thread only, in order. At most
+        # PNG_IN_FLIGHT frames wait, and a failed write stops the run at the next frame.
         with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="inve-png") as pool:
-            pending: deque[Future] = deque()
-            for index, img in frames:
-                if int(index) < 0:
-                    raise ValueError(f"negative frame index {index}")
-                fut = pool.submit(out.write_png, frame_file_name(index, last_index), img, PNG_COMPRESS_LEVEL)
-                if on_written is not None:
-                    fut.add_done_callback(lambda f, i=int(index): f.exception() is None and on_written(i, f.result()))
-                pending.append(fut)
-                while len(pending) > PNG_IN_FLIGHT or (pending and pending[0].done()):
-                    written.append(pending.popleft().result())
-            while pending:
-                written.append(pending.popleft().result())
+            pending: deque[tuple[int, Future | EncodedPNG]] = deque()
+            try:
+                for index, img in frames:
+                    if int(index) < 0:
+                        raise ValueError(f"negative frame index {index}")
+                    pending.append((int(index), img if isinstance(img, EncodedPNG) else
+                                    pool.submit(encode_png_frame, img)))
+                    while len(pending) > PNG_IN_FLIGHT or (pending and (isinstance(pending[0][1], EncodedPNG)
+                                                                        or pending[0][1].done())):
+                        land(*pending.popleft())
+                while pending:
+                    land(*pending.popleft())
+            finally:
+                for _, fut in pending:
+                    if not isinstance(fut, EncodedPNG):
+                        fut.cancel()
     except BaseException as exc:
         out.abort(type(exc).__name__ if not str(exc) else str(exc).splitlines()[0])
         raise

@@ -18,30 +18,32 @@ from __future__ import annotations
 
 
 def _classes() -> list[type]:
-    from .blender import (ops_batch, ops_edit, ops_engine, ops_sticker, ops_track, ops_train, panels, preferences,
-                          properties)
+    from .blender import (ops_batch, ops_edit, ops_engine, ops_hint, ops_sticker, ops_track, ops_train, panels,
+                          preferences, properties)
 
     return [*properties.CLASSES, *preferences.CLASSES, *ops_train.CLASSES, *ops_batch.CLASSES, *ops_edit.CLASSES,
-            *ops_sticker.CLASSES, *ops_track.CLASSES, *ops_engine.CLASSES, *panels.CLASSES]
+            *ops_sticker.CLASSES, *ops_track.CLASSES, *ops_hint.CLASSES, *ops_engine.CLASSES, *panels.CLASSES]
 
 
 def register() -> None:
     import bpy
 
-    from .blender import handlers, ops_engine, preferences, properties
+    from .blender import handlers, keymap, ops_engine, preferences, properties
 
     for cls in _classes():
         bpy.utils.register_class(cls)
     properties.register_props()
     handlers.register()
+    keymap.register()
     ops_engine.register(preferences.engine_spec)  # the engine check at start-up, in the background
 
 
 def unregister() -> None:
     import bpy
 
-    from .blender import handlers, jobs, ops_engine, preview, properties, service
+    from .blender import handlers, jobs, keymap, ops_engine, preview, properties, service
 
+    keymap.unregister()
     handlers.unregister()
     preview.unregister()
     jobs.shutdown()

@@ -161,6 +161,8 @@ def main() -> int:
     ap.add_argument("--eval-every", type=float, default=20.0, help="seconds of training between PSNR probes")
     ap.add_argument("--keep", default=None, help="keep the project in this folder")
     ap.add_argument("--edit", action="store_true", help="time the edit pass too (on by default for box, bbb1080)")
+    ap.add_argument("--segment-frames", type=int, default=None,
+                    help="split into segments of at most this many frames (default: inve's; 0: one atlas)")
     args = ap.parse_args()
     setting = SETTINGS[args.setting]
     args.video = args.video or setting["video"]
@@ -186,10 +188,14 @@ def main() -> int:
     probe: dict = {}
 
     def monitor(trainer) -> None:
-        if trainer.elapsed < len(curve) * args.eval_every and not trainer.done():
+        if probe.get("trainer") is not trainer:  # a new segment: its own frames and clock
+            probe.clear()
+            probe.update(trainer=trainer, probes=0)
+        if trainer.elapsed < probe["probes"] * args.eval_every and not trainer.done():
             return
+        probe["probes"] += 1
         data = trainer.data
-        if not probe:
+        if "p" not in probe:
             gen = torch.Generator().manual_seed(123)
             hw = data.h * data.w
             idx = torch.randint(0, data.n * hw, (65536,), generator=gen)
@@ -211,7 +217,8 @@ def main() -> int:
     log_path = scratch / "progress.jsonl"
     log = open(log_path, "w")
     project = train_project(args.video, workdir, TrainConfig(frames=(start, end), max_side=args.max_side,
-                                                              minutes=args.minutes), Progress("json", stream=log),
+                                                              minutes=args.minutes, segment_frames=args.segment_frames),
+                            Progress("json", stream=log),
                             monitor=monitor)
     wall = time.monotonic() - wall0
     metrics = project.metrics()
@@ -220,6 +227,10 @@ def main() -> int:
           f"masks: {metrics['mask_source']}")
     print(f"iterations        {metrics['iterations']} in {metrics['train_seconds']:.1f} s of training")
     print(f"final PSNR        {metrics['psnr']:.2f} dB (every pixel of every frame)")
+    for seg in metrics.get("segments", []):
+        print(f"  segment {seg['name']}  frames {seg['frames'][0]}:{seg['frames'][1]} (renders "
+              f"{seg['owns'][0]}:{seg['owns'][1]})  PSNR {seg['psnr']:.2f} dB, {seg['iterations']} iterations "
+              f"in {seg['train_seconds']:.0f} s")
     for layer, err in metrics["cycle_error_px"].items():
         print(f"cycle error {layer:>3}   median {err:.3f} px at source resolution")
     print(f"wall time         {wall:.1f} s (load + preprocess + train + bake)")

@@ -311,7 +311,8 @@ def make_gt_project(clip: SyntheticClip, folder: Path, atlas_size: int = 256,
     atlas_uv = np.stack([au, av], -1).reshape(-1, 2)
     atlas, used = {}, {}
     for L in layers:
-        atlas[L] = sample_texture(clip.textures[L], atlas_uv).reshape(A, A, 3).astype(np.float32)
+        tex_uv = gt.texture_uv(L, atlas_uv) if hasattr(gt, "texture_uv") else atlas_uv
+        atlas[L] = sample_texture(clip.textures[L], tex_uv).reshape(A, A, 3).astype(np.float32)
         seen = np.zeros(A * A, np.float32)
         for t in range(T):
             xy = gt.inverse(L, atlas_uv, np.full(A * A, float(t)))
@@ -331,4 +332,74 @@ def make_gt_project(clip: SyntheticClip, folder: Path, atlas_size: int = 256,
     project = Project(folder, info)
     project.save_info()
     project._mapping = gt
+    return project
+
+
+@dataclass
+class SegmentMapping:
+    """The ground truth of frames ``offset:`` of a clip, with its own atlas parametrisation.
+
+    Why: segments of a real project have unrelated atlases; this gives each synthetic segment
+    its own (uv' = scale * uv + shift), so an edit that is not re-anchored at a seam lands
+    in the wrong place.
+    """
+
+    gt: GroundTruthMapping
+    offset: int
+    scale: float = 1.0
+    shift: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.gt.layers
+
+    @property
+    def camera(self) -> str:
+        return self.gt.camera
+
+    def _t(self, t: np.ndarray) -> np.ndarray:
+        return np.asarray(t, np.float64) + self.offset
+
+    def forward(self, layer: str, xy: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return (self.gt.forward(layer, xy, self._t(t)) * self.scale + np.asarray(self.shift)).astype(np.float32)
+
+    def inverse(self, layer: str, uv: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return self.gt.inverse(layer, (np.asarray(uv, np.float64) - np.asarray(self.shift)) / self.scale, self._t(t))
+
+    def alpha(self, xy: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return self.gt.alpha(xy, self._t(t))
+
+    def texture_uv(self, layer: str, uv: np.ndarray) -> np.ndarray:
+        """Where atlas uv of this segment reads the clip's texture."""
+        return (np.asarray(uv, np.float64) - np.asarray(self.shift)) / self.scale
+
+
+def make_gt_segmented_project(clip: SyntheticClip, folder: Path, ranges: list[tuple[int, int]],
+                              atlas_size: int = 256) -> Project:
+    """A segmented project (core/segments.py) of ground-truth segments with different atlases.
+
+    Segment k covers clip frames ``ranges[k]`` and maps uv' = (1 - 0.15 k) uv + (0.08 k, -0.05 k).
+    Each segment's project has its ``SegmentMapping`` as mapping (no networks).
+    """
+    from core.segments import segment_name  # noqa: PLC0415
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    mappings = []
+    for k, (a, b) in enumerate(ranges):
+        m = SegmentMapping(clip.gt, a, 1.0 - 0.15 * k, (0.08 * k, -0.05 * k))
+        sub = SyntheticClip(frames=clip.frames[a:b], masks=clip.masks[a:b], gt=m, fps=clip.fps,
+                            textures=clip.textures)
+        make_gt_project(sub, folder / "segments" / segment_name(a, b), atlas_size=atlas_size, first_frame=a)
+        mappings.append(m)
+    W, H = clip.size
+    info = ProjectInfo(source=str(folder / "synthetic"), frames=list(range(clip.n_frames)), source_size=(W, H),
+                       work_size=(W, H), fps=clip.fps, layers=list(clip.gt.layers), settings={"synthetic": True},
+                       segments=[{"name": segment_name(a, b), "frames": [a, b]} for a, b in ranges])
+    with fsutil.atomic_path(folder / Project.FRAMES, suffix=".npy") as tmp:
+        np.save(tmp, clip.frames)
+    Project(folder, info).save_info()
+    project = Project.open(folder)
+    for sub, m in zip(project.segments(), mappings):
+        sub._mapping = m
     return project

@@ -42,7 +42,9 @@ def engine_python() -> str:
     return os.environ.get("INVE_TEST_ENGINE_PYTHON") or sys.executable
 
 
-def run_child(scenario: str, args: dict[str, Any], tmp: Path, timeout: float = 600) -> dict[str, Any]:
+def run_child(scenario: str, args: dict[str, Any], tmp: Path, timeout: float = 600,
+              script: Path | None = None) -> dict[str, Any]:
+    """Run ``scenario`` of ``script`` (default: this file) in a child process with bpy."""
     user = tmp / "blender_user"
     user.mkdir(exist_ok=True)
     args = {**args, "result": str(tmp / f"{scenario}_result.json"), "engine_python": engine_python()}
@@ -51,7 +53,7 @@ def run_child(scenario: str, args: dict[str, Any], tmp: Path, timeout: float = 6
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(user), OMP_NUM_THREADS="2")
     env.pop("PYTHONPATH", None)  # the add-on must find its bundled engine on its own
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), scenario, str(args_file)],
+    proc = subprocess.run([sys.executable, str(script or Path(__file__).resolve()), scenario, str(args_file)],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=str(tmp))
     log = f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
     assert proc.returncode == 0, f"Blender child '{scenario}' failed (status {proc.returncode})\n{log}"
@@ -416,6 +418,10 @@ def test_train_all_strips_cancel_resume_and_identity(extension_zip: Path, tmp_pa
     assert "muted" not in r["strips"]
     assert "op:inve.train_all" in r["drawn_done"] and "label:shot 0.002" in r["drawn_done"]
     assert sum(line.startswith("label:done | PSNR") for line in r["drawn_done"]) == 4, r["drawn_done"]
+    # saved in the .blend: after reopening, the panel shows every strip's end again
+    assert sorted(r["saved_rows"]) == sorted([[n, "done"] for n in ("shot 0", "shot 0.001", "shot 0.002", "shot 1")])
+    assert sum(line.startswith("label:done | PSNR") for line in r["drawn_reloaded"]) == 4, r["drawn_reloaded"]
+    assert "label:Train All: 3 of 3 done" in r["drawn_reloaded"], r["drawn_reloaded"]
 
 
 def _check_service(r: dict[str, Any]) -> None:
@@ -458,6 +464,10 @@ def _check_identity(r: dict[str, Any]) -> None:
     assert r["after_uncut"][:2] == b["movie"][:2]
     assert r["duplicate_same_project"], "a duplicate of the strip finds the same project"
     assert r["retrim"][0] and r["retrim"][1] == [[0, 1]], "source frame 0 is shown but was not trained"
+    tnf = r["train_new_frames"]
+    assert tnf["same_folder"] and tnf["same_record"] and tnf["resume"], tnf
+    assert tnf["frames"] == [0, CLIP_T] and tnf["frames_arg"] == f"0:{CLIP_T}" and "added to the project" in tnf["note"]
+    assert r["train_all_new_folder"], "Train All keeps making a project for all the frames"
     assert not r["second_project"] and "No trained project" in r["second_add_strokes"]
     assert r["stale_muted"] and r["restored_unmuted"], "a result showing another stack is muted as stale"
     folder, rel, layers_ok = r["save_as"]
@@ -1182,6 +1192,17 @@ def _identity_checks(bpy: Any, scene: Any, movie: Any, args: dict[str, Any], imp
     movie.frame_offset_start = 0
     item, match = ctx.strip_project(bpy.context, movie)
     out["retrim"] = [item == proj, list(map(list, match.outside))]
+    # Train New Frames resumes the trained project with the wider range (the engine adds a
+    # segment for the new frames; tests/test_segments.py trains that), not a new project
+    ops_train = import_module(ADDON_MODULE + ".blender.ops_train")
+    fp, shown = ctx.source_key(bpy.context, movie, exact=True)
+    base, frames, _, target_item, note = ops_train.train_target(None, bpy.context, movie, fp, shown, extend=True)
+    argv = ops_train.train_args("v.mp4", "p", frames, 64, 1.0, "cpu", False, True)
+    out["train_new_frames"] = {"same_folder": base == ctx.started_folder(proj), "same_record": target_item == proj,
+                               "frames": list(frames), "note": note,
+                               "frames_arg": argv[argv.index("--frames") + 1], "resume": "--resume" in argv}
+    batch_base = ops_train.train_target(None, bpy.context, movie, fp, shown)[0]
+    out["train_all_new_folder"] = batch_base != base
     movie.frame_offset_start = args["trim"]
     # a second strip of other footage has no project and no layers of the first
     other = os.path.join(args["tmp"], "other.mp4")
@@ -1312,6 +1333,15 @@ def child_train_all(args: dict[str, Any]) -> dict[str, Any]:
                                   bool(info.get("trained"))]
     scene.sequence_editor.active_strip = a
     out["drawn_done"] = _draw_all(bpy, panels, bpy.context.preferences.addons[ADDON_MODULE].preferences)
+    # each strip's end is saved with the .blend: reopened in a new session (no batch job in
+    # memory), the panel still shows it
+    bpy.ops.wm.save_mainfile()
+    jobs.SLOT.last_job = None
+    bpy.ops.wm.open_mainfile(filepath=bpy.data.filepath)
+    scene = bpy.context.scene
+    scene.sequence_editor.active_strip = next(st for st in strips.strip_collection(scene) if st.name == "shot 1")
+    out["saved_rows"] = [[r.strip, r.state] for r in scene.inve.batch_strips]
+    out["drawn_reloaded"] = _draw_all(bpy, panels, bpy.context.preferences.addons[ADDON_MODULE].preferences)
     _child_teardown()
     return out
 
@@ -1319,10 +1349,11 @@ def child_train_all(args: dict[str, Any]) -> dict[str, Any]:
 SCENARIOS = {"install": child_install, "e2e": child_e2e, "train_all": child_train_all}
 
 
-def child_main(scenario: str, args_file: str) -> int:
+def child_main(scenario: str, args_file: str, scenarios: dict[str, Any] | None = None) -> int:
+    """Run one scenario (of this file, or of ``scenarios``) and write its result, or fail."""
     args = json.loads(Path(args_file).read_text())
     try:
-        result = SCENARIOS[scenario](args)
+        result = (scenarios or SCENARIOS)[scenario](args)
     except Exception:  # noqa: BLE001 - report the child's failure to the parent
         traceback.print_exc()
         try:

@@ -96,6 +96,10 @@ def test_events_become_one_state_per_shot():
     t.apply({"event": "shot", "shot": "c", "state": "skipped", "message": "already trained"})
     assert t.shots["c"].line() == "done | already trained"
     assert t.summary() == "2 done, 1 failed" and t.fraction == pytest.approx(2 / 3)
+    # what the .blend keeps: every strip of every shot, in the batch's order
+    rows = batch.strip_rows(t, {"a": ["shot a", "shot a.001"], "b": ["b"], "gone": ["x"], "c": ["c"]})
+    assert rows == [("shot a", "done", "done | PSNR 31.23 dB"), ("shot a.001", "done", "done | PSNR 31.23 dB"),
+                    ("b", "failed", "failed: cannot read x.mp4: bad"), ("c", "done", "done | already trained")]
 
 
 def test_a_cancelled_or_broken_batch_ends_every_open_shot():

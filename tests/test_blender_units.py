@@ -466,3 +466,26 @@ def test_job_slot_finishes_each_job_once_and_reports_failures_of_its_end() -> No
     c = Job("train", Task(100), on_done=lambda j: ends.append("cancelled" if j.state.cancelled else "?"))
     slot.start(c, blocking=False)
     assert slot.cancel() and not slot.tick() and ends[-1] == "cancelled" and not slot.cancel()
+
+
+def test_job_slot_keeps_polling_a_chain_of_jobs() -> None:
+    """A job whose end starts the next (Train -> read the project; Apply Corrections -> track ->
+    Propagate): the UI timer stops when ``tick`` says False, so it must say True while the next
+    job runs, and the whole chain ends with each ``on_done`` called once."""
+    from inve_blender.io.jobs import Job, JobSlot, ThreadTask
+
+    ends: list[str] = []
+    slot = JobSlot()
+    second = Job("info", ThreadTask(lambda: {"n": 2}), on_done=lambda j: ends.append(f"second {j.state.result}"))
+    first = Job("correct", ThreadTask(lambda: {"n": 1}), on_done=lambda j: ends.append("first"))
+    first.then = lambda j: second
+    slot.start(first, blocking=False)
+    ticks = 0
+    while slot.tick():
+        ticks += 1
+        assert ticks < 10_000
+        import time
+
+        time.sleep(0.001)
+    assert ends == ["first", "second {'n': 2}"], ends
+    assert second.previous is first and slot.last() is second and not slot.busy()

@@ -324,6 +324,21 @@ def test_track_and_fingerprint(setup):
     assert fp["fingerprint"] == source_fingerprint(assets / "paint.png")
 
 
+def test_atlas_writes_the_project_atlases(setup, tmp_path):
+    """The add-on's Open Atlas asks the service (no new engine process): the same images as
+    ``inve atlas`` writes, under the same output rule."""
+    clip, project, assets, client, _ = setup
+    res = call(client, "atlas", project=str(project.path), output=str(tmp_path / "atlas"))
+    maps = Project.open(project.path).maps()
+    assert sorted(Path(p).name for p in res["files"]) == sorted(
+        n for layer in maps.layers for n in (f"atlas_{layer}.png", f"atlas_{layer}_used.png"))
+    got = iio.imread(tmp_path / "atlas" / f"atlas_{maps.layers[0]}.png")
+    assert got.shape[0] == res["atlas_size"] == maps.atlas[maps.layers[0]].shape[0]
+    assert np.abs(got[..., :3].astype(np.float32) / 255 - maps.atlas[maps.layers[0]][..., :3]).max() < 1 / 255 + 1e-6
+    with pytest.raises(EngineError, match="output"):
+        call(client, "atlas", project=str(project.path))
+
+
 def test_restart_after_kill(setup, tmp_path):
     clip, project, assets, client, delay = setup
     old = client.pid

@@ -41,14 +41,23 @@ def check_output(out: Path, overwrite: bool = False) -> str:
 
 
 def edit_command(project_dir: Path, edits_json: Path, out: Path, progress: Progress,
-                 overwrite: bool = False, project: Project | None = None, overlay: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, project: Project | None = None, overlay: bool = False,
+                 render_workers: int | None = None) -> dict[str, Any]:
     """Render a project's frames with an edit stack to a PNG folder or a movie.
 
     ``overlay``: RGBA PNGs holding only the edits (transparent where no edit touches), for
     stacking above the original with Alpha Over; a movie cannot carry alpha, so it needs a folder.
+    ``render_workers``: processes that render (default: one per core, up to 4, on Linux for
+    clips of 16 frames or more; 1 renders here).
     """
     start = time.monotonic()
     project = project or Project.open(project_dir)
+    if project.is_segmented:  # one edit session per segment, layers carried through the seams
+        from core.segments import SegmentedSession  # noqa: PLC0415
+
+        seg_session = SegmentedSession(project)
+        seg_session.load_edits(Path(edits_json))
+        return _render_out(seg_session, project, seg_session.layers, out, progress, overwrite, overlay, start)
     maps = project.maps()
     layers = load_edits(Path(edits_json), project.info,
                         atlas_sizes=lambda: {L: int(a.shape[0]) for L, a in maps.atlas.items()})
@@ -64,7 +73,31 @@ def edit_command(project_dir: Path, edits_json: Path, out: Path, progress: Progr
     if T != info.n_frames or frames.shape[0] != T:
         raise InveError(f"{project.path} is inconsistent: {info.n_frames} frames in project.json, "
                         f"{T} in the baked maps, {frames.shape[0]} in {Project.FRAMES}; train it again")
-    stream = session.render_all(progress, overlay=overlay)
+    return _render_out(session, project, layers, out, progress, overwrite, overlay, start, kind, render_workers)
+
+
+def _render_out(session: Any, project: Project, layers: list[EditLayer], out: Path, progress: Progress,
+                overwrite: bool, overlay: bool, start: float, kind: str | None = None,
+                render_workers: int | None = None) -> dict[str, Any]:
+    """Stream every frame of ``session`` (an EditSession, or a SegmentedSession) to ``out``."""
+    if kind is None:
+        kind = check_output(Path(out), overwrite)
+        if overlay and kind == "movie":
+            raise InveError(f"--overlay writes RGBA PNGs, which {Path(out).suffix} movies cannot hold; "
+                            "give a folder as -o (or drop --overlay for a full-frame movie)")
+    info = project.info
+    T = session.ctx.T
+    if isinstance(session, EditSession):
+        from core.edits.parallel import default_workers
+        from core.video import encode_png_frame
+
+        # several render processes where the platform forks (the frames are the same, in order);
+        # for PNGs each worker also encodes its frames
+        workers = default_workers(T) if render_workers is None else max(1, int(render_workers))
+        stream = session.render_all(progress, overlay=overlay, workers=workers,
+                                    encode=encode_png_frame if kind != "movie" else None)
+    else:  # a segmented session renders here, segment by segment
+        stream = session.render_all(progress, overlay=overlay)
     if kind == "movie":
         from core.video import write_movie
 

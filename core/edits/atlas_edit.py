@@ -412,8 +412,8 @@ def corrected_uv_box(ctx: RenderContext, layer: str, t: int, box: Box, corr: Cor
     out = out.permute(1, 2, 0).contiguous()
     outside = ((sx != cx) | (sy != cy)).reshape(-1).nonzero()[:, 0]
     if len(outside):
-        c = torch.stack([cx.reshape(-1)[outside], cy.reshape(-1)[outside]], -1).double().numpy()
-        src = torch.stack([sx.reshape(-1)[outside], sy.reshape(-1)[outside]], -1).double().numpy()
+        c = torch.stack([cx.reshape(-1)[outside], cy.reshape(-1)[outside]], -1).cpu().numpy().astype(np.float64)
+        src = torch.stack([sx.reshape(-1)[outside], sy.reshape(-1)[outside]], -1).cpu().numpy().astype(np.float64)
         inward = c + np.sign(np.array([ctx.W, ctx.H]) / 2.0 - c) * np.array([lx, ly])  # one work pixel further in
         J = ctx._uv_jacobian(layer, t, inward)  # [n, 2, 2]
         ext = np.einsum("nij,nj->ni", J, src - c)

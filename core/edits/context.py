@@ -158,6 +158,27 @@ class RenderContext:
             return np.zeros((y1 - y0, x1 - x0), np.float32)
         return self._box(self.alpha_map(t), box)[0].numpy()
 
+    def alpha_tiles(self, t: int, boxes: Sequence[Box], tile: int) -> np.ndarray:
+        """Foreground alpha of frame t on tiles: float32 [n, tile, tile], box k at the top-left of
+        tile k (the rest, past the frame's edge, repeats the edge pixel).
+
+        The same values as :meth:`alpha_box` per box, from one grid_sample call for all tiles
+        (a stroke touches hundreds of small tiles of a large frame).
+        """
+        n = len(boxes)
+        if not self.has_fg or n == 0:
+            return np.zeros((n, tile, tile), np.float32)
+        org = np.asarray([(b[0], b[1]) for b in boxes], np.int64).reshape(n, 2)
+        off = np.arange(tile)
+        xi = torch.from_numpy(np.minimum(org[:, 0, None] + off, self.W - 1))  # [n, tile]
+        yi = torch.from_numpy(np.minimum(org[:, 1, None] + off, self.H - 1))
+        if (self.w, self.h) == (self.W, self.H):
+            a = self.alpha_map(t)[0, 0]
+            return a[yi[:, :, None], xi[:, None, :]].numpy()
+        gx, gy = torch.broadcast_tensors(self._xn[xi][:, None, :], self._yn[yi][:, :, None])
+        grid = torch.stack([gx, gy], -1).reshape(1, n * tile, tile, 2)
+        return self._sample(self.alpha_map(t), grid)[0].reshape(n, tile, tile).numpy()
+
     def alpha_at(self, t: int, xy: np.ndarray) -> np.ndarray:
         """Foreground alpha at source points [N, 2] of frame t: [N]."""
         if not self.has_fg or len(xy) == 0:

@@ -20,11 +20,16 @@ from core.edits.context import Box
 PIECE_PX = 4.0  # longest piece a segment is split into before patch evaluation
 
 
-def stroke_coverage(a: np.ndarray, b: np.ndarray, radius: float, W: int, H: int) -> tuple[Box, np.ndarray] | None:
-    """Coverage of the union of capsules (segments a[i]-b[i], radius) clipped to the frame.
+#: side of the square tiles of the frame that sparse rasters and the compositor work in (px)
+TILE = 32
 
-    ``a``, ``b``: [P, 2] source pixel coordinates (a == b gives a round dot). Returns the
-    bounding box and float32 coverage [h, w] inside it, or None if nothing is in the frame.
+
+def _stroke_samples(a: np.ndarray, b: np.ndarray, radius: float, W: int, H: int
+                    ) -> tuple[Box, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Coverage samples of the union of capsules: (box, x [n], y [n], coverage [n]) with n > 0.
+
+    Every sample is a pixel inside ``box`` (the stroke's bounds clipped to the frame) with
+    coverage > 0; a pixel may appear several times (pieces overlap): its coverage is the max.
     """
     a = np.asarray(a, np.float64).reshape(-1, 2)
     b = np.asarray(b, np.float64).reshape(-1, 2)
@@ -68,14 +73,59 @@ def stroke_coverage(a: np.ndarray, b: np.ndarray, radius: float, W: int, H: int)
     ex = rx - s * dx
     ey = ry - s * dy
     cov = np.clip(np.float32(radius + 0.5) - np.sqrt(ex * ex + ey * ey), 0.0, 1.0)  # [P, K, K]
+    gx = np.broadcast_to(px, cov.shape)
+    gy = np.broadcast_to(py, cov.shape)
+    inside = (gx >= x0) & (gx < x1) & (gy >= y0) & (gy < y1) & (cov > 0)
+    if not inside.any():
+        return None
+    return (x0, y0, x1, y1), gx[inside], gy[inside], cov[inside]
+
+
+def stroke_coverage(a: np.ndarray, b: np.ndarray, radius: float, W: int, H: int) -> tuple[Box, np.ndarray] | None:
+    """Coverage of the union of capsules (segments a[i]-b[i], radius) clipped to the frame.
+
+    ``a``, ``b``: [P, 2] source pixel coordinates (a == b gives a round dot). Returns the
+    bounding box and float32 coverage [h, w] inside it, or None if nothing is in the frame.
+    The reference for :func:`stroke_coverage_tiles` (the same samples, one dense array).
+    """
+    res = _stroke_samples(a, b, radius, W, H)
+    if res is None:
+        return None
+    (x0, y0, x1, y1), gx, gy, cov = res
     bw, bh = x1 - x0, y1 - y0
-    lx = np.broadcast_to(px - x0, cov.shape)
-    ly = np.broadcast_to(py - y0, cov.shape)
-    inside = (lx >= 0) & (lx < bw) & (ly >= 0) & (ly < bh) & (cov > 0)
     out = np.zeros(bh * bw, np.float32)
-    np.maximum.at(out, (ly * bw + lx)[inside], cov[inside])
-    out = out.reshape(bh, bw)
-    return (x0, y0, x1, y1), out
+    np.maximum.at(out, (gy - y0) * bw + (gx - x0), cov)
+    return (x0, y0, x1, y1), out.reshape(bh, bw)
+
+
+def stroke_coverage_tiles(a: np.ndarray, b: np.ndarray, radius: float, W: int, H: int,
+                          tile: int = TILE) -> tuple[list[Box], np.ndarray]:
+    """:func:`stroke_coverage`, sparse: only the frame tiles (``tile`` px squares aligned to the
+    frame's top-left corner) the stroke touches: (boxes, float32 coverage [n, tile, tile]).
+
+    Box k is tile k clipped to the frame; coverage[k] holds it at the top-left (the rest of a
+    tile cut by the frame's edge is 0). Why: a thin stroke across a 1080p frame has a
+    bounding box of a million pixels but covers a few thousand; the dense box cost more to
+    fill, occlude and composite than to rasterise. Values are exactly those of
+    :func:`stroke_coverage` (the same samples, the same max).
+    """
+    res = _stroke_samples(a, b, radius, W, H)
+    if res is None:
+        return [], np.zeros((0, tile, tile), np.float32)
+    _, gx, gy, cov = res
+    ntx = (W + tile - 1) // tile
+    tid = (gy // tile) * ntx + gx // tile
+    used = np.zeros(((H + tile - 1) // tile) * ntx, bool)
+    used[tid] = True
+    tiles = np.flatnonzero(used)
+    slot = np.cumsum(used) - 1  # tile id -> its index in the output
+    buf = np.zeros((len(tiles), tile, tile), np.float32)
+    np.maximum.at(buf.reshape(-1), slot[tid] * (tile * tile) + (gy % tile) * tile + gx % tile, cov)
+    boxes = []
+    for tid_k in tiles.tolist():
+        tx0, ty0 = (tid_k % ntx) * tile, (tid_k // ntx) * tile
+        boxes.append((tx0, ty0, min(W, tx0 + tile), min(H, ty0 + tile)))
+    return boxes, buf
 
 
 def polygon_mask(polygon: np.ndarray, W: int, H: int, feather: float = 0.0) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -54,6 +54,9 @@ class Renderer(Protocol):
 
 
 def make_renderer(spec: EditLayer, stroke_cache: StrokeCache) -> Renderer:
+    custom = getattr(spec, "make_renderer", None)
+    if custom is not None:  # a layer type that brings its own renderer (core/segments.py)
+        return custom(stroke_cache)
     if isinstance(spec, SketchLayer):
         return SketchRenderer(spec, stroke_cache)
     if isinstance(spec, PaintLayer):
@@ -167,12 +170,29 @@ class EditSession:
         return composite(self.ctx.frames[t], patches)
 
     def render_all(self, progress: Progress | None = None, cache: bool = False,
-                   overlay: bool = False) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (project frame index, frame) for every frame, reporting stage 'render'."""
+                   overlay: bool = False, workers: int = 1,
+                   encode: Callable[[np.ndarray], Any] | None = None) -> Iterator[tuple[int, Any]]:
+        """Yield (project frame index, frame) for every frame, in order, reporting stage 'render'.
+
+        ``workers`` > 1 renders in that many forked processes (``core.edits.parallel``; the
+        same frames, in order; where fork is unavailable, in this process), each worker
+        applying ``encode`` (say, PNG encoding) to its frames, so what is yielded is
+        ``encode(frame)``; in this process ``encode`` is not applied (callers encode on their
+        own writer threads).
+        """
         T = self.ctx.T
         if progress is not None:
             progress.update("render", 0, T, force=True)
         self.prepare()
+        if workers > 1 and T > 1:
+            from core.edits.parallel import can_fork, render_parallel  # noqa: PLC0415
+
+            if can_fork():
+                for t, out in render_parallel(self, workers, overlay=overlay, encode=encode):
+                    if progress is not None:
+                        progress.update("render", t + 1, T)
+                    yield t, out
+                return
         for t in range(T):
             img = self.render_frame(t, cache=cache, overlay=overlay)
             if progress is not None:

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from core.edits.context import Patch, RenderContext
-from core.edits.raster import stroke_coverage
+from core.edits.raster import TILE, stroke_coverage, stroke_coverage_tiles
 from core.edits.spec import SketchLayer, Stroke
 
 DENSIFY_PX = 2.0  # vertex spacing along a segment in the drawing frame
@@ -128,25 +128,52 @@ def carry_stroke(ctx: RenderContext, stroke: Stroke, t: int, layer: str | None) 
                          done=np.zeros(T, bool))
 
 
-def render_stroke(ctx: RenderContext, stroke: Stroke, carried: CarriedStroke, t: int) -> Patch | None:
-    carried.ensure(ctx, np.array([t]))
+def _stroke_segments(carried: CarriedStroke, t: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The visible pieces of a settled stroke at frame t as segment end points (a, b)."""
     xy, vis = carried.xy[t], carried.visible[t]
     if len(xy) == 1:
-        if not vis[0]:
-            return None
-        a, b = xy, xy
-    else:
-        seg = vis[:-1] & vis[1:]
-        if not seg.any():
-            return None
-        a, b = xy[:-1][seg], xy[1:][seg]
-    res = stroke_coverage(a, b, stroke.width / 2.0, ctx.W, ctx.H)
+        return (xy, xy) if vis[0] else None
+    seg = vis[:-1] & vis[1:]
+    if not seg.any():
+        return None
+    return xy[:-1][seg], xy[1:][seg]
+
+
+def render_stroke_dense(ctx: RenderContext, stroke: Stroke, carried: CarriedStroke, t: int) -> Patch | None:
+    """The stroke at frame t as one patch over its bounding box: the reference for :func:`render_stroke`."""
+    carried.ensure(ctx, np.array([t]))
+    seg = _stroke_segments(carried, t)
+    if seg is None:
+        return None
+    res = stroke_coverage(seg[0], seg[1], stroke.width / 2.0, ctx.W, ctx.H)
     if res is None:
         return None
     box, cov = res
     alpha = cov * stroke.color[3] * ctx.occlusion_weight(carried.layer, t, box)
     rgb = alpha[..., None] * np.asarray(stroke.color[:3], np.float32)
     return Patch(box[0], box[1], rgb.astype(np.float32), alpha.astype(np.float32))
+
+
+def render_stroke(ctx: RenderContext, stroke: Stroke, carried: CarriedStroke, t: int) -> list[Patch]:
+    """The stroke at frame t as one patch per frame tile it touches (``raster.TILE``).
+
+    The pixels are those of :func:`render_stroke_dense` (zero outside the tiles); only the
+    tiles are rasterised, occluded and later composited, which at 1080p is a fraction of
+    the bounding box of a long thin stroke.
+    """
+    carried.ensure(ctx, np.array([t]))
+    seg = _stroke_segments(carried, t)
+    if seg is None:
+        return []
+    boxes, cov = stroke_coverage_tiles(seg[0], seg[1], stroke.width / 2.0, ctx.W, ctx.H, TILE)
+    if not boxes:
+        return []
+    a = ctx.alpha_tiles(t, boxes, TILE)
+    occ = a if carried.layer == "fg" else 1.0 - a
+    alpha = (cov * stroke.color[3] * occ).astype(np.float32)
+    rgb = (alpha[..., None] * np.asarray(stroke.color[:3], np.float32)).astype(np.float32)
+    return [Patch(x0, y0, rgb[k, :y1 - y0, :x1 - x0], alpha[k, :y1 - y0, :x1 - x0])
+            for k, (x0, y0, x1, y1) in enumerate(boxes)]
 
 
 class StrokeCache:
@@ -160,9 +187,9 @@ class StrokeCache:
 
     def __init__(self) -> None:
         self.carried: dict[str, CarriedStroke] = {}
-        self.patches: OrderedDict[tuple[str, int], Patch | None] = OrderedDict()
+        self.patches: OrderedDict[tuple[str, int], list[Patch]] = OrderedDict()
 
-    def patch(self, key: str, t: int, make: Callable[[], Patch | None]) -> Patch | None:
+    def patch(self, key: str, t: int, make: Callable[[], list[Patch]]) -> list[Patch]:
         k = (key, t)
         if k in self.patches:
             self.patches.move_to_end(k)
@@ -213,7 +240,5 @@ class SketchRenderer:
             settle(ctx, todo, np.array([t]))
         out = []
         for s, c, k in zip(self.spec.strokes, self._carried, self._keys):
-            p = self._cache.patch(k, t, lambda: render_stroke(ctx, s, c, t))
-            if p is not None:
-                out.append(p)
+            out.extend(self._cache.patch(k, t, lambda: render_stroke(ctx, s, c, t)))
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import bpy
@@ -188,6 +189,11 @@ def poll_movie_strip(cls: Any, context: bpy.types.Context, need_idle: bool = Tru
     return True
 
 
+#: frames per movie file (path, size, mtime): opening it as a Movie Clip costs tens of ms (more
+#: at 1080p) and Propagate, the preview and the strip handlers ask again and again
+_FRAME_COUNTS: dict[tuple, int] = {}
+
+
 def content_frame_count(strip: Any, scene: Any) -> int | None:
     """Frames in the strip's file after the hard trims, when Blender may have retimed it.
 
@@ -197,11 +203,20 @@ def content_frame_count(strip: Any, scene: Any) -> int | None:
     if abs(float(strip.fps) - strips.scene_fps(scene)) < 1e-3 or strip.fps <= 0:
         return None
     path = bpy.path.abspath(strip.filepath)
-    existing = {c.name for c in bpy.data.movieclips}
-    clip = bpy.data.movieclips.load(path, check_existing=True)
-    n = int(clip.frame_duration)
-    if clip.name not in existing and clip.users == 0:
-        bpy.data.movieclips.remove(clip)
+    try:
+        st = os.stat(path)
+        key: tuple | None = (os.path.normcase(os.path.abspath(path)), st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    n = _FRAME_COUNTS.get(key) if key is not None else None
+    if n is None:
+        existing = {c.name for c in bpy.data.movieclips}
+        clip = bpy.data.movieclips.load(path, check_existing=True)
+        n = int(clip.frame_duration)
+        if clip.name not in existing and clip.users == 0:
+            bpy.data.movieclips.remove(clip)
+        if key is not None:
+            _FRAME_COUNTS[key] = n
     ao = int(getattr(strip, "animation_offset_start", 0)) + int(getattr(strip, "animation_offset_end", 0))
     return max(n - ao, 0) or None
 
@@ -294,6 +309,37 @@ def current_source_frame(op: Any, context: bpy.types.Context, strip: Any, info: 
                              f"frames {frames[0]}..{frames[-1]}")
         return None
     return src
+
+
+@dataclass
+class StripTarget:
+    """What an operator on the active strip's project works with (see :func:`strip_target`)."""
+
+    strip: Any
+    spec: engine_env.EngineSpec
+    info: dict[str, Any] | None = None  # the engine's ``info`` of the strip's trained project
+    frame: int | None = None  # the source frame under the playhead
+
+
+def strip_target(op: Any, context: bpy.types.Context, need_info: bool = True,
+                 need_frame: bool = False) -> StripTarget | None:
+    """The prelude of every operator on the active strip: the strip, a working engine and, as
+    asked, its trained project's info and the source frame under the playhead (one of the
+    project's frames). None after reporting why not (each step says what to do)."""
+    strip = movie_strip(context)
+    spec = engine_ready(op, context)
+    if spec is None:
+        return None
+    target = StripTarget(strip, spec)
+    if need_info or need_frame:
+        target.info = project_info(op, context, strip, spec)
+        if target.info is None:
+            return None
+    if need_frame:
+        target.frame = current_source_frame(op, context, strip, target.info)
+        if target.frame is None:
+            return None
+    return target
 
 
 LAYER_FIELDS = ("name", "kind", "visible", "data", "image", "attach")

@@ -4,6 +4,11 @@ An operator subclass says how to build its task (:meth:`EngineJobOperator.build`
 success means (:meth:`EngineJobOperator.succeeded`); starting the job, the progress report,
 and the end — success, cancel or failure — are handled here once. ``succeeded`` is a
 classmethod: it runs when the job ends, long after the operator instance is gone.
+
+The other pieces operators share live here too: starting any job and reporting its end
+(:func:`start_job`, :func:`report_outcome`) and the image file browser of Add Sticker and
+Add Paint (:class:`ImageFileOperator`); the strip + engine + project prelude is
+:func:`.context.strip_target`.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import bpy
+from bpy.props import BoolProperty, StringProperty
 
 from . import jobs
 from .sequencer import sequencer_scene
@@ -25,14 +31,40 @@ class JobPlan:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+def report_outcome(op: bpy.types.Operator, ok: bool, cancelled: bool, message: str) -> set[str]:
+    """Report the end of some work like an operator does (info / warning when cancelled / error)."""
+    op.report({"INFO"} if ok else {"WARNING"} if cancelled else {"ERROR"}, message)
+    return {"FINISHED"} if ok else {"CANCELLED"}
+
+
 def report_end(op: bpy.types.Operator, job: jobs.Job) -> set[str]:
     """Blocking mode: report the job's end like an operator would."""
     st = job.state
-    if st.ok and st.error == "":
-        op.report({"INFO"}, job.outcome or st.status_text())
-        return {"FINISHED"}
-    op.report({"WARNING"} if st.cancelled else {"ERROR"}, job.outcome or st.error or "failed")
-    return {"CANCELLED"}
+    ok = st.ok and st.error == ""
+    return report_outcome(op, ok, st.cancelled, job.outcome or (st.status_text() if ok else st.error or "failed"))
+
+
+def start_job(op: bpy.types.Operator, job: jobs.Job, title: str) -> set[str]:
+    """Start ``job``: in background Blender it has ended already (report how); interactive
+    Blender reports ``title`` and the panel follows the job."""
+    jobs.start(job)
+    if job.state.finished:
+        return report_end(op, job)
+    op.report({"INFO"}, title)
+    return {"FINISHED"}
+
+
+class ImageFileOperator:
+    """Mixin: an operator that asks for an image file in Blender's file browser on invoke
+    (scripts and tests pass ``filepath``)."""
+
+    filepath: StringProperty(subtype="FILE_PATH")
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
 
 
 class EngineJobOperator:
@@ -72,8 +104,4 @@ class EngineJobOperator:
             return {"CANCELLED"}
         job = jobs.Job(self.job_kind, plan.task, scene_name=sequencer_scene(context).name,
                        on_done=type(self)._done, context_data=plan.data)
-        jobs.start(job)
-        if job.state.finished:  # background mode: it already ran
-            return report_end(self, job)
-        self.report({"INFO"}, plan.title)
-        return {"FINISHED"}
+        return start_job(self, job, plan.title)

@@ -179,11 +179,24 @@ class INVE_OT_train_all(EngineJobOperator, bpy.types.Operator):
     @classmethod
     def _done(cls, job: Job) -> None:
         job.outcome = batch_io.finished_line(job.worker.tracker, job.state)
+        save_states(bpy.data.scenes.get(job.scene_name), job)
         job.then = _read_projects
         try:
             os.remove(job.context_data["shots_file"])
         except OSError:
             pass
+
+
+def save_states(scene: Any, job: Job) -> None:
+    """Keep each strip's end of the batch in the scene (saved with the .blend)."""
+    if scene is None:
+        return
+    s = scene.inve
+    s.batch_strips.clear()
+    for strip, state, line in batch_io.strip_rows(job.worker.tracker, job.context_data.get("strips", {})):
+        row = s.batch_strips.add()
+        row.strip, row.state, row.line = strip, state, line
+    s.batch_outcome = job.outcome
 
 
 def batch_job() -> Job | None:

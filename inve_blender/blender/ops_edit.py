@@ -7,15 +7,15 @@ import shutil
 from typing import Any
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
+from bpy.props import EnumProperty, FloatProperty
 
 from ..io import edit_stack, results, strokes
 from ..io.preview import stack_key
 from . import gp_strokes, jobs, service
 from . import sequencer as strips
-from .context import (active_project, current_source_frame, engine_ready, movie_strip, poll_movie_strip, project_info,
-                      settings, timing, workspace)
-from .ops_base import EngineJobOperator, JobPlan
+from .context import (active_project, engine_ready, movie_strip, poll_movie_strip, project_info, settings,
+                      strip_target, timing, workspace)
+from .ops_base import EngineJobOperator, ImageFileOperator, JobPlan
 
 
 def find_annotation(context: bpy.types.Context) -> object | None:
@@ -130,17 +130,8 @@ class _NeedsProject:
 
     def drawing_target(self, context: bpy.types.Context) -> tuple[object, dict, int] | None:
         """(movie strip, project info, source frame under the playhead), or None after a report."""
-        strip = movie_strip(context)
-        spec = engine_ready(self, context)
-        if spec is None:
-            return None
-        info = project_info(self, context, strip, spec)
-        if info is None:
-            return None
-        frame = current_source_frame(self, context, strip, info)
-        if frame is None:
-            return None
-        return strip, info, frame
+        t = strip_target(self, context, need_frame=True)
+        return None if t is None else (t.strip, t.info, t.frame)
 
 
 class INVE_OT_add_strokes(_NeedsProject, bpy.types.Operator):
@@ -181,16 +172,12 @@ class INVE_OT_add_strokes(_NeedsProject, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class INVE_OT_add_sticker(_NeedsProject, bpy.types.Operator):
+class INVE_OT_add_sticker(ImageFileOperator, _NeedsProject, bpy.types.Operator):
     """Place an image on the current frame; it follows the surface under its centre"""
 
     bl_idname = "inve.add_sticker"
     bl_label = "Add Sticker"
     bl_options = {"REGISTER", "UNDO"}
-
-    filepath: StringProperty(subtype="FILE_PATH")
-    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
-    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     center_x: FloatProperty(name="Centre X", description="Source pixels from the left (-1: frame centre)",
                             default=-1.0)
     center_y: FloatProperty(name="Centre Y", description="Source pixels from the top (-1: frame centre)",
@@ -199,10 +186,6 @@ class INVE_OT_add_sticker(_NeedsProject, bpy.types.Operator):
     rotation: FloatProperty(name="Rotation", subtype="ANGLE", default=0.0)
     mode: EnumProperty(name="Mode", items=[("rigid", "Rigid", "Follows position, rotation and scale"),
                                            ("deform", "Deform", "Bends with the surface")], default="rigid")
-
-    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         path = bpy.path.abspath(self.filepath)
@@ -230,20 +213,12 @@ class INVE_OT_add_sticker(_NeedsProject, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class INVE_OT_add_paint(_NeedsProject, bpy.types.Operator):
+class INVE_OT_add_paint(ImageFileOperator, _NeedsProject, bpy.types.Operator):
     """Add an RGBA image the size of the source frame, painted over the current frame, as a layer"""
 
     bl_idname = "inve.add_paint"
     bl_label = "Add Paint Image"
     bl_options = {"REGISTER", "UNDO"}
-
-    filepath: StringProperty(subtype="FILE_PATH")
-    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
-    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
-
-    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         path = bpy.path.abspath(self.filepath)

@@ -21,6 +21,7 @@ import bpy
 from bpy.props import StringProperty
 
 from ..io import engine_env, engine_setup
+from .ops_base import report_outcome
 
 POLL_SECONDS = 0.3
 _installer: engine_setup.EngineInstaller | None = None
@@ -180,9 +181,7 @@ class INVE_OT_install_engine(bpy.types.Operator):
         if bpy.app.background:
             result = _installer.run()
             _finish()
-            self.report({"INFO"} if result.ok else {"WARNING"} if result.cancelled else {"ERROR"},
-                        result.message)
-            return {"FINISHED"} if result.ok else {"CANCELLED"}
+            return report_outcome(self, result.ok, result.cancelled, result.message)
         _installer.start()
         bpy.app.timers.register(_tick, first_interval=POLL_SECONDS, persistent=True)
         self.report({"INFO"}, f"Installing the engine into {engine_home()} (log: {_installer.log_path})")

@@ -9,25 +9,27 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
-from ..io import engine_env
+from ..io import engine_env, fg_hints
 from ..io.worker import Worker
 from . import engine_jobs, jobs
 from . import sequencer as strips
 from ..io import projects
 from ..io.projects import Workspace
 from .context import (copy_layers, engine_ready, movie_strip, new_workspace_path, poll_movie_strip, started_folder,
-                      project_info, record_project, set_folder, settings, source_key, strip_project)
-from .ops_base import EngineJobOperator, JobPlan, report_end
+                      project_info, record_project, set_folder, settings, source_key, strip_project, strip_target)
+from .ops_base import EngineJobOperator, JobPlan, start_job
 from .preferences import ADDON_ID, deps_dir, engine_spec
 
 
 def train_args(video: str, project: str, frames: tuple[int, int], max_side: int, minutes: float,
-               device: str, single_layer: bool, resume: bool) -> list[str]:
+               device: str, single_layer: bool, resume: bool, fg_hint: str | None = None) -> list[str]:
     """Arguments of ``inve train`` for a strip (the CLI contract of ARCHITECTURE.md)."""
     args = [video, "-o", project, "--frames", f"{frames[0]}:{frames[1]}", "--max-side", str(int(max_side)),
             "--minutes", f"{float(minutes):g}", "--device", device, "--progress", "json"]
     if single_layer:
         args.append("--single-layer")
+    if fg_hint:
+        args += ["--fg-hint", fg_hint]
     if resume:
         args.append("--resume")
     return args
@@ -74,12 +76,18 @@ def clear_partial_project(path: str) -> bool:
     return True
 
 
-def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frames: tuple[int, int]
-                 ) -> tuple[str, tuple[int, int], bool, Any, str] | None:
+def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frames: tuple[int, int],
+                 extend: bool = False) -> tuple[str, tuple[int, int], bool, Any, str] | None:
     """Where Train puts the strip's project and which source frames it trains:
     (workspace folder, frames, temporary?, the existing record or None, a note on new frames);
     None after reporting why not. Train All uses the same rule, so every strip's project is
-    where the single-strip Train (and so preview, Propagate, Track) expects it."""
+    where the single-strip Train (and so preview, Propagate, Track) expects it.
+
+    The strip shows frames its project lacks (its trim was extended): with ``extend`` (*Train
+    New Frames*) the trained project resumes with the wider range, and the engine adds
+    segments for the new frames (trained frames and the layers drawn on them stay as they
+    are); without, a new project for all the frames is made (Train All's batch rule).
+    """
     item, match = strip_project(context, strip)
     new_frames = ""
     if item is not None and match is not None and match.complete:
@@ -90,12 +98,36 @@ def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frame
             return None
         frames = (item.frame_start, item.frame_end)
         temporary = base.startswith(os.path.join(tempfile.gettempdir(), "inve_unsaved"))
-    else:
-        if item is not None:  # the strip shows frames the project lacks: a project for them all
-            frames = (min(frames[0], item.frame_start), max(frames[1], item.frame_end))
-            new_frames = f" (new frames: a project for {frames[0]}..{frames[1] - 1})"
-        base, temporary = new_workspace_path(context, strip, fp, frames)
+        return base, frames, temporary, item, new_frames
+    if item is not None:  # the strip shows frames the project lacks
+        frames = (min(frames[0], item.frame_start), max(frames[1], item.frame_end))
+        base = started_folder(item) if extend else None
+        if base is not None and projects.is_project_folder(Workspace(base).project):
+            temporary = base.startswith(os.path.join(tempfile.gettempdir(), "inve_unsaved"))
+            return base, frames, temporary, item, (f" (new frames: {frames[0]}..{frames[1] - 1} added to the "
+                                                   f"project of {item.frame_start}..{item.frame_end - 1})")
+        new_frames = f" (new frames: a project for {frames[0]}..{frames[1] - 1})"
+    base, temporary = new_workspace_path(context, strip, fp, frames)
     return base, frames, temporary, item, new_frames
+
+
+def foreground_hint(op: Any, ws: Workspace, single_layer: bool, resume: bool) -> str | bool:
+    """The workspace's HINTS.json for ``--fg-hint`` ("" when none or when resuming: the engine
+    grew the project's masks when it was made); False after reporting a contradiction."""
+    path = fg_hints.hints_path(ws.base)
+    if not os.path.isfile(path):
+        return ""
+    if single_layer:
+        op.report({"ERROR"}, "A foreground hint is set but Background Only is on: turn Background Only off, or "
+                             "Clear Foreground Hint")
+        return False
+    if resume:
+        made = os.path.join(ws.project, "project.json")
+        if os.path.getmtime(path) > os.path.getmtime(made):
+            op.report({"WARNING"}, "The foreground hint was marked after this project was made: it is used when "
+                                   "a project is trained anew (delete the project folder to start over)")
+        return ""
+    return path
 
 
 class INVE_OT_train(EngineJobOperator, bpy.types.Operator):
@@ -113,33 +145,41 @@ class INVE_OT_train(EngineJobOperator, bpy.types.Operator):
         return poll_movie_strip(cls, context)
 
     def build(self, context: bpy.types.Context) -> JobPlan | None:
-        strip = movie_strip(context)
-        spec = engine_ready(self, context)
-        if spec is None:
+        target = strip_target(self, context, need_info=False)
+        if target is None:
             return None
+        strip, spec = target.strip, target.spec
         s = settings(context)
         try:
             fp, frames = source_key(context, strip, exact=True)
         except (OSError, ValueError) as exc:
             self.report({"ERROR"}, f"'{strip.name}': {exc}")
             return None
-        target = train_target(self, context, strip, fp, frames)
+        target = train_target(self, context, strip, fp, frames, extend=True)
         if target is None:
             return None
         base, frames, temporary, item, new_frames = target
         ws = Workspace(base)
+        if item is not None and tuple(frames) != (item.frame_start, item.frame_end) \
+                and started_folder(item) == base:
+            # Train New Frames: the same project (and its layers) now covers the wider range;
+            # a cancelled run leaves the engine's project claiming it too, and Train resumes
+            item.frame_start, item.frame_end = int(frames[0]), int(frames[1])
         if temporary:
             self.report({"WARNING"}, f"The .blend is not saved: the project goes to a temporary folder ({base}); "
                                      "save the file first to keep it next to the .blend")
         if clear_partial_project(ws.project):
             self.report({"INFO"}, "Removed the unfinished project of a run cancelled before it saved anything")
         resume = projects.is_project_folder(ws.project)
+        hint = foreground_hint(self, ws, s.single_layer, resume)
+        if hint is False:
+            return None
         record = record_project(context, strip, base, frames)
         if item is not None and record != item and not len(record.layers):
             copy_layers(item, record)  # the layers drawn so far carry over to the larger project
         done = finished_training_minutes(json.loads(record.info_json)) if resume and record.info_json else 0.0
         args = train_args(strips.abs_path(strip.filepath), ws.project, frames, s.working_side(), s.minutes + done,
-                          s.device, s.single_layer, resume)
+                          s.device, s.single_layer, resume, fg_hint=hint or None)
         os.makedirs(base, exist_ok=True)
         worker = Worker(spec.command("train", *args), env=spec.env(), title=f"Training '{strip.name}'")
         record.info_json = ""
@@ -255,12 +295,7 @@ class INVE_OT_check_engine(bpy.types.Operator):
         return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        job = engine_jobs.check_job(engine_spec(context))
-        jobs.start(job)
-        if job.state.finished:
-            return report_end(self, job)
-        self.report({"INFO"}, "Checking the engine's Python")
-        return {"FINISHED"}
+        return start_job(self, engine_jobs.check_job(engine_spec(context)), "Checking the engine's Python")
 
 
 class INVE_OT_install_dependencies(EngineJobOperator, bpy.types.Operator):

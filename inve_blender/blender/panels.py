@@ -7,7 +7,7 @@ import bpy
 
 from ..io.edit_stack import describe
 from . import sequencer as strips
-from . import ops_batch, preview, service
+from . import ops_batch, ops_hint, preview, service
 from .context import active_project, project_folder, propagated, started_folder, strip_project, workspace_path
 from .ui import _wrapped, draw_engine_status, draw_job
 
@@ -21,6 +21,7 @@ def draw_batch(layout: bpy.types.UILayout, active: str = "") -> None:
     done / failed with its message); the active strip's row is highlighted."""
     job = ops_batch.batch_job()
     if job is None:
+        draw_saved_batch(layout, strips.sequencer_scene(bpy.context), active)
         return
     tracker = job.worker.tracker
     box = layout.box()
@@ -38,6 +39,36 @@ def draw_batch(layout: bpy.types.UILayout, active: str = "") -> None:
                 row.progress(factor=sh.fraction, type="BAR", text=sh.line())
             else:
                 row.label(text=sh.line())
+
+
+def draw_hint(layout: bpy.types.UILayout, context: bpy.types.Context, strip: object) -> None:
+    """Mark Foreground (outline from strokes or a Mask) and, when set, the hint with Clear."""
+    box = layout.box()
+    row = box.row(align=True)
+    row.operator("inve.mark_foreground", icon="SELECT_SET")
+    row.operator("inve.mark_foreground", text="", icon="MOD_MASK").source = "MASK"
+    line = ops_hint.hint_line(context, strip)
+    if line:
+        row = box.row(align=True)
+        row.label(text=line, icon="CHECKMARK")
+        row.operator("inve.clear_foreground_hint", text="", icon="X")
+
+
+def draw_saved_batch(layout: bpy.types.UILayout, scene: object, active: str = "") -> None:
+    """The latest Train All's end as saved in the .blend (after reopening the file)."""
+    rows = getattr(getattr(scene, "inve", None), "batch_strips", None)
+    if not rows:
+        return
+    box = layout.box()
+    box.label(text="Train All Strips", icon="SEQ_STRIP_DUPLICATE")
+    col = box.column(align=True)
+    for r in rows:
+        row = col.row(align=True)
+        row.alert = r.state == "failed"
+        row.label(text=r.strip, icon="RIGHTARROW" if r.strip == active else BATCH_ICONS.get(r.state, "DOT"))
+        row.label(text=r.line)
+    if scene.inve.batch_outcome:
+        _wrapped(box, scene.inve.batch_outcome, icon="INFO")
 
 
 class INVE_PT_main(bpy.types.Panel):
@@ -96,6 +127,7 @@ class INVE_PT_main(bpy.types.Panel):
             missing = ", ".join(f"{a}-{b - 1}" for a, b in match.outside)
             _wrapped(box, f"Source frames {missing} are not trained: they show no edits", icon="ERROR")
             box.operator("inve.train", text="Train New Frames", icon="PLAY")
+        draw_hint(layout, context, strip)
         row = layout.row(align=True)
         row.scale_y = 1.4
         row.operator("inve.train", icon="PLAY")
@@ -233,6 +265,9 @@ class INVE_PT_tools(bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         layout.operator("inve.track", icon="TRACKER")
+        row = layout.row(align=True)
+        row.operator("inve.apply_corrections", icon="TRACKING_REFINE_FORWARDS")
+        row.prop(strips.sequencer_scene(context).inve, "correct_minutes", text="")
         row = layout.row(align=True)
         row.operator("inve.atlas_open", icon="TPAINT_HLT")
         row.operator("inve.atlas_apply", icon="CHECKMARK")

@@ -54,6 +54,15 @@ class INVE_PG_project(bpy.types.PropertyGroup):
                                 description="The edit stack the result strip shows (to notice Undo)")
 
 
+class INVE_PG_batch_strip(bpy.types.PropertyGroup):
+    """One strip's end in the latest Train All (kept in the .blend: the panel shows it after
+    reopening the file, when the batch job itself is long gone)."""
+
+    strip: StringProperty(name="Strip", default="")
+    state: StringProperty(name="State", default="")  # queued | training | done | failed | cancelled
+    line: StringProperty(name="Result", default="")
+
+
 class INVE_PG_settings(bpy.types.PropertyGroup):
     """Per-scene INVE settings (``scene.inve``)."""
 
@@ -79,6 +88,8 @@ class INVE_PG_settings(bpy.types.PropertyGroup):
                                 description="Where new projects are made, one folder per source and frame "
                                             "range (empty: //inve/ next to the .blend)")
     projects: CollectionProperty(type=INVE_PG_project)
+    batch_strips: CollectionProperty(type=INVE_PG_batch_strip)
+    batch_outcome: StringProperty(name="Train All Outcome", default="", options={"HIDDEN"})
     stroke_source: EnumProperty(
         name="Strokes From",
         items=[("ANNOTATION", "Annotations", "Strokes drawn with the Annotate tool in the Sequencer preview"),
@@ -92,6 +103,9 @@ class INVE_PG_settings(bpy.types.PropertyGroup):
     export_movie: BoolProperty(name="Also Write a Movie", default=False,
                                description="Propagate also writes the edited clip (full frames) as an .mp4 next "
                                            "to the project, for export outside Blender")
+    correct_minutes: FloatProperty(name="Correction Budget", default=0.5, min=0.05, max=60.0,
+                                   description="Minutes the engine fine-tunes the project with the markers you "
+                                               "moved (Apply Corrections)")
     hue: FloatProperty(name="Hue", default=0.0, min=-0.5, max=0.5)
     saturation: FloatProperty(name="Saturation", default=1.0, min=0.0, max=4.0)
     brightness: FloatProperty(name="Brightness", default=0.0, min=-1.0, max=1.0)
@@ -101,7 +115,7 @@ class INVE_PG_settings(bpy.types.PropertyGroup):
         return self.max_side if self.quality == "CUSTOM" else QUALITY_SIDES[self.quality]
 
 
-CLASSES = (INVE_PG_layer, INVE_PG_project, INVE_PG_settings)
+CLASSES = (INVE_PG_layer, INVE_PG_project, INVE_PG_batch_strip, INVE_PG_settings)
 
 
 def register_props() -> None:

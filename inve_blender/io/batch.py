@@ -281,5 +281,12 @@ def finished_line(tracker: BatchTracker, state: ProgressState) -> str:
     return f"Train All: {total} of {total} done"
 
 
+def strip_rows(tracker: BatchTracker, strips: Mapping[str, Sequence[str]]) -> list[tuple[str, str, str]]:
+    """(strip, state, line) for every strip of the batch (``strips``: shot -> its strips), in
+    the batch's order: what the .blend keeps of a Train All."""
+    return [(strip, sh.state, sh.line()) for shot, names in strips.items()
+            if (sh := tracker.shots.get(shot)) is not None for strip in names]
+
+
 __all__ = ["BatchPlan", "BatchTracker", "BatchWorker", "LOCAL_NOTICE", "ShotState", "StripShot", "batch_args",
-           "finished_line", "plan", "safe_name", "shots_doc", "unique_names"]
+           "finished_line", "plan", "safe_name", "shots_doc", "strip_rows", "unique_names"]

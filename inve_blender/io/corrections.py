@@ -66,4 +66,17 @@ def corrections_from_markers(tracks_doc: Mapping[str, Any], markers: Mapping[str
     return {"tracks": out}
 
 
-__all__ = ["corrections_from_markers", "MOVED_PX"]
+def read_markers(tracks: Iterable[Any], prefix: str) -> dict[str, list[tuple[int, tuple[float, float]]]]:
+    """``(clip_frame, (u, v))`` of every marker of the clip's tracks named ``prefix + id``
+    (the tracks the add-on wrote), by track id; other tracks (the user's own) are left out.
+    ``tracks``: the clip's ``tracking.tracks`` (anything with ``name`` and ``markers`` whose
+    items have ``frame`` and ``co``)."""
+    out: dict[str, list[tuple[int, tuple[float, float]]]] = {}
+    for tr in tracks:
+        name = str(tr.name)
+        if name.startswith(prefix):
+            out[name[len(prefix):]] = [(int(m.frame), (float(m.co[0]), float(m.co[1]))) for m in tr.markers]
+    return out
+
+
+__all__ = ["corrections_from_markers", "read_markers", "MOVED_PX"]

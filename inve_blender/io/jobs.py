@@ -70,14 +70,16 @@ class JobSlot:
         return job.state
 
     def tick(self) -> bool:
-        """Poll the running job; finish it when it ended. True while it still runs."""
+        """Poll the running job; finish it when it ended. True while it (or the job its end
+        started: ``then``, or an operator its ``on_done`` ran) still runs, so the UI timer
+        keeps polling a chain of jobs to its end."""
         job = self.current
         if job is None:
             return False
         if not job.worker.poll().finished:
             return True
         self.finish(job)
-        return False
+        return self.busy()
 
     def cancel(self) -> bool:
         if self.current is None or self.current.state.finished:

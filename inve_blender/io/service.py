@@ -173,7 +173,7 @@ class ServiceTask:
         if self.request is not None and not self.state.finished:
             self.request.cancel()
 
-    def run_to_completion(self, timeout: float | None = None, interval: float = 0.02) -> ProgressState:
+    def run_to_completion(self, timeout: float | None = None, interval: float = 0.005) -> ProgressState:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.request is None and not self.state.finished:
             self.start()

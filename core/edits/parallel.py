@@ -1,0 +1,138 @@
+"""Render an edit session's frames in several processes, results in frame order.
+
+Why: the edit pass is many small per-frame steps (decode, drift refinement of the strokes,
+texture lookups, compositing, PNG encoding) that keep one core busy in Python; threads do
+not scale past the interpreter lock. After the session's frame-independent work is done
+(:meth:`EditSession.prepare`), forked workers each render blocks of frames with their own
+copy of the session (copy-on-write; the baked maps are memory-mapped, so shared) and their
+own decoder, and hand back the finished frame (or its encoded PNG). Every frame is rendered
+exactly as the single-process path renders it (a frame's result depends only on the
+prepared layers and that frame), so the output is identical.
+
+Workers are forked (POSIX ``fork``): where that is unavailable or unsafe (Windows, macOS)
+callers render in-process. Memory stays bounded: at most ``workers + 1`` blocks (of fewer
+frames for large frames) are handed out ahead of the frame the caller is waiting for.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import sys
+import traceback
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from core.errors import InveError
+
+#: frames per block a worker renders in a row (its decoder then reads ahead without restarts),
+#: fewer for large frames: at most AHEAD_BYTES of raw frames wait for the caller per worker
+BLOCK = 8
+AHEAD_BYTES = 24 * 2**20
+
+
+def block_frames(width: int, height: int) -> int:
+    """Frames per block: BLOCK, fewer (down to 2) for frames larger than 640x480-ish."""
+    return max(2, min(BLOCK, AHEAD_BYTES // max(1, 3 * width * height)))
+
+
+def can_fork() -> bool:
+    """Fork-based workers only on Linux (macOS's system libraries are not fork-safe)."""
+    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+
+
+def default_workers(n_frames: int) -> int:
+    """Worker processes for an edit pass of ``n_frames`` (1: render in this process)."""
+    if not can_fork() or n_frames < 2 * BLOCK:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 4, n_frames // BLOCK))
+
+
+def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
+            encode: Callable[[np.ndarray], Any] | None) -> None:
+    """A forked worker: render the blocks it is given until it gets None."""
+    try:
+        import signal  # noqa: PLC0415
+
+        import torch  # noqa: PLC0415
+
+        # the parent's handlers (a cancel token, a service's shutdown) are not ours: the parent
+        # stops us (terminate) when it stops, and Ctrl-C reaches it, not us
+        for name in ("SIGTERM", "SIGINT"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL if name == "SIGTERM" else signal.SIG_IGN)
+        torch.set_num_threads(1)
+        frames = session.ctx.frames
+        if hasattr(frames, "forget_decoder"):
+            frames.forget_decoder()  # the parent's decoder pipe is not ours to read
+        while (task := tasks.get()) is not None:
+            start, end = task
+            for t in range(start, end):
+                img = session.render_frame(t, cache=False, overlay=overlay)
+                results.put((t, encode(img) if encode is not None else img, None))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        msg = str(exc) if isinstance(exc, InveError) else "".join(traceback.format_exception(exc))
+        results.put((-1, None, (type(exc).__name__, msg, isinstance(exc, InveError))))
+    finally:
+        results.close()
+        results.join_thread()
+
+
+def render_parallel(session: Any, workers: int, overlay: bool = False,
+                    encode: Callable[[np.ndarray], Any] | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield (project frame, frame or ``encode(frame)``) for every frame, in order, rendered by
+    ``workers`` forked processes. ``session.prepare()`` must have run (it is shared by fork).
+
+    Stopping the iteration early (an error downstream, a cancel) stops the workers.
+    """
+    T = session.ctx.T
+    B = block_frames(session.ctx.W, session.ctx.H)
+    ctx = mp.get_context("fork")
+    tasks, results = ctx.Queue(), ctx.Queue()
+    frames = session.ctx.frames
+    if hasattr(frames, "close"):
+        frames.close()  # no decoder process shared with the children
+    blocks = [(s, min(T, s + B)) for s in range(0, T, B)]
+    procs = [ctx.Process(target=_worker, args=(session, tasks, results, overlay, encode), daemon=True,
+                         name=f"inve-render-{i}") for i in range(workers)]
+    for p in procs:
+        p.start()
+    sent = 0
+    pending: dict[int, Any] = {}
+    try:
+        for _ in range(min(len(blocks), workers + 1)):
+            tasks.put(blocks[sent])
+            sent += 1
+        for t in range(T):
+            while t not in pending:
+                try:
+                    got, payload, err = results.get(timeout=1.0)
+                except queue.Empty:
+                    dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+                    if dead:
+                        raise InveError(f"a render worker stopped unexpectedly (exit code {dead[0].exitcode}); "
+                                        "out of memory? try again with fewer frames") from None
+                    continue
+                if err is not None:
+                    kind, msg, user = err
+                    if user:
+                        raise InveError(msg)
+                    raise RuntimeError(f"a render worker failed ({kind}):\n{msg}")
+                pending[got] = payload
+            if t % B == 0 and sent < len(blocks):  # a block is being handed over: give out the next
+                tasks.put(blocks[sent])
+                sent += 1
+            yield t, pending.pop(t)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                tasks.put(None)
+        for p in procs:
+            p.join(timeout=0.5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=2.0)
+        tasks.close()
+        results.close()
+        tasks.cancel_join_thread()
+        results.cancel_join_thread()

@@ -1,0 +1,881 @@
+"""Segments: a long shot as overlapping sub-projects, edited and tracked as one.
+
+Why: one atlas and one set of mapping grids cannot hold a long handheld shot (box.mp4, 458
+frames, stays near 27.6 dB however long it trains): the hand turns the box round, the
+camera wanders, and the atlas runs out of room. Splitting the shot into overlapping
+segments, each with its own atlases and mappings, gives each a short clip's quality.
+
+Layout: ``project.json`` of a segmented project (format 3) lists the segments in frame
+order, ``[{"name": "f000000-000124", "frames": [0, 124]}, ...]``; each one is a complete
+project of its own in ``segments/<name>/`` (its project.json, checkpoint, baked maps,
+atlases, metrics). Consecutive segments overlap by a few frames. Each source frame is
+*owned* by one segment: the seam between segments k and k+1 is the **switch frame**
+``s = (start_{k+1} + end_k) // 2`` inside their overlap; frames before it are rendered by
+k, frames from it on by k+1.
+
+Edits and tracks stay in the user's coordinates (EDITS.json, POINTS.json, TRACKS.json do
+not change). An edit is attached in the segment that owns the frame it was drawn on and
+carried into the neighbours *through the seam*: segment k renders what the edit looks like
+at the switch frame (a stroke's carried vertices, a rigid sticker's pose, a paint layer's
+pixels, an adjustment's region) and segment k+1 takes that as the same edit drawn at the
+switch frame. At the switch frame both segments therefore agree, so a stroke crossing a
+seam continues without a jump; the chain continues segment by segment in both directions.
+What is hidden at the switch frame (a background stroke under the foreground there) does
+not carry on; the other frames of the overlap are tried for a stroke or sticker that is
+not visible at the switch frame itself.
+
+This module is a layer *above* the per-segment code: every segment is rendered by an
+ordinary :class:`~core.edits.session.EditSession` and tracked by :func:`core.track.track_points`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from core import fsutil
+from core.errors import InveError
+from core.progress import Progress
+from core.project import SEGMENTS_DIR, Project, ProjectInfo
+
+#: by default shots longer than SPLIT_ABOVE frames are split into segments of at most
+#: DEFAULT_SEGMENT_FRAMES (``--segment-frames N`` splits above N into segments of N). Measured
+#: on box.mp4 with a 10-minute budget shared by frames (README, *Segments*): 120-frame pieces
+#: reach 27.4-28.5 dB, 60-frame ones 26.2-28.7 in the hard middle (the hand turns the box) and
+#: 40-frame ones 30.4 there; short shots (the 48-frame bundled clip) stay one project.
+SPLIT_ABOVE = 60
+DEFAULT_SEGMENT_FRAMES = 40
+#: frames shared by consecutive segments (``--segment-overlap``); the seam is in its middle.
+#: Only the seam and its neighbours are used to carry edits; more would cost maps and training.
+DEFAULT_OVERLAP = 4
+MIN_OVERLAP = 2
+MIN_SEGMENT_FRAMES = 8
+
+
+# -- planning ------------------------------------------------------------------------------
+
+def plan(start: int, end: int, length: int | None, overlap: int = DEFAULT_OVERLAP) -> list[tuple[int, int]]:
+    """Split frames ``start:end`` into overlapping ranges of at most ``length`` frames.
+
+    Equal lengths (the budget is split by frames), consecutive ranges sharing ``overlap``
+    frames. ``length`` 0/None or a shot no longer than it: one range.
+    """
+    if length and length < MIN_SEGMENT_FRAMES:
+        raise InveError(f"--segment-frames {length} is too short: use 0 (never split) or at least "
+                        f"{MIN_SEGMENT_FRAMES} frames")
+    n = end - start
+    if not length or n <= length:
+        return [(start, end)]
+    overlap = max(MIN_OVERLAP, min(int(overlap), length // 2))
+    count = math.ceil((n - overlap) / (length - overlap))
+    stride = (n - overlap) / count
+    out = []
+    for k in range(count):
+        a = start + int(round(k * stride))
+        b = end if k == count - 1 else start + int(round((k + 1) * stride)) + overlap
+        out.append((a, b))
+    return out
+
+
+def segment_name(a: int, b: int) -> str:
+    return f"f{a:06d}-{b:06d}"
+
+
+def switch_frames(ranges: Sequence[tuple[int, int]]) -> list[int]:
+    """The seam between each pair of consecutive segments: the middle of their overlap."""
+    return [(ranges[k + 1][0] + ranges[k][1]) // 2 for k in range(len(ranges) - 1)]
+
+
+def owned(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The frames each segment renders (half-open source ranges tiling the project)."""
+    s = switch_frames(ranges)
+    return [(ranges[k][0] if k == 0 else s[k - 1], ranges[k][1] if k == len(ranges) - 1 else s[k])
+            for k in range(len(ranges))]
+
+
+def extension(ranges: Sequence[tuple[int, int]], start: int, end: int,
+              length: int | None, overlap: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Ranges to add before and after trained ``ranges`` so they cover ``start:end``.
+
+    A new range overlaps its trained neighbour by ``overlap`` frames (fewer when that
+    segment is short); longer additions are split like a new shot.
+    """
+    before: list[tuple[int, int]] = []
+    after: list[tuple[int, int]] = []
+    lo, hi = ranges[0][0], ranges[-1][1]
+    if start < lo:
+        first = ranges[0]
+        ov = max(1, min(overlap, (first[1] - first[0]) // 2))
+        before = plan(start, lo + ov, length, overlap)
+    if end > hi:
+        last = ranges[-1]
+        ov = max(1, min(overlap, (last[1] - last[0]) // 2))
+        after = plan(hi - ov, end, length, overlap)
+    return before, after
+
+
+def split_plan(start: int, end: int, segment_frames: int | None, overlap: int | None) -> list[tuple[int, int]]:
+    """The segments a new shot is trained as: ``segment_frames`` None is the default rule
+    (split above SPLIT_ABOVE into DEFAULT_SEGMENT_FRAMES), 0 never splits, N splits above N."""
+    overlap = overlap or DEFAULT_OVERLAP
+    if segment_frames is None:
+        return plan(start, end, DEFAULT_SEGMENT_FRAMES if end - start > SPLIT_ABOVE else 0, overlap)
+    return plan(start, end, segment_frames, overlap)
+
+
+def ranges_of(info: ProjectInfo) -> list[tuple[int, int]]:
+    if info.segments:
+        return [(int(s["frames"][0]), int(s["frames"][1])) for s in info.segments]
+    return [(info.frames[0], info.frames[-1] + 1)]
+
+
+# -- training --------------------------------------------------------------------------------
+
+class SegmentProgress(Progress):
+    """Progress of one segment inside the whole run: says which segment, and maps the
+    training stage onto the whole run's budget (step 0..1000 over all segments)."""
+
+    def __init__(self, inner: Progress, index: int, count: int, frames: tuple[int, int],
+                 done_share: float, share: float, run_start: float | None = None) -> None:
+        super().__init__("none", cancel=inner.cancel)
+        self.inner, self.index, self.count, self.frames = inner, index, count, frames
+        self.done_share, self.share = done_share, share
+        self.run_start = time.monotonic() if run_start is None else run_start
+
+    def update(self, stage: str, step: int, total: int, force: bool = False, **extra: Any) -> None:
+        tag: dict[str, Any] = {"segment": f"{self.index + 1}/{self.count}",
+                               "segment_frames": f"{self.frames[0]}:{self.frames[1]}"}
+        if stage == "train" and total:
+            frac = self.done_share + self.share * min(1.0, step / total)
+            step, total = int(round(1000 * frac)), 1000
+            if frac > self.done_share and frac > 0:  # the whole run's: every segment's stages count
+                tag["eta"] = round((time.monotonic() - self.run_start) / frac * (1.0 - frac), 1)
+        self.inner.update(stage, step, total, force, **tag, **extra)
+
+    def message(self, text: str) -> None:
+        a, b = self.frames
+        self.inner.message(f"segment {self.index + 1}/{self.count} (frames {a}:{b}): {text}")
+
+
+def budget_shares(ranges: Sequence[tuple[int, int]], iters: int | None, minutes: float | None
+                  ) -> list[tuple[int | None, float | None]]:
+    """The whole run's budget split by work (frames) over the segments."""
+    lens = [b - a for a, b in ranges]
+    total = float(sum(lens))
+    out = []
+    for n in lens:
+        f = n / total
+        out.append((None if iters is None else max(1, int(round(iters * f))),
+                    None if minutes is None else round(minutes * f, 4)))
+    return out
+
+
+def _relative(path: str, folder: Path) -> str | None:
+    try:
+        return os.path.relpath(path, folder.resolve())
+    except ValueError:
+        return None
+
+
+#: what a plain project keeps in its folder: moved into its segment when it is extended
+_PLAIN_ENTRIES = (Project.CHECKPOINT, Project.MAPS, Project.MAPS_LEGACY, Project.FRAMES, Project.METRICS, "cache",
+                  "atlas_bg.png", "atlas_fg.png", fsutil.OUTPUT_MARKER)
+
+
+def _adopt_plain(project_dir: Path, info: ProjectInfo) -> str:
+    """Move a plain project's trained state into ``segments/<name>/`` (renames, no copies)
+    and return the segment's name. Idempotent: a run stopped half-way finishes it."""
+    a, b = info.frames[0], info.frames[-1] + 1
+    name = segment_name(a, b)
+    dest = project_dir / SEGMENTS_DIR / name
+    dest.mkdir(parents=True, exist_ok=True)
+    sub = dataclasses.replace(info, settings=dict(info.settings), segments=None)
+    if sub.source_relative:
+        sub.source_relative = _relative(str((project_dir / sub.source_relative).resolve()), dest) \
+            if (project_dir / sub.source_relative).exists() else _relative(sub.source, dest)
+    Project(dest, sub).save_info()  # first: the segment is a project before anything moves
+    for entry in _PLAIN_ENTRIES:
+        src = project_dir / entry
+        if src.exists():
+            if (dest / entry).exists():
+                raise InveError(f"cannot move {src} into segment {name}: {dest / entry} exists already; "
+                                "the project is damaged")
+            os.replace(src, dest / entry)
+    return name
+
+
+def train_segmented(video: str | Path, project_dir: Path, existing: Project | None, cfg: Any, progress: Progress,
+                    monitor: Any, given: set[str] | None) -> Project:
+    """Train a project as segments (new, resumed, or extended to more frames); under the lock.
+
+    New: the shot is planned into segments of at most ``cfg.segment_frames``. Resumed with the
+    same frames: every segment not trained to its share of the budget continues. Resumed with
+    ``--frames`` that contain the trained ones: segments are added for the new frames,
+    trained segments stay untouched (their edits keep working).
+    """
+    from core import train as tr  # noqa: PLC0415
+    from core import video as vio  # noqa: PLC0415
+    from core.identity import source_fingerprint  # noqa: PLC0415
+
+    if existing is not None:
+        source, ranges, new = _resume_plan(video, project_dir, existing, cfg, given)
+    else:
+        source = str(Path(video).resolve())
+        vinfo = vio.probe(source)
+        start, end = vio.resolve_range(vinfo, cfg.frames)
+        ranges = plan(start, end, cfg.segment_frames, cfg.segment_overlap)
+        new = set(ranges)
+    vinfo = vio.probe(source)
+    work = vio.working_size(vinfo.width, vinfo.height, cfg.max_side)
+    start, end = ranges[0][0], ranges[-1][1]
+    if cfg.iters is None and cfg.minutes is None:
+        cfg.minutes = tr.default_minutes(end - start, work)
+        progress.message(f"training budget {cfg.minutes:g} min for {end - start} frames at {work[0]}x{work[1]} "
+                         "(the default grows with frames x pixels; set --minutes or --iters to choose)")
+    fingerprint = (existing.info.source_fingerprint if existing is not None and existing.info.source_fingerprint
+                   else source_fingerprint(source))
+    segs = [{"name": segment_name(a, b), "frames": [a, b]} for a, b in ranges]
+    if existing is not None and existing.is_segmented:  # trained segments keep their names
+        old = {(int(s["frames"][0]), int(s["frames"][1])): s["name"] for s in existing.info.segments or []}
+        for s in segs:
+            s["name"] = old.get(tuple(s["frames"]), s["name"])
+    elif existing is not None:  # a plain project extended: it becomes the first trained segment
+        old_range = (existing.info.frames[0], existing.info.frames[-1] + 1)
+        name = _adopt_plain(project_dir, existing.info)
+        for s in segs:
+            if tuple(s["frames"]) == old_range:
+                s["name"] = name
+    settings = {"train": tr._settings(cfg), "segments": {"frames": cfg.segment_frames, "overlap": cfg.segment_overlap}}
+    layers = list(existing.info.layers) if existing is not None else (["bg"] if cfg.single_layer else ["bg", "fg"])
+    info = ProjectInfo(source=source, frames=list(range(start, end)), source_size=(vinfo.width, vinfo.height),
+                       work_size=work, fps=vinfo.fps, layers=layers, settings=settings,
+                       source_relative=_relative(source, project_dir), source_fingerprint=fingerprint, segments=segs)
+    fsutil.mark_output_dir(project_dir)
+    top = Project(project_dir, info)
+    top.save_info()  # the plan first: a run cancelled in any segment resumes with --resume
+
+    shares = budget_shares(ranges, cfg.iters, cfg.minutes)
+    total_share = [(b - a) for a, b in ranges]
+    done = 0.0
+    whole = float(sum(total_share))
+    run_start = time.monotonic()
+    extending = existing is not None and any(r not in set(ranges_of(existing.info)) for r in ranges)
+    for k, (s, (a, b), (iters, minutes)) in enumerate(zip(segs, ranges, shares)):
+        share = (b - a) / whole
+        sub_dir = top.segment_path(s["name"])
+        seg_progress = SegmentProgress(progress, k, len(ranges), (a, b), done, share, run_start)
+        done += share
+        sub_exists = (sub_dir / Project.INFO).is_file()
+        if sub_exists:
+            sub = Project.open(sub_dir)
+            stored = sub.info.settings.get("train", {})
+            trained = sub.state()[0] == "trained"
+            if trained and (extending or (stored.get("iters"), stored.get("minutes")) == (iters, minutes)):
+                continue  # finished to its share (or extending: trained segments stay untouched)
+        seg_cfg = dataclasses.replace(cfg, frames=(a, b), iters=iters, minutes=minutes, segment_frames=0,
+                                      compact_checkpoint=True,
+                                      weights=dataclasses.replace(cfg.weights), model=dict(cfg.model))
+        if cfg.fg_hint and not cfg.masks:
+            seg_cfg.fg_hint = _segment_hints(Path(cfg.fg_hint), sub_dir, a, b)
+        seg_progress.message(f"training ({'resuming' if sub_exists else 'new'})")
+        tr._train_locked(source, sub_dir, seg_cfg, seg_progress, sub_exists, monitor, {"frames", "max_side", "video"})
+    top = Project.open(project_dir)
+    subs = top.segments()
+    top.info.layers = [L for L in ("bg", "fg") if any(L in p.info.layers for p in subs)]
+    top.save_info()
+    fsutil.write_json(project_dir / Project.METRICS, aggregate_metrics(top))
+    return Project.open(project_dir)
+
+
+def _segment_hints(path: Path, sub_dir: Path, a: int, b: int) -> str | None:
+    """The hints of HINTS.json on frames ``a:b`` as the segment's own file (None when it has no
+    foreground outline there: that segment finds its foreground by itself)."""
+    doc = fsutil.read_json(path, "hints file")
+    hints = [h for h in doc.get("hints", []) if isinstance(h, dict) and isinstance(h.get("frame"), int)
+             and a <= h["frame"] < b]
+    if not any(h.get("label", "fg") == "fg" for h in hints):
+        return None
+    sub_dir.parent.mkdir(parents=True, exist_ok=True)
+    out = sub_dir.parent / f"{sub_dir.name}.hints.json"  # next to the segment: its folder must start empty
+    fsutil.write_json(out, {**doc, "hints": hints})
+    return str(out.resolve())
+
+
+def _resume_plan(video: str | Path, project_dir: Path, existing: Project, cfg: Any, given: set[str] | None
+                 ) -> tuple[str, list[tuple[int, int]], set[tuple[int, int]]]:
+    """Source, segment ranges and the new ones, for ``--resume`` of ``existing``."""
+    from core import train as tr  # noqa: PLC0415
+    from core import video as vio  # noqa: PLC0415
+
+    info = existing.info
+    start, end = info.frames[0], info.frames[-1] + 1
+    want = cfg.frames if (given is None or "frames" in given) else None
+    stored = info.settings.get("segments") or {}
+    if cfg.segment_frames is None:
+        cfg.segment_frames = stored.get("frames", DEFAULT_SEGMENT_FRAMES)
+    if not cfg.segment_overlap:
+        cfg.segment_overlap = stored.get("overlap", DEFAULT_OVERLAP)
+    keep = dataclasses.replace(cfg)
+    cfg.frames = None
+    source = tr._resume_settings(existing, video, cfg, (given or {"max_side", "video"}) - {"frames"})
+    if Path(source).resolve() == Path(info.source).resolve():
+        source = str(existing.source_path())
+    if keep.iters is not None or keep.minutes is not None:
+        cfg.iters, cfg.minutes = keep.iters, keep.minutes
+    ranges = ranges_of(info)
+    if want is None:
+        cfg.frames = (start, end)
+        return source, ranges, set()
+    vinfo = vio.probe(source)
+    a, b = vio.resolve_range(vinfo, want)
+    if a > start or b < end:
+        raise InveError(f"--resume --frames {a}:{b} does not contain the trained frames {start}:{end} of "
+                        f"{project_dir}: a resume can only add frames; train other frames into a new folder")
+    before, after = extension(ranges, a, b, cfg.segment_frames, cfg.segment_overlap)
+    cfg.frames = (a, b)
+    return source, before + ranges + after, set(before + after)
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+def _psnr_mean(values: Sequence[float]) -> float | None:
+    mse = [10 ** (-v / 10.0) for v in values if v is not None and math.isfinite(v)]
+    return None if not mse else round(10 * math.log10(1.0 / max(float(np.mean(mse)), 1e-12)), 3)
+
+
+def aggregate_metrics(project: Project) -> dict[str, Any]:
+    """The whole project's metrics.json: each frame's figures from the segment that renders it."""
+    ranges = ranges_of(project.info)
+    own = owned(ranges)
+    per_psnr: list[float | None] = []
+    cyc: dict[str, list[float | None]] = {"bg": [], "fg": []}
+    segs, iters, secs, atlas = [], 0, 0.0, []
+    first: dict[str, Any] = {}
+    for sub, (a, b), (lo, hi) in zip(project.segments(), ranges, own):
+        m = sub.metrics()
+        first = first or m
+        pf = m.get("per_frame") or {}
+        fr = list(pf.get("frame") or [])
+        idx = [fr.index(f) if f in fr else None for f in range(lo, hi)]
+        ps = list(pf.get("psnr") or [])
+        per_psnr += [ps[i] if i is not None and i < len(ps) else None for i in idx]
+        for L in cyc:
+            vals = list((pf.get("cycle_error_px") or {}).get(L) or [])
+            cyc[L] += [vals[i] if i is not None and i < len(vals) else None for i in idx]
+        iters += int(m.get("iterations", 0))
+        secs += float(m.get("train_seconds", 0.0))
+        if m.get("atlas_psnr") is not None:
+            atlas += [float(m["atlas_psnr"])] * (hi - lo)
+        segs.append({"name": sub.path.name, "frames": [a, b], "owns": [lo, hi], "psnr": m.get("psnr"),
+                     "atlas_psnr": m.get("atlas_psnr"), "iterations": m.get("iterations"),
+                     "train_seconds": m.get("train_seconds"), "layers": sub.info.layers})
+    cycle = {L: v for L, v in cyc.items() if any(x is not None for x in v)}
+    med = {L: round(float(np.median([x for x in v if x is not None])), 4) for L, v in cycle.items()}
+    return {"psnr": _psnr_mean([p for p in per_psnr if p is not None]), "atlas_psnr": _psnr_mean(atlas),
+            "iterations": iters, "train_seconds": round(secs, 2), "cycle_error_px": med,
+            "device": first.get("device"), "backend": first.get("backend"), "layers": project.info.layers,
+            "mask_source": first.get("mask_source"), "segments": segs,
+            "per_frame": {"frame": list(project.info.frames), "psnr": per_psnr, "cycle_error_px": cycle}}
+
+
+def segments_info(project: Project) -> list[dict[str, Any]]:
+    """What ``inve info`` says about each segment (cheap: no maps or networks are opened)."""
+    ranges = ranges_of(project.info)
+    out = []
+    for s, (lo, hi) in zip(project.info.segments or [], owned(ranges)):
+        p = project.segment_path(s["name"])
+        d: dict[str, Any] = {"name": s["name"], "frames": list(s["frames"]), "owns": [lo, hi],
+                             "path": str(p.resolve())}
+        if (p / Project.INFO).is_file():
+            try:
+                sub = Project.open(p)
+                d["state"], why = sub.state()
+                if why:
+                    d["state_reason"] = why
+                m = sub.metrics()
+                d.update({k: m.get(k) for k in ("psnr", "iterations", "train_seconds")})
+                d["layers"] = sub.info.layers
+            except InveError as exc:
+                d["state"], d["state_reason"] = "damaged", str(exc)
+        else:
+            d["state"] = "untrained"
+        out.append(d)
+    return out
+
+
+# -- edits across segments -------------------------------------------------------------------
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
+
+
+def _carried_adjust_types() -> tuple[type, type]:
+    """An adjustment whose region arrives as a mask (carried through a seam), and its renderer."""
+    import torch  # noqa: PLC0415
+
+    from core.edits.atlas_edit import frame_to_atlas  # noqa: PLC0415
+    from core.edits.paint import AdjustRenderer  # noqa: PLC0415
+    from core.edits.spec import AdjustLayer  # noqa: PLC0415
+
+    class CarriedAdjustRenderer(AdjustRenderer):
+        def build(self, ctx):  # type: ignore[override]
+            img = torch.from_numpy(np.ascontiguousarray(self.spec.mask, np.float32))[None]
+            return [frame_to_atlas(ctx, self.spec.layer, self.spec.t, img)]
+
+    @dataclass
+    class CarriedAdjustLayer(AdjustLayer):
+        mask: np.ndarray | None = None  # float32 [H, W] region coverage at the drawing frame
+
+        def make_renderer(self, stroke_cache: Any) -> Any:
+            return CarriedAdjustRenderer(self)
+
+    return CarriedAdjustLayer, CarriedAdjustRenderer
+
+
+_CARRIED_ADJUST: tuple[type, type] | None = None
+
+
+def carried_adjust_layer(**kw: Any) -> Any:
+    global _CARRIED_ADJUST
+    if _CARRIED_ADJUST is None:
+        _CARRIED_ADJUST = _carried_adjust_types()
+    return _CARRIED_ADJUST[0](**kw)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open index ranges of consecutive True values."""
+    out, i, n = [], 0, len(mask)
+    while i < n:
+        if mask[i]:
+            j = i
+            while j < n and mask[j]:
+                j += 1
+            out.append((i, j))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+class _FrameSlice:
+    """Frames ``offset:offset+n`` of the whole project's frame source: every segment reads the
+    one decoder the compositing reads (no second decode of the same frames)."""
+
+    def __init__(self, frames: Any, offset: int, n: int) -> None:
+        self._frames, self._offset, self._n = frames, int(offset), int(n)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._n, *tuple(self._frames.shape)[1:])
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            return self[key[0]][key[1:]]
+        t = int(key)
+        if not 0 <= t < self._n:
+            raise IndexError(f"frame {t} outside 0..{self._n - 1}")
+        return self._frames[t + self._offset]
+
+
+class _Facade:
+    """What callers read from ``session.ctx`` of a segmented session (serve, edit)."""
+
+    def __init__(self, owner: "SegmentedSession") -> None:
+        self._owner = owner
+        info = owner.project.info
+        self.info = info
+        self.W, self.H = info.source_size
+        self.T = info.n_frames
+        self.frames = owner.project.frames()
+        self.layers = list(info.layers)
+
+    @property
+    def mapping(self) -> Any:
+        """Loads every segment's networks (the service warms them on open)."""
+        maps = [self._owner.session(k).ctx.mapping for k in range(len(self._owner.subs))]
+        return maps[0]
+
+
+class SegmentedSession:
+    """An edit session over a segmented project: the interface of :class:`EditSession`.
+
+    Each segment has its own EditSession (opened on first use); a layer lives in the segment
+    owning its drawing frame and reaches the others through the seams (module docstring).
+    """
+
+    def __init__(self, project: Project, layers: list[Any] | None = None, cache_bytes: int = 512 * 2**20) -> None:
+        self.project = project
+        self.subs = project.segments()
+        self.ranges = ranges_of(project.info)
+        self.owns = owned(self.ranges)
+        self.switch = switch_frames(self.ranges)
+        self.cache_bytes = cache_bytes
+        self._sessions: list[Any] = [None] * len(self.subs)
+        self._set: list[bool] = [False] * len(self.subs)
+        self._carried: dict[tuple[str, int], list[Any]] = {}
+        self._home_cache: dict[str, int] = {}
+        self.layers: list[Any] = []
+        self.ctx = _Facade(self)
+        if layers:
+            self.set_layers(layers)
+
+    # -- segments --------------------------------------------------------------------------
+    def owner(self, source_frame: int) -> int:
+        for k, (lo, hi) in enumerate(self.owns):
+            if lo <= source_frame < hi:
+                return k
+        raise InveError(f"frame {source_frame} is outside the project's frames "
+                        f"{self.ranges[0][0]}..{self.ranges[-1][1] - 1}")
+
+    def session(self, k: int) -> Any:
+        """Segment k's EditSession with the stack as that segment sees it."""
+        from core.edits.session import EditSession  # noqa: PLC0415
+
+        if self._sessions[k] is None:
+            sub = self.subs[k]
+            s = EditSession(sub, [], maps=sub.maps(), cache_bytes=self.cache_bytes // max(1, len(self.subs)))
+            if s.ctx.T != sub.info.n_frames:
+                raise InveError(f"{sub.path} is inconsistent: {sub.info.n_frames} frames in project.json, "
+                                f"{s.ctx.T} in the baked maps; train it again")
+            a = self.ranges[k][0]
+            s.ctx.frames = _FrameSlice(self.ctx.frames, a - self.ranges[0][0], sub.info.n_frames)
+            self._sessions[k] = s
+        s = self._sessions[k]
+        if not self._set[k]:
+            self._set[k] = True  # before computing: carrying into k asks only the neighbours
+            try:
+                s.set_layers(self.layers_for(k))
+            except BaseException:
+                self._set[k] = False
+                raise
+        return s
+
+    # -- the stack -------------------------------------------------------------------------
+    def set_layers(self, layers: list[Any]) -> None:
+        self.layers = list(layers)
+        live = {l.key for l in self.layers}
+        self._carried = {k: v for k, v in self._carried.items() if k[0] in live}
+        self._set = [False] * len(self.subs)
+
+    def _atlas_sizes(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for sub in self.subs:
+            for L in sub.info.layers:
+                if L not in sizes:
+                    sizes[L] = int(self._maps(sub).atlas[L].shape[0])
+        return sizes
+
+    @staticmethod
+    def _maps(sub: Project) -> Any:
+        return sub.maps()
+
+    def set_edits(self, doc: Any, base: Path, fname: str = "edits") -> None:
+        from core.edits.spec import parse_edits  # noqa: PLC0415
+
+        self.set_layers(parse_edits(doc, Path(base), self.project.info, fname, self._atlas_sizes))
+
+    def load_edits(self, path: Path) -> None:
+        from core.edits.spec import load_edits  # noqa: PLC0415
+
+        self.set_layers(load_edits(Path(path), self.project.info, self._atlas_sizes))
+
+    def layers_for(self, k: int) -> list[Any]:
+        out = []
+        for spec in self.layers:
+            out += self._layer_in(spec, k)
+        return out
+
+    def _home(self, spec: Any) -> int:
+        """The segment a layer was drawn in (an atlas layer: the segment whose atlas it was painted on)."""
+        if spec.frame is not None:
+            return self.owner(int(spec.frame))
+        if spec.key not in self._home_cache:
+            best, err = 0, float("inf")
+            img = np.asarray(spec.image[..., :3], np.float32)
+            for k, sub in enumerate(self.subs):
+                if spec.layer not in sub.info.layers:
+                    continue
+                atlas = self._maps(sub).atlas[spec.layer]
+                if atlas.shape[:2] != img.shape[:2]:
+                    continue
+                e = float(np.mean(np.abs(np.clip(atlas, 0, 1) - img)))
+                if e < err:
+                    best, err = k, e
+            self._home_cache[spec.key] = best
+        return self._home_cache[spec.key]
+
+    def _layer_in(self, spec: Any, k: int) -> list[Any]:
+        """The layer as segment k renders it: its own (home) or carried through the seams."""
+        home = self._home(spec)
+        a = self.ranges[k][0]
+        if k == home:
+            if spec.frame is None and spec.layer not in self.subs[k].info.layers:
+                return []  # an atlas of a layer no segment has
+            layer = spec.layer if spec.layer is None or spec.layer in self.subs[k].info.layers else None
+            return [dataclasses.replace(spec, t=None if spec.frame is None else int(spec.frame) - a, layer=layer)]
+        key = (spec.key, k)
+        if key not in self._carried:
+            if not spec.visible:
+                return []  # carried when shown
+            src = k - 1 if k > home else k + 1
+            prev = self._layer_in(spec, src)
+            s = self.switch[min(src, k)]
+            out = []
+            for p in prev:
+                out += self._carry(p, src, k, s)
+            self._carried[key] = out
+        return [dataclasses.replace(c, visible=spec.visible, name=spec.name, index=spec.index)
+                for c in self._carried[key]]
+
+    def _overlap_frames(self, i: int, j: int, s: int) -> list[int]:
+        """Frames of the overlap of segments i and j, the switch frame ``s`` first, then by distance."""
+        lo, hi = max(self.ranges[i][0], self.ranges[j][0]), min(self.ranges[i][1], self.ranges[j][1])
+        return sorted(range(lo, hi), key=lambda f: (abs(f - s), f))
+
+    def _carry(self, spec: Any, i: int, j: int, s: int) -> list[Any]:
+        """Layer ``spec`` of segment i as layers of segment j drawn at a frame of their overlap."""
+        from core.edits.spec import AdjustLayer, PaintLayer, SketchLayer, StickerLayer  # noqa: PLC0415
+
+        src = self.session(i)
+        ai, aj = self.ranges[i][0], self.ranges[j][0]
+        frames = self._overlap_frames(i, j, s)
+        layers_j = self.subs[j].info.layers
+        fix = lambda L: L if L in layers_j else None  # noqa: E731
+        common = dict(index=spec.index, visible=spec.visible, name=spec.name)
+        if isinstance(spec, SketchLayer):
+            return self._carry_sketch(src, spec, ai, aj, frames, fix, common, j)
+        if isinstance(spec, StickerLayer) and spec.mode == "rigid":
+            track = src.renderer(spec).track
+            for f in frames:
+                t = f - ai
+                if track.visible[t]:
+                    return [StickerLayer(type="sticker", frame=f, t=f - aj, layer=fix(track.layer),
+                                         key=_key(spec.key, j, f), image=spec.image,
+                                         center=(float(track.center[t, 0]), float(track.center[t, 1])),
+                                         scale=float(spec.scale * track.scale[t]),
+                                         rotation=float(spec.rotation - track.angle[t]), mode="rigid", **common)]
+            return []
+        # everything else is a texture carried by the atlas: its pixels at the switch frame
+        from core.edits.atlas_edit import sample_texture  # noqa: PLC0415
+
+        r = src.renderer(spec)
+        ctx = src.ctx
+        out = []
+        for n, tex in enumerate(r.textures or []):
+            for f in frames:
+                res = sample_texture(ctx, tex, f - ai)
+                if res is not None:
+                    break
+            else:
+                continue
+            (x0, y0, x1, y1), vals = res
+            key = _key(spec.key, j, f, n)
+            if isinstance(spec, AdjustLayer):
+                mask = np.zeros((ctx.H, ctx.W), np.float32)
+                mask[y0:y1, x0:x1] = np.clip(vals[..., 0], 0.0, 1.0)
+                out.append(carried_adjust_layer(type="adjust", frame=f, t=f - aj, layer=fix(tex.layer) or "bg",
+                                                key=key, polygon=None, hue=spec.hue, saturation=spec.saturation,
+                                                brightness=spec.brightness, contrast=spec.contrast,
+                                                feather=spec.feather, mask=mask, **common))
+            else:
+                img = np.zeros((ctx.H, ctx.W, 4), np.float32)
+                a = np.clip(vals[..., 3], 0.0, 1.0)
+                img[y0:y1, x0:x1, :3] = np.where(a[..., None] > 1e-6, vals[..., :3] / np.maximum(a, 1e-6)[..., None], 0)
+                img[y0:y1, x0:x1, 3] = a
+                np.clip(img, 0.0, 1.0, out=img)
+                out.append(PaintLayer(type="paint", frame=f, t=f - aj, layer=fix(tex.layer) or "bg", key=key,
+                                      image=img, **common))
+        return out
+
+    def _carry_sketch(self, src: Any, spec: Any, ai: int, aj: int, frames: list[int], fix: Any,
+                      common: dict[str, Any], j: int) -> list[Any]:
+        from core.edits.sketch import carry_stroke  # noqa: PLC0415
+        from core.edits.spec import SketchLayer, Stroke  # noqa: PLC0415
+
+        ctx = src.ctx
+        groups: dict[tuple[str | None, int], list[Stroke]] = {}
+        for stroke in spec.strokes:
+            c = carry_stroke(ctx, stroke, spec.t, spec.layer)
+            best = None
+            for f in frames:
+                c.ensure(ctx, np.array([f - ai]))
+                n = int(c.visible[f - ai].sum())
+                if best is None or n > best[1]:
+                    best = (f, n)
+                if n == len(c.dense):
+                    break
+            if best is None or best[1] == 0:
+                continue
+            f = best[0]
+            xy, vis = c.xy[f - ai], c.visible[f - ai]
+            for lo, hi in _runs(vis):
+                groups.setdefault((fix(c.layer), f), []).append(
+                    Stroke(points=np.array(xy[lo:hi], np.float64), color=stroke.color, width=stroke.width))
+        return [SketchLayer(type="sketch", frame=f, t=f - aj, layer=L, key=_key(spec.key, j, f, L),
+                            strokes=strokes, **common)
+                for (L, f), strokes in groups.items()]
+
+    # -- rendering ---------------------------------------------------------------------------
+    def _local(self, t: int) -> tuple[Any, int]:
+        f = self.project.info.frames[int(t)]
+        k = self.owner(f)
+        return self.session(k), f - self.ranges[k][0]
+
+    def release(self, k: int) -> None:
+        """Close segment k's session, networks and memory-mapped maps (a streaming pass that has
+        left it behind: memory stays that of a few segments, not of the whole shot)."""
+        if self._sessions[k] is not None:
+            self._sessions[k] = None
+            self._set[k] = False
+            sub = self.subs[k]
+            sub._maps, sub._mapping = None, None
+
+    def prepare(self) -> None:
+        for k in range(len(self.subs)):
+            self.session(k).prepare()
+
+    def frame_patches(self, t: int, cache: bool = True) -> list[Any]:
+        s, tl = self._local(t)
+        return s.frame_patches(tl, cache)
+
+    def render_frame(self, t: int, cache: bool = True, overlay: bool = False) -> np.ndarray:
+        from core.edits.render import composite, composite_overlay  # noqa: PLC0415
+
+        patches = self.frame_patches(t, cache)
+        if overlay:
+            return composite_overlay((self.ctx.H, self.ctx.W), patches)
+        return composite(self.ctx.frames[t], patches)
+
+    def render_all(self, progress: Progress | None = None, cache: bool = False,
+                   overlay: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        T = self.ctx.T
+        if progress is not None:
+            progress.update("render", 0, T, force=True)
+        current = -1
+        for t in range(T):
+            k = self.owner(self.project.info.frames[t])
+            if k != current:  # entering segment k: its layers come from k - 1, which is then done
+                self.session(k).prepare()
+                for j in range(k):
+                    self.release(j)
+                current = k
+            img = self.render_frame(t, cache=cache, overlay=overlay)
+            if progress is not None:
+                progress.update("render", t + 1, T)
+            yield t, img
+
+    # -- tracking ----------------------------------------------------------------------------
+    def track(self, points: Sequence[Any]) -> list[Any]:
+        """``core.track.track_points`` over the segments: each point is tracked in the segment
+        owning its frame and re-placed at the seams, where the neighbour continues it."""
+        from core.track import PointSpec, Track, track_points  # noqa: PLC0415
+
+        n, T = len(self.subs), self.ctx.T
+        f0 = self.ranges[0][0]
+        per: dict[int, dict[int, Any]] = {k: {} for k in range(n)}  # segment -> point index -> Track
+        todo: dict[int, dict[int, Any]] = {k: {} for k in range(n)}
+        homes = [self.owner(p.frame) for p in points]
+        for i, (p, h) in enumerate(zip(points, homes)):
+            todo[h][i] = dataclasses.replace(p, t=p.frame - self.ranges[h][0])
+
+        def run(k: int) -> None:
+            if not todo[k]:
+                return
+            idx = list(todo[k])
+            ctx = self.session(k).ctx
+            for i, tr in zip(idx, track_points(ctx, [todo[k][i] for i in idx])):
+                per[k][i] = tr
+            todo[k] = {}
+
+        def hand_over(k: int, j: int) -> None:
+            s = self.switch[min(k, j)]
+            frames = self._overlap_frames(k, j, s)
+            a = self.ranges[k][0]
+            for i, tr in per[k].items():
+                if i in per[j] or i in todo[j] or (j > k and homes[i] > k) or (j < k and homes[i] < k):
+                    continue  # done there, or k got the point from j's side
+                f = next((f for f in frames if tr.visible[f - a]), s)
+                L = tr.layer if tr.layer in self.subs[j].info.layers else None
+                x, y = tr.xy[f - a]
+                todo[j][i] = PointSpec(points[i].id, f, f - self.ranges[j][0], (float(x), float(y)), L)
+
+        for k in range(n):  # forward: from each point's home to the last segment
+            run(k)
+            if k + 1 < n:
+                hand_over(k, k + 1)
+        for k in range(n - 1, -1, -1):  # backward: to the first segment
+            run(k)
+            if k > 0:
+                hand_over(k, k - 1)
+        out = []
+        for i, p in enumerate(points):
+            xy, vis = np.zeros((T, 2)), np.zeros(T, bool)
+            err = np.zeros(T) if self.session(homes[i]).ctx.refine_enabled else None
+            layer = per[homes[i]][i].layer
+            for k, (lo, hi) in enumerate(self.owns):
+                tr = per[k].get(i)
+                if tr is None:
+                    continue
+                a = self.ranges[k][0]
+                xy[lo - f0:hi - f0] = tr.xy[lo - a:hi - a]
+                vis[lo - f0:hi - f0] = tr.visible[lo - a:hi - a]
+                if err is not None and tr.error_px is not None:
+                    err[lo - f0:hi - f0] = tr.error_px[lo - a:hi - a]
+            out.append(Track(p.id, layer, xy, vis, err))
+        return out
+
+
+
+# -- corrections -----------------------------------------------------------------------------
+
+def correct_segmented(project: Project, doc: Any, fname: str, minutes: float, progress: Progress) -> dict[str, Any]:
+    """``inve correct`` on a segmented project (the caller holds the project lock).
+
+    Each segment is fine-tuned with the keys inside its frames (a track needs two keys in a
+    segment to constrain it there); the budget is shared among the segments that get keys.
+    """
+    from core.correct import _fine_tune, parse_corrections  # noqa: PLC0415
+
+    parse_corrections(doc, project.info, None, fname)  # every problem named against the whole project
+    subs = project.segments()
+    jobs = []
+    for sub, (a, b) in zip(subs, ranges_of(project.info)):
+        tracks = []
+        for tr in doc["tracks"]:
+            keys = [k for k in tr["keys"] if a <= int(k["frame"]) < b]
+            if len(keys) >= 2:
+                tracks.append({**tr, "keys": keys})
+        if tracks:
+            jobs.append((sub, parse_corrections({"tracks": tracks}, sub.info, sub.maps().alpha, fname)))
+    if not jobs:
+        raise InveError(f"{fname}: no track has two keys inside one segment of {project.path} "
+                        f"(segments {', '.join(f'{a}:{b}' for a, b in ranges_of(project.info))}); "
+                        "confirm each point on two frames of the same segment")
+    results = []
+    for n, (sub, tracks) in enumerate(jobs):
+        k = subs.index(sub)
+        a, b = ranges_of(project.info)[k]
+        sp = SegmentProgress(progress, k, len(subs), (a, b), 0.0, 1.0)
+        r = _fine_tune(sub, tracks, minutes / len(jobs), sp)
+        results.append({"segment": sub.path.name, **{x: r[x] for x in ("tracks", "keys", "error_before_px",
+                                                                    "error_after_px", "psnr")}})
+    metrics = aggregate_metrics(Project.open(project.path))
+    history = list(project.metrics().get("corrections", []))
+    history.append({"segments": results})
+    metrics["corrections"] = history
+    fsutil.write_json(project.path / Project.METRICS, metrics)
+    used = sum(r["tracks"] for r in results)
+    return {"project": str(project.path.resolve()), "psnr": metrics["psnr"], "segments": results,
+            "summary": f"corrected {used} track part(s) in {len(results)} segment(s): "
+                       + "; ".join(f"{r['segment']} {r['error_before_px']:.2f} px -> {r['error_after_px']:.2f} px"
+                                   for r in results) + f"; PSNR {metrics['psnr']:.2f} dB; maps re-baked"}
