@@ -177,9 +177,12 @@ def _gauss_newton(lv: "Level", t: int, p: torch.Tensor, A: torch.Tensor, G: torc
     ex, ey = torch.tensor([h, 0.0]), torch.tensor([0.0, h])
     for _ in range(iters):
         q = p[:, None, :] + torch.einsum("nij,pj->npi", A + G, o) + delta[:, None, :]
-        I = lv.sample(t, q)
-        gxv = (lv.sample(t, q + ex) - lv.sample(t, q - ex)) / lv.step
-        gyv = (lv.sample(t, q + ey) - lv.sample(t, q - ey)) / lv.step
+        # the value and the four central-difference neighbours in ONE grid_sample: the same
+        # numbers as five calls (each output depends only on its own position), a fifth of the
+        # per-call overhead that dominated this loop (~30 small calls per point set and level)
+        I, xp, xm, yp, ym = lv.sample(t, torch.stack([q, q + ex, q - ex, q + ey, q - ey]))
+        gxv = (xp - xm) / lv.step
+        gyv = (yp - ym) / lv.step
         # gain and bias: I ~ g T + b (weighted least squares), residual after that
         Tm = (w * T_).sum(-1, keepdim=True) / sw[:, None]
         Im = (w * I).sum(-1, keepdim=True) / sw[:, None]

@@ -49,9 +49,25 @@ def default_workers(n_frames: int) -> int:
     return max(1, min(os.cpu_count() or 1, 4, n_frames // BLOCK))
 
 
+def _gap_frames(session: Any, frames: Any, workers: int) -> int:
+    """How many frames before each block a worker reads ahead of rendering it (0: none), and
+    the frame cache grown to keep them and a block.
+
+    Only where drift refinement is on (its chain links lie in other workers' blocks) and the
+    frames come from a decoder with a cache (a FrameSource; arrays need nothing).
+    """
+    if not getattr(session.ctx, "refine_enabled", False) or not hasattr(frames, "cache_frames"):
+        return 0
+    ctx = session.ctx
+    B = block_frames(ctx.W, ctx.H)
+    gap = min(frames.MAX_SKIP, B * max(1, workers - 1))
+    frames.cache_frames = max(frames.cache_frames, gap + B + 2)
+    return gap
+
+
 def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
-            encode: Callable[[np.ndarray], Any] | None) -> None:
-    """A forked worker: render the blocks it is given until it gets None."""
+            encode: Callable[[np.ndarray], Any] | None, workers: int = 1) -> None:
+    """A forked worker (one of ``workers``): render the blocks it is given until it gets None."""
     try:
         import signal  # noqa: PLC0415
 
@@ -65,8 +81,18 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
         frames = session.ctx.frames
         if hasattr(frames, "forget_decoder"):
             frames.forget_decoder()  # the parent's decoder pipe is not ours to read
+        gap = _gap_frames(session, frames, workers)
+        after = 0  # the frame after this worker's previous block
         while (task := tasks.get()) is not None:
             start, end = task
+            if gap:
+                # decode the frames other workers rendered since our last block (forward: no
+                # decoder restart) into the frame cache: drift refinement's chain links there
+                # (core.refine.chain_parent) would otherwise seek the decoder backwards, a new
+                # decoder process per block (~0.15 s at 640x480)
+                for t in range(max(after, start - gap), start):
+                    frames[t]
+            after = end
             for t in range(start, end):
                 img = session.render_frame(t, cache=False, overlay=overlay)
                 results.put((t, encode(img) if encode is not None else img, None))
@@ -93,7 +119,7 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
     if hasattr(frames, "close"):
         frames.close()  # no decoder process shared with the children
     blocks = [(s, min(T, s + B)) for s in range(0, T, B)]
-    procs = [ctx.Process(target=_worker, args=(session, tasks, results, overlay, encode), daemon=True,
+    procs = [ctx.Process(target=_worker, args=(session, tasks, results, overlay, encode, workers), daemon=True,
                          name=f"inve-render-{i}") for i in range(workers)]
     for p in procs:
         p.start()
