@@ -191,7 +191,9 @@ class BakedMaps:
     Compact store (``store: 2`` in meta.json; what a segmented long shot needs to stay small):
     atlases are 8-bit (``atlas8_<layer>.npy``, read back as float32 /255: within 1/510 of the
     networks, the precision of the atlas PNGs people paint on, and what paint edits already
-    quantise to); ``atlas_used`` is not stored but recomputed from the stored uv/alpha on
+    quantise to); alpha is 8-bit too (``alpha8.npy``, read through :class:`Unit8Frames` as
+    float32 0..1, within 1/510: a composite moves by at most half an 8-bit level; rounding
+    keeps every pixel on its side of the layer threshold 0.5); ``atlas_used`` is not stored but recomputed from the stored uv/alpha on
     first use (only the atlas export reads it; the bake computed it from the same arrays, so
     it is identical); a single-layer project stores no alpha (it is all zeros: read back as
     a read-only zero array). Maps of the older store (float16 ``atlas_<layer>.npy``,
@@ -242,15 +244,17 @@ class BakedMaps:
         store = store if store is not None else arraystore.StoreWriter(path)
         try:
             zero_alpha = list(self.uv) == ["bg"] and not any(np.any(self.alpha[t]) for t in range(self.n_frames))
-            if store.has("alpha") and zero_alpha:
+            if not zero_alpha:
+                out = store.create("alpha8", np.shape(self.alpha), np.uint8)
+                for t in range(out.shape[0]):
+                    out[t] = _alpha_to_u8(self.alpha[t])
+            if store.has("alpha"):  # the bake's float16 frames: stored 8-bit (above) instead
                 store.discard("alpha")
-            elif not store.has("alpha") and not zero_alpha:
-                _put_frames(store, "alpha", self.alpha, self.MAP_DTYPE)
             for layer in self.uv:
                 if not store.has(f"uv_{layer}"):
                     _put_frames(store, f"uv_{layer}", self.uv[layer], self.MAP_DTYPE)
                 store.put(f"atlas8_{layer}", _to_u8(self.atlas[layer]), np.uint8)
-            keep = {f"uv_{L}" for L in self.uv} | {f"atlas8_{L}" for L in self.uv} | (set() if zero_alpha else {"alpha"})
+            keep = {f"uv_{L}" for L in self.uv} | {f"atlas8_{L}" for L in self.uv} | (set() if zero_alpha else {"alpha8"})
             # arrays of an earlier bake this one does not use: other layers, the older store's
             # float16 atlases / usage maps, a zero alpha (removed with the old marker, before the renames)
             stale = [p.stem for p in Path(path).glob("*.npy") if not p.name.startswith(".") and p.stem not in keep]
@@ -294,7 +298,9 @@ class BakedMaps:
                     return (path / f"{name}.npy").is_file()
 
                 uv = {k: get(f"uv_{k}", mmap) for k in layers}
-                if has("alpha") or stored.get("alpha") != "zeros" or not layers:
+                if has("alpha8"):
+                    alpha = Unit8Frames(get("alpha8", mmap))
+                elif has("alpha") or stored.get("alpha") != "zeros" or not layers:
                     alpha = get("alpha", mmap)
                 else:  # single-layer compact store: no file, a read-only zero view costs no memory
                     alpha = np.broadcast_to(np.zeros((), cls.MAP_DTYPE), tuple(np.shape(uv[layers[0]])[:3]))
@@ -336,6 +342,46 @@ def _check_shapes(maps: BakedMaps, path: Path) -> None:
         tuple(np.shape(maps.uv[k])) == (*np.shape(maps.alpha), 2) and np.ndim(maps.atlas[k]) == 3 for k in maps.uv)
     if not ok:
         raise InveError(f"the baked maps in {path} are damaged (arrays of inconsistent shapes); {_REBAKE}")
+
+
+class Unit8Frames:
+    """A stored uint8 [T, ...] array read as float32 0..1 (``x / 255``), frame by frame.
+
+    Behaves like the float16 memory-mapped arrays readers already index (``a[t]``,
+    ``a[t, ::s, ::s]``, ``a.shape``, ``np.asarray(a[t], np.float32)``); only what is indexed
+    is converted, so a long shot's alpha still costs no memory until read."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, base: np.ndarray) -> None:
+        self.base = base
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.base.shape)
+
+    @property
+    def ndim(self) -> int:
+        return int(self.base.ndim)
+
+    def __len__(self) -> int:
+        return int(self.base.shape[0])
+
+    def __getitem__(self, idx: Any) -> Any:
+        return np.float32(1.0 / 255.0) * np.asarray(self.base[idx], np.float32)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def astype(self, dtype: Any) -> np.ndarray:
+        return np.asarray(self, dtype)
+
+
+def _alpha_to_u8(alpha: np.ndarray) -> np.ndarray:
+    """Opacity 0..1 as 8-bit, rounding halves down: x <= 0.5 stays <= 127/255 and x > 0.5
+    becomes >= 128/255, so no pixel changes layer (:data:`core.layers.VISIBLE_ALPHA`)."""
+    return np.ceil(np.clip(np.asarray(alpha, np.float32), 0.0, 1.0) * 255.0 - 0.5).astype(np.uint8)
 
 
 def _to_u8(atlas: np.ndarray) -> np.ndarray:
