@@ -7,7 +7,7 @@ Layout (see ARCHITECTURE.md)::
       cache/            masks; while training also working-size frames and flow (reused by
                         --resume after a cancel; removed once the maps are baked)
       checkpoint.pt     networks + optimizer + step (written atomically, resumable)
-      maps/             baked per-frame UV maps, alpha maps and float atlases (BakedMaps;
+      maps/             baked per-frame UV maps, alpha maps and 8-bit atlases (BakedMaps;
                         memory-mapped .npy files, meta.json written last)
 
 The project keeps no copy of the source: edits decode the original frames from the source
