@@ -143,3 +143,24 @@ def test_older_inve_refuses_the_compact_store_instead_of_misreading_it(projects,
     _, _, _, compact = projects
     assert not list((compact.path / Project.MAPS).glob("atlas_*.npy"))
     assert not (compact.path / Project.MAPS / "alpha.npy").exists()
+
+
+def test_compact_project_script_converts_in_place_and_keeps_the_state(projects, tmp_path):
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("compact_project", Path(__file__).parents[1] / "scripts" / "compact_project.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    _, _, old, compact = projects
+    dst = tmp_path / "proj"
+    shutil.copytree(old.path, dst)
+    meta_before = BakedMaps.read_meta(dst / Project.MAPS)
+    before, after = mod.compact(dst)
+    assert after < before
+    stored = json.loads((dst / Project.MAPS / "meta.json").read_text())
+    assert stored["store"] == BakedMaps.STORE and BakedMaps.read_meta(dst / Project.MAPS) == meta_before
+    a, b = BakedMaps.load(compact.path / Project.MAPS), BakedMaps.load(dst / Project.MAPS)
+    for L in a.layers:
+        np.testing.assert_array_equal(a.atlas[L], b.atlas[L])
+    np.testing.assert_array_equal(np.asarray(a.alpha), np.asarray(b.alpha))
+    assert mod.compact(dst)[1] == after  # already compact: left as it is
