@@ -202,7 +202,15 @@ def test_edit_command_with_workers_writes_what_one_process_writes(tmp_path, monk
     clip = make_clip(T=18, size=(80, 48), camera="pan_zoom", seed=9)
     make_gt_project(clip, tmp_path / "p", atlas_size=128)
     monkeypatch.setattr(Project, "mapping", lambda self, device="cpu": clip.gt)
-    doc = {"version": 1, "layers": [{"type": "sketch", "frame": 0, "strokes": [
+    from core import fsutil
+
+    # a paint layer too: its drift correction chains far frames through link frames that lie
+    # in the other worker's blocks (read ahead by each worker, never seeked back to)
+    paint = np.zeros((48, 80, 4), np.float32)
+    paint[10:24, 20:44] = (0.1, 0.9, 0.2, 0.8)
+    fsutil.write_png(tmp_path / "paint.png", paint)
+    doc = {"version": 1, "layers": [{"type": "paint", "frame": 0, "image": "paint.png", "layer": "bg"},
+                                    {"type": "sketch", "frame": 0, "strokes": [
         {"points": [[5, 40], [40, 8], [75, 30]], "color": [0, 1, 0, 1], "width": 2.5}]}]}
     (tmp_path / "EDITS.json").write_text(json.dumps(doc))
     for w in (1, 2):
