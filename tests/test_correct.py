@@ -124,7 +124,7 @@ def test_confirmed_keys_win_over_refinement(trained, tmp_path):
     before, _ = _track(proj, np.concatenate([p0, far]))
     moved = (T // 2, T - 1)
     targets = {t: before[t, 0] + OFFSET for t in moved}
-    doc = {"tracks": [{"id": "p0", "keys": [{"frame": 0, "x": float(p0[0, 0]), "y": float(p0[0, 1])}]
+    doc = {"tracks": [{"id": "k0", "keys": [{"frame": 0, "x": float(p0[0, 0]), "y": float(p0[0, 1])}]
                        + [{"frame": t, "x": float(xy[0]), "y": float(xy[1])} for t, xy in targets.items()]}]}
     path = tmp_path / "corrections.json"
     path.write_text(json.dumps(doc))
@@ -135,3 +135,10 @@ def test_confirmed_keys_win_over_refinement(trained, tmp_path):
     # far from every key: exactly what refinement gives without the key file
     without, _ = _track(proj, np.concatenate([p0, far]), keys=False)
     assert np.allclose(after[:, 1], without[:, 1], atol=1e-6)
+    # the kept keys belong to the corrected checkpoint; after a retrain (another checkpoint) they are ignored
+    assert all(("bg", t) in ctx.confirmed for t in moved)
+    keys_file = proj / "confirmed_keys.json"
+    kept = json.loads(keys_file.read_text())
+    assert kept["checkpoint"]["step"] == json.loads((proj / "metrics.json").read_text())["iterations"]
+    keys_file.write_text(json.dumps({**kept, "checkpoint": {**kept["checkpoint"], "sha256": "0" * 64}}))
+    assert RenderContext(Project.open(proj)).confirmed == {}
