@@ -54,6 +54,7 @@ class RefineConfig:
     affine: bool = True
     affine_ridge: float = 0.1  # damping of the affine part's steps (relative to the data)
     affine_gain: float = 0.01  # NCC the affine match must gain over the shift alone to be kept
+    affine_below: float = 0.985  # ... tried only where the shift alone matches worse than this
 
 
 @dataclass
@@ -288,19 +289,21 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
             lam_min = 0.5 * (a_ + d_) - torch.sqrt((0.5 * (a_ - d_)) ** 2 + b_ * b_)
             ok &= lam_min >= cfg.min_texture
             ncc = _ncc(lv.sample(tt, base + delta[:, None, :]), T_, w)
-        if cfg.affine:
+        # (only where the shift alone leaves room: NCC below affine_below)
+        todo = torch.nonzero(torch.nan_to_num(ncc, nan=-1.0) < cfg.affine_below)[:, 0] if cfg.affine else []
+        if len(todo):
             # then the warp's 2x2 correction G as well (started from the one the nearest
             # frame kept: the object turns smoothly), kept only where it clearly matches
             # better: a turning object whose fit lags its rotation gains (NCC 0.85 -> 0.99);
             # a surface the mapping warps right would only gain freedom to slide along an edge
             ridge = cfg.affine_ridge * float((0.6 * r * lv.step) ** 2)
-            d_a, G_a, _, _ = _gauss_newton(lv, tt, p, A, G_start, o, delta, w, T_, cfg.iters, ridge)
-            ncc_a = _ncc(lv.sample(tt, p[:, None, :] + torch.einsum("nij,pj->npi", A + G_a, o) + d_a[:, None, :]),
-                         T_, w)
-            better = torch.nan_to_num(ncc_a, nan=-1.0) > ncc + cfg.affine_gain
-            delta = torch.where(better[:, None], d_a, delta)
-            G = torch.where(better[:, None, None], G_a, G)
-            ncc = torch.where(better, ncc_a, ncc)
+            d_a, G_a, _, _ = _gauss_newton(lv, tt, p[todo], A[todo], G_start[todo], o, delta[todo], w[todo],
+                                           T_[todo], cfg.iters, ridge)
+            ncc_a = _ncc(lv.sample(tt, p[todo, None, :] + torch.einsum("nij,pj->npi", A[todo] + G_a, o)
+                                   + d_a[:, None, :]), T_[todo], w[todo])
+            better = torch.nan_to_num(ncc_a, nan=-1.0) > ncc[todo] + cfg.affine_gain
+            rows_a = todo[better]
+            delta[rows_a], G[rows_a], ncc[rows_a] = d_a[better], G_a[better], ncc_a[better]
         ok &= torch.isfinite(delta).all(-1) & (ncc >= cfg.min_ncc)
         ok &= delta.norm(dim=-1) <= cfg.max_shift * levels[0].step
         okn = ok.numpy()
@@ -311,7 +314,10 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
         ncc_out[fi, sel] = ncc.numpy()
         shift_out[fi, rows] = np.linalg.norm(total, axis=-1)
         side[rows] = total
-        kept = okn & better.numpy() if cfg.affine else np.zeros_like(okn)
+        kept = np.zeros_like(okn)
+        if len(todo):
+            kept[rows_a.numpy()] = True
+        kept &= okn
         side_g[sel[kept]] = G.numpy()[kept]
     return Refined(out, accepted, ncc_out, shift_out)
 
