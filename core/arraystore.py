@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -48,13 +48,26 @@ class StoreWriter:
         out = self.create(name, array.shape, dtype or array.dtype)
         out[...] = array
 
-    def commit(self, meta: dict[str, Any]) -> None:
+    def discard(self, name: str) -> None:
+        """Drop an array created in this writer (it will not be committed)."""
+        tmp, arr = self._pending.pop(name)
+        del arr
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # still mapped elsewhere (Windows): a dot-file that readers ignore
+            pass
+
+    def commit(self, meta: dict[str, Any], remove: Sequence[str] = ()) -> None:
         """Flush, move every array into place, then write ``meta.json`` (the commit marker).
 
         Until here the old set stays valid (new arrays live in temporary files); from the
-        first rename on it is not, so its marker goes first.
+        first rename on it is not, so its marker goes first. ``remove``: arrays of the old
+        set that the new one does not have (deleted once the old marker is gone).
         """
         (self.folder / META).unlink(missing_ok=True)
+        for name in remove:
+            if name not in self._pending:
+                (self.folder / f"{name}.npy").unlink(missing_ok=True)
         for name in list(self._pending):
             tmp, arr = self._pending.pop(name)
             arr.flush()

@@ -7,7 +7,7 @@ Layout (see ARCHITECTURE.md)::
       cache/            masks; while training also working-size frames and flow (reused by
                         --resume after a cancel; removed once the maps are baked)
       checkpoint.pt     networks + optimizer + step (written atomically, resumable)
-      maps/             baked per-frame UV maps, alpha maps and float atlases (BakedMaps;
+      maps/             baked per-frame UV maps, alpha maps and 8-bit atlases (BakedMaps;
                         memory-mapped .npy files, meta.json written last)
 
 The project keeps no copy of the source: edits decode the original frames from the source
@@ -181,12 +181,24 @@ class BakedMaps:
     ``atlas_used[layer]``: float32 [A, A] how much of each atlas texel any frame shows (0..1).
     ``meta``: what the maps were baked from (checkpoint step, identity), saved with them.
 
-    On disk (``PROJECT/maps/``, :mod:`core.arraystore`) all maps are float16 ``.npy``
-    files (uv: at most 0.0005 atlas units of rounding, about 0.1 source pixel; atlases are
-    read back as float32); the per-frame ones are opened memory-mapped: an edit or a track reads only the frames it touches instead of the
+    On disk (``PROJECT/maps/``, :mod:`core.arraystore`) the per-frame maps are float16
+    ``.npy`` files (uv: at most 0.0005 atlas units of rounding, about 0.1 source pixel),
+    opened memory-mapped: an edit or a track reads only the frames it touches instead of the
     whole clip, and its memory does not grow with the shot. Readers convert per frame
     (``np.asarray(maps.uv[L][t], np.float32)``). ``meta.json`` is written last and marks
     a complete set. Projects of format 1 (one ``maps.npz``) still load, into memory.
+
+    Compact store (``store: 2`` in meta.json; what a segmented long shot needs to stay small):
+    atlases are 8-bit (``atlas8_<layer>.npy``, read back as float32 /255: within 1/510 of the
+    networks, the precision of the atlas PNGs people paint on, and what paint edits already
+    quantise to); alpha is 8-bit too (``alpha8.npy``, read through :class:`Unit8Frames` as
+    float32 0..1, within 1/510: a composite moves by at most half an 8-bit level; rounding
+    keeps every pixel on its side of the layer threshold 0.5); ``atlas_used`` is not stored but recomputed from the stored uv/alpha on
+    first use (only the atlas export reads it; the bake computed it from the same arrays, so
+    it is identical); a single-layer project stores no alpha (it is all zeros: read back as
+    a read-only zero array). Maps of the older store (float16 ``atlas_<layer>.npy``,
+    ``atlas_used_<layer>.npy``, ``alpha.npy``) still load unchanged; the new names make an
+    older inve refuse the compact store with its "bake again" message instead of misreading it.
     """
 
     uv: dict[str, np.ndarray]
@@ -197,6 +209,8 @@ class BakedMaps:
 
     #: storage dtype of the per-frame maps
     MAP_DTYPE = np.float16
+    #: version of the maps folder's layout (1: float16 atlases + usage + alpha; 2: compact, see above)
+    STORE = 2
 
     @property
     def layers(self) -> list[str]:
@@ -229,18 +243,24 @@ class BakedMaps:
 
         store = store if store is not None else arraystore.StoreWriter(path)
         try:
-            if not store.has("alpha"):
-                _put_frames(store, "alpha", self.alpha, self.MAP_DTYPE)
+            zero_alpha = list(self.uv) == ["bg"] and not any(np.any(self.alpha[t]) for t in range(self.n_frames))
+            if not zero_alpha:
+                out = store.create("alpha8", np.shape(self.alpha), np.uint8)
+                for t in range(out.shape[0]):
+                    out[t] = _alpha_to_u8(self.alpha[t])
+            if store.has("alpha"):  # the bake's float16 frames: stored 8-bit (above) instead
+                store.discard("alpha")
             for layer in self.uv:
                 if not store.has(f"uv_{layer}"):
                     _put_frames(store, f"uv_{layer}", self.uv[layer], self.MAP_DTYPE)
-                store.put(f"atlas_{layer}", self.atlas[layer], self.MAP_DTYPE)
-                store.put(f"atlas_used_{layer}", self.atlas_used[layer], self.MAP_DTYPE)
-            for old in Path(path).glob("*.npy"):  # layers of an earlier bake that this one lacks
-                if old.stem.startswith(("uv_", "atlas_")) and old.stem.split("_")[-1] not in self.uv:
-                    old.unlink()
-            store.commit({"kind": "baked_maps", "layers": list(self.uv), "frames": self.n_frames,
-                          "work_size": list(self.work_size), "meta": self.meta})
+                store.put(f"atlas8_{layer}", _to_u8(self.atlas[layer]), np.uint8)
+            keep = {f"uv_{L}" for L in self.uv} | {f"atlas8_{L}" for L in self.uv} | (set() if zero_alpha else {"alpha8"})
+            # arrays of an earlier bake this one does not use: other layers, the older store's
+            # float16 atlases / usage maps, a zero alpha (removed with the old marker, before the renames)
+            stale = [p.stem for p in Path(path).glob("*.npy") if not p.name.startswith(".") and p.stem not in keep]
+            store.commit({"kind": "baked_maps", "store": self.STORE, "layers": list(self.uv), "frames": self.n_frames,
+                          "work_size": list(self.work_size), "alpha": "zeros" if zero_alpha else "stored",
+                          "meta": self.meta}, remove=stale)
         except BaseException:
             store.abort()
             raise
@@ -274,10 +294,23 @@ class BakedMaps:
                 def get(name: str, mapped: bool) -> np.ndarray:
                     return arraystore.open_array(path, name, mmap=mapped)
 
-                maps = cls(uv={k: get(f"uv_{k}", mmap) for k in layers}, alpha=get("alpha", mmap),
-                           atlas={k: np.asarray(get(f"atlas_{k}", False), np.float32) for k in layers},
-                           atlas_used={k: np.asarray(get(f"atlas_used_{k}", False), np.float32) for k in layers},
-                           meta=dict(stored.get("meta") or {}))
+                def has(name: str) -> bool:
+                    return (path / f"{name}.npy").is_file()
+
+                uv = {k: get(f"uv_{k}", mmap) for k in layers}
+                if has("alpha8"):
+                    alpha = Unit8Frames(get("alpha8", mmap))
+                elif has("alpha") or stored.get("alpha") != "zeros" or not layers:
+                    alpha = get("alpha", mmap)
+                else:  # single-layer compact store: no file, a read-only zero view costs no memory
+                    alpha = np.broadcast_to(np.zeros((), cls.MAP_DTYPE), tuple(np.shape(uv[layers[0]])[:3]))
+                atlas = {k: (np.asarray(get(f"atlas8_{k}", False), np.float32) / 255.0 if has(f"atlas8_{k}")
+                             else np.asarray(get(f"atlas_{k}", False), np.float32)) for k in layers}
+                used = _LazyUsage(uv, alpha, {k: int(a.shape[0]) for k, a in atlas.items()})
+                for k in layers:
+                    if has(f"atlas_used_{k}"):
+                        used[k] = np.asarray(get(f"atlas_used_{k}", False), np.float32)
+                maps = cls(uv=uv, alpha=alpha, atlas=atlas, atlas_used=used, meta=dict(stored.get("meta") or {}))
             except (OSError, ValueError, EOFError) as exc:
                 raise InveError(f"the baked maps in {path} are damaged ({_first_line(exc)}); {_REBAKE}") from None
             _check_shapes(maps, path)
@@ -309,6 +342,68 @@ def _check_shapes(maps: BakedMaps, path: Path) -> None:
         tuple(np.shape(maps.uv[k])) == (*np.shape(maps.alpha), 2) and np.ndim(maps.atlas[k]) == 3 for k in maps.uv)
     if not ok:
         raise InveError(f"the baked maps in {path} are damaged (arrays of inconsistent shapes); {_REBAKE}")
+
+
+class Unit8Frames:
+    """A stored uint8 [T, ...] array read as float32 0..1 (``x / 255``), frame by frame.
+
+    Behaves like the float16 memory-mapped arrays readers already index (``a[t]``,
+    ``a[t, ::s, ::s]``, ``a.shape``, ``np.asarray(a[t], np.float32)``); only what is indexed
+    is converted, so a long shot's alpha still costs no memory until read."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, base: np.ndarray) -> None:
+        self.base = base
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.base.shape)
+
+    @property
+    def ndim(self) -> int:
+        return int(self.base.ndim)
+
+    def __len__(self) -> int:
+        return int(self.base.shape[0])
+
+    def __getitem__(self, idx: Any) -> Any:
+        return np.float32(1.0 / 255.0) * np.asarray(self.base[idx], np.float32)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def astype(self, dtype: Any) -> np.ndarray:
+        return np.asarray(self, dtype)
+
+
+def _alpha_to_u8(alpha: np.ndarray) -> np.ndarray:
+    """Opacity 0..1 as 8-bit, rounding halves down: x <= 0.5 stays <= 127/255 and x > 0.5
+    becomes >= 128/255, so no pixel changes layer (:data:`core.layers.VISIBLE_ALPHA`)."""
+    return np.ceil(np.clip(np.asarray(alpha, np.float32), 0.0, 1.0) * 255.0 - 0.5).astype(np.uint8)
+
+
+def _to_u8(atlas: np.ndarray) -> np.ndarray:
+    """Atlas colours 0..1 as 8-bit (round to nearest: within 1/510 of the input)."""
+    return (np.clip(np.asarray(atlas, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+class _LazyUsage(dict):
+    """``BakedMaps.atlas_used`` of a compact store: each layer's usage map is computed from
+    the stored uv/alpha when first asked for (what the bake computed, from the same arrays)."""
+
+    def __init__(self, uv: dict[str, np.ndarray], alpha: np.ndarray, sizes: dict[str, int]) -> None:
+        super().__init__()
+        self._uv, self._alpha, self._sizes = uv, alpha, sizes
+
+    def __missing__(self, layer: str) -> np.ndarray:
+        if layer not in self._uv:
+            raise KeyError(layer)
+        from core.bake import atlas_usage  # noqa: PLC0415 - torch/cv2 only when a usage map is wanted
+
+        self[layer] = atlas_usage(self._uv[layer], self._alpha, self._sizes[layer], layer)
+        return self[layer]
 
 
 def _put_frames(store: Any, name: str, array: np.ndarray, dtype: Any) -> None:

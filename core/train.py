@@ -84,6 +84,10 @@ class TrainConfig:
     # and alpha tables in float16 (compact_model_state): segments of a long shot, so their
     # project stays small; a later --resume restarts the moments
     compact_checkpoint: bool = False
+    # write atlas_<layer>.png into the project folder after the bake (for people to look at).
+    # Segments do not: their 8-bit atlases are already in maps/ (the same bytes), and
+    # `inve atlas` exports them as <segment>_atlas_<layer>.png
+    atlas_images: bool = True
     weights: LossWeights = field(default_factory=LossWeights)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
 
@@ -480,7 +484,11 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
         store.abort()  # a cancelled bake leaves no temporary files (and the last maps, if any)
         raise
     for layer, atlas in result.maps.atlas.items():
-        fsutil.write_output_file(project_dir / f"atlas_{layer}.png", fsutil.png_writer(atlas), "project atlas")
+        png = project_dir / f"atlas_{layer}.png"
+        if cfg.atlas_images:
+            fsutil.write_output_file(png, fsutil.png_writer(atlas), "project atlas")
+        elif png.is_file() and fsutil.is_ours(png):  # an older bake's copy, now stale
+            png.unlink()
     metrics = {"psnr": round(result.psnr, 3), "atlas_psnr": round(atlas_psnr(result.maps, prep.frames), 3),
                "iterations": trainer.step, "train_seconds": round(trainer.elapsed, 2),
                "cycle_error_px": {k: round(v, 4) for k, v in result.cycle_error_px.items()},

@@ -277,3 +277,80 @@ def test_add_strokes_takes_annotation_strokes_off_the_canvas() -> None:
     assert consume_annotation_strokes(data, 5) == 2, "the drawing in effect at frame 5 (keyed on 1)"
     assert [f.frame_number for f in shown.frames] == [9] and len(hidden.frames) == 1, "hidden layers stay"
     assert consume_annotation_strokes(data, 5) == 0 and consume_annotation_strokes(None, 5) == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Open Atlas on a segmented project
+class _FakeImage(dict):
+    """What open_atlas_images/save_painted use of a bpy image: custom properties, filepath."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.filepath, self.name, self.reloads, self.file_format = path, "", 0, ""
+
+    def reload(self) -> None:
+        self.reloads += 1
+
+    def save(self, filepath: str) -> None:
+        Path(filepath).write_bytes(Path(self.filepath).read_bytes())
+
+
+class _FakeImages(list):
+    def get(self, name: str) -> Any:
+        return next((im for im in self if im.name == name), None)
+
+    def load(self, path: str) -> _FakeImage:
+        self.append(_FakeImage(path))
+        return self[-1]
+
+
+def test_open_atlas_picks_the_segment_under_the_playhead(tmp_path: Path) -> None:
+    """``inve atlas`` on a segmented project names files ``<segment>_atlas_<layer>.png``: the
+    add-on opens the segment that renders the playhead's frame, by the engine's own seams."""
+    from core.segments import owned, segment_name, split_plan
+    from inve_blender.io import atlas_paint
+
+    ranges = [tuple(r) for r in split_plan(0, 458, 40, 4)]
+    assert len(ranges) > 10
+    for a, b in ranges:
+        layers = ("bg", "fg") if a % 2 else ("bg",)
+        for layer in layers:
+            (tmp_path / f"{segment_name(a, b)}_atlas_{layer}.png").write_bytes(f"{a} {layer}".encode())
+            (tmp_path / f"{segment_name(a, b)}_atlas_{layer}_used.png").write_bytes(b"used")
+    assert list(atlas_paint.segment_atlases(str(tmp_path))) == ranges
+    for k, (lo, hi) in enumerate(owned(ranges)):
+        for frame in (lo, (lo + hi) // 2, hi - 1):
+            files = atlas_paint.atlas_files(str(tmp_path), frame)
+            name = segment_name(*ranges[k])
+            assert files["bg"] == str(tmp_path / f"{name}_atlas_bg.png"), (frame, k)
+            assert set(files) == ({"bg", "fg"} if ranges[k][0] % 2 else {"bg"})
+    assert atlas_paint.atlas_files(str(tmp_path), None)["bg"].endswith(f"{segment_name(*ranges[0])}_atlas_bg.png")
+    assert atlas_paint.atlas_files(str(tmp_path), 10_000)["bg"].endswith(f"{segment_name(*ranges[-1])}_atlas_bg.png")
+
+    # open at one frame, then at another: the same image datablock follows the playhead's segment
+    images = _FakeImages()
+    data = type("Data", (), {"images": images})()
+    k = 5
+    frame = owned(ranges)[k][0]
+    opened = atlas_paint.open_atlas_images(data, str(tmp_path), "clip", frame)
+    bg = next(im for im in opened if im[atlas_paint.ATLAS_TAG] == "bg")
+    assert bg[atlas_paint.SEGMENT_TAG] == segment_name(*ranges[k])
+    assert Path(bg.filepath).read_bytes() == f"{ranges[k][0]} bg".encode()
+    atlas_paint.open_atlas_images(data, str(tmp_path), "clip", owned(ranges)[k + 1][0])
+    assert bg[atlas_paint.SEGMENT_TAG] == segment_name(*ranges[k + 1]) and bg.reloads == 1
+    assert len([im for im in images if im[atlas_paint.ATLAS_TAG] == "bg"]) == 1
+    # painted atlases of different segments are saved under different names
+    saved = atlas_paint.save_painted(bg, str(tmp_path / "edits"))
+    assert Path(saved).name == f"painted_{segment_name(*ranges[k + 1])}_bg_atlas.png"
+
+
+def test_open_atlas_of_a_plain_project_is_unchanged(tmp_path: Path) -> None:
+    from inve_blender.io import atlas_paint
+
+    for name in ("atlas_bg.png", "atlas_bg_used.png", "atlas_fg.png", "notes.png"):
+        (tmp_path / name).write_bytes(b"x")
+    files = atlas_paint.atlas_files(str(tmp_path), 3)
+    assert files == {"bg": str(tmp_path / "atlas_bg.png"), "fg": str(tmp_path / "atlas_fg.png")}
+    img = _FakeImage(files["bg"])
+    img[atlas_paint.ATLAS_TAG], img[atlas_paint.SEGMENT_TAG] = "bg", atlas_paint.segment_of(files["bg"])
+    assert Path(atlas_paint.save_painted(img, str(tmp_path / "e"))).name == "painted_bg_atlas.png"

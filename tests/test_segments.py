@@ -296,6 +296,8 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
 
     state = torch.load(first_ckpt, weights_only=False)
     assert state["optimizer"] is None and state["model"]["atlases.bg.grid.table"].dtype == torch.float16
+    assert not list((proj / "segments").glob("*/atlas_*.png"))  # their 8-bit atlases are in maps/ already
+    assert json.loads((proj / "segments" / "f000000-000010" / "maps" / "meta.json").read_text())["store"] == 2
     # more budget: every segment continues from its compact checkpoint
     assert cli.main(["train", str(video), "-o", str(proj), "--resume", *base[:1], "40", *base[2:]]) == 0
     assert Project.open(proj).metrics()["iterations"] == 40 and Project.open(proj).state()[0] == "trained"
@@ -334,6 +336,7 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
     plain = tmp_path / "plain"
     assert cli.main(["train", str(video), "-o", str(plain), "--frames", "0:8", *base]) == 0
     ck = (plain / "checkpoint.pt").read_bytes()
+    assert (plain / "atlas_bg.png").is_file()  # a plain project still has its atlas images
     assert cli.main(["train", str(video), "-o", str(plain), "--resume", "--frames", "0:12", *base]) == 0
     project = Project.open(plain)
     assert [s["frames"] for s in project.info.segments] == [[0, 8], [4, 12]] and project.state()[0] == "trained"

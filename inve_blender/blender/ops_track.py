@@ -258,11 +258,14 @@ class INVE_OT_atlas_open(EngineJobOperator, bpy.types.Operator):
         strip = target.strip
         ws = workspace(context, strip)
         task = service.task("atlas", {"project": ws.project, "output": ws.atlas}, "Writing atlas")
-        return JobPlan(task, "Writing atlas", {"strip": strip.name, "folder": ws.atlas})
+        # a segmented project: open the atlases of the segment under the playhead
+        source = timing(context, strip).scene_to_source(strips.sequencer_scene(context).frame_current)
+        return JobPlan(task, "Writing atlas", {"strip": strip.name, "folder": ws.atlas, "source_frame": source})
 
     @classmethod
     def succeeded(cls, job: jobs.Job, scene: Any) -> str:
-        images = atlas_paint.open_atlas_images(bpy.data, job.context_data["folder"], job.context_data["strip"])
+        images = atlas_paint.open_atlas_images(bpy.data, job.context_data["folder"], job.context_data["strip"],
+                                               job.context_data.get("source_frame"))
         if not images:
             msg = f"The engine wrote no atlas images into {job.context_data['folder']}"
             job.state.ok, job.state.error = False, msg
@@ -308,9 +311,12 @@ class INVE_OT_atlas_apply(bpy.types.Operator):
         for img in atlas_paint.atlas_images(bpy.data, strip.name):
             layer = img[atlas_paint.ATLAS_TAG]
             path = atlas_paint.save_painted(img, ws.edits_dir)
-            item = next((it for it in owner.layers if it.kind == "atlas" and it.attach == layer), None)
+            segment = str(img.get(atlas_paint.SEGMENT_TAG) or "")  # one layer per painted segment atlas
+            item = next((it for it in owner.layers if it.kind == "atlas" and it.attach == layer
+                         and (not segment or os.path.normpath(it.image) == os.path.normpath(path))), None)
             if item is None:
-                item = add_layer(context, "atlas", {"type": "atlas", "layer": layer}, f"Atlas {layer}", image=path)
+                item = add_layer(context, "atlas", {"type": "atlas", "layer": layer},
+                                 f"Atlas {layer} {segment}".strip(), image=path)
             item.image = path
             item.data = json.dumps({"layer": layer})
             done.append(layer)
