@@ -11,6 +11,14 @@ inverse mapping must bring that atlas point back to each key. Fitting resumes fr
 checkpoint for a short budget with the full objective (so the rest of the clip keeps what it
 learned) plus that correction term, at a lower learning rate, then the project is baked
 again. The project lock (core/lock.py) is held throughout: one writer per project.
+
+The confirmed keys are also kept in the project (:data:`CONFIRMED_FILE`, beside the
+checkpoint): rendering and tracking refine every propagated position against the drawing
+frame's pixels (core/refine.py), which would pull a point back to where appearance puts it
+and undo what the user confirmed; core/edits/context.py reads the keys and fades that
+refinement out near them. The file records the checkpoint it was fitted into (step and
+SHA-256, as baked maps do), so a retrain makes it stale and it is ignored; a later
+``correct`` fits the kept keys again together with the new ones (the user's word stays).
 """
 from __future__ import annotations
 
@@ -37,6 +45,8 @@ DEFAULT_MINUTES = 0.5
 CORRECTION_WEIGHT = 0.5
 #: learning rates of the fine-tuning, as a share of the training's initial rates
 LR_SHARE = 0.3
+#: the keys the user confirmed, kept in the project for rendering and tracking (see above)
+CONFIRMED_FILE = "confirmed_keys.json"
 
 
 @dataclass
@@ -104,6 +114,56 @@ def parse_corrections(doc: Any, info: ProjectInfo, alpha: np.ndarray | None = No
             raise InveError(f"{where} ({tid}): 'layer' must be one of {', '.join(info.layers)}, got {layer!r}")
         out.append(CorrectionTrack(tid, layer, np.array(ts), np.array(xys, np.float64)))
     return out
+
+
+def _key_doc(tr: CorrectionTrack, info: ProjectInfo) -> dict[str, Any]:
+    return {"id": tr.id, "layer": tr.layer,
+            "keys": [{"frame": int(info.frames[int(t)]), "x": float(x), "y": float(y)} for t, (x, y) in zip(tr.t, tr.xy)]}
+
+
+def read_confirmed(project_dir: Path, info: ProjectInfo, maps_meta: dict[str, Any] | None) -> list[CorrectionTrack]:
+    """The confirmed keys kept in the project, if they belong to its current fit.
+
+    Kept keys are valid for the checkpoint the correction wrote (its step and SHA-256, which
+    the baked maps record too: ``maps_meta``); after a retrain, or with maps from before
+    corrections were kept, they are stale and ignored (empty list). A damaged or foreign
+    file is ignored as well: the keys only steer refinement, the mapping holds the fit.
+    """
+    from core import checkpoint  # noqa: PLC0415
+
+    path = Path(project_dir) / CONFIRMED_FILE
+    if not path.is_file():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+        rec, have = doc["checkpoint"], (maps_meta or {}).get("checkpoint") or {}
+        if (checkpoint.identity_differences(doc.get("identity") or {}, checkpoint.identity(info))
+                or not have or rec.get("sha256") != have.get("sha256") or rec.get("step") != have.get("step")):
+            return []
+        return parse_corrections({"tracks": doc["tracks"]}, info, None, CONFIRMED_FILE)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, InveError):
+        return []
+
+
+def merge_confirmed(kept: list[CorrectionTrack], new: list[CorrectionTrack]) -> list[CorrectionTrack]:
+    """Kept keys plus new ones; a track (id and layer) confirmed again on a frame takes the new key."""
+    out: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+    for tr in [*kept, *new]:
+        keys = out.setdefault((tr.id, tr.layer), {})
+        for t, xy in zip(tr.t, tr.xy):
+            keys[int(t)] = xy
+    return [CorrectionTrack(tid, layer, np.array(sorted(keys)), np.array([keys[t] for t in sorted(keys)], np.float64))
+            for (tid, layer), keys in out.items()]
+
+
+def write_confirmed(project_dir: Path, info: ProjectInfo, tracks: list[CorrectionTrack], ckpt_record: dict[str, Any]) -> None:
+    """Keep the confirmed keys with the checkpoint they were fitted into (atomic write)."""
+    from core import checkpoint  # noqa: PLC0415
+
+    fsutil.write_json(Path(project_dir) / CONFIRMED_FILE,
+                      {"format": 1, "identity": checkpoint.identity(info),
+                       "checkpoint": {k: ckpt_record[k] for k in ("step", "sha256")},
+                       "tracks": [_key_doc(tr, info) for tr in tracks]})
 
 
 class CorrectionTerm:
@@ -179,6 +239,8 @@ def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, 
     from core.train import TrainConfig, Trainer, _check_project_atlases, run_loop  # noqa: PLC0415
 
     info = project.info
+    # keys confirmed in earlier rounds (still valid for this fit) are met again with the new ones
+    tracks = merge_confirmed(read_confirmed(project.path, info, project.maps().meta), tracks)
     stored = dict(info.settings.get("train", {}))
     device = pick_device(str(stored.get("device", "auto")))
     ckpt = project.path / Project.CHECKPOINT
@@ -228,6 +290,7 @@ def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, 
     result = bake(model, prep.frames, info.source_size, progress)
     result.maps.meta = {**result.maps.meta, **checkpoint.maps_meta(info, ckpt, trainer.step)}
     result.maps.save(project.path / Project.MAPS)
+    write_confirmed(project.path, info, tracks, result.maps.meta["checkpoint"])
     for layer, atlas in result.maps.atlas.items():
         fsutil.write_output_file(project.path / f"atlas_{layer}.png", fsutil.png_writer(atlas), "project atlas")
     metrics = project.metrics()
@@ -252,4 +315,5 @@ def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, 
                        f"{last['error_after_px']:.2f} px; PSNR {metrics['psnr']:.2f} dB; maps re-baked"}
 
 
-__all__ = ["CorrectionTrack", "CorrectionTerm", "parse_corrections", "correct_project"]
+__all__ = ["CONFIRMED_FILE", "CorrectionTrack", "CorrectionTerm", "parse_corrections", "correct_project",
+           "read_confirmed", "merge_confirmed", "write_confirmed"]

@@ -32,19 +32,20 @@ if pytest is not None and __name__ != "__main__":
 SCRIPT = Path(__file__).resolve()
 
 # ---------------------------------------------------------------------------------------
-# Apply Corrections: the synthetic pan-zoom clip with a featureless patch of wall. A sticker
-# placed on the patch follows the networks' mapping there (nothing for the photometric
-# refinement to lock onto), so what the user confirms by hand is what the sticker does.
+# Apply Corrections: the synthetic pan-zoom clip, the point on textured wall. The photometric
+# refinement would lock the sticker onto the texture where it was drawn; the engine keeps the
+# confirmed keys (confirmed_keys.json) and trusts the fine-tuned mapping near them, so what the
+# user confirms by hand is what the sticker does there.
 W, H, T = 96, 64, 8
 STRIP_START = 3  # scene frame of source frame 0
 P0 = (60.0, 24.0)  # sticker centre and tracked point, source frame 0
-PATCH_R = 12.0  # radius of the flat patch around P0 (source px on frame 0)
+PATCH_R = 12.0  # radius of the optional flat patch around P0 (source px on frame 0)
 MOVED = (4, 7)  # source frames whose marker the user moves
 OFFSET = (2.5, -1.0)  # by this much (source px, y down)
 
 
-def flat_patch_clip(path: Path) -> Any:
-    """tests/synth.py's pan-zoom clip with a flat patch painted on the wall around P0."""
+def correction_clip(path: Path, flat_patch: bool = False) -> Any:
+    """tests/synth.py's pan-zoom clip (optionally with a flat patch painted on the wall around P0)."""
     import numpy as np
 
     import synth
@@ -58,7 +59,8 @@ def flat_patch_clip(path: Path) -> Any:
     for t in range(T):
         uv = clip.gt.forward("bg", grid, np.full(len(grid), float(t)))
         img = clip.frames[t].copy()
-        img[(np.linalg.norm(uv - uv0, axis=1) < r_uv).reshape(H, W)] = (150, 120, 90)
+        if flat_patch:
+            img[(np.linalg.norm(uv - uv0, axis=1) < r_uv).reshape(H, W)] = (150, 120, 90)
         frames.append(img)
     write_movie(path, frames, fps=24.0)
     return clip
@@ -89,7 +91,7 @@ def test_apply_corrections_round_trip(extension_zip: Path, tmp_path: Path) -> No
     import numpy as np
 
     movie = tmp_path / "patch.mp4"
-    flat_patch_clip(movie)
+    correction_clip(movie)
     sticker = np.zeros((8, 8, 4), np.uint8)
     sticker[..., 2] = sticker[..., 3] = 255
     iio.imwrite(tmp_path / "blue.png", sticker)

@@ -95,3 +95,50 @@ def test_bad_corrections_are_refused_with_one_line(trained, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
     assert (proj / "checkpoint.pt").read_bytes() == before
+
+
+def _track(project_dir, xy, keys: bool = True):
+    """Refined tracks (as ``inve track`` computes them) of points drawn on frame 0: [T, N, 2]."""
+    from core.track import PointSpec, track_points
+
+    project = Project.open(project_dir)
+    ctx = RenderContext(project, mapping=project.mapping())
+    assert ctx.refine_enabled
+    if not keys:
+        ctx.confirmed = {}
+    pts = [PointSpec(f"q{i}", 0, 0, (float(x), float(y)), "bg") for i, (x, y) in enumerate(xy)]
+    return np.stack([tr.xy for tr in track_points(ctx, pts)], axis=1), ctx
+
+
+def test_confirmed_keys_win_over_refinement(trained, tmp_path):
+    """With photometric refinement on (the default), the re-tracked point lands where the user
+    put it on the corrected frames; a point far from every key is tracked as without keys."""
+    import shutil
+
+    clip, root = trained
+    proj = tmp_path / "project"
+    shutil.copytree(root / "project", proj)
+    T = clip.n_frames
+    p0 = np.array([[30.0, 14.0]])  # background, textured, in view on every frame
+    far = np.array([[84.0, 54.0]])
+    before, _ = _track(proj, np.concatenate([p0, far]))
+    moved = (T // 2, T - 1)
+    targets = {t: before[t, 0] + OFFSET for t in moved}
+    doc = {"tracks": [{"id": "k0", "keys": [{"frame": 0, "x": float(p0[0, 0]), "y": float(p0[0, 1])}]
+                       + [{"frame": t, "x": float(xy[0]), "y": float(xy[1])} for t, xy in targets.items()]}]}
+    path = tmp_path / "corrections.json"
+    path.write_text(json.dumps(doc))
+    assert main(["correct", str(proj), "--corrections", str(path), "--minutes", "0.25", "--progress", "none"]) == 0
+    after, ctx = _track(proj, np.concatenate([p0, far]))
+    for t, xy in targets.items():
+        assert np.linalg.norm(after[t, 0] - xy) < 1.0, (t, after[t, 0], xy, before[t, 0])
+    # far from every key: exactly what refinement gives without the key file
+    without, _ = _track(proj, np.concatenate([p0, far]), keys=False)
+    assert np.allclose(after[:, 1], without[:, 1], atol=1e-6)
+    # the kept keys belong to the corrected checkpoint; after a retrain (another checkpoint) they are ignored
+    assert all(("bg", t) in ctx.confirmed for t in moved)
+    keys_file = proj / "confirmed_keys.json"
+    kept = json.loads(keys_file.read_text())
+    assert kept["checkpoint"]["step"] == json.loads((proj / "metrics.json").read_text())["iterations"]
+    keys_file.write_text(json.dumps({**kept, "checkpoint": {**kept["checkpoint"], "sha256": "0" * 64}}))
+    assert RenderContext(Project.open(proj)).confirmed == {}

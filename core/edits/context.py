@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.correct import read_confirmed
 from core.layers import layer_at, shows
 from core.project import BakedMaps, LayeredMapping, Project
 from core.refine import Level, RefineConfig, Refined, chain_parent, fit_correction, grey, refine_positions
@@ -71,6 +72,13 @@ class RenderContext:
     #: mapping's place accepts fewer than this share of its points (None: always)
     #: (measured on the benchmark: 0.8 as good as always, 0.5 lost 3 dB on the far strokes)
     CHAIN_BELOW: float | None = 0.8
+    #: near a key the user confirmed (``inve correct``, core/correct.py) the fine-tuned mapping
+    #: is trusted and the refinement faded out: fully within CONFIRMED_TRUST_PX of the key (on
+    #: its frame and layer), back in force beyond CONFIRMED_FADE times that. Why: refinement
+    #: matches appearance, and pulled a point the user moved by 2.7 px back to within 0.03 px
+    #: of where it was; the user's word wins where given, appearance everywhere else.
+    CONFIRMED_TRUST_PX = 3.0
+    CONFIRMED_FADE = 3.0
 
     def __init__(self, project: Project, mapping: LayeredMapping | None = None,
                  maps: BakedMaps | None = None, frames: np.ndarray | None = None) -> None:
@@ -95,6 +103,12 @@ class RenderContext:
         self.refine_cfg = RefineConfig()
         self._levels: list[Level] | None = None
         self._links: dict[tuple, np.ndarray] = {}
+        # confirmed keys per (layer, frame index): [k, 2] source px (stale ones are not loaded)
+        self.confirmed: dict[tuple[str, int], np.ndarray] = {}
+        for tr in read_confirmed(project.path, self.info, self.maps.meta):
+            for t, xy in zip(tr.t, tr.xy):
+                key = (tr.layer, int(t))
+                self.confirmed[key] = np.vstack([self.confirmed.get(key, np.zeros((0, 2))), xy[None]])
 
     # -- mapping (networks) ------------------------------------------------------------
     @property
@@ -330,8 +344,9 @@ class RenderContext:
     def refine_chained(self, layer: str, xy0: np.ndarray, t_from: int, frames: np.ndarray, xy: np.ndarray,
                        ok: np.ndarray) -> Refined:
         """:meth:`refine`; a frame far from ``t_from`` where too few points match from the
-        mapping's place (CHAIN_BELOW) is matched again from the correction its chain link
-        measured (core.refine.chain_parent; links cached per point set), and the better kept.
+        mapping's place (CHAIN_BELOW of its points, and of what the link itself matched) is
+        matched again from the correction its chain link measured (core.refine.chain_parent;
+        links cached per point set), and the better kept.
 
         Why: the mapping's drift on a turning object 20-47 frames away is beyond one search
         range; a link 8 frames nearer has measured most of it. Rendering refines one frame at
@@ -341,7 +356,7 @@ class RenderContext:
         """
         frames = np.asarray(frames, int)
         direct = self.CHAIN_BELOW is not None
-        r = self.refine(layer, xy0, t_from, frames, xy, ok) if direct else None
+        r = self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False) if direct else None
         need = []
         for i, f in enumerate(frames):
             if chain_parent(int(f), t_from) is None:
@@ -350,7 +365,8 @@ class RenderContext:
             if not direct or (n_ok and r.accepted[i].sum() < self.CHAIN_BELOW * n_ok):
                 need.append(i)
         if not need:
-            return r if r is not None else self.refine(layer, xy0, t_from, frames, xy, ok)
+            return self.trust_confirmed(layer, frames, xy, r if r is not None
+                                        else self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False))
         prior = np.zeros_like(xy)
         keep = []
         for i in need:
@@ -363,20 +379,21 @@ class RenderContext:
                 keep.append(i)
         need = keep
         if not need:
-            return r
+            return self.trust_confirmed(layer, frames, xy, r)
         if r is None:
-            r = self.refine(layer, xy0, t_from, frames, xy + prior, ok)
+            r = self.refine(layer, xy0, t_from, frames, xy + prior, ok, confirmed=False)
             rows = np.arange(len(frames))
         else:
             rows = np.array(need)
-            r2 = self.refine(layer, xy0, t_from, frames[rows], (xy + prior)[rows], ok[rows])
+            r2 = self.refine(layer, xy0, t_from, frames[rows], (xy + prior)[rows], ok[rows],
+                             confirmed=False)
             better = r2.accepted.sum(1) > r.accepted[rows].sum(1)
             rows = rows[better]
             r.xy[rows], r.accepted[rows], r.ncc[rows] = r2.xy[better], r2.accepted[better], r2.ncc[better]
         # rejected points keep the mapping's position (as without links); shifts are the mapping's
         r.xy[rows] = np.where(r.accepted[rows][..., None], r.xy[rows], xy[rows])
         r.shift[rows] = np.where(r.accepted[rows], np.linalg.norm(r.xy[rows] - xy[rows], axis=-1), 0.0)
-        return r
+        return self.trust_confirmed(layer, frames, xy, r)
 
     def _link(self, layer: str, xy0: np.ndarray, t_from: int, t: int) -> tuple[np.ndarray, int]:
         """Correction [n, 2] of the mapping at chain link t for points xy0 drawn at t_from (cached),
@@ -390,7 +407,7 @@ class RenderContext:
             parent = chain_parent(t, t_from)
             prior = self._link(layer, xy0, t_from, parent)[0] if parent is not None else np.zeros_like(xy0)
             _, pxy, pok = self.propagate(layer, xy0, t_from, frames=[t], refine=False)
-            rr = self.refine(layer, xy0, t_from, np.array([t]), (pxy[0] + prior)[None], pok)
+            rr = self.refine(layer, xy0, t_from, np.array([t]), (pxy[0] + prior)[None], pok, confirmed=False)
             self._links[key] = (np.where(rr.accepted[0][:, None], rr.xy[0] - pxy[0], prior),
                                 int(rr.accepted[0].sum()))
             while len(self._links) > self.LINK_CACHE:
@@ -428,11 +445,13 @@ class RenderContext:
         return np.asarray(shows(layer, self.alpha_at(t, np.clip(xy, 0, [self.W, self.H]))))
 
     def refine(self, layer: str, xy0: np.ndarray, t_from: int, frames: np.ndarray, xy: np.ndarray,
-               ok: np.ndarray) -> Refined:
+               ok: np.ndarray, confirmed: bool = True) -> Refined:
         """Refine propagated positions xy [F, N, 2] of points xy0 [N, 2] drawn at ``t_from``.
 
         Points are matched where they are cycle-consistent (``ok``), inside the frame and on
         their own layer; the local warp comes from the baked uv maps (no network call).
+        Near keys the user confirmed, the refinement fades out (:meth:`trust_confirmed`)
+        unless ``confirmed`` is False (a caller that applies that itself, once).
         """
         xy0 = np.asarray(xy0, np.float64).reshape(-1, 2)
         frames = np.asarray(frames, int)
@@ -450,8 +469,33 @@ class RenderContext:
             with np.errstate(all="ignore"):
                 jac[i] = np.where(np.abs(det)[:, None, None] > 1e-12, inv / det[:, None, None], np.nan) @ J0
         good = np.isfinite(jac).all((-1, -2)) & (np.abs(np.linalg.det(np.nan_to_num(jac))) > 1e-3)
-        return refine_positions(self.levels(), t_from, xy0, frames, xy, jac, valid & good,
-                                mask=self._layer_mask(layer), cfg=self.refine_cfg)
+        r = refine_positions(self.levels(), t_from, xy0, frames, xy, jac, valid & good,
+                             mask=self._layer_mask(layer), cfg=self.refine_cfg)
+        return self.trust_confirmed(layer, frames, xy, r) if confirmed else r
+
+    def trust_confirmed(self, layer: str, frames: np.ndarray, xy: np.ndarray, r: Refined) -> Refined:
+        """Fade the refinement ``r`` of positions ``xy`` [F, N, 2] out near confirmed keys.
+
+        The weight of the refinement rises smoothly (smoothstep) from 0 within
+        CONFIRMED_TRUST_PX of the nearest key of that frame and layer (distance from the
+        mapping's position, which the fine-tuning carried onto the key) to 1 at
+        CONFIRMED_FADE times that; frames without keys, and points beyond, are untouched.
+        """
+        if not self.confirmed:
+            return r
+        near, far = self.CONFIRMED_TRUST_PX, self.CONFIRMED_TRUST_PX * self.CONFIRMED_FADE
+        for i, t in enumerate(np.asarray(frames, int)):
+            keys = self.confirmed.get((layer, int(t)))
+            if keys is None:
+                continue
+            d = np.sqrt(((xy[i][:, None, :] - keys[None]) ** 2).sum(-1)).min(1)  # [N]
+            s = np.clip((np.nan_to_num(d, nan=far) - near) / (far - near), 0.0, 1.0)
+            w = s * s * (3.0 - 2.0 * s)
+            if (w < 1.0).any():
+                fin = np.isfinite(xy[i]).all(-1) & np.isfinite(r.xy[i]).all(-1)
+                r.xy[i, fin] = xy[i, fin] + w[fin, None] * (r.xy[i, fin] - xy[i, fin])
+                r.shift[i] = r.shift[i] * w
+        return r
 
     def _uv_jacobian(self, layer: str, t: int, xy: np.ndarray) -> np.ndarray:
         """d uv / d xy of the baked map at source points [N, 2] of frame t: [N, 2, 2] (columns d/dx, d/dy)."""
