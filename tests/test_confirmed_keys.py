@@ -57,3 +57,33 @@ def test_refinement_fades_out_near_a_confirmed_key(drifting):
     assert np.allclose(got[t, 1] - raw[t, 1], w * (ref[t, 1] - raw[t, 1]), atol=1e-6), (d, w, got[t, 1], ref[t, 1])
     # a key on the other layer changes nothing
     assert np.allclose(_track(project, mapping, xy, confirmed={("fg", t): key[None]}), ref, atol=1e-9)
+
+
+def test_keys_on_two_frames_hold_the_frames_between_them(drifting):
+    """Keys on frames 3 and 6 are trusted on 4 and 5 too (no one-frame jump), fading out over
+    CONFIRMED_FRAMES beyond them; frames further away are refined as without keys."""
+    from core.correct import CorrectionTrack
+
+    clip, project = drifting
+    mapping = DriftingMapping(clip.gt, amount=3.0)
+    xy = np.array([[40.0, 30.0], [100.0, 76.0]])  # the confirmed point, one far away
+    raw = _track(project, mapping, xy, refine=False)
+    ref = _track(project, mapping, xy)
+    t1, t2 = 3, 6
+    keys = raw[[t1, t2], 0]  # the fine-tuned mapping meets the keys
+    ctx = RenderContext(project, mapping=mapping)
+    ctx.confirmed = {("bg", t): k[None] for t, k in zip((t1, t2), keys)}
+    ctx.confirmed_tracks = [CorrectionTrack("p0", "bg", np.array([t1, t2]), keys)]
+    ctx.CONFIRMED_FRAMES = W = 2  # a short fade, so this 12-frame clip has frames beyond it
+    pts = [PointSpec(str(i), 0, 0, (float(x), float(y)), "bg") for i, (x, y) in enumerate(xy)]
+    got = np.stack([tr.xy for tr in track_points(ctx, pts)], 1)
+    moved = np.linalg.norm(ref[:, 0] - raw[:, 0], axis=-1)
+    assert moved[t1:t2 + 1].min() > 1.0, moved  # refinement would move the point on all of them
+    for t in range(t1, t2 + 1):  # on and between the keys: the mapping's place
+        assert np.linalg.norm(got[t, 0] - raw[t, 0]) < 0.05, (t, got[t, 0], raw[t, 0], ref[t, 0])
+    # one frame beyond the keys: mostly the mapping's place still, part refinement
+    for t in (t1 - 1, t2 + 1):
+        assert np.linalg.norm(got[t, 0] - raw[t, 0]) < 0.5 * np.linalg.norm(ref[t, 0] - raw[t, 0]), t
+    far = [t for t in range(clip.n_frames) if t < t1 - W or t > t2 + W]
+    assert len(far) >= 3 and np.allclose(got[far], ref[far], atol=1e-9)
+    assert np.allclose(got[:, 1], ref[:, 1], atol=1e-9)  # far from the track: refined as ever
