@@ -46,7 +46,7 @@ CORRECTION_WEIGHT = 0.5
 #: learning rates of the fine-tuning, as a share of the training's initial rates
 LR_SHARE = 0.3
 #: the keys the user confirmed, kept in the project for rendering and tracking (see above)
-CONFIRMED_FILE = "confirmed_keys.json"
+CONFIRMED_FILE = Project.CONFIRMED
 
 
 @dataclass
@@ -225,7 +225,14 @@ def correct_project(project_dir: Path, corrections: Path, minutes: float | None,
         return _fine_tune(project, tracks, minutes, progress)
 
 
-def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, progress: Progress) -> dict[str, Any]:
+def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, progress: Progress,
+               segment: bool = False) -> dict[str, Any]:
+    """Fine-tune ``project``'s networks towards ``tracks``, re-bake, keep the keys.
+
+    ``segment``: a segment of a long shot keeps the layout training gave it (a compact
+    checkpoint without optimizer state, no atlas PNGs), so a corrected segment is not three
+    times the size of the others.
+    """
     from core.bake import atlas_psnr, bake  # noqa: PLC0415
     from core.preprocess import preprocess  # noqa: PLC0415
     from core.schedules import FullDetail, LearningRate  # noqa: PLC0415
@@ -236,7 +243,7 @@ def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, 
     from core.sampling import TrainingData  # noqa: PLC0415
     from core.preprocess import working_frames  # noqa: PLC0415
     from core import checkpoint  # noqa: PLC0415
-    from core.train import TrainConfig, Trainer, _check_project_atlases, run_loop  # noqa: PLC0415
+    from core.train import TrainConfig, Trainer, _check_project_atlases, compact_model_state, run_loop  # noqa: PLC0415
 
     info = project.info
     # keys confirmed in earlier rounds (still valid for this fit) are met again with the new ones
@@ -285,13 +292,16 @@ def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, 
     trainer.step = int(state.get("step", 0)) + trainer.step
     trainer.elapsed = float(state.get("elapsed", 0.0)) + trainer.elapsed
     # the same identity-carrying checkpoint and maps as training writes (core/checkpoint.py)
-    checkpoint.save_checkpoint(ckpt, trainer.state(), info)
+    state = trainer.state()
+    if segment:
+        state = {**state, "optimizer": None, "model": compact_model_state(state["model"])}
+    checkpoint.save_checkpoint(ckpt, state, info)
     model.set_atlas_detail(1.0)
     result = bake(model, prep.frames, info.source_size, progress)
     result.maps.meta = {**result.maps.meta, **checkpoint.maps_meta(info, ckpt, trainer.step)}
     result.maps.save(project.path / Project.MAPS)
     write_confirmed(project.path, info, tracks, result.maps.meta["checkpoint"])
-    for layer, atlas in result.maps.atlas.items():
+    for layer, atlas in (() if segment else result.maps.atlas.items()):
         fsutil.write_output_file(project.path / f"atlas_{layer}.png", fsutil.png_writer(atlas), "project atlas")
     metrics = project.metrics()
     metrics.update({"psnr": round(result.psnr, 3), "atlas_psnr": round(atlas_psnr(result.maps, prep.frames), 3),

@@ -442,6 +442,7 @@ class Project:
     MAPS_LEGACY = "maps.npz"  # format 1
     CHECKPOINT = "checkpoint.pt"
     METRICS = "metrics.json"
+    CONFIRMED = "confirmed_keys.json"  # keys the user confirmed (core/correct.py)
 
     def __init__(self, path: str | Path, info: ProjectInfo) -> None:
         self.path = Path(path)

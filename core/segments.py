@@ -185,8 +185,8 @@ def _relative(path: str, folder: Path) -> str | None:
 
 
 #: what a plain project keeps in its folder: moved into its segment when it is extended
-_PLAIN_ENTRIES = (Project.CHECKPOINT, Project.MAPS, Project.MAPS_LEGACY, Project.FRAMES, Project.METRICS, "cache",
-                  "atlas_bg.png", "atlas_fg.png", fsutil.OUTPUT_MARKER)
+_PLAIN_ENTRIES = (Project.CHECKPOINT, Project.MAPS, Project.MAPS_LEGACY, Project.FRAMES, Project.METRICS,
+                  Project.CONFIRMED, "cache", "atlas_bg.png", "atlas_fg.png", fsutil.OUTPUT_MARKER)
 
 
 def _adopt_plain(project_dir: Path, info: ProjectInfo) -> str:
@@ -866,7 +866,7 @@ def correct_segmented(project: Project, doc: Any, fname: str, minutes: float, pr
         k = subs.index(sub)
         a, b = ranges_of(project.info)[k]
         sp = SegmentProgress(progress, k, len(subs), (a, b), 0.0, 1.0)
-        r = _fine_tune(sub, tracks, minutes / len(jobs), sp)
+        r = _fine_tune(sub, tracks, minutes / len(jobs), sp, segment=True)
         results.append({"segment": sub.path.name, **{x: r[x] for x in ("tracks", "keys", "error_before_px",
                                                                     "error_after_px", "psnr")}})
     metrics = aggregate_metrics(Project.open(project.path))

@@ -3,6 +3,8 @@ the PNG encoder. Speed must not change a pixel: every comparison here is exact (
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -223,3 +225,52 @@ def test_edit_command_with_workers_writes_what_one_process_writes(tmp_path, monk
     a = np.stack(list(iter_frames(tmp_path / "m1.mp4", 0, 18)))
     b = np.stack(list(iter_frames(tmp_path / "m2.mp4", 0, 18)))
     assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="render workers are forked on Linux only")
+def test_a_render_worker_dies_with_its_killed_parent(tmp_path):
+    """A parent killed without cleanup (kill -9) must not leave its forked workers waiting."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    script = (
+        "import os, sys, time\n"
+        "from core.edits.parallel import _die_with_parent\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    _die_with_parent()\n"
+        f"    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            try:
+                with open(f"/proc/{child}/stat") as f:  # a zombie waiting to be reaped is gone too
+                    if f.read().split(")")[-1].split()[0] == "Z":
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError("the worker outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()

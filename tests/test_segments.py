@@ -332,12 +332,30 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
     assert [h["segment"] for h in history] == ["f000000-000010"] and history[0]["tracks"] == 1
     assert (proj / "segments" / "f000012-000020" / "checkpoint.pt").stat().st_mtime_ns == stamp3
     assert Project.open(proj).state()[0] == "trained"
+    # a corrected segment keeps the segment layout: compact checkpoint, no atlas PNGs, its keys
+    state = torch.load(first_ckpt, weights_only=False)
+    assert state["optimizer"] is None and state["model"]["atlases.bg.grid.table"].dtype == torch.float16
+    assert not list((proj / "segments").glob("*/atlas_*.png"))
+    assert (proj / "segments" / "f000000-000010" / Project.CONFIRMED).is_file()
     # a plain project extended: its trained state moves into a segment, unchanged
     plain = tmp_path / "plain"
     assert cli.main(["train", str(video), "-o", str(plain), "--frames", "0:8", *base]) == 0
-    ck = (plain / "checkpoint.pt").read_bytes()
     assert (plain / "atlas_bg.png").is_file()  # a plain project still has its atlas images
+    plain_corr = tmp_path / "PLAIN_CORRECTIONS.json"
+    plain_corr.write_text(json.dumps({"tracks": [{"id": "a", "keys": [{"frame": 1, "x": 20.0, "y": 12.0},
+                                                                      {"frame": 4, "x": 22.0, "y": 12.0}]}]}))
+    assert cli.main(["correct", str(plain), "--corrections", str(plain_corr), "--minutes", "0.02",
+                     "--progress", "none"]) == 0
+    keys = (plain / Project.CONFIRMED).read_bytes()
+    ck = (plain / "checkpoint.pt").read_bytes()
     assert cli.main(["train", str(video), "-o", str(plain), "--resume", "--frames", "0:12", *base]) == 0
+    # the user's confirmed keys move with the trained state they belong to
+    assert not (plain / Project.CONFIRMED).exists()
+    assert (plain / "segments" / "f000000-000008" / Project.CONFIRMED).read_bytes() == keys
+    from core.correct import read_confirmed
+
+    sub = Project.open(plain / "segments" / "f000000-000008")
+    assert [tr.id for tr in read_confirmed(sub.path, sub.info, sub.maps().meta)] == ["a"]  # and still apply
     project = Project.open(plain)
     assert [s["frames"] for s in project.info.segments] == [[0, 8], [4, 12]] and project.state()[0] == "trained"
     assert (plain / "segments" / "f000000-000008" / "checkpoint.pt").read_bytes() == ck

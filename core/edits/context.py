@@ -117,7 +117,7 @@ class RenderContext:
                 self.confirmed[key] = np.vstack([self.confirmed.get(key, np.zeros((0, 2))), xy[None]])
         # per (layer, frame) without a key of its own: (positions [k, 2], trust in time [k]),
         # built on first use (it runs the mapping; see :meth:`_confirmed_spread`)
-        self._spread: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] | None = None
+        self._confirmed_cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] | None = None
 
     # -- mapping (networks) ------------------------------------------------------------
     @property
@@ -423,23 +423,6 @@ class RenderContext:
                 self._links.pop(next(iter(self._links)))
         return self._links[key]
 
-    @staticmethod
-    def _spread(xy0: np.ndarray, xy: np.ndarray, sub: np.ndarray, rxy: np.ndarray, racc: np.ndarray) -> np.ndarray:
-        """Corrections of the matched subset ``sub`` carried to every point of the set (4 nearest)."""
-        delta = np.where(racc[..., None], rxy - xy[:, sub], 0.0)  # [F, m, 2]
-        d2 = ((xy0[:, None, :] - xy0[None, sub, :]) ** 2).sum(-1)  # [n, m]
-        near = np.argsort(d2, axis=1)[:, :4]  # the 4 nearest matched points of each point
-        w_near = 1.0 / (np.take_along_axis(d2, near, 1) + 1.0)  # [n, 4]
-        out = np.array(xy, copy=True)
-        for i in range(len(xy)):
-            acc = racc[i][near]  # [n, 4]
-            w = w_near * acc
-            tot = w.sum(1)
-            corr = (w[..., None] * delta[i][near]).sum(1) / np.maximum(tot, 1e-12)[:, None]
-            out[i] = np.where((tot > 0)[:, None], xy[i] + corr, xy[i])
-        out[:, sub] = rxy  # matched points keep their own match
-        return out
-
     def cycle_error_px(self, layer: str, uv: np.ndarray, xy: np.ndarray) -> np.ndarray:
         """forward(xy_t) vs the points' uv [N, 2], source px, for positions xy [F, N, 2] of all frames."""
         F_, n = xy.shape[:2]
@@ -522,8 +505,8 @@ class RenderContext:
         carried by the fine-tuned mapping (no refinement: that is what is being overruled);
         frames where that carry is not cycle-consistent get no trust.
         """
-        if self._spread is not None:
-            return self._spread
+        if self._confirmed_cache is not None:
+            return self._confirmed_cache
         spread: dict[tuple[str, int], tuple[list, list]] = {}
         W = max(1, int(self.CONFIRMED_FRAMES))
         for tr in self.confirmed_tracks:
@@ -543,9 +526,9 @@ class RenderContext:
                         xs, ts = spread.setdefault((tr.layer, int(f)), ([], []))
                         xs.append(pos[j, 0])
                         ts.append(float(tau[frames == f][0]))
-        self._spread = {key: (np.asarray(xs, np.float64).reshape(-1, 2), np.asarray(ts, np.float64))
+        self._confirmed_cache = {key: (np.asarray(xs, np.float64).reshape(-1, 2), np.asarray(ts, np.float64))
                         for key, (xs, ts) in spread.items()}
-        return self._spread
+        return self._confirmed_cache
 
     def _uv_jacobian(self, layer: str, t: int, xy: np.ndarray) -> np.ndarray:
         """d uv / d xy of the baked map at source points [N, 2] of frame t: [N, 2, 2] (columns d/dx, d/dy)."""

@@ -65,6 +65,25 @@ def _gap_frames(session: Any, frames: Any, workers: int) -> int:
     return gap
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when its parent dies.
+
+    Why: a worker waits on its task queue, and holds that queue's write end itself, so a parent
+    killed without cleanup (kill -9, the OOM killer, the add-on's kill after a cancel times out)
+    would leave it waiting forever with its copy of the session and a decoder. Elsewhere (no
+    prctl) nothing is done: workers are only forked on Linux.
+    """
+    import ctypes  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
             encode: Callable[[np.ndarray], Any] | None, workers: int = 1) -> None:
     """A forked worker (one of ``workers``): render the blocks it is given until it gets None."""
@@ -77,6 +96,7 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
         # stops us (terminate) when it stops, and Ctrl-C reaches it, not us
         for name in ("SIGTERM", "SIGINT"):
             signal.signal(getattr(signal, name), signal.SIG_DFL if name == "SIGTERM" else signal.SIG_IGN)
+        _die_with_parent()
         torch.set_num_threads(1)
         frames = session.ctx.frames
         if hasattr(frames, "forget_decoder"):
