@@ -160,11 +160,6 @@ class INVE_OT_train(EngineJobOperator, bpy.types.Operator):
             return None
         base, frames, temporary, item, new_frames = target
         ws = Workspace(base)
-        if item is not None and tuple(frames) != (item.frame_start, item.frame_end) \
-                and started_folder(item) == base:
-            # Train New Frames: the same project (and its layers) now covers the wider range;
-            # a cancelled run leaves the engine's project claiming it too, and Train resumes
-            item.frame_start, item.frame_end = int(frames[0]), int(frames[1])
         if temporary:
             self.report({"WARNING"}, f"The .blend is not saved: the project goes to a temporary folder ({base}); "
                                      "save the file first to keep it next to the .blend")
@@ -174,6 +169,12 @@ class INVE_OT_train(EngineJobOperator, bpy.types.Operator):
         hint = foreground_hint(self, ws, s.single_layer, resume)
         if hint is False:
             return None
+        # (after every check that can still refuse, so a refused Train changes nothing)
+        if item is not None and tuple(frames) != (item.frame_start, item.frame_end) \
+                and started_folder(item) == base:
+            # Train New Frames: the same project (and its layers) now covers the wider range;
+            # a cancelled run leaves the engine's project claiming it too, and Train resumes
+            item.frame_start, item.frame_end = int(frames[0]), int(frames[1])
         record = record_project(context, strip, base, frames)
         if item is not None and record != item and not len(record.layers):
             copy_layers(item, record)  # the layers drawn so far carry over to the larger project
