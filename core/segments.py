@@ -744,6 +744,20 @@ class SegmentedSession:
         for k in range(len(self.subs)):
             self.session(k).prepare()
 
+    def enter(self, t: int, current: int) -> int:
+        """A pass in frame order reached frame index ``t`` (``current``: the segment it was in,
+        -1 at the start): open t's segment, close those left behind; returns t's segment.
+
+        Entering segment k, its layers come from k - 1, which is then done: a whole-shot pass
+        (``inve edit``, the service's Propagate) holds one or two segments, not all of them.
+        """
+        k = self.owner(self.project.info.frames[t])
+        if k != current:
+            self.session(k).prepare()
+            for j in range(k):
+                self.release(j)
+        return k
+
     def frame_patches(self, t: int, cache: bool = True) -> list[Any]:
         s, tl = self._local(t)
         return s.frame_patches(tl, cache)
@@ -763,12 +777,7 @@ class SegmentedSession:
             progress.update("render", 0, T, force=True)
         current = -1
         for t in range(T):
-            k = self.owner(self.project.info.frames[t])
-            if k != current:  # entering segment k: its layers come from k - 1, which is then done
-                self.session(k).prepare()
-                for j in range(k):
-                    self.release(j)
-                current = k
+            current = self.enter(t, current)
             img = self.render_frame(t, cache=cache, overlay=overlay)
             if progress is not None:
                 progress.update("render", t + 1, T)

@@ -424,7 +424,9 @@ class Service:
         progress = RequestProgress(self.emit, req.id, req.cancel)
         T = ctx.T
         progress.update("render", 0, T, force=True)
-        session.prepare()
+        walk = getattr(session, "enter", None)  # a segmented project: one segment open at a time
+        if walk is None:
+            session.prepare()
         written: list[int] = []
 
         def on_written(frame: int, path: Path) -> None:  # as each PNG lands
@@ -450,7 +452,10 @@ class Service:
                     pass  # keep the render loop from blocking on a dead writer
 
         def frames() -> Iterator[tuple[int, np.ndarray]]:
+            current = -1
             for t in range(T):
+                if walk is not None:
+                    current = walk(t, current)
                 patches = session.frame_patches(t)  # cached: a later propagate re-uses unchanged layers
                 if overlay:
                     img = composite_overlay((ctx.H, ctx.W), patches)

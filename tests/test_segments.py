@@ -266,6 +266,8 @@ def test_service_renders_and_tracks_a_segmented_project(gt_networks):
     done = [r for r in replies if r["event"] in ("done", "error")]
     assert [r["event"] for r in done] == ["done"] * 5, done
     assert sorted(r["frame"] for r in replies if r["event"] == "frame") == list(range(T))
+    held = next(iter(svc.projects.values())).session
+    assert sum(s is not None for s in held._sessions) == 1  # Propagate left earlier segments closed
     ps = EditSession(plain, parse_edits({"layers": [STROKE]}, root, plain.info))
     assert np.linalg.norm(centroid(ps.render_frame(15, overlay=True))[0] - centroid(iio.imread(out))[0]) < 1.0
     assert len(done[3]["tracks"]["tracks"][0]["xy"]) == T
