@@ -58,25 +58,12 @@ def make_assets(folder: Path, W: int, H: int) -> list[dict]:
     ]
 
 
-def edit_pass(project_dir: Path, tmp: Path, workers: int | None) -> None:
-    """The source-resolution edit pass of issue 10 (``inve edit`` to PNGs and to a movie).
-
-    The stack of ``scripts/bench_fit.py``'s edit timing: a paint layer (a rectangle) and one
-    sketch stroke, drawn on the first frame. Wall clock of ``edit_command`` (decode, render,
-    encode, checksum, write), with the CPU time of this process and of its children (render
-    workers, ffmpeg).
-    """
+def write_edit_pass_stack(project, tmp: Path) -> Path:
+    """The edit pass's stack at source resolution (a paint layer and a sketch on the first
+    frame) as ``tmp/EDITS.json`` with its image; bench_fit.py's long-shot rows use it too."""
     import json
-    import resource
-    import shutil
 
-    from core.edits import edit_command
-    from core.edits.parallel import default_workers
-    from core.progress import Progress
-
-    project = Project.open(project_dir)
     W, H = project.info.source_size
-    T = project.info.n_frames
     f0 = project.info.frames[0]
     paint = np.zeros((H, W, 4), np.float32)
     paint[H // 4:H // 4 + H // 8, W // 3:W // 3 + W // 6] = (0.1, 0.9, 0.2, 0.8)
@@ -87,6 +74,28 @@ def edit_pass(project_dir: Path, tmp: Path, workers: int | None) -> None:
                                                                [W * 0.7, H * 0.55]],
                                                     "color": [1, 0, 0, 1], "width": max(2.0, W / 200)}]}]}
     (tmp / "EDITS.json").write_text(json.dumps(doc))
+    return tmp / "EDITS.json"
+
+
+def edit_pass(project_dir: Path, tmp: Path, workers: int | None) -> None:
+    """The source-resolution edit pass of issue 10 (``inve edit`` to PNGs and to a movie).
+
+    The stack of ``scripts/bench_fit.py``'s edit timing: a paint layer (a rectangle) and one
+    sketch stroke, drawn on the first frame. Wall clock of ``edit_command`` (decode, render,
+    encode, checksum, write), with the CPU time of this process and of its children (render
+    workers, ffmpeg).
+    """
+    import resource
+    import shutil
+
+    from core.edits import edit_command
+    from core.edits.parallel import default_workers
+    from core.progress import Progress
+
+    project = Project.open(project_dir)
+    W, H = project.info.source_size
+    T = project.info.n_frames
+    write_edit_pass_stack(project, tmp)
     n = default_workers(T) if workers is None else workers
     print(f"edit pass: {project_dir}, {T} frames at {W}x{H}, paint + sketch, {n} render process(es)")
     if os.getloadavg()[0] > 1.0:

@@ -100,25 +100,13 @@ def du_mb(path: Path) -> float:
 
 def time_edits(project, tmp: Path) -> None:
     """Edit pass at source resolution: a paint layer and a sketch, to PNGs and to a movie."""
-    import json
-
-    import numpy as np
-
-    from core import fsutil
     from core.edits import edit_command
     from core.progress import Progress
 
+    from bench_edit import write_edit_pass_stack  # the same stack as bench_edit.py --edit-pass
+
+    write_edit_pass_stack(project, tmp)
     W, H = project.info.source_size
-    f0 = project.info.frames[0]
-    paint = np.zeros((H, W, 4), np.float32)
-    paint[H // 4:H // 4 + H // 8, W // 3:W // 3 + W // 6] = (0.1, 0.9, 0.2, 0.8)
-    fsutil.write_png(tmp / "paint.png", paint)
-    doc = {"version": 1, "layers": [
-        {"type": "paint", "frame": f0, "image": "paint.png", "layer": "bg"},
-        {"type": "sketch", "frame": f0, "strokes": [{"points": [[W * 0.2, H * 0.6], [W * 0.5, H * 0.7],
-                                                               [W * 0.7, H * 0.55]],
-                                                    "color": [1, 0, 0, 1], "width": max(2.0, W / 200)}]}]}
-    (tmp / "EDITS.json").write_text(json.dumps(doc))
     for out in (tmp / "edit_png", tmp / "edit.mp4"):
         t0, c0 = time.monotonic(), time.process_time()
         edit_command(project.path, tmp / "EDITS.json", out, Progress("none"))
