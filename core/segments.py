@@ -691,6 +691,14 @@ class SegmentedSession:
         src = self.session(i)
         ai, aj = self.ranges[i][0], self.ranges[j][0]
         frames = self._overlap_frames(i, j, s)
+        t0 = getattr(spec, "t", None)
+        if t0 is not None and src.ctx.refine_enabled:
+            # the drawing frame, the chain links and the seam frame, decoded in frame order
+            # now: matching the seam first and then its links would restart the decoder for
+            # every link behind it (each restart decodes the clip from its start)
+            from core.refine import chain_ancestors  # noqa: PLC0415
+
+            src.ctx.warm(sorted({int(t0), frames[0] - ai, *chain_ancestors(np.array([frames[0] - ai]), int(t0))}))
         layers_j = self.subs[j].info.layers
         fix = lambda L: L if L in layers_j else None  # noqa: E731
         common = dict(index=spec.index, visible=spec.visible, name=spec.name)

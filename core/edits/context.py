@@ -573,6 +573,20 @@ class RenderContext:
                 self._levels = [work, src]
         return self._levels
 
+    def warm(self, frames: Sequence[int]) -> None:
+        """Decode ``frames`` (in the order given) into the refinement's frame caches now.
+
+        Why: a frame far from the drawing frame is matched after its chain links, which lie
+        between the two; asked for in that order, a decoder moving forward would restart
+        (from the clip's start) for each link. Callers that know the frames ahead (the seams
+        of a segmented project) ask for them in frame order first.
+        """
+        levels = self.levels()
+        for t in frames:
+            if 0 <= int(t) < self.T:
+                for lv in levels:
+                    lv.image(int(t))
+
     def inverse_rect(self, layer: str, t: int, rect: tuple[float, float, float, float], Rw: int, Rh: int) -> torch.Tensor:
         """Source position of every texel of an Rh x Rw grid over the uv ``rect`` at frame t: [2, Rh, Rw].
 
