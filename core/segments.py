@@ -818,9 +818,17 @@ class SegmentedSession:
         from core.edits.render import composite, composite_overlay  # noqa: PLC0415
 
         patches = self.frame_patches(t, cache)
+        self.visit(t)
         if overlay:
             return composite_overlay((self.ctx.H, self.ctx.W), patches)
         return composite(self.ctx.frames[t], patches)
+
+    def visit(self, t: int) -> None:
+        """:meth:`EditSession.visit` in the segment owning frame index t, if it is open."""
+        f = self.project.info.frames[int(t)]
+        k = self.owner(f)
+        if self._sessions[k] is not None and self._set[k]:
+            self._sessions[k].visit(f - self.ranges[k][0])
 
     def prepare_stack(self) -> None:
         """Every segment's layers, carried through the seams in order, here: forked render

@@ -116,6 +116,7 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
                 # decoder process per block (~0.15 s at 640x480)
                 for t in range(max(after, start - gap), start):
                     frames[t]
+                    session.visit(t)  # their chain links, while the frame is at hand
             after = end
             for t in range(start, end):
                 if walk is not None:

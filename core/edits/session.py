@@ -165,9 +165,17 @@ class EditSession:
         :func:`~core.edits.render.composite_overlay`).
         """
         patches = self.frame_patches(t, cache)
+        self.visit(t)
         if overlay:
             return composite_overlay((self.ctx.H, self.ctx.W), patches)
         return composite(self.ctx.frames[t], patches)
+
+    def visit(self, t: int) -> None:
+        """A pass in frame order reached frame t (rendered, or read by a render worker for the
+        frames other workers render): the drift refinement's chain links there, now
+        (:meth:`RenderContext.visit`)."""
+        with torch_threads(RENDER_THREADS):
+            self.ctx.visit(t)
 
     def render_all(self, progress: Progress | None = None, cache: bool = False,
                    overlay: bool = False, workers: int = 1,
