@@ -298,7 +298,9 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
 
     state = torch.load(first_ckpt, weights_only=False)
     assert state["optimizer"] is None and state["model"]["atlases.bg.grid.table"].dtype == torch.float16
+    assert state["model"]["inverse_maps.bg.grid.table"].dtype == torch.float16  # every hash table
     assert not list((proj / "segments").glob("*/atlas_*.png"))  # their 8-bit atlases are in maps/ already
+    assert not list((proj / "segments").glob("*/cache/masks_preview.png"))  # nor a masks preview
     assert json.loads((proj / "segments" / "f000000-000010" / "maps" / "meta.json").read_text())["store"] == 2
     # more budget: every segment continues from its compact checkpoint
     assert cli.main(["train", str(video), "-o", str(proj), "--resume", *base[:1], "40", *base[2:]]) == 0
