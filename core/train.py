@@ -88,6 +88,13 @@ class TrainConfig:
     # into cache/ (for people to look at). Segments do not: their 8-bit atlases are already in
     # maps/ (the same bytes), `inve atlas` exports them as <segment>_atlas_<layer>.png
     atlas_images: bool = True
+    # a new segment of a long shot starts from its trained neighbour (core/segments.py
+    # warm_start): its atlases copied, its mappings and alpha distilled from the neighbour's
+    # over the overlap (and held beyond it); False: every segment starts from scratch
+    segment_warm_start: bool = False
+    # set by core/segments.py for one new segment: {"checkpoint": neighbour's, "offset": frames
+    # from this segment's first frame to the neighbour's, "frames": the neighbour's frame count}
+    warm_start: dict[str, Any] | None = None
     weights: LossWeights = field(default_factory=LossWeights)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
 
@@ -457,10 +464,16 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
 
         mcfg.backend = "tcnn" if backend == "auto" and tinycudann_available(device) else "torch"
     model = LayeredAtlasModel(mcfg, device=str(device))
+    warm_seconds = 0.0
+    if state is None and cfg.warm_start:  # a new segment next to a trained one
+        from core.segments import warm_start  # noqa: PLC0415
+
+        warm_seconds = warm_start(model, cfg.warm_start, device, progress)
     data = TrainingData(prep.frames, prep.flow, prep.masks, device)
     trainer = Trainer(model, data, cfg, prep.mask_source)
     if state is not None:
         trainer.load_state(state)
+    trainer.elapsed += warm_seconds  # the warm start is spent from the segment's budget
 
     run_loop(trainer, ckpt_path, progress, monitor, info=info)
     if cfg.compact_checkpoint:  # before baking: the maps record the checkpoint they come from

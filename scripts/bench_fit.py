@@ -151,6 +151,8 @@ def main() -> int:
     ap.add_argument("--edit", action="store_true", help="time the edit pass too (on by default for box, bbb1080)")
     ap.add_argument("--segment-frames", type=int, default=None,
                     help="split into segments of at most this many frames (default: inve's; 0: one atlas)")
+    ap.add_argument("--warm-start", choices=("on", "off"), default=None,
+                    help="new segments start from their trained neighbour or from scratch (default: inve's)")
     args = ap.parse_args()
     setting = SETTINGS[args.setting]
     args.video = args.video or setting["video"]
@@ -204,8 +206,11 @@ def main() -> int:
     wall0 = time.monotonic()
     log_path = scratch / "progress.jsonl"
     log = open(log_path, "w")
-    project = train_project(args.video, workdir, TrainConfig(frames=(start, end), max_side=args.max_side,
-                                                              minutes=args.minutes, segment_frames=args.segment_frames),
+    cfg = TrainConfig(frames=(start, end), max_side=args.max_side, minutes=args.minutes,
+                      segment_frames=args.segment_frames)
+    if args.warm_start is not None:
+        cfg.segment_warm_start = args.warm_start == "on"
+    project = train_project(args.video, workdir, cfg,
                             Progress("json", stream=log),
                             monitor=monitor)
     wall = time.monotonic() - wall0
