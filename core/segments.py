@@ -507,26 +507,10 @@ def _key(*parts: Any) -> str:
 
 
 def _carried_types() -> dict[str, type]:
-    """Layer types that only a seam creates: an adjustment whose region arrives as a mask (its
-    pixels at the seam), and paint / adjustment arriving as a ready atlas texture (what the
-    seam does not show, carried atlas to atlas: :meth:`SegmentedSession._carry_hidden`)."""
-    import torch  # noqa: PLC0415
-
-    from core.edits.atlas_edit import frame_to_atlas  # noqa: PLC0415
+    """Layer types that only a seam creates: paint and an adjustment region arriving as a ready
+    texture of the segment's atlas (:meth:`SegmentedSession._carry_texture`)."""
     from core.edits.paint import AdjustRenderer, TextureRenderer  # noqa: PLC0415
     from core.edits.spec import AdjustLayer, PaintLayer  # noqa: PLC0415
-
-    class CarriedAdjustRenderer(AdjustRenderer):
-        def build(self, ctx):  # type: ignore[override]
-            img = torch.from_numpy(np.ascontiguousarray(self.spec.mask, np.float32))[None]
-            return [frame_to_atlas(ctx, self.spec.layer, self.spec.t, img)]
-
-    @dataclass
-    class CarriedAdjustLayer(AdjustLayer):
-        mask: np.ndarray | None = None  # float32 [H, W] region coverage at the drawing frame
-
-        def make_renderer(self, stroke_cache: Any) -> Any:
-            return CarriedAdjustRenderer(self)
 
     class TextureAdjustRenderer(AdjustRenderer):
         def build(self, ctx):  # type: ignore[override]
@@ -554,7 +538,7 @@ def _carried_types() -> dict[str, type]:
         def make_renderer(self, stroke_cache: Any) -> Any:
             return TexturePaintRenderer(self)
 
-    return {"adjust": CarriedAdjustLayer, "texture_adjust": TextureAdjustLayer, "texture_paint": TexturePaintLayer}
+    return {"texture_adjust": TextureAdjustLayer, "texture_paint": TexturePaintLayer}
 
 
 _CARRIED: dict[str, type] | None = None
@@ -567,15 +551,11 @@ def _carried_type(kind: str) -> type:
     return _CARRIED[kind]
 
 
-def carried_adjust_layer(**kw: Any) -> Any:
-    return _carried_type("adjust")(**kw)
-
-
 # -- atlas to atlas ----------------------------------------------------------------------------
 
 #: correspondences between two segments' atlases: every WARP_STRIDE-th working pixel of the
 #: overlap frames that both show on the layer; at least WARP_MIN_POINTS of them
-WARP_STRIDE = 2
+WARP_STRIDE = 4
 WARP_MIN_POINTS = 64
 #: cells across the atlas of the warp's residual field (atlases are ~500-1000 texels: ~20-30 each)
 WARP_GRID = 32
@@ -875,7 +855,7 @@ class SegmentedSession:
 
     def _carry(self, spec: Any, i: int, j: int, s: int) -> list[Any]:
         """Layer ``spec`` of segment i as layers of segment j drawn at a frame of their overlap."""
-        from core.edits.spec import AdjustLayer, PaintLayer, SketchLayer, StickerLayer  # noqa: PLC0415
+        from core.edits.spec import AdjustLayer, SketchLayer, StickerLayer  # noqa: PLC0415
 
         src = self.session(i)
         ai, aj = self.ranges[i][0], self.ranges[j][0]
@@ -896,48 +876,103 @@ class SegmentedSession:
                                          scale=float(spec.scale * track.scale[t]),
                                          rotation=float(spec.rotation - track.angle[t]), mode="rigid", **common)]
             return []
-        # everything else is a texture carried by the atlas: its pixels at the switch frame
+        # everything else is a texture carried by the atlas: its pixels at a frame of the
+        # overlap (the switch frame first), and what that frame does not show atlas to atlas
         from core.edits.atlas_edit import sample_texture  # noqa: PLC0415
 
         r = src.renderer(spec)
-        ctx = src.ctx
         out = []
         for n, tex in enumerate(r.textures or []):
             for f in frames:
-                res = sample_texture(ctx, tex, f - ai)
+                res = sample_texture(src.ctx, tex, f - ai)
                 if res is not None:
                     break
             else:
-                f = None
-            # what frame f does not show of the texture in segment j goes atlas to atlas
-            hidden = self._carry_hidden(tex, i, j, f)
-            if hidden is not None:
-                kind = "texture_adjust" if isinstance(spec, AdjustLayer) else "texture_paint"
-                extra = (dict(polygon=None, hue=spec.hue, saturation=spec.saturation, brightness=spec.brightness,
-                              contrast=spec.contrast, feather=spec.feather) if isinstance(spec, AdjustLayer) else {})
-                t_j = (f if f is not None else s) - aj
-                out.append(_carried_type(kind)(type="adjust" if extra else "paint", frame=t_j + aj, t=t_j, layer=hidden.layer,
-                                               key=_key(spec.key, j, "hidden", n), texture=hidden, **extra, **common))
-            if f is None:
+                f, res = None, None
+            carried = self._carry_texture(tex, i, j, f if f is not None else s, res)
+            if carried is None:
                 continue
-            (x0, y0, x1, y1), vals = res
-            key = _key(spec.key, j, f, n)
+            t_j = (f if f is not None else s) - aj
+            key = _key(spec.key, j, f, n, "texture")
             if isinstance(spec, AdjustLayer):
-                mask = np.zeros((ctx.H, ctx.W), np.float32)
-                mask[y0:y1, x0:x1] = np.clip(vals[..., 0], 0.0, 1.0)
-                out.append(carried_adjust_layer(type="adjust", frame=f, t=f - aj, layer=fix(tex.layer) or "bg",
-                                                key=key, polygon=None, hue=spec.hue, saturation=spec.saturation,
-                                                brightness=spec.brightness, contrast=spec.contrast,
-                                                feather=spec.feather, mask=mask, **common))
+                out.append(_carried_type("texture_adjust")(
+                    type="adjust", frame=t_j + aj, t=t_j, layer=carried.layer, key=key, polygon=None, hue=spec.hue,
+                    saturation=spec.saturation, brightness=spec.brightness, contrast=spec.contrast,
+                    feather=spec.feather, texture=carried, **common))
             else:
-                img = np.zeros((ctx.H, ctx.W, 4), np.float32)
-                a = np.clip(vals[..., 3], 0.0, 1.0)
-                img[y0:y1, x0:x1, :3] = np.where(a[..., None] > 1e-6, vals[..., :3] / np.maximum(a, 1e-6)[..., None], 0)
-                img[y0:y1, x0:x1, 3] = a
-                np.clip(img, 0.0, 1.0, out=img)
-                out.append(PaintLayer(type="paint", frame=f, t=f - aj, layer=fix(tex.layer) or "bg", key=key,
-                                      image=img, **common))
+                out.append(_carried_type("texture_paint")(type="paint", frame=t_j + aj, t=t_j, layer=carried.layer,
+                                                          key=key, texture=carried, **common))
         return out
+
+    def _carry_texture(self, tex: Any, i: int, j: int, f: int, res: Any) -> Any:
+        """Segment i's atlas texture ``tex`` as a texture of segment j's atlas (None: nothing of it
+        reaches j), where ``res`` is what frame ``f`` of the overlap shows of it (``sample_texture``'s
+        box and premultiplied values; None: no overlap frame shows any of it).
+
+        Texels of j's atlas that frame f shows (inside the frame, cycle-consistent, on the layer:
+        the test ``frame_to_atlas`` applies) take the frame's pixels there: exact at the seam,
+        so both segments agree on it. Every other texel -- paint under the foreground or
+        outside the frame at the seam -- comes straight from i's texture through the atlas warp
+        (:class:`AtlasWarp`). One texture per seam, so carrying on through more seams does not
+        multiply layers.
+        """
+        import torch  # noqa: PLC0415
+        import torch.nn.functional as F  # noqa: PLC0415
+
+        from core.edits.atlas_edit import AtlasTexture, edit_rect  # noqa: PLC0415
+
+        ctx_j = self.session(j).ctx
+        L = tex.layer if tex.layer in self.subs[j].info.layers else "bg"
+        t = f - self.ranges[j][0]
+        C = tex.tex.shape[0]
+        image = None
+        rects = []
+        if res is not None:
+            (x0, y0, x1, y1), vals = res
+            image = torch.zeros(C, ctx_j.H, ctx_j.W)
+            image[:, y0:y1, x0:x1] = torch.from_numpy(np.clip(vals, 0.0, 1.0).astype(np.float32)).permute(2, 0, 1)
+            r0 = edit_rect(ctx_j, L, t, image[-1])
+            if r0 is not None:
+                rects.append(r0)
+        warps = self._warp(i, j, L) if L == tex.layer and tex.bounds is not None else None
+        if warps is not None:
+            cov = tex.tex[-1]
+            nz = (cov > 1e-4).nonzero()
+            if len(nz):
+                Rh, Rw = cov.shape
+                u0, v0, u1, v1 = tex.rect
+                rows, cols = nz[:, 0].numpy().astype(np.float64), nz[:, 1].numpy().astype(np.float64)
+                uv_j = warps[0](np.stack([u0 + (cols + 0.5) * (u1 - u0) / Rw, v0 + (rows + 0.5) * (v1 - v0) / Rh], -1))
+                m = 4.0 / ctx_j.px_per_uv(L)
+                lo, hi = np.clip(uv_j.min(0) - m, -1.0, 1.0), np.clip(uv_j.max(0) + m, -1.0, 1.0)
+                if np.all(hi > lo):
+                    rects.append((float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])))
+        if not rects:
+            return None
+        rect = (min(r[0] for r in rects), min(r[1] for r in rects), max(r[2] for r in rects), max(r[3] for r in rects))
+        density = ctx_j.px_per_uv(L) * ctx_j.TEXELS_PER_PX
+        Rw2 = int(np.clip(np.ceil((rect[2] - rect[0]) * density), 4, ctx_j.MAX_TEXTURE))
+        Rh2 = int(np.clip(np.ceil((rect[3] - rect[1]) * density), 4, ctx_j.MAX_TEXTURE))
+        out = torch.zeros(C, Rh2, Rw2)
+        seen = torch.zeros(Rh2, Rw2, dtype=torch.bool)
+        if image is not None:
+            seen = _seen(ctx_j, L, t, rect, Rw2, Rh2)
+            xy = ctx_j.inverse_rect(L, t, rect, Rw2, Rh2)
+            grid = torch.stack([xy[0] * (2.0 / ctx_j.W) - 1.0, xy[1] * (2.0 / ctx_j.H) - 1.0], -1)[None]
+            out += F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros",
+                                 align_corners=False)[0] * seen.float()[None]
+        if warps is not None:
+            cu = rect[0] + (np.arange(Rw2) + 0.5) * (rect[2] - rect[0]) / Rw2
+            cv = rect[1] + (np.arange(Rh2) + 0.5) * (rect[3] - rect[1]) / Rh2
+            gu, gv = np.meshgrid(cu, cv)
+            src_uv = warps[1](np.stack([gu, gv], -1).reshape(-1, 2)).reshape(Rh2, Rw2, 2)
+            grid = tex.grid(torch.from_numpy(src_uv.astype(np.float32)))
+            hidden = F.grid_sample(tex.tex[None], grid[None], mode="bilinear", padding_mode="zeros",
+                                   align_corners=False)[0]
+            out += hidden * (~seen).float()[None]
+        if float(out[-1].max()) <= 1e-3:
+            return None
+        return AtlasTexture.from_tensor(L, out.contiguous(), rect, t0=t if image is not None else None)
 
     def _warp(self, i: int, j: int, layer: str) -> tuple[AtlasWarp, AtlasWarp] | None:
         """Atlas warps i -> j and j -> i of ``layer`` from the pixels both segments show on
@@ -967,61 +1002,6 @@ class SegmentedSession:
             fwd, back = fit_warp(src_a, dst_a, kj), fit_warp(dst_a, src_a, ki)
             self._warps[key] = None if fwd is None or back is None else (fwd, back)
         return self._warps[key]
-
-    def _carry_hidden(self, tex: Any, i: int, j: int, f: int | None) -> Any:
-        """The part of segment i's atlas texture ``tex`` that frame ``f`` of segment j does not
-        show (all of it when no overlap frame shows any: f None), as a texture of j's atlas.
-
-        Frame f carries what it shows through its pixels (exact at the seam); this carries the
-        rest -- paint under the foreground or outside the frame at the seam -- through the atlas
-        warp (:class:`AtlasWarp`). The two are complementary: a texel of j goes here exactly
-        when the test by which frame f's pixels reach j's atlas (inside the frame, cycle-
-        consistent, on its layer: core/edits/atlas_edit.py frame_to_atlas) says f does not
-        show it.
-        """
-        import torch  # noqa: PLC0415
-        import torch.nn.functional as F  # noqa: PLC0415
-
-        from core.edits.atlas_edit import AtlasTexture  # noqa: PLC0415
-
-        L = tex.layer
-        if tex.bounds is None or L not in self.subs[j].info.layers:
-            return None
-        warps = self._warp(i, j, L)
-        if warps is None:
-            return None
-        fwd, back = warps
-        cov = tex.tex[-1]
-        nz = (cov > 1e-4).nonzero()
-        if len(nz) == 0:
-            return None
-        C, Rh, Rw = tex.tex.shape
-        u0, v0, u1, v1 = tex.rect
-        rows, cols = nz[:, 0].numpy().astype(np.float64), nz[:, 1].numpy().astype(np.float64)
-        uv_i = np.stack([u0 + (cols + 0.5) * (u1 - u0) / Rw, v0 + (rows + 0.5) * (v1 - v0) / Rh], -1)
-        uv_j = fwd(uv_i)
-        ctx_j = self.session(j).ctx
-        k = ctx_j.px_per_uv(L)
-        m = 4.0 / k
-        lo = np.clip(uv_j.min(0) - m, -1.0, 1.0)
-        hi = np.clip(uv_j.max(0) + m, -1.0, 1.0)
-        if np.any(hi <= lo):
-            return None
-        rect = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
-        density = k * ctx_j.TEXELS_PER_PX
-        Rw2 = int(np.clip(np.ceil((hi[0] - lo[0]) * density), 4, ctx_j.MAX_TEXTURE))
-        Rh2 = int(np.clip(np.ceil((hi[1] - lo[1]) * density), 4, ctx_j.MAX_TEXTURE))
-        cu = lo[0] + (np.arange(Rw2) + 0.5) * (hi[0] - lo[0]) / Rw2
-        cv = lo[1] + (np.arange(Rh2) + 0.5) * (hi[1] - lo[1]) / Rh2
-        gu, gv = np.meshgrid(cu, cv)
-        src_uv = back(np.stack([gu, gv], -1).reshape(-1, 2)).reshape(Rh2, Rw2, 2)
-        grid = tex.grid(torch.from_numpy(src_uv.astype(np.float32)))
-        vals = F.grid_sample(tex.tex[None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-        if f is not None:
-            vals = vals * (~_seen(ctx_j, L, f - self.ranges[j][0], rect, Rw2, Rh2)).float()[None]
-        if float(vals[-1].max()) <= 1e-3:
-            return None
-        return AtlasTexture.from_tensor(L, vals.contiguous(), rect, t0=None)
 
     def _carry_sketch(self, src: Any, spec: Any, ai: int, aj: int, frames: list[int], fix: Any,
                       common: dict[str, Any], j: int) -> list[Any]:
