@@ -448,9 +448,12 @@ def aggregate_metrics(project: Project) -> dict[str, Any]:
     cyc: dict[str, list[float | None]] = {"bg": [], "fg": []}
     segs, iters, secs, atlas = [], 0, 0.0, []
     first: dict[str, Any] = {}
+    sources: list[str] = []
     for sub, (a, b), (lo, hi) in zip(project.segments(), ranges, own):
         m = sub.metrics()
         first = first or m
+        if m.get("mask_source") and m["mask_source"] not in sources:
+            sources.append(m["mask_source"])
         pf = m.get("per_frame") or {}
         fr = list(pf.get("frame") or [])
         idx = [fr.index(f) if f in fr else None for f in range(lo, hi)]
@@ -465,13 +468,17 @@ def aggregate_metrics(project: Project) -> dict[str, Any]:
             atlas += [float(m["atlas_psnr"])] * (hi - lo)
         segs.append({"name": sub.path.name, "frames": [a, b], "owns": [lo, hi], "psnr": m.get("psnr"),
                      "atlas_psnr": m.get("atlas_psnr"), "iterations": m.get("iterations"),
-                     "train_seconds": m.get("train_seconds"), "layers": sub.info.layers})
+                     "train_seconds": m.get("train_seconds"), "layers": sub.info.layers,
+                     "mask_source": m.get("mask_source")})
     cycle = {L: v for L, v in cyc.items() if any(x is not None for x in v)}
     med = {L: round(float(np.median([x for x in v if x is not None])), 4) for L, v in cycle.items()}
     return {"psnr": _psnr_mean([p for p in per_psnr if p is not None]), "atlas_psnr": _psnr_mean(atlas),
             "iterations": iters, "train_seconds": round(secs, 2), "cycle_error_px": med,
             "device": first.get("device"), "backend": first.get("backend"), "layers": project.info.layers,
-            "mask_source": first.get("mask_source"), "segments": segs,
+            # each segment finds its own masks (a hand may enter only halfway through the shot):
+            # the shot's source lists every kind, "user" or "auto" first
+            "mask_source": "+".join(sorted(sources, key=lambda v: ("user", "auto", "none", v).index(v))) if sources else None,
+            "segments": segs,
             "per_frame": {"frame": list(project.info.frames), "psnr": per_psnr, "cycle_error_px": cycle}}
 
 
