@@ -67,6 +67,9 @@ def test_many_layers_are_thinned_but_each_keeps_points() -> None:
     assert len(anchors) <= conf.MAX_POINTS
     assert {a.layer for a in anchors} == {f"s{i}" for i in range(10)}
     assert len({a.id for a in anchors}) == len(anchors)
+    many = [sticker(f"k{i}", 12, 10.0 + i, 40.0) for i in range(conf.MAX_POINTS + 3)]
+    anchors, without = conf.anchors(many, FRAMES, SIZE)
+    assert len(anchors) == conf.MAX_POINTS and len(without) == 3, "a layer left out is said, not dropped silently"
 
 
 def test_the_key_changes_with_the_anchors_and_the_projects_state_only() -> None:

@@ -123,6 +123,8 @@ def anchors(items: Iterable[LayerLike], frames: Sequence[int], size: Sequence[in
         share = max(1, limit // len(by_layer))
         out = [a for group in by_layer.values() for a in spread_anchors(group, share)][:limit]
         out = [Anchor(f"a{i}", a.layer, a.frame, a.x, a.y, a.attach) for i, a in enumerate(out)]
+        kept = {a.layer for a in out}
+        without += [name for name in by_layer if name not in kept]  # more layers than points
     return out, without
 
 
