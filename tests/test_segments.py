@@ -190,6 +190,54 @@ def test_an_atlas_painted_on_one_segment_is_recognised_and_carried(gt, tmp_path)
         assert m > 20 and np.linalg.norm(c - (truth - 0.5)) < 2.0, (t, c, truth)
 
 
+def _square(x: float, y: float, r: int = 3) -> np.ndarray:
+    img = np.zeros((H, W, 4), np.float32)
+    img[int(y) - r:int(y) + r, int(x) - r:int(x) + r] = (1, 0, 1, 1)
+    return img
+
+
+def test_paint_and_adjust_hidden_under_the_foreground_at_the_seam_carry_on(gt, tmp_path):
+    """A background region drawn at frame 2 is under the disc on every overlap frame (10..13)
+    and shows again from frame 16: the later segment still renders it, where the truth does."""
+    root, clip, plain, seg, three, _ = gt
+    at2 = clip.gt.inverse("bg", clip.gt.forward("bg", np.array([[64.0, 48.0]]), np.array([12.0])), np.array([2.0]))[0]
+    fsutil.write_png(tmp_path / "hidden.png", _square(*at2))
+    poly = [[at2[0] - 3, at2[1] - 3], [at2[0] + 3, at2[1] - 3], [at2[0] + 3, at2[1] + 3], [at2[0] - 3, at2[1] + 3]]
+    for layer in ({"type": "paint", "frame": 2, "image": "hidden.png", "layer": "bg"},
+                  {"type": "adjust", "frame": 2, "region": {"polygon": poly}, "hue": 0.5, "layer": "bg"}):
+        ps, ss = sessions(tmp_path, plain, seg, {"layers": [layer]})
+        for t in range(10, 14):
+            assert centroid(ps.render_frame(t, overlay=True))[1] < 0.5  # hidden on every overlap frame
+        for t in (18, 20, 23):  # rendered by the second segment
+            (c1, m1), (c2, m2) = centroid(ps.render_frame(t, overlay=True)), centroid(ss.render_frame(t, overlay=True))
+            assert m1 > 20 and abs(m2 - m1) < 0.2 * m1, (layer["type"], t, m1, m2)
+            assert np.linalg.norm(c1 - c2) < 1.0, (layer["type"], t, c1, c2)
+
+
+def test_paint_outside_the_frame_at_the_seam_carries_on(tmp_path):
+    """The camera pans down and back: rows at the top of frame 0 are outside the frame on every
+    overlap frame and come back at the end; the last segment renders them where the truth does."""
+    clip = make_clip(T=T, size=(W, H), camera="pan", seed=5)
+    root = tmp_path
+    plain = make_gt_project(clip, root / "plain")
+    seg = make_gt_segmented_project(clip, root / "seg", RANGES)
+    img = np.zeros((H, W, 4), np.float32)
+    img[0:3, 30:60] = (0, 1, 1, 1)
+    fsutil.write_png(root / "top.png", img)
+    ps, ss = sessions(root, plain, seg, {"layers": [{"type": "paint", "frame": 0, "image": "top.png", "layer": "bg"}]})
+    for t in range(10, 14):
+        assert centroid(ps.render_frame(t, overlay=True))[1] < 0.5  # outside the frame there
+    seen = 0
+    for t in range(14, T):
+        (c1, m1), (c2, m2) = centroid(ps.render_frame(t, overlay=True)), centroid(ss.render_frame(t, overlay=True))
+        if m1 < 5:
+            continue
+        seen += 1
+        assert abs(m2 - m1) < 0.2 * m1 + 2, (t, m1, m2)
+        assert np.linalg.norm(c1 - c2) < 1.0, (t, c1, c2)
+    assert seen >= 2
+
+
 def test_hidden_layers_and_changes_re_use_carried_work(gt):
     root, clip, plain, seg, three, _ = gt
     ss = SegmentedSession(seg)
@@ -338,7 +386,9 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
 
     state = torch.load(first_ckpt, weights_only=False)
     assert state["optimizer"] is None and state["model"]["atlases.bg.grid.table"].dtype == torch.float16
+    assert state["model"]["inverse_maps.bg.grid.table"].dtype == torch.float16  # every hash table
     assert not list((proj / "segments").glob("*/atlas_*.png"))  # their 8-bit atlases are in maps/ already
+    assert not list((proj / "segments").glob("*/cache/masks_preview.png"))  # nor a masks preview
     assert json.loads((proj / "segments" / "f000000-000010" / "maps" / "meta.json").read_text())["store"] == 2
     # more budget: every segment continues from its compact checkpoint
     assert cli.main(["train", str(video), "-o", str(proj), "--resume", *base[:1], "40", *base[2:]]) == 0
