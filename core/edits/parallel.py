@@ -111,10 +111,12 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
             start, end = task
             if gap:
                 # decode the frames other workers rendered since our last block (forward: no
-                # decoder restart) into the frame cache: drift refinement's chain links there
-                # (core.refine.chain_parent) would otherwise seek the decoder backwards, a new
-                # decoder process per block (~0.15 s at 640x480)
+                # decoder restart) and match the chain links among them (core.refine.chain_parent,
+                # RenderContext.visit): asked for later, a link's frame would restart the decoder
+                # from the clip's start (hundreds of frames decoded again, late in a long shot)
                 for t in range(max(after, start - gap), start):
+                    if walk is not None:
+                        current = walk(t, current)
                     frames[t]
                     session.visit(t)  # their chain links, while the frame is at hand
             after = end
