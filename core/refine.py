@@ -352,10 +352,10 @@ class _RowSampler:
     so every value is computed exactly as a call for that frame alone computes it.
     """
 
-    def __init__(self, imgs: list[torch.Tensor], group: np.ndarray, size: tuple[int, int]) -> None:
-        self.imgs, self.size = imgs, size  # one [1, 1, h, w] per group
+    def __init__(self, imgs: Callable[[int], torch.Tensor], group: np.ndarray, size: tuple[int, int]) -> None:
+        self.imgs, self.size = imgs, size  # group -> its frame [1, 1, h, w] (loaded when first sampled)
         self.group = np.asarray(group, np.int64)
-        counts = np.bincount(self.group, minlength=len(imgs))
+        counts = np.bincount(self.group) if len(self.group) else np.zeros(0, np.int64)
         ends = np.cumsum(counts)
         self.spans = [(int(e - c), int(e)) for c, e in zip(counts, ends) if c]
         self.which = [g for g, c in enumerate(counts) if c]
@@ -371,10 +371,10 @@ class _RowSampler:
         """grid_sample coordinates [R, K..., 2] of the rows -> values [R, K...]."""
         inner = g.shape[1:-1]
         if len(self.spans) == 1:
-            img = self.imgs[self.which[0]]
+            img = self.imgs(self.which[0])
             return F.grid_sample(img, g.reshape(1, 1, -1, 2).float(), mode="bilinear", padding_mode="border",
                                  align_corners=False).reshape(g.shape[0], *inner)
-        parts = [F.grid_sample(self.imgs[k], g[a:b].reshape(1, 1, -1, 2).float(), mode="bilinear",
+        parts = [F.grid_sample(self.imgs(k), g[a:b].reshape(1, 1, -1, 2).float(), mode="bilinear",
                                padding_mode="border", align_corners=False).reshape(b - a, *inner)
                  for k, (a, b) in zip(self.which, self.spans)]
         return torch.cat(parts)
@@ -425,7 +425,8 @@ def refine_independent(levels: list[Level], t0: int, x0: np.ndarray, frames: np.
         tmask.append(tw * mask(int(t0), pos) if mask is not None else tw)
     uf, group = np.unique(frames[fi], return_inverse=True)  # the frames with rows; row -> its frame
     group = group.reshape(-1)
-    samplers = [_RowSampler([lv.image(int(t)) for t in uf], group, lv.size) for lv in levels]
+    # a frame's pixels are read only if some point there survives the tests that need none
+    samplers = [_RowSampler(lambda g, lv=lv: lv.image(int(uf[g])), group, lv.size) for lv in levels]
     start = pred[fi, pi]
     p = torch.from_numpy(start.astype(np.float32))  # [R, 2]
     A = torch.from_numpy(jac[fi, pi].astype(np.float32))  # [R, 2, 2]
