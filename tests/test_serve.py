@@ -493,3 +493,40 @@ def test_propagate_of_a_long_clip_renders_in_workers_streams_and_cancels(tmp_pat
     assert [r["event"] for r in stream.replies if r["id"] == 5 and r["event"] in ("done", "error")] == ["done"]
     ref.set_layers(parse_edits(doc2, tmp_path, project.info))
     assert np.array_equal(read(tmp_path / "h" / "0005.png"), ref.render_frame(5, overlay=True))
+
+
+@pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork()
+                    or (os.cpu_count() or 1) < 2, reason="forked render workers: Linux, 2 cores or more")
+def test_the_service_process_propagates_through_workers_and_cancels(tmp_path):
+    """The real service process (a reader thread waiting on stdin while the worker forks):
+    a long Propagate streams every frame from render workers, and a cancel ends it."""
+    n = 20
+    clip = make_clip(T=n, size=(W, H), camera="pan_zoom", seed=7)
+    project = make_gt_project(clip, tmp_path / "proj", atlas_size=128, work_scale=0.5)
+    fsutil.write_png(tmp_path / "paint.png", np.full((H, W, 4), (0.0, 0.0, 1.0, 0.5), np.float32))
+    doc = {"version": 1, "layers": [{"type": "paint", "frame": 0, "image": "paint.png", "layer": "bg"}]}
+    delay = tmp_path / "delay.txt"
+    delay.write_text("0")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"clip": {"T": n, "size": [W, H], "camera": "pan_zoom", "seed": 7},
+                                "delay_file": str(delay)}))
+    client = EngineClient([sys.executable, str(ROOT / "tests" / "serve_gt.py"), str(spec)], env=env())
+    try:
+        call(client, "set_edits", project=str(project.path), edits=doc, base=str(tmp_path))
+        events, res = wait(client.request("propagate", project=str(project.path), output=str(tmp_path / "a"),
+                                          overlay=True), timeout=60)
+        assert isinstance(res, dict) and res["frames"] == n, res
+        assert [e["frame"] for e in events if e["event"] == "frame"] == list(range(n))
+        delay.write_text("0.2")
+        req = client.request("propagate", project=str(project.path), output=str(tmp_path / "b"), overlay=True)
+        got, end = [], time.monotonic() + 60
+        while not got and time.monotonic() < end:
+            got += [e for e in req.poll_events() if e["event"] == "frame"]
+            time.sleep(0.01)
+        req.cancel()
+        events, res = wait(req, timeout=30)
+        assert isinstance(res, EngineError) and res.cancelled
+        assert call(client, "hello")["engine"] == "inve"
+    finally:
+        delay.write_text("0")
+        client.shutdown(10)

@@ -150,8 +150,15 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
     blocks = [(s, min(T, s + B)) for s in range(0, T, B)]
     procs = [ctx.Process(target=_worker, args=(session, tasks, results, overlay, encode, workers), daemon=True,
                          name=f"inve-render-{i}") for i in range(workers)]
-    for p in procs:
-        p.start()
+    # multiprocessing's child start closes sys.stdin, which takes its lock: in a process where
+    # another thread sits in stdin.readline() (the engine service's reader) that lock is held
+    # at fork and the child would wait for it forever. Workers never read stdin.
+    stdin, sys.stdin = sys.stdin, None
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        sys.stdin = stdin
     sent = 0
     pending: dict[int, Any] = {}
     try:
