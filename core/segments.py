@@ -1131,10 +1131,15 @@ class SegmentedSession:
         from core.edits.render import composite, composite_overlay  # noqa: PLC0415
 
         patches = self.frame_patches(t, cache)
-        self.visit(t)
         if overlay:
             return composite_overlay((self.ctx.H, self.ctx.W), patches)
         return composite(self.ctx.frames[t], patches)
+
+    def start_pass(self) -> None:
+        """:meth:`EditSession.start_pass` in every open segment."""
+        for s in self._sessions:
+            if s is not None:
+                s.start_pass()
 
     def visit(self, t: int) -> None:
         """:meth:`EditSession.visit` in the segment owning frame index t, if it is open."""
@@ -1167,6 +1172,7 @@ class SegmentedSession:
                 self._pinned = True
                 try:
                     self.prepare_stack()
+                    self.start_pass()
                     for t, out in render_parallel(self, workers, overlay=overlay, encode=encode):
                         if progress is not None:
                             progress.update("render", t + 1, T)
@@ -1178,10 +1184,12 @@ class SegmentedSession:
                         if j != last:
                             self.release(j)
                 return
+        self.start_pass()
         current = -1
         for t in range(T):
             current = self.enter(t, current)
             img = self.render_frame(t, cache=cache, overlay=overlay)
+            self.visit(t)
             if progress is not None:
                 progress.update("render", t + 1, T)
             yield t, img

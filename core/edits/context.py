@@ -441,6 +441,10 @@ class RenderContext:
         while len(self._chains) > self.CHAINS:
             self._chains.popitem(last=False)
 
+    def forget_chains(self) -> None:
+        """Stop matching the chains seen so far in :meth:`visit` (their links stay cached)."""
+        self._chains.clear()
+
     def visit(self, t: int) -> None:
         """A pass in frame order is at frame t, decoded: the chain links at t of every chain seen
         so far, now.

@@ -124,6 +124,7 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
                 if walk is not None:
                     current = walk(t, current)
                 img = session.render_frame(t, cache=False, overlay=overlay)
+                session.visit(t)
                 results.put((t, encode(img) if encode is not None else img, None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         msg = str(exc) if isinstance(exc, InveError) else "".join(traceback.format_exception(exc))
