@@ -160,6 +160,10 @@ class Level:
             while len(self._pinned) > 1 and sum(a.nbytes for a in self._pinned.values()) > self.PINNED_BYTES:
                 self._pinned.pop(next(iter(self._pinned)))
 
+    def unpin(self) -> None:
+        """Drop the frames kept by :meth:`pin`."""
+        self._pinned.clear()
+
     def image(self, t: int) -> torch.Tensor:
         if t in self._pinned:
             return self._pinned[t]

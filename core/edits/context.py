@@ -440,8 +440,12 @@ class RenderContext:
             self._chains.popitem(last=False)
 
     def forget_chains(self) -> None:
-        """Stop matching the chains seen so far in :meth:`visit` (their links stay cached)."""
+        """Forget the chains seen so far and the link frames :meth:`visit` kept for them (the
+        links matched stay cached)."""
         self._chains.clear()
+        if self._levels is not None:
+            for lv in self._levels:
+                lv.unpin()
 
     def visit(self, t: int) -> None:
         """A pass in frame order is at frame t, decoded: keep its grey levels if it is a chain
