@@ -109,16 +109,22 @@ class _GridFunction(torch.autograd.Function):
         return grad_x, grad_table, None
 
 
+def _as_complex_rows(table: torch.Tensor) -> bool:
+    """Whether [rows, 2] rows can travel as complex numbers: on the CPU (MPS has no complex
+    dtype; CUDA's row-wise ``index_add_`` is fast already) and in float32/float64."""
+    return table.shape[1] == 2 and table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64)
+
+
 def _gather_rows(table: torch.Tensor, flat_idx: torch.Tensor) -> torch.Tensor:
     """``table[flat_idx]`` for a [rows, F] table, as [len(idx), F]."""
-    if table.shape[1] == 2 and table.dtype in (torch.float32, torch.float64):
+    if _as_complex_rows(table):
         return torch.view_as_real(torch.view_as_complex(table).index_select(0, flat_idx))
     return table.index_select(0, flat_idx)
 
 
 def _scatter_rows(grad_table: torch.Tensor, flat_idx: torch.Tensor, values: torch.Tensor) -> None:
     """``grad_table[flat_idx] += values`` with repeated indices accumulating."""
-    if grad_table.shape[1] == 2 and grad_table.dtype in (torch.float32, torch.float64):
+    if _as_complex_rows(grad_table):
         torch.view_as_complex(grad_table).scatter_add_(0, flat_idx, torch.view_as_complex(values))
     else:
         grad_table.index_add_(0, flat_idx, values)

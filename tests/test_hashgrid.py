@@ -85,3 +85,23 @@ def test_loads_a_checkpoint_with_the_earlier_feature_major_table():
     reopened.load_state_dict(old_state)
     x = torch.rand(50, 3)
     assert torch.equal(reopened(x), trained(x))
+
+
+def test_row_gather_and_scatter_agree_with_the_plain_row_path():
+    """The complex-number path (CPU, two features) and the plain row path (other devices,
+    other feature counts) compute the same gather and the same accumulated gradient."""
+    from core import hashgrid
+
+    torch.manual_seed(4)
+    table = torch.randn(50, 2)
+    idx = torch.randint(0, 50, (400,))  # many repeats: accumulation must add them all
+    values = torch.randn(400, 2)
+    assert hashgrid._as_complex_rows(table)
+    assert torch.equal(hashgrid._gather_rows(table, idx), table.index_select(0, idx))
+    fast = torch.zeros_like(table)
+    hashgrid._scatter_rows(fast, idx, values)
+    plain = torch.zeros_like(table).index_add_(0, idx, values)
+    assert torch.allclose(fast, plain, atol=1e-5)
+    three = torch.randn(50, 3)
+    assert not hashgrid._as_complex_rows(three)
+    assert torch.equal(hashgrid._gather_rows(three, idx), three.index_select(0, idx))
