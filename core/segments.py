@@ -296,9 +296,11 @@ def train_segmented(video: str | Path, project_dir: Path, existing: Project | No
     return Project.open(project_dir)
 
 
-#: distillation steps of a warm start, and the points per step (a few seconds on 2 cores)
-WARM_STEPS = 150
-WARM_BATCH = 4096
+#: a warm start distils the neighbour's networks at WARM_POINTS points (evaluated once), in
+#: WARM_STEPS steps of WARM_BATCH of them: 2-3 s of a segment's budget on 2 cores
+WARM_POINTS = 8192
+WARM_STEPS = 40
+WARM_BATCH = 1024
 
 
 def warm_source(top: Project, segs: Sequence[dict[str, Any]], ranges: Sequence[tuple[int, int]], k: int
@@ -357,26 +359,31 @@ def warm_start(model: Any, src: dict[str, Any], device: Any, progress: Progress 
         fields.append(model.alpha_field)
     tables = [p for f in fields for p in f.grid.parameters()]
     mlps = [p for f in fields for p in f.mlp.parameters()]
-    opt = torch.optim.Adam([{"params": tables, "lr": 1e-2}, {"params": mlps, "lr": 3e-3}], betas=(0.9, 0.99),
-                           eps=1e-15)
+    fused = torch.device(device).type in ("cpu", "cuda")
+    opt = torch.optim.Adam([{"params": tables, "lr": 2e-2}, {"params": mlps, "lr": 1e-2}], betas=(0.9, 0.99),
+                           eps=1e-15, fused=fused)
     gen = torch.Generator().manual_seed(1234)
     n, offset, last = sc.n_frames, float(src["offset"]), float(max(0, int(src["frames"]) - 1))
-    aspect = model.aspect_v.cpu()
     if progress is not None:
         progress.message(f"starting from segment {src.get('segment', '?')} (atlases copied, mappings distilled)")
+    # the neighbour is evaluated once, at fixed points; each step fits a random part of them
+    P = ((torch.rand(WARM_POINTS, 2, generator=gen) * 2 - 1) * model.aspect_v.cpu()).to(device)
+    T = (torch.rand(WARM_POINTS, generator=gen) * max(1, n - 1)).to(device)
+    with torch.no_grad():
+        TT = (T + offset).clamp(0.0, last)
+        want = {L: teacher.uv(L, P, TT) for L in layers}
+        want_a = teacher.alpha(P, TT) if alpha else None
+    del teacher
     for _ in range(WARM_STEPS):
-        p = ((torch.rand(WARM_BATCH, 2, generator=gen) * 2 - 1) * aspect).to(device)
-        t = (torch.rand(WARM_BATCH, generator=gen) * max(1, n - 1)).to(device)
-        tt = (t + offset).clamp(0.0, last)
+        idx = torch.randint(0, WARM_POINTS, (WARM_BATCH,), generator=gen).to(device)
+        p, t = P[idx], T[idx]
         loss = 0.0
-        with torch.no_grad():
-            want = {L: teacher.uv(L, p, tt) for L in layers}
-            want_a = teacher.alpha(p, tt) if alpha else None
         for L in layers:
-            loss = loss + ((model.uv(L, p, t) - want[L]) ** 2).sum(1).mean()
-            loss = loss + ((model.inverse(L, want[L], t) - p) ** 2).sum(1).mean()
+            w = want[L][idx]
+            loss = loss + ((model.uv(L, p, t) - w) ** 2).sum(1).mean()
+            loss = loss + ((model.inverse(L, w, t) - p) ** 2).sum(1).mean()
         if alpha:
-            loss = loss + ((model.alpha(p, t) - want_a) ** 2).mean()
+            loss = loss + ((model.alpha(p, t) - want_a[idx]) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
