@@ -20,9 +20,14 @@ at the switch frame (a stroke's carried vertices, a rigid sticker's pose, a pain
 pixels, an adjustment's region) and segment k+1 takes that as the same edit drawn at the
 switch frame. At the switch frame both segments therefore agree, so a stroke crossing a
 seam continues without a jump; the chain continues segment by segment in both directions.
-What is hidden at the switch frame (a background stroke under the foreground there) does
-not carry on; the other frames of the overlap are tried for a stroke or sticker that is
-not visible at the switch frame itself.
+A stroke or sticker hidden at the switch frame is carried from another frame of the overlap
+(one hidden on all of them does not carry on). Paint, adjustment regions and painted atlases
+also carry what the seam does not show (under the foreground, outside the frame): those texels
+go from one atlas to the next through a warp fitted to what both segments show in the overlap
+(:class:`AtlasWarp`).
+
+A new segment starts from its trained neighbour's networks (:func:`warm_start`) when
+``TrainConfig.segment_warm_start`` is on.
 
 This module is a layer *above* the per-segment code: every segment is rendered by an
 ordinary :class:`~core.edits.session.EditSession` and tracked by :func:`core.track.track_points`.
