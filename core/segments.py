@@ -729,6 +729,13 @@ class _Facade:
         self.layers = list(info.layers)
 
     @property
+    def refine_enabled(self) -> bool:
+        """Drift refinement is on in the segments (render workers then read ahead for its chain links)."""
+        from core.edits.context import RenderContext  # noqa: PLC0415
+
+        return bool(RenderContext.REFINE)
+
+    @property
     def mapping(self) -> Any:
         """Loads every segment's networks (the service warms them on open)."""
         maps = [self._owner.session(k).ctx.mapping for k in range(len(self._owner.subs))]
@@ -742,8 +749,17 @@ class SegmentedSession:
     owning its drawing frame and reaches the others through the seams (module docstring).
     """
 
-    def __init__(self, project: Project, layers: list[Any] | None = None, cache_bytes: int = 512 * 2**20) -> None:
+    #: segment sessions kept open (least recently used closed first): a preview that visits
+    #: the whole shot holds this many segments' maps, networks and caches, not all of them
+    MAX_OPEN = 3
+
+    def __init__(self, project: Project, layers: list[Any] | None = None, cache_bytes: int = 512 * 2**20,
+                 max_open: int | None = None) -> None:
         self.project = project
+        self.max_open = max(1, int(max_open if max_open is not None else self.MAX_OPEN))
+        self._recent: list[int] = []  # open segments, least recently used first
+        self._depth = 0  # nesting of session() (opening k carries from a neighbour it opens)
+        self._pinned = False  # render_all's workers share every segment: none is closed meanwhile
         self.subs = project.segments()
         self.ranges = ranges_of(project.info)
         self.owns = owned(self.ranges)
@@ -771,24 +787,50 @@ class SegmentedSession:
         """Segment k's EditSession with the stack as that segment sees it."""
         from core.edits.session import EditSession  # noqa: PLC0415
 
-        if self._sessions[k] is None:
-            sub = self.subs[k]
-            s = EditSession(sub, [], maps=sub.maps(), cache_bytes=self.cache_bytes // max(1, len(self.subs)))
-            if s.ctx.T != sub.info.n_frames:
-                raise InveError(f"{sub.path} is inconsistent: {sub.info.n_frames} frames in project.json, "
-                                f"{s.ctx.T} in the baked maps; train it again")
-            a = self.ranges[k][0]
-            s.ctx.frames = _FrameSlice(self.ctx.frames, a - self.ranges[0][0], sub.info.n_frames)
-            self._sessions[k] = s
-        s = self._sessions[k]
-        if not self._set[k]:
-            self._set[k] = True  # before computing: carrying into k asks only the neighbours
-            try:
-                s.set_layers(self.layers_for(k))
-            except BaseException:
-                self._set[k] = False
-                raise
+        self._depth += 1
+        try:
+            if self._sessions[k] is None:
+                sub = self.subs[k]
+                s = EditSession(sub, [], maps=sub.maps(),
+                                cache_bytes=self.cache_bytes // max(1, min(len(self.subs), self.max_open)))
+                if s.ctx.T != sub.info.n_frames:
+                    raise InveError(f"{sub.path} is inconsistent: {sub.info.n_frames} frames in project.json, "
+                                    f"{s.ctx.T} in the baked maps; train it again")
+                a = self.ranges[k][0]
+                s.ctx.frames = _FrameSlice(self.ctx.frames, a - self.ranges[0][0], sub.info.n_frames)
+                self._sessions[k] = s
+            s = self._sessions[k]
+            if k in self._recent:
+                self._recent.remove(k)
+            self._recent.append(k)
+            if not self._set[k]:
+                self._set[k] = True  # before computing: carrying into k asks only the neighbours
+                try:
+                    s.set_layers(self.layers_for(k))
+                except BaseException:
+                    self._set[k] = False
+                    raise
+        finally:
+            self._depth -= 1
+        if self._depth == 0:
+            self._trim(keep=k)
         return s
+
+    def _trim(self, keep: int | None = None) -> None:
+        """Close the least recently used segments beyond ``max_open`` (never ``keep``).
+
+        Only between requests for a segment (not while one is being opened: its carry holds
+        the neighbour it reads), and not while render workers are being handed the sessions.
+        What was carried into each segment stays (``_carried``): reopening one costs its
+        maps, networks and per-frame work, not the seams again.
+        """
+        if self._pinned:
+            return
+        while len(self._recent) > self.max_open:
+            j = next((j for j in self._recent if j != keep), None)
+            if j is None:
+                break
+            self.release(j)
 
     # -- the stack -------------------------------------------------------------------------
     def set_layers(self, layers: list[Any]) -> None:
@@ -1059,6 +1101,8 @@ class SegmentedSession:
     def release(self, k: int) -> None:
         """Close segment k's session, networks and memory-mapped maps (a streaming pass that has
         left it behind: memory stays that of a few segments, not of the whole shot)."""
+        if k in self._recent:
+            self._recent.remove(k)
         if self._sessions[k] is not None:
             self._sessions[k] = None
             self._set[k] = False
@@ -1095,11 +1139,41 @@ class SegmentedSession:
             return composite_overlay((self.ctx.H, self.ctx.W), patches)
         return composite(self.ctx.frames[t], patches)
 
+    def prepare_stack(self) -> None:
+        """Every segment's layers, carried through the seams in order, here: forked render
+        workers then share them (and the textures built for carrying) instead of each
+        carrying them again. All segments stay open until :meth:`render_all` ends."""
+        for k in range(len(self.subs)):
+            self.session(k)
+
     def render_all(self, progress: Progress | None = None, cache: bool = False,
-                   overlay: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+                   overlay: bool = False, workers: int = 1,
+                   encode: Any = None) -> Iterator[tuple[int, Any]]:
+        """Yield (project frame index, frame) for every frame, in order (as
+        :meth:`EditSession.render_all`): ``workers`` > 1 renders in forked processes
+        (core.edits.parallel), each walking the segments of its blocks (:meth:`enter`) and
+        applying ``encode`` there; the frames are those of the one-process pass."""
         T = self.ctx.T
         if progress is not None:
             progress.update("render", 0, T, force=True)
+        if workers > 1 and T > 1:
+            from core.edits.parallel import can_fork, render_parallel  # noqa: PLC0415
+
+            if can_fork():
+                self._pinned = True
+                try:
+                    self.prepare_stack()
+                    for t, out in render_parallel(self, workers, overlay=overlay, encode=encode):
+                        if progress is not None:
+                            progress.update("render", t + 1, T)
+                        yield t, out
+                finally:
+                    self._pinned = False
+                    last = self.owner(self.project.info.frames[-1])
+                    for j in range(len(self.subs)):  # as a pass in one process leaves them
+                        if j != last:
+                            self.release(j)
+                return
         current = -1
         for t in range(T):
             current = self.enter(t, current)

@@ -261,6 +261,46 @@ def gt_networks(gt, monkeypatch):
     return gt
 
 
+@pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
+                    reason="forked render workers are Linux-only")
+def test_render_workers_walk_the_segments_and_give_the_frames_of_one_process(gt_networks):
+    """A segmented pass through forked workers (blocks of 2 frames, so every segment and seam
+    is split between them) gives the bytes of the pass in one process, paint and stroke."""
+    from core.edits import parallel
+
+    root, clip, plain, seg, three, _ = gt_networks
+    doc = {"layers": [STROKE, {"type": "paint", "frame": 2, "image": "paint.png", "layer": "bg"}]}
+    one = SegmentedSession(three)
+    one.set_edits(doc, root)
+    seq = [img for _, img in one.render_all(overlay=True)]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(parallel, "AHEAD_BYTES", 1)  # blocks of 2 frames
+    try:
+        par_s = SegmentedSession(three)
+        par_s.set_edits(doc, root)
+        par = list(par_s.render_all(overlay=True, workers=2))
+    finally:
+        mp.undo()
+    assert [t for t, _ in par] == list(range(T))
+    assert all(np.array_equal(a, b) for a, (_, b) in zip(seq, par))
+    assert seq[20][..., 3].max() > 0 and seq[3][..., 3].max() > 0
+    assert sum(s is not None for s in par_s._sessions) == 1  # earlier segments closed after the pass
+
+
+def test_open_segments_are_bounded_least_recently_used_first(gt_networks):
+    """A preview that visits every segment keeps at most ``max_open`` open, and a segment
+    closed and reopened renders the same frame."""
+    root, clip, plain, seg, three, _ = gt_networks
+    ss = SegmentedSession(three, max_open=2)
+    ss.set_edits({"layers": [STROKE]}, root)
+    first = ss.render_frame(20, overlay=True)
+    for t in (3, 10, 20, 3):
+        ss.render_frame(t, overlay=True)
+        assert sum(s is not None for s in ss._sessions) <= 2
+    assert ss._sessions[1] is None  # 10's segment was used least recently
+    assert np.array_equal(ss.render_frame(20, overlay=True), first)
+
+
 def test_cli_info_edit_track_atlas_on_a_segmented_project(gt_networks, tmp_path, capsys):
     root, clip, plain, seg, three, _ = gt_networks
     assert cli.main(["info", str(three.path)]) == 0
