@@ -980,7 +980,7 @@ class SegmentedSession:
         import torch  # noqa: PLC0415
         import torch.nn.functional as F  # noqa: PLC0415
 
-        from core.edits.atlas_edit import AtlasTexture, edit_rect  # noqa: PLC0415
+        from core.edits.atlas_edit import AtlasTexture, edit_rect, reference_frame  # noqa: PLC0415
 
         ctx_j = self.session(j).ctx
         L = tex.layer if tex.layer in self.subs[j].info.layers else "bg"
@@ -1033,7 +1033,12 @@ class SegmentedSession:
             out += hidden * (~seen).float()[None]
         if float(out[-1].max()) <= 1e-3:
             return None
-        return AtlasTexture.from_tensor(L, out.contiguous(), rect, t0=t if image is not None else None)
+        carried = AtlasTexture.from_tensor(L, out.contiguous(), rect, t0=t if image is not None else None)
+        if image is None and reference_frame(ctx_j, carried) is None:
+            # no overlap frame shows it and neither does any frame of j: it stops here, rather
+            # than be extrapolated from seam to seam (and rendered, for nothing, in every segment)
+            return None
+        return carried
 
     def _warp(self, i: int, j: int, layer: str) -> tuple[AtlasWarp, AtlasWarp] | None:
         """Atlas warps i -> j and j -> i of ``layer`` from the pixels both segments show on
