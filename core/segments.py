@@ -580,6 +580,15 @@ WARP_MIN_POINTS = 64
 WARP_GRID = 32
 #: RANSAC tolerance of the warp's homography, source pixels
 WARP_RANSAC_PX = 3.0
+#: texels carried by the warp must show the same surface in both atlases: mean colour
+#: difference below SAME_SURFACE_TOL (0..1) after a blur of SAME_SURFACE_BLUR texels
+SAME_SURFACE_TOL = 0.1
+SAME_SURFACE_BLUR = 2.0
+#: texels across the atlas of a segment's coverage map (what its frames show, every other
+#: working pixel: dilated by two texels), and the alpha beyond which a pixel counts as showing
+#: the background (below COVERAGE_ALPHA) or the foreground (above 1 - COVERAGE_ALPHA)
+COVERAGE_SIZE = 512
+COVERAGE_ALPHA = 0.1
 
 
 @dataclass
@@ -770,6 +779,7 @@ class SegmentedSession:
         self._carried: dict[tuple[str, int], list[Any]] = {}
         self._home_cache: dict[str, int] = {}
         self._warps: dict[tuple[int, int, str], tuple[AtlasWarp, AtlasWarp] | None] = {}
+        self._coverage: dict[tuple[int, str], np.ndarray] = {}
         self.layers: list[Any] = []
         self.ctx = _Facade(self)
         if layers:
@@ -1030,7 +1040,9 @@ class SegmentedSession:
             grid = tex.grid(torch.from_numpy(src_uv.astype(np.float32)))
             hidden = F.grid_sample(tex.tex[None], grid[None], mode="bilinear", padding_mode="zeros",
                                    align_corners=False)[0]
-            out += hidden * (~seen).float()[None]
+            uv_j = np.stack([gu, gv], -1)
+            keep = self._same_surface(i, j, L, src_uv, uv_j) & self._shown(j, L, uv_j)
+            out += hidden * ((~seen) & torch.from_numpy(keep)).float()[None]
         if float(out[-1].max()) <= 1e-3:
             return None
         carried = AtlasTexture.from_tensor(L, out.contiguous(), rect, t0=t if image is not None else None)
@@ -1039,6 +1051,55 @@ class SegmentedSession:
             # than be extrapolated from seam to seam (and rendered, for nothing, in every segment)
             return None
         return carried
+
+    def _shown(self, j: int, layer: str, uv: np.ndarray) -> np.ndarray:
+        """[h, w] bool: the texels at ``uv`` [h, w, 2] that some frame of segment j shows on
+        ``layer`` (its atlas coverage, cached). Only those take paint through the warp: j renders
+        nothing else of it, and what j never shows (a surface its foreground always hides, which
+        its atlas only guesses) is not handed on from seam to seam."""
+        import cv2  # noqa: PLC0415
+
+        key = (j, layer)
+        if key not in self._coverage:
+            maps = self.subs[j].maps()
+            two = "fg" in self.subs[j].info.layers
+            used = np.zeros((COVERAGE_SIZE, COVERAGE_SIZE), bool)
+            for t in range(maps.n_frames):
+                m = np.asarray(maps.uv[layer][t, ::2, ::2], np.float32).reshape(-1, 2)
+                ok = np.isfinite(m).all(1)
+                if two:  # clearly on the layer: a leaky alpha does not make a hidden surface shown
+                    a = np.asarray(maps.alpha[t, ::2, ::2], np.float32).reshape(-1)
+                    ok &= (a > 1.0 - COVERAGE_ALPHA) if layer == "fg" else (a < COVERAGE_ALPHA)
+                at = np.clip(((m[ok] + 1.0) * 0.5 * COVERAGE_SIZE).astype(np.int64), 0, COVERAGE_SIZE - 1)
+                used[at[:, 1], at[:, 0]] = True
+            self._coverage[key] = cv2.dilate(used.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        cov = self._coverage[key]
+        idx = np.clip(((uv + 1.0) * 0.5 * COVERAGE_SIZE).astype(np.int64), 0, COVERAGE_SIZE - 1)
+        return cov[idx[..., 1], idx[..., 0]]
+
+    def _same_surface(self, i: int, j: int, layer: str, uv_i: np.ndarray, uv_j: np.ndarray) -> np.ndarray:
+        """[h, w] bool: where the warp's texel pairs (``uv_i`` of i's atlas, ``uv_j`` of j's, both
+        [h, w, 2]) hold the same surface, judged by the two baked atlases' colours (blurred over a
+        few texels, so a pixel of misregistration on texture does not count).
+
+        Why: segments need not agree on what is foreground. Where j has no foreground layer, or
+        its alpha lets the object into the background there, the background texel the warp finds
+        shows the object that hides the surface, and paint carried there would be drawn on it
+        (box.mp4: the paint behind the box, on the box). Both atlases reconstruct the same video,
+        so the same surface has the same colours in both (within a few levels)."""
+        import cv2  # noqa: PLC0415
+        import torch  # noqa: PLC0415
+        import torch.nn.functional as F  # noqa: PLC0415
+
+        def colours(sub: Project, uv: np.ndarray) -> np.ndarray:
+            atlas = torch.from_numpy(np.ascontiguousarray(sub.maps().atlas[layer], np.float32)).permute(2, 0, 1)
+            g = torch.from_numpy(uv.astype(np.float32))[None]
+            c = F.grid_sample(atlas[None], g, mode="bilinear", padding_mode="border", align_corners=False)[0]
+            c = c.permute(1, 2, 0).numpy()
+            return cv2.GaussianBlur(np.ascontiguousarray(c), (0, 0), SAME_SURFACE_BLUR)
+
+        diff = np.abs(colours(self.subs[i], uv_i) - colours(self.subs[j], uv_j)).mean(-1)
+        return diff < SAME_SURFACE_TOL
 
     def _warp(self, i: int, j: int, layer: str) -> tuple[AtlasWarp, AtlasWarp] | None:
         """Atlas warps i -> j and j -> i of ``layer`` from the pixels both segments show on
