@@ -227,6 +227,17 @@ def checkpoint_step(project_dir: Path) -> int | None:
     return int(step) if isinstance(step, int) else None
 
 
+def _adds_frames(project_frames: list[int], frames: tuple[int, int] | list[int] | None) -> bool:
+    """The shot's ``frames`` contain the project's and more (a strip whose trim was widened
+    after training): the shot resumes the project with the wider range, as ``inve train
+    --resume --frames A:B`` does (new segments for the new frames; the trained ones stay)."""
+    if not frames or not project_frames:
+        return False
+    a, b = int(frames[0]), int(frames[1])
+    p0, p1 = project_frames[0], project_frames[-1] + 1
+    return b != -1 and a <= p0 and b >= p1 and (a, b) != (p0, p1)
+
+
 def shot_state(shot: Shot, root: Path) -> str:
     """``"new"``, ``"resume"`` or ``"finished"`` for a shot; InveError if its folder is not its project.
 
@@ -253,6 +264,8 @@ def shot_state(shot: Shot, root: Path) -> str:
                         "rename the shot or choose another ROOT")
     if shot.frames is not None:
         start, end = shot.frames
+        if _adds_frames(info.frames, shot.frames):
+            return "resume"  # the shot's frames contain the project's: segments add the new ones
         if info.frames[0] != start or (end != -1 and info.frames[-1] + 1 != end):
             raise InveError(f"shot {shot.name!r}: {folder} holds frames {info.frames[0]}:{info.frames[-1] + 1}, "
                             f"not {start}:{'' if end == -1 else end}; rename the shot or choose another ROOT")
@@ -321,18 +334,21 @@ def run_shot(spec: dict[str, Any], root: str, emit: Callable[[dict[str, Any]], N
         # A folder with project.json is this shot's project (load_shots/shot_state checked
         # that): a retry or a rerun resumes it. train_project holds the project lock.
         resume = (folder / Project.INFO).is_file()
+        extend = resume and _adds_frames(Project.open(folder).info.frames, spec["frames"])
         step = checkpoint_step(folder) if resume else None
         emit({"event": "shot", "shot": name, "state": "running", "attempt": attempt, "pid": os.getpid(),
               "host": socket.gethostname(), "resumed_from": step, "time": time.time()})
-        # a resumed project keeps its frames (shot_state checked they are the shot's)
-        cfg = TrainConfig(frames=tuple(spec["frames"]) if spec["frames"] and not resume else None,
+        # a resumed project keeps its frames (shot_state checked they are the shot's), unless
+        # the shot adds frames to it (then like `inve train --resume --frames A:B`)
+        cfg = TrainConfig(frames=tuple(spec["frames"]) if spec["frames"] and (extend or not resume) else None,
                           max_side=spec["max_side"] or DEFAULT_MAX_SIDE, masks=spec["masks"],
                           iters=spec["iters"], minutes=spec["minutes"], device=spec["device"],
                           seed=spec["seed"], single_layer=spec["single_layer"])
         if spec.get("checkpoint_seconds"):
             cfg.checkpoint_seconds = float(spec["checkpoint_seconds"])
         progress = ShotProgress(name, emit, cancel)
-        project = train_project(spec["video"], folder, cfg, progress, resume=resume)
+        project = train_project(spec["video"], folder, cfg, progress, resume=resume,
+                                given={"video", "frames"} if extend else None)
         metrics = project.metrics()
     except Cancelled:
         return {"shot": name, "state": "cancelled", "message": "cancelled; the checkpoint is kept, rerun to resume"}

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 
 def _classes() -> list[type]:
-    from .blender import (ops_batch, ops_edit, ops_engine, ops_hint, ops_sticker, ops_track, ops_train, panels,
-                          preferences, properties)
+    from .blender import (ops_batch, ops_confidence, ops_edit, ops_engine, ops_hint, ops_sticker, ops_track,
+                          ops_train, panels, preferences, properties)
 
     return [*properties.CLASSES, *preferences.CLASSES, *ops_train.CLASSES, *ops_batch.CLASSES, *ops_edit.CLASSES,
-            *ops_sticker.CLASSES, *ops_track.CLASSES, *ops_hint.CLASSES, *ops_engine.CLASSES, *panels.CLASSES]
+            *ops_sticker.CLASSES, *ops_track.CLASSES, *ops_hint.CLASSES, *ops_confidence.CLASSES,
+            *ops_engine.CLASSES, *panels.CLASSES]
 
 
 def register() -> None:
@@ -41,11 +42,12 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from .blender import handlers, jobs, keymap, ops_engine, preview, properties, service
+    from .blender import confidence, handlers, jobs, keymap, ops_engine, preview, properties, service
 
     keymap.unregister()
     handlers.unregister()
     preview.unregister()
+    confidence.unregister()
     jobs.shutdown()
     ops_engine.unregister()
     service.stop()  # the engine service ends with the add-on

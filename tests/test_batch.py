@@ -125,6 +125,42 @@ def test_without_ray_it_says_how_to_get_it_and_local_runs_the_shots_in_turn(tmp_
     assert Project.open(root / "one").metrics()["iterations"] == 7
 
 
+def test_a_shot_whose_frames_grew_adds_them_to_its_project(tmp_path, capsys):
+    """A strip whose trim was widened after Train All: the shot's frames contain its project's;
+    the batch resumes that project with the wider range (new segments, as ``inve train --resume
+    --frames A:B``), keeping what was trained, instead of refusing or starting over."""
+    clips = _clips(tmp_path, 1, T=6, size=(32, 24))
+    project = tmp_path / "ws" / "project"
+    shot = {"name": "a", "video": str(clips[0]), "frames": [1, 4], "iters": 4, "max_side": 32, "single_layer": True,
+            "project": str(project)}
+    shots = _write_shots(tmp_path / "SHOTS.json", [shot])
+    root = tmp_path / "root"
+    assert main(["batch", str(shots), "-o", str(root), "--local", "--progress", "none"]) == 0
+    assert Project.open(project).info.frames == [1, 2, 3]
+    trained = (project / Project.CHECKPOINT).read_bytes()
+
+    _write_shots(shots, [{**shot, "frames": [0, 6]}])
+    capsys.readouterr()
+    assert main(["batch", str(shots), "-o", str(root), "--local", "--progress", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["shots"] == {"a": "done"}
+    queued = [e for e in events if e.get("event") == "shot" and e.get("state") == "queued"]
+    assert queued and queued[0]["message"] == "resumes"
+    p = Project.open(project)
+    assert p.info.frames == list(range(6)) and p.is_segmented and p.is_trained
+    segs = {tuple(s["frames"]): s["name"] for s in p.info.segments}
+    assert (1, 4) in segs and min(a for a, _ in segs) == 0 and max(b for _, b in segs) == 6, segs
+    kept = next(sub for sub in p.segments() if sub.info.frames == [1, 2, 3])
+    assert (kept.path / Project.CHECKPOINT).read_bytes() == trained, "the trained frames keep their training"
+
+    # frames that do not contain the project's are still refused, naming both ranges
+    _write_shots(shots, [{**shot, "frames": [2, 6]}])
+    capsys.readouterr()
+    assert main(["batch", str(shots), "-o", str(root), "--local", "--progress", "none"]) != 0
+    (line,) = _error_lines(capsys)
+    assert "holds frames 0:6" in line and "not 2:6" in line, line
+
+
 def test_a_shot_with_its_own_project_folder_trains_there_and_two_shots_never_share_one(tmp_path, capsys):
     """The Blender add-on's layout: every strip's project is ``<workspace>/project``, not ROOT/<name>."""
     clips = _clips(tmp_path, 1, T=3, size=(32, 24))

@@ -348,6 +348,7 @@ def test_train_draw_propagate_render_track(extension_zip: Path, tmp_path: Path) 
         assert muted == (not r["tracks_visible"][str(f)]), "markers are muted exactly where the point is hidden"
     assert not r["torch_in_blender"], "the add-on never imports torch into Blender"
     _check_service(r)
+    _check_slides(r, frames, k)
     assert r["layers_after_reload"] == [r["layers_before_reload"]] and r["layers_before_reload"] >= 1, \
         "the layer stack is saved in the .blend, with its project"
     # the painted atlas: an atlas layer whose PNG is next to EDITS.json, and its green square
@@ -422,6 +423,41 @@ def test_train_all_strips_cancel_resume_and_identity(extension_zip: Path, tmp_pa
     assert sorted(r["saved_rows"]) == sorted([[n, "done"] for n in ("shot 0", "shot 0.001", "shot 0.002", "shot 1")])
     assert sum(line.startswith("label:done | PSNR") for line in r["drawn_reloaded"]) == 4, r["drawn_reloaded"]
     assert "label:Train All: 3 of 3 done" in r["drawn_reloaded"], r["drawn_reloaded"]
+    # a strip widened after training: its own project resumes with the wider range
+    assert r["widened_match"] == [[2, 3]], r["widened_match"]
+    w = r["widened"]
+    print("widened:", w)
+    project = str(Path(w["before"]["folder"]) / "project")
+    assert w["before"]["frames"] == [0, 2] and w["shots"]["shot_0"] == [[0, 3], project], w["shots"]
+    assert w["folder"] == w["before"]["folder"] and w["frames"] == [0, 3] and w["complete"], w
+    assert w["layers"] == ["kept"] and w["records"] == w["before"]["records"], "the same record, widened"
+    assert w["trained"] and w["info_frames"] == [0, 1, 2], w
+    assert w["lines"]["shot_0"].startswith("done") and "already trained" not in w["lines"]["shot_0"], w["lines"]
+    assert all("already trained" in line for n, line in w["lines"].items() if n != "shot_0"), w["lines"]
+
+
+def _check_slides(r: dict[str, Any], frames: list[int], k: int) -> None:
+    """The panel's read-out of where edits may slide, from the engine's own estimates."""
+    sl = r["slides"]
+    print(f"slides: {sl['summary']} in {r['slides_seconds']:.2f} s; estimates {sl['errors']}")
+    assert sl["error"] == "" and sl["estimated"], sl
+    assert sl["frames"] == frames and sorted(int(f) for f in sl["errors"]) == frames, "an estimate per frame"
+    visible = {name for name, kind in sl["layers"]}
+    assert {a[0] for a in sl["anchors"]} | set(sl["without"]) == visible, "every visible layer is judged"
+    assert {a[1] for a in sl["anchors"]} == {k}, "the anchors sit on the frame the layers were drawn on"
+    assert sl["errors"][str(k)] <= sl["threshold"], "where it was drawn, an edit does not slide"
+    assert sl["flagged"] == sorted(int(f) for f, e in sl["errors"].items() if e > sl["threshold"])
+    assert r["key_changed"] and r["asks_after_change"] and r["answered_after_change"], "a moved sticker is re-checked"
+    assert r["cached_back"], "moving it back asks nothing new"
+    low = r["low"]
+    assert len(low["flagged"]) >= len(frames) // 3, low
+    flagged_scene = sorted(f for a, b, _, _ in low["ranges"] for f in range(a, b + 1))
+    assert flagged_scene and low["hidden"] == 0, low
+    want = (flagged_scene * 3)[1:4] if low["start"] in flagged_scene else (flagged_scene * 3)[:3]
+    assert [j[0] for j in low["jumps"]] == want, low
+    assert all(src in low["flagged"] for _, src in low["jumps"]), "each jump lands on a flagged source frame"
+    assert len(r["slides_drawn"]) >= 2 and any(line.startswith("label:Frames ") for line in r["slides_drawn"]), \
+        r["slides_drawn"]
 
 
 def _check_service(r: dict[str, Any]) -> None:
@@ -569,7 +605,7 @@ def _draw_all(bpy: Any, panels: Any, prefs: Any) -> list[str]:
     icons = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
     log: list[str] = []
     ctx = bpy.context
-    for cls in (panels.INVE_PT_main, panels.INVE_PT_layers, panels.INVE_PT_tools):
+    for cls in (panels.INVE_PT_main, panels.INVE_PT_layers, panels.INVE_PT_slides, panels.INVE_PT_tools):
         cls.draw(SimpleNamespace(layout=RecordingLayout(log, icons), _draw_info=panels.INVE_PT_main._draw_info), ctx)
     for p in ctx.scene.inve.projects:
         for i, item in enumerate(p.layers):
@@ -959,6 +995,7 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
     out["result"] = describe(result)
     bpy.ops.inve.propagate()  # again: the same strip is updated in place
     out["result_again"] = describe(strips.find_result_strip(scene, movie))
+    out.update(_slide_checks(bpy, scene, movie, proj, import_module))
     out.update(_service_checks(bpy, scene, movie, proj, import_module))
 
     # render the sequencer to a movie
@@ -1054,6 +1091,62 @@ def child_e2e(args: dict[str, Any]) -> dict[str, Any]:
             pass
         out["service_stopped"] = not os.path.exists(f"/proc/{pid}") or \
             open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    return out
+
+
+def _slide_checks(bpy: Any, scene: Any, movie: Any, proj: Any, import_module: Any) -> dict[str, Any]:
+    """Where edits may slide: the engine's estimates for the layers' anchor points, the panel's
+    list, a re-check when a layer changes (and none when it comes back), Next Slide."""
+    confidence = import_module(ADDON_MODULE + ".blender.confidence")
+    conf = import_module(ADDON_MODULE + ".io.confidence")
+    seq = import_module(ADDON_MODULE + ".blender.sequencer")
+    panels = import_module(ADDON_MODULE + ".blender.panels")
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    assert bpy.ops.inve.check_slides() == {"FINISHED"}
+    out["slides_seconds"] = time.perf_counter() - t0
+    wish, ans = confidence.current(scene)
+    rep = ans.report
+    out["slides"] = {"error": ans.error, "frames": rep.frames, "errors": {str(f): e for f, e in rep.error.items()},
+                     "flagged": rep.flagged, "estimated": rep.estimated, "summary": rep.summary(),
+                     "anchors": [[a.layer, a.frame] for a in wish.anchors], "without": list(rep.layers_without),
+                     "layers": [[it.name, it.kind] for it in proj.layers if it.visible], "threshold": conf.SLIDE_PX}
+    # moving the sticker asks again (the handler's schedule); moving it back is answered from the cache
+    sticker = proj.layers[-1]
+    before = sticker.data
+    data = json.loads(before)
+    data["center"][0] += 3.0
+    sticker.data = json.dumps(data)
+    w2 = confidence.schedule(scene)
+    out["key_changed"] = w2 is not None and w2.key != wish.key
+    out["asks_after_change"] = confidence.FETCH.wanted is not None and confidence.FETCH.wanted.key == w2.key
+    confidence.pump(wait=True)
+    out["answered_after_change"] = confidence.current(scene)[1] is not None
+    sticker.data = before
+    confidence.schedule(scene)
+    out["cached_back"] = confidence.FETCH.wanted is None and confidence.current(scene)[1] is ans
+    # Next Slide: with the threshold at the median estimate about half the frames are flagged
+    errs = sorted(rep.error.values())
+    saved = conf.SLIDE_PX
+    conf.SLIDE_PX = errs[len(errs) // 2]
+    try:
+        assert bpy.ops.inve.check_slides() == {"FINISHED"}
+        low = confidence.current(scene)[1].report
+        ranges, hidden = confidence.strip_ranges(scene, confidence.current(scene)[1])
+        timing = seq.strip_timing(movie)
+        scene.frame_set(movie.frame_final_start)
+        jumps = []
+        for _ in range(3):
+            bpy.ops.inve.next_slide()
+            jumps.append([scene.frame_current, timing.scene_to_source(scene.frame_current)])
+        out["low"] = {"threshold": conf.SLIDE_PX, "flagged": low.flagged, "jumps": jumps, "start": movie.frame_final_start,
+                      "ranges": [[r.scene_first, r.scene_last, r.source_first, r.source_last] for r in ranges],
+                      "hidden": hidden}
+        out["slides_drawn"] = [line for line in _draw_all(bpy, panels, bpy.context.preferences.addons[
+            ADDON_MODULE].preferences) if line.startswith("label:Frames ") or "likely to slide" in line]
+    finally:
+        conf.SLIDE_PX = saved
+        confidence.FETCH.forget()
     return out
 
 
@@ -1342,6 +1435,28 @@ def child_train_all(args: dict[str, Any]) -> dict[str, Any]:
     scene.sequence_editor.active_strip = next(st for st in strips.strip_collection(scene) if st.name == "shot 1")
     out["saved_rows"] = [[r.strip, r.state] for r in scene.inve.batch_strips]
     out["drawn_reloaded"] = _draw_all(bpy, panels, bpy.context.preferences.addons[ADDON_MODULE].preferences)
+
+    # "shot 0"'s trim widened after training (source 0-2; its project has 0-1): Train All resumes
+    # that project with the wider range (the engine adds a segment), as Train New Frames does;
+    # the record (and its layers) widens with it, nothing else is retrained
+    a = next(st for st in strips.strip_collection(scene) if st.name == "shot 0")
+    item, _ = ctx_mod.strip_project(bpy.context, a)
+    item.layers.add().name = "kept"
+    before = {"folder": ctx_mod.project_folder(item), "frames": [item.frame_start, item.frame_end],
+              "records": len(scene.inve.projects)}
+    a.frame_final_duration = 3
+    out["widened_match"] = list(ctx_mod.strip_project(bpy.context, a)[1].outside)
+    bpy.ops.inve.train_all()
+    job = ops_batch.batch_job()
+    item, match = ctx_mod.strip_project(bpy.context, a)
+    info = json.loads(item.info_json) if item.info_json else {}
+    out["widened"] = {"before": before, "outcome": jobs.last().outcome,
+                      "shots": {n: [list(v[1]), v[2]] for n, v in job.context_data["projects"].items()},
+                      "lines": {n: sh.line() for n, sh in job.worker.tracker.shots.items()},
+                      "folder": ctx_mod.project_folder(item), "frames": [item.frame_start, item.frame_end],
+                      "complete": match.complete, "layers": [it.name for it in item.layers],
+                      "records": len(scene.inve.projects), "info_frames": info.get("frames"),
+                      "trained": info.get("trained")}
     _child_teardown()
     return out
 

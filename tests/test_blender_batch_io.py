@@ -64,6 +64,17 @@ def test_strips_of_one_project_share_a_shot_and_the_doc_passes_the_engines_check
     assert got["PAN-2"][1] == (1, 3) and got["strip_con"][1] == (0, 2)
 
 
+def test_a_shot_trains_every_frame_its_strips_show():
+    """A strip whose trim was widened after training, next to a duplicate that was not: their
+    shared project's shot takes the wider range (the engine then adds the new frames to it)."""
+    proj = "/w/clip0_aa_2-6/project"
+    p = batch.plan([batch.StripShot("dup", "/c.mp4", (2, 6), proj),
+                    batch.StripShot("widened", "/c.mp4", (0, 8), proj),
+                    batch.StripShot("other", "/c.mp4", (8, 9), "/w/clip0_aa_8-9/project")])
+    assert [s.frames for s in p.shots] == [(0, 8), (8, 9)]
+    assert p.strips == {"dup": ["dup", "widened"], "other": ["other"]}
+
+
 def test_ray_address_local_fallback_and_notice():
     args, note = batch.batch_args("S.json", "/r", "", ray_installed=True)
     assert args == ["S.json", "-o", "/r", "--progress", "json"] and note == ""

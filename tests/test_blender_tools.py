@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -139,9 +140,11 @@ def test_apply_corrections_round_trip(extension_zip: Path, tmp_path: Path) -> No
     assert r["info_iterations_after"] == r["iterations_after"], "the panel's project info was read again"
 
 
-def _new_scene(bpy: Any, args: dict[str, Any], blend: str, clip_name: str, start: int, trim: int = 0) -> tuple[Any, Any]:
-    """An empty saved .blend whose render is the W x H clip fitted x2, with the clip as the
-    active movie strip at scene frame ``start`` (``trim`` frames cut off its head)."""
+def _new_scene(bpy: Any, args: dict[str, Any], blend: str | None, clip_name: str, start: int,
+               trim: int = 0) -> tuple[Any, Any]:
+    """An empty saved .blend (``blend`` None: not saved) whose render is the W x H clip fitted
+    x2, with the clip as the active movie strip at scene frame ``start`` (``trim`` frames cut
+    off its head)."""
     from importlib import import_module
 
     strips = import_module(ADDON_MODULE + ".blender.sequencer")
@@ -150,7 +153,8 @@ def _new_scene(bpy: Any, args: dict[str, Any], blend: str, clip_name: str, start
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 2 * W, 2 * H, 100
     scene.render.fps, scene.render.fps_base = 24, 1.0
     scene.view_settings.view_transform = "Standard"
-    bpy.ops.wm.save_as_mainfile(filepath=os.path.join(args["tmp"], blend))
+    if blend is not None:
+        bpy.ops.wm.save_as_mainfile(filepath=os.path.join(args["tmp"], blend))
     movie = strips.strip_collection(scene).new_movie(clip_name, args["clip"], 1, start, fit_method="FIT")
     movie.frame_offset_start = trim
     scene.sequence_editor.active_strip = movie
@@ -265,6 +269,17 @@ def test_mark_foreground_and_sticker_keymap(extension_zip: Path, tmp_path: Path)
     print("mask: hint box", np.round(got, 2), "rendered box", rendered)
     assert np.allclose(got, rendered, atol=1.0), (got, rendered)
     assert r["cleared"] and "No foreground hint" in r["clear_poll_after"]
+    # one rule: the hint is where Train reads it (a retimed clip; a .blend saved after marking)
+    argv = r["retimed_argv"]
+    assert "--fg-hint" in argv and argv[argv.index("--fg-hint") + 1] == r["retimed_hint"], (argv, r["retimed_hint"])
+    assert os.path.dirname(r["retimed_hint"]) != r["retimed_own_folder"], "the exact frames name the folder"
+    assert os.path.dirname(argv[argv.index("-o") + 1]) == os.path.dirname(r["retimed_hint"])
+    assert r["unsaved_hint"].startswith(tempfile.gettempdir()) and "inve_unsaved" in r["unsaved_hint"]
+    assert r["saved_hint_line"].startswith("Foreground hint: 1 outline") and r["saved_drawn"], r["saved_hint_line"]
+    argv = r["saved_argv"]
+    assert "--fg-hint" in argv and argv[argv.index("--fg-hint") + 1] == r["saved_hint_path"], argv
+    assert Path(r["saved_hint_path"]).parent.parent == tmp_path / "inve" and os.path.isfile(r["saved_hint_path"])
+    assert not r["unsaved_hint_left"], "the hint moved next to the project"
     # the keymap: G, S, R over the Sequencer preview, with the add-on only
     assert sorted(r["keymap_registered"]) == [["G", "G"], ["R", "R"], ["S", "S"]], r["keymap_registered"]
     assert r["keymap_where"] == ["SequencerPreview", "SEQUENCE_EDITOR", "WINDOW"]
@@ -361,6 +376,7 @@ def child_tools(args: dict[str, Any]) -> dict[str, Any]:
     bpy.ops.inve.clear_foreground_hint()
     out["cleared"] = not os.path.exists(out["hint_path"])
     out["clear_poll_after"] = _poll_error(bpy.ops.inve.clear_foreground_hint)
+    out.update(_hint_rule_checks(bpy, args, jobs, ops_hint, panels, world, loop))
 
     # the keymap: the add-on's register() put G/S/R into the add-on keyconfig, unregister()
     # (disabling the add-on) takes them out again. Where Blender has no add-on keyconfig
@@ -384,6 +400,67 @@ def child_tools(args: dict[str, Any]) -> dict[str, Any]:
     out["unregistered"] = _child_teardown()
     out["keymap_after_unregister"] = [i.idname for i in ours()]
     keymap.keyconfig = real_kc
+    return out
+
+
+def _hint_rule_checks(bpy: Any, args: dict[str, Any], jobs: Any, ops_hint: Any, panels: Any, world: Any,
+                      loop: list[tuple[float, float]]) -> dict[str, Any]:
+    """Mark Foreground puts the hint exactly where Train reads it: for a clip whose exact timing
+    differs from the strip's own (Blender retimed it), and for an unsaved .blend saved before
+    Train."""
+    import shutil
+    from importlib import import_module
+
+    from test_blender_addon import _draw_all
+
+    context = import_module(ADDON_MODULE + ".blender.context")
+    out: dict[str, Any] = {}
+
+    def train_argv() -> list[str]:
+        captured: list[Any] = []
+        real_start = jobs.start
+        jobs.start = lambda job: captured.append(job) or job.state
+        try:
+            bpy.ops.inve.train()
+        finally:
+            jobs.start = real_start
+        return list(captured[-1].worker.cmd) if captured else []
+
+    def mark(scene: Any) -> None:
+        scene.frame_set(HINT_FRAME)
+        for o in scene.objects:
+            o.select_set(False)
+        _add_gp_stroke(bpy, scene, HINT_FRAME, world(loop + loop[:1]), 0.01, name="Loop").select_set(True)
+        bpy.ops.inve.mark_foreground(source="GPENCIL")
+
+    # a strip Blender retimed (its file holds twice the frames its length shows)
+    scene, movie = _new_scene(bpy, args, "retimed.blend", "fg", HINT_START, HINT_TRIM)
+    _ortho_camera(bpy, scene, 2 * W / 100.0)
+    scene.inve.minutes, scene.inve.device = 0.1, "cpu"
+    real_count = context.content_frame_count
+    context.content_frame_count = lambda strip, sc, load=True: 2 * int(strip.frame_duration)
+    try:
+        own = context.workspace_path(bpy.context, movie, update=False)[0]  # the strip's own timing
+        mark(scene)
+        out["retimed_hint"] = ops_hint.hint_file(bpy.context, movie)
+        out["retimed_own_folder"] = own
+        out["retimed_argv"] = train_argv()
+    finally:
+        context.content_frame_count = real_count
+    # an unsaved .blend: marked into the temporary folder, then saved, then Train
+    scene, movie = _new_scene(bpy, args, None, "fg", HINT_START, HINT_TRIM)
+    _ortho_camera(bpy, scene, 2 * W / 100.0)
+    scene.inve.minutes, scene.inve.device = 0.1, "cpu"
+    mark(scene)
+    out["unsaved_hint"] = ops_hint.hint_file(bpy.context, movie)
+    bpy.ops.wm.save_as_mainfile(filepath=os.path.join(args["tmp"], "saved_later.blend"))
+    out["saved_hint_line"] = ops_hint.hint_line(bpy.context, movie)
+    out["saved_drawn"] = [x for x in _draw_all(bpy, panels, bpy.context.preferences.addons[ADDON_MODULE].preferences)
+                          if x.startswith("label:Foreground hint")]
+    out["saved_argv"] = train_argv()
+    out["saved_hint_path"] = ops_hint.hint_file(bpy.context, movie)
+    out["unsaved_hint_left"] = os.path.exists(out["unsaved_hint"])
+    shutil.rmtree(os.path.dirname(out["unsaved_hint"]), ignore_errors=True)
     return out
 
 

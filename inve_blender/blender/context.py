@@ -21,15 +21,17 @@ def settings(context: bpy.types.Context) -> Any:
     return strips.sequencer_scene(context).inve
 
 
-def source_key(context: bpy.types.Context, strip: Any, exact: bool = False) -> tuple[str, tuple[int, int]]:
+def source_key(context: bpy.types.Context, strip: Any, exact: bool = False,
+               load: bool = True) -> tuple[str, tuple[int, int]]:
     """What identifies the strip's project: its source's content fingerprint and the source
     frames it shows. Raises OSError/ValueError (missing file, a strip that shows nothing).
 
     ``exact`` also handles a clip Blender retimed to another frame rate (it may load a Movie
-    Clip to learn the file's length: not while drawing); lookups use the strip's own timing.
+    Clip to learn the file's length: not while drawing, ``load=False`` then uses what is
+    known); lookups use the strip's own timing.
     """
     fp = projects.fingerprint(strips.abs_path(strip.filepath), engine_env.engine_root())
-    t = timing(context, strip) if exact else strips.strip_timing(strip)
+    t = timing(context, strip, load=load) if exact else strips.strip_timing(strip)
     return fp, t.visible_source_range()
 
 
@@ -194,11 +196,12 @@ def poll_movie_strip(cls: Any, context: bpy.types.Context, need_idle: bool = Tru
 _FRAME_COUNTS: dict[tuple, int] = {}
 
 
-def content_frame_count(strip: Any, scene: Any) -> int | None:
+def content_frame_count(strip: Any, scene: Any, load: bool = True) -> int | None:
     """Frames in the strip's file after the hard trims, when Blender may have retimed it.
 
     Only needed when the clip's frame rate differs from the scene's: then a Movie Clip
-    datablock tells the file's true length (and is removed again if we added it).
+    datablock tells the file's true length (and is removed again if we added it). Without
+    ``load`` (a panel drawing, where data cannot be added) only a count already known is used.
     """
     if abs(float(strip.fps) - strips.scene_fps(scene)) < 1e-3 or strip.fps <= 0:
         return None
@@ -209,6 +212,8 @@ def content_frame_count(strip: Any, scene: Any) -> int | None:
     except OSError:
         key = None
     n = _FRAME_COUNTS.get(key) if key is not None else None
+    if n is None and not load:
+        return None
     if n is None:
         existing = {c.name for c in bpy.data.movieclips}
         clip = bpy.data.movieclips.load(path, check_existing=True)
@@ -221,9 +226,9 @@ def content_frame_count(strip: Any, scene: Any) -> int | None:
     return max(n - ao, 0) or None
 
 
-def timing(context: bpy.types.Context, strip: Any) -> strips.StripTiming:
+def timing(context: bpy.types.Context, strip: Any, load: bool = True) -> strips.StripTiming:
     scene = strips.sequencer_scene(context)
-    return strips.strip_timing(strip, content_frame_count(strip, scene))
+    return strips.strip_timing(strip, content_frame_count(strip, scene, load))
 
 
 def engine_ready(op: Any, context: bpy.types.Context) -> engine_env.EngineSpec | None:

@@ -28,9 +28,10 @@ def on_depsgraph_update(scene: Any, depsgraph: Any = None) -> None:
         pass
     finally:
         _busy = False
-    from . import preview
+    from . import confidence, preview
 
     preview.schedule(scene)
+    confidence.schedule(scene)  # the slide read-out follows layer and project changes
 
 
 @persistent
@@ -44,13 +45,14 @@ def on_frame_change(scene: Any, depsgraph: Any = None) -> None:
 def on_undo_redo(scene: Any, *args: Any) -> None:
     """Undo/Redo restored the layer list: the result strip shows the frames of that stack if
     they were propagated, else it is muted as stale; the preview renders the frame anew."""
-    from . import preview
+    from . import confidence, preview
 
     try:
         ctx.follow(scene)
     except (ReferenceError, RuntimeError, AttributeError):
         pass
     preview.schedule(scene, stack_changed=True)
+    confidence.schedule(scene)
 
 
 HANDLERS = ((bpy.app.handlers.depsgraph_update_post, on_depsgraph_update),

@@ -21,9 +21,9 @@ from ..io.projects import Workspace
 from ..io.worker import EngineCallError, run_json
 from . import engine_jobs, jobs
 from . import sequencer as strips
-from .context import copy_layers, engine_ready, record_project, settings, source_key
+from .context import engine_ready, settings, source_key
 from .ops_base import EngineJobOperator, JobPlan
-from .ops_train import clear_partial_project, train_target
+from .ops_train import claim_record, clear_partial_project, train_target
 from .preferences import prefs
 
 _NOTICES: set[str] = set()  # said once per session (the local fallback without Ray)
@@ -130,7 +130,9 @@ class INVE_OT_train_all(EngineJobOperator, bpy.types.Operator):
             except (OSError, ValueError) as exc:
                 skipped.append(f"'{strip.name}': {exc}")
                 continue
-            target = train_target(self, context, strip, fp, frames)
+            # a strip whose trim was widened resumes its project with the wider range (as Train
+            # New Frames does: the engine adds segments for the new frames), not a new project
+            target = train_target(self, context, strip, fp, frames, extend=True)
             if target is None:  # reported (a moved project: Relink)
                 skipped.append(f"'{strip.name}': its project folder was moved")
                 continue
@@ -149,12 +151,12 @@ class INVE_OT_train_all(EngineJobOperator, bpy.types.Operator):
             if clear_partial_project(project):
                 self.report({"INFO"}, f"'{strip.name}': removed the unfinished project of a run cancelled before "
                                       "it saved anything")
-            record = record_project(context, strip, base, frames)
-            if item is not None and record != item and not len(record.layers):
-                copy_layers(item, record)  # the layers drawn so far carry over to the larger project
+            name = plan.shot_of(strip.name) or ""
+            frames = plan.shots[plan.names.index(name)].frames if name else frames  # all its strips' frames
+            record = claim_record(context, strip, base, frames, item)
             record.info_json = ""
             os.makedirs(base, exist_ok=True)
-            projects.setdefault(plan.shot_of(strip.name) or "", (fp, frames, project))
+            projects.setdefault(name, (fp, tuple(frames), project))
         if any(t[4] for t in targets):
             self.report({"WARNING"}, "The .blend is not saved: projects go to a temporary folder; save the file "
                                      "first to keep them next to it")

@@ -13,8 +13,7 @@ from ..io import edit_stack, results, strokes
 from ..io.preview import stack_key
 from . import gp_strokes, jobs, service
 from . import sequencer as strips
-from .context import (active_project, engine_ready, movie_strip, poll_movie_strip, project_info, settings,
-                      strip_target, timing, workspace)
+from .context import active_project, poll_movie_strip, settings, strip_target, timing, workspace
 from .ops_base import EngineJobOperator, ImageFileOperator, JobPlan
 
 
@@ -337,14 +336,11 @@ class INVE_OT_propagate(EngineJobOperator, bpy.types.Operator):
         return True
 
     def build(self, context: bpy.types.Context) -> JobPlan | None:
+        target = strip_target(self, context)
+        if target is None:
+            return None
+        strip, info = target.strip, target.info
         s = active_project(context)
-        strip = movie_strip(context)
-        spec = engine_ready(self, context)
-        if spec is None:
-            return None
-        info = project_info(self, context, strip, spec)
-        if info is None:
-            return None
         ws = workspace(context, strip)
         try:  # EDITS.json stays next to the project: `inve edit` reproduces the result from it
             edits = edit_stack.write_edits(s.layers, ws.edits_file, abspath=bpy.path.abspath)

@@ -16,16 +16,33 @@ from bpy.props import EnumProperty
 
 from ..io import fg_hints, strokes
 from . import sequencer as strips
-from .context import movie_strip, poll_movie_strip, settings, timing, workspace_path
+from .context import movie_strip, poll_movie_strip, settings, timing
 from .ops_edit import collect_strokes, consume_strokes
+from .ops_train import hint_for, train_workspace
 
 
-def hint_file(context: bpy.types.Context, strip: Any) -> str | None:
-    """HINTS.json of ``strip``'s workspace (its project's folder, or where a new one goes)."""
+class _Quiet:
+    """Stands in for an operator's ``report`` where a lookup must not report (drawing)."""
+
+    def report(self, *args: Any) -> None:
+        pass
+
+
+def hint_file(context: bpy.types.Context, strip: Any, load: bool = True) -> str | None:
+    """HINTS.json of ``strip``'s workspace: exactly where Train reads it
+    (:func:`.ops_train.train_workspace`, one rule for both); None when the movie file cannot
+    be read or the project folder was moved. ``load=False`` while drawing."""
     try:
-        return fg_hints.hints_path(workspace_path(context, strip, update=False)[0])
+        got = train_workspace(_Quiet(), context, strip, load=load)
     except (OSError, ValueError):
         return None
+    return None if got is None else fg_hints.hints_path(got[1][0])
+
+
+def hint_found(context: bpy.types.Context, strip: Any, load: bool = True) -> str | None:
+    """The hint Train would use now (also one marked before the .blend was saved), or None."""
+    path = hint_file(context, strip, load=load)
+    return None if path is None else hint_for(os.path.dirname(path))
 
 
 def find_mask(context: bpy.types.Context, scene_frame: int) -> Any:
@@ -91,7 +108,8 @@ class INVE_OT_mark_foreground(bpy.types.Operator):
             return {"CANCELLED"}
         path = hint_file(context, strip)
         if path is None:
-            self.report({"ERROR"}, f"'{strip.name}': its movie file cannot be read")
+            self.report({"ERROR"}, f"'{strip.name}': its movie file cannot be read, or its project folder was "
+                                   "moved (Relink Project)")
             return {"CANCELLED"}
         size = strips.strip_source_size(strip)
         source = settings(context).stroke_source if self.source == "SETTINGS" else self.source
@@ -112,12 +130,15 @@ class INVE_OT_mark_foreground(bpy.types.Operator):
             if not polygons:
                 self.report({"ERROR"}, "No closed stroke on this frame: draw a loop around the object")
                 return {"CANCELLED"}
+        before = hint_for(os.path.dirname(path)) or path  # also the outlines marked before the first save
         try:
-            doc = fg_hints.set_frame_hints(fg_hints.load(path), frame, polygons, size)
+            doc = fg_hints.set_frame_hints(fg_hints.load(before), frame, polygons, size)
         except ValueError as exc:
             self.report({"ERROR"}, f"Cannot use {where}: {exc}")
             return {"CANCELLED"}
         fg_hints.save(path, doc)
+        if before != path:
+            fg_hints.clear(before)
         if source != "MASK":
             consume_strokes(context, source)  # the outline is used: off the canvas, as Add Strokes does
         self.report({"INFO"}, f"{fg_hints.summary(doc)}: Train uses it")
@@ -135,22 +156,23 @@ class INVE_OT_clear_foreground_hint(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         if not poll_movie_strip(cls, context):
             return False
-        path = hint_file(context, movie_strip(context))
-        if path is None or not os.path.isfile(path):
+        if hint_found(context, movie_strip(context)) is None:
             cls.poll_message_set("No foreground hint is set for this strip")
             return False
         return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        fg_hints.clear(hint_file(context, movie_strip(context)))
+        strip = movie_strip(context)
+        while (found := hint_found(context, strip)) is not None:  # also one marked before saving
+            fg_hints.clear(found)
         self.report({"INFO"}, "Foreground hint cleared")
         return {"FINISHED"}
 
 
 def hint_line(context: bpy.types.Context, strip: Any) -> str:
     """The panel's line about the strip's hint ("" when none is set)."""
-    path = hint_file(context, strip)
-    if path is None or not os.path.isfile(path):
+    path = hint_found(context, strip, load=False)
+    if path is None:
         return ""
     try:
         return fg_hints.summary(fg_hints.load(path)) or ""

@@ -111,11 +111,64 @@ def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frame
     return base, frames, temporary, item, new_frames
 
 
+def claim_record(context: bpy.types.Context, strip: Any, base: str, frames: tuple[int, int], item: Any) -> Any:
+    """The .blend's record of the project Train (or Train All) trains in ``base`` on ``frames``.
+
+    Train New Frames (``item``'s own folder, a wider range): the same record (and its layers)
+    now covers the wider range; a cancelled run leaves the engine's project claiming it too,
+    and the next Train resumes. A new project of the same source: the layers drawn so far
+    carry over to it."""
+    if item is not None and started_folder(item) == base:
+        wide = (min(int(frames[0]), item.frame_start), max(int(frames[1]), item.frame_end))
+        if wide != (item.frame_start, item.frame_end):
+            item.frame_start, item.frame_end = wide
+        frames = wide
+    record = record_project(context, strip, base, frames)
+    if item is not None and record != item and not len(record.layers):
+        copy_layers(item, record)
+    return record
+
+
+def train_workspace(op: Any, context: bpy.types.Context, strip: Any, extend: bool = True, load: bool = True
+                    ) -> tuple[str, tuple[str, tuple[int, int], bool, Any, str]] | None:
+    """The one rule for where the strip's work goes: (source fingerprint, :func:`train_target`).
+
+    Train trains there, and Mark Foreground puts its HINTS.json there (and the panel looks for
+    it there), so a hint is always where Train reads it: the source frames from the strip's
+    exact timing (a clip Blender retimed to the scene's frame rate included; ``load=False``
+    while drawing uses what is known), the project record's own folder when there is one
+    (trained or only started, an unsaved file's temporary folder included), else the new
+    project's folder. Raises OSError/ValueError (no movie file; a strip that shows nothing);
+    None after reporting why not (a moved project: Relink).
+    """
+    fp, frames = source_key(context, strip, exact=True, load=load)
+    target = train_target(op, context, strip, fp, frames, extend=extend)
+    return None if target is None else (fp, target)
+
+
+def unsaved_twin(base: str) -> str:
+    """Where the workspace ``base`` was while the .blend was not saved yet (same folder name,
+    in the temporary folder)."""
+    return os.path.join(tempfile.gettempdir(), "inve_unsaved", os.path.basename(os.path.normpath(base)))
+
+
+def hint_for(base: str) -> str | None:
+    """The workspace's HINTS.json, or the one marked before the .blend was first saved (then
+    it sat in the temporary folder; Train carries it over); None when neither exists."""
+    for folder in (base, unsaved_twin(base)):
+        path = fg_hints.hints_path(folder)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def foreground_hint(op: Any, ws: Workspace, single_layer: bool, resume: bool) -> str | bool:
     """The workspace's HINTS.json for ``--fg-hint`` ("" when none or when resuming: the engine
-    grew the project's masks when it was made); False after reporting a contradiction."""
+    grew the project's masks when it was made); False after reporting a contradiction. A hint
+    marked before the .blend was saved is moved next to the project first."""
     path = fg_hints.hints_path(ws.base)
-    if not os.path.isfile(path):
+    found = hint_for(ws.base)
+    if found is None:
         return ""
     if single_layer:
         op.report({"ERROR"}, "A foreground hint is set but Background Only is on: turn Background Only off, or "
@@ -123,10 +176,19 @@ def foreground_hint(op: Any, ws: Workspace, single_layer: bool, resume: bool) ->
         return False
     if resume:
         made = os.path.join(ws.project, "project.json")
-        if os.path.getmtime(path) > os.path.getmtime(made):
+        if os.path.getmtime(found) > os.path.getmtime(made):
             op.report({"WARNING"}, "The foreground hint was marked after this project was made: it is used when "
                                    "a project is trained anew (delete the project folder to start over)")
         return ""
+    if found != path:  # marked while the .blend was unsaved: it goes with the project now
+        try:
+            doc = fg_hints.load(found)
+        except ValueError as exc:
+            op.report({"ERROR"}, f"{exc}: Clear Foreground Hint and mark it again")
+            return False
+        os.makedirs(ws.base, exist_ok=True)
+        fg_hints.save(path, doc)
+        fg_hints.clear(found)
     return path
 
 
@@ -151,14 +213,13 @@ class INVE_OT_train(EngineJobOperator, bpy.types.Operator):
         strip, spec = target.strip, target.spec
         s = settings(context)
         try:
-            fp, frames = source_key(context, strip, exact=True)
+            got = train_workspace(self, context, strip)
         except (OSError, ValueError) as exc:
             self.report({"ERROR"}, f"'{strip.name}': {exc}")
             return None
-        target = train_target(self, context, strip, fp, frames, extend=True)
-        if target is None:
+        if got is None:
             return None
-        base, frames, temporary, item, new_frames = target
+        fp, (base, frames, temporary, item, new_frames) = got
         ws = Workspace(base)
         if temporary:
             self.report({"WARNING"}, f"The .blend is not saved: the project goes to a temporary folder ({base}); "
@@ -170,14 +231,7 @@ class INVE_OT_train(EngineJobOperator, bpy.types.Operator):
         if hint is False:
             return None
         # (after every check that can still refuse, so a refused Train changes nothing)
-        if item is not None and tuple(frames) != (item.frame_start, item.frame_end) \
-                and started_folder(item) == base:
-            # Train New Frames: the same project (and its layers) now covers the wider range;
-            # a cancelled run leaves the engine's project claiming it too, and Train resumes
-            item.frame_start, item.frame_end = int(frames[0]), int(frames[1])
-        record = record_project(context, strip, base, frames)
-        if item is not None and record != item and not len(record.layers):
-            copy_layers(item, record)  # the layers drawn so far carry over to the larger project
+        record = claim_record(context, strip, base, frames, item)
         done = finished_training_minutes(json.loads(record.info_json)) if resume and record.info_json else 0.0
         args = train_args(strips.abs_path(strip.filepath), ws.project, frames, s.working_side(), s.minutes + done,
                           s.device, s.single_layer, resume, fg_hint=hint or None)

@@ -7,11 +7,12 @@ import bpy
 
 from ..io.edit_stack import describe
 from . import sequencer as strips
-from . import ops_batch, ops_hint, preview, service
+from . import confidence, ops_batch, ops_hint, preview, service
 from .context import active_project, project_folder, propagated, started_folder, strip_project, workspace_path
 from .ui import _wrapped, draw_engine_status, draw_job
 
 
+MAX_SLIDE_ROWS = 8  # runs of frames listed under Where Edits May Slide (then "... and N more")
 BATCH_ICONS = {"queued": "SORTTIME", "training": "PLAY", "done": "CHECKMARK", "failed": "ERROR",
                "cancelled": "CANCEL"}
 
@@ -273,4 +274,49 @@ class INVE_PT_tools(bpy.types.Panel):
         row.operator("inve.atlas_apply", icon="CHECKMARK")
 
 
-CLASSES = (INVE_PT_main, INVE_UL_layers, INVE_PT_layers, INVE_PT_tools)
+class INVE_PT_slides(bpy.types.Panel):
+    """Where an edit is likely to slide: the frames to check (and correct), from the engine's
+    own error estimate near the visible layers."""
+
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "INVE"
+    bl_label = "Where Edits May Slide"
+    bl_parent_id = "INVE_PT_main"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        scene = strips.sequencer_scene(context)
+        wish, answer = confidence.current(scene)
+        if wish is None:
+            layout.label(text="Train the strip and add a layer first", icon="INFO")
+            return
+        row = layout.row(align=True)
+        row.operator("inve.next_slide", icon="NEXT_KEYFRAME")
+        row.operator("inve.check_slides", text="", icon="FILE_REFRESH")
+        if answer is None:
+            if not confidence.FETCH.pending(*wish.cache_key):
+                confidence.schedule(scene)
+            layout.label(text="Checking...", icon="SORTTIME")
+            return
+        if answer.error:
+            _wrapped(layout, f"Checking failed: {answer.error}", icon="ERROR")
+            return
+        rep = answer.report
+        ranges, hidden = confidence.strip_ranges(scene, answer)
+        _wrapped(layout, rep.summary(), icon="ERROR" if rep.flagged else "CHECKMARK")
+        col = layout.column(align=True)
+        for r in ranges[:MAX_SLIDE_ROWS]:
+            row = col.row(align=True)
+            row.alert = r.scene_first <= scene.frame_current <= r.scene_last
+            row.label(text=r.line(), icon="DOT")
+        if len(ranges) > MAX_SLIDE_ROWS:
+            col.label(text=f"... and {len(ranges) - MAX_SLIDE_ROWS} more run(s)")
+        if hidden:
+            col.label(text=f"{hidden} more outside the strip's trim")
+        if rep.layers_without:
+            _wrapped(layout, "Judged by the whole frame (no points to follow): " + ", ".join(rep.layers_without),
+                     icon="INFO")
+
+
+CLASSES = (INVE_PT_main, INVE_UL_layers, INVE_PT_layers, INVE_PT_slides, INVE_PT_tools)

@@ -13,6 +13,7 @@ halves covered by one project, a duplicate) share one shot: two shots never trai
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import re
@@ -79,13 +80,18 @@ def unique_names(texts: Sequence[str]) -> list[str]:
 
 
 def plan(strips: Sequence[StripShot]) -> BatchPlan:
-    """Group strips by project folder (one shot each) and name the shots after their first strip."""
+    """Group strips by project folder (one shot each) and name the shots after their first strip.
+
+    A shot trains every frame its strips show: the union of their ranges (a strip whose trim
+    was widened next to a duplicate that was not: the project grows to the wider one)."""
     by_folder: dict[str, list[StripShot]] = {}
     for s in strips:
         by_folder.setdefault(os.path.normcase(os.path.normpath(s.project)), []).append(s)
     groups = list(by_folder.values())
     names = unique_names([g[0].strip for g in groups])
-    return BatchPlan(shots=[g[0] for g in groups], names=names,
+    shots = [dataclasses.replace(g[0], frames=(min(s.frames[0] for s in g), max(s.frames[1] for s in g)))
+             for g in groups]
+    return BatchPlan(shots=shots, names=names,
                      strips={n: [s.strip for s in g] for n, g in zip(names, groups)})
 
 
