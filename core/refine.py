@@ -660,31 +660,46 @@ def fit_correction(y: np.ndarray, d: np.ndarray, min_points: int = 1) -> Correct
     return Correction(A, b, c, int(use.sum()), inl(use))
 
 
-#: matched points of one frame needed before they vet each other (:func:`drop_outliers`)
-CONSENSUS_MIN = 6
+#: a match is vetted by up to this many nearest matches of the same frame (at least
+#: CONSENSUS_MIN of them, within CONSENSUS_RADIUS of the frame's larger side)
+CONSENSUS_K = 8
+CONSENSUS_MIN = 3
+CONSENSUS_RADIUS = 0.25
 
 
-def drop_outliers(pred: np.ndarray, refined: Refined, min_points: int = CONSENSUS_MIN) -> Refined:
-    """``refined`` less the accepted matches whose correction disagrees with the smooth
-    correction that the other matches of the same frame agree on (:func:`fit_correction`:
-    robust affine, outliers beyond OUTLIER_PX and 3 robust sigmas); those keep the
-    mapping's position and count as not matched. Frames with fewer than ``min_points``
-    matches are left alone.
+def drop_outliers(pred: np.ndarray, refined: Refined, size: tuple[int, int]) -> Refined:
+    """``refined`` less the accepted matches whose correction disagrees with what the nearest
+    other matches of the same frame agree on (their median correction; beyond OUTLIER_PX
+    twice over and 3 robust sigmas of theirs); those keep the mapping's position and count
+    as not matched. A match with fewer than CONSENSUS_MIN neighbours (within
+    CONSENSUS_RADIUS of the frame ``size``'s larger side) is left alone.
 
     Why: the drift is smooth over a surface, and a point set drawn on one layer (a grid of
     tracks) measures it many times per frame. A patch cut by the frame border or half under
     an occluder can match a look-alike 2-5 px away at NCC 0.99; its neighbours' corrections
     give it away, and :func:`carry_corrections` would spread it to the frames around.
+    Neighbours, not the whole frame: two objects on one layer drift apart.
     """
     out = Refined(refined.xy.copy(), refined.accepted.copy(), refined.ncc.copy(), refined.shift.copy())
+    radius = CONSENSUS_RADIUS * float(max(size))
     for i in range(pred.shape[0]):
-        acc = np.flatnonzero(out.accepted[i])
-        if len(acc) < min_points:
+        acc = np.flatnonzero(refined.accepted[i])
+        if len(acc) <= CONSENSUS_MIN:
             continue
-        corr = fit_correction(pred[i, acc], out.xy[i, acc] - pred[i, acc], min_points=min_points)
-        if corr is None or corr.inliers is None:
-            continue
-        bad = acc[~corr.inliers]
+        y, d = pred[i, acc], refined.xy[i, acc] - pred[i, acc]
+        dist = np.linalg.norm(y[:, None] - y[None], axis=-1)
+        np.fill_diagonal(dist, np.inf)
+        bad = []
+        for j in range(len(acc)):
+            nb = np.argsort(dist[j])[:CONSENSUS_K]
+            nb = nb[dist[j, nb] <= radius]
+            if len(nb) < CONSENSUS_MIN:
+                continue
+            med = np.median(d[nb], 0)
+            spread = 1.4826 * np.median(np.linalg.norm(d[nb] - med, axis=1))
+            if np.linalg.norm(d[j] - med) > max(2.0 * OUTLIER_PX, 3.0 * spread):
+                bad.append(acc[j])
+        bad = np.asarray(bad, int)
         out.xy[i, bad] = pred[i, bad]
         out.accepted[i, bad] = False
         out.shift[i, bad] = 0.0

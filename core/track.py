@@ -116,7 +116,7 @@ def track_points(ctx: RenderContext, points: Sequence[PointSpec]) -> list[Track]
             # matches the other points of the frame disagree with are dropped, and frames
             # without a match take the correction measured in the frames around (core.refine)
             # (before the fading near confirmed keys, which then holds on those frames alone)
-            refined = drop_outliers(xy, ctx.refine(L, xy0, t, frames, xy, ok, confirmed=False))
+            refined = drop_outliers(xy, ctx.refine(L, xy0, t, frames, xy, ok, confirmed=False), (ctx.W, ctx.H))
             refined.xy = carry_corrections(frames, t, xy, refined)
             refined = ctx.trust_confirmed(L, frames, xy, refined)
             err = error_estimate(frames, t, refined, ctx.cycle_error_px(L, uv, xy))
