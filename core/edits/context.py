@@ -446,6 +446,8 @@ class RenderContext:
     #: by a few percent even where the position is exact
     EVIDENCE_NOISE = 0.05
     EVIDENCE_NOISE_MIN = 0.03
+    #: ... and only within this many working pixels of the fitted alpha's edge
+    EVIDENCE_EDGE = 2.0
 
     def evidence_noise(self) -> float:
         """Rms colour residual the fit leaves (from its reconstruction PSNR), at least EVIDENCE_NOISE_MIN:
@@ -499,10 +501,23 @@ class RenderContext:
         xy0 = np.asarray(xy0, np.float64).reshape(-1, 2)
         out = np.zeros(len(xy))
         todo = np.isfinite(xy).all(-1)
+        if not self.has_fg:
+            return out
         if alpha is not None:
             a = np.clip(np.asarray(alpha, np.float64), 1e-6, 1.0 - 1e-6)
             todo &= np.abs(np.log(a / (1.0 - a)) - math.log(VISIBLE_ALPHA / (1.0 - VISIBLE_ALPHA))) < self.EVIDENCE_CAP
-        if not self.has_fg or not todo.any():
+        # only by the fitted edge (the alpha within EVIDENCE_EDGE working px crosses one half):
+        # where a poor fit's alpha is soft over a whole region (a deforming, re-lit body) the
+        # point's appearance changes for other reasons than an occluder
+        if todo.any():
+            r = self.EVIDENCE_EDGE * max(self.W / self.w, self.H / self.h)
+            ring = np.array([[1, 0], [-1, 0], [0, 1], [0, -1], [0.7071, 0.7071], [-0.7071, -0.7071],
+                             [0.7071, -0.7071], [-0.7071, 0.7071]]) * r
+            idx = np.flatnonzero(todo)
+            q = (xy[idx][:, None, :] + ring[None]).reshape(-1, 2)
+            ar = self.alpha_at(int(t), np.clip(q, 0, [self.W, self.H])).reshape(len(idx), -1)
+            todo[idx] = (ar.min(1) <= VISIBLE_ALPHA) & (ar.max(1) > VISIBLE_ALPHA)
+        if not todo.any():
             return out
         xy, xy0 = xy[todo], xy0[todo]
         other = "bg" if layer == "fg" else "fg"
