@@ -472,10 +472,11 @@ class RenderContext:
         return cache[int(t)]
 
     def _atlas(self, layer: str) -> torch.Tensor:
-        key = ("atlas", layer)
-        if key not in self._inv_cache:
-            self._inv_cache[key] = torch.from_numpy(np.asarray(self.maps.atlas[layer], np.float32)).permute(2, 0, 1)[None]
-        return self._inv_cache[key]
+        """The baked atlas of ``layer`` as float32 [1, 3, A, A] (converted once)."""
+        cache = self.__dict__.setdefault("_atlas_cache", {})
+        if layer not in cache:
+            cache[layer] = torch.from_numpy(np.asarray(self.maps.atlas[layer], np.float32)).permute(2, 0, 1)[None]
+        return cache[layer]
 
     def layer_evidence(self, layer: str, t: int, xy: np.ndarray, t0: int, xy0: np.ndarray,
                        alpha: np.ndarray | None = None) -> np.ndarray:
