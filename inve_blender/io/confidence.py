@@ -87,10 +87,12 @@ def layer_points(layer: dict[str, Any], n: int = POINTS_PER_LAYER) -> list[tuple
 
 
 def anchors(items: Iterable[LayerLike], frames: Sequence[int], size: Sequence[int],
-            per_layer: int = POINTS_PER_LAYER, limit: int = MAX_POINTS) -> tuple[list[Anchor], list[str]]:
+            per_layer: int = POINTS_PER_LAYER, limit: int = MAX_POINTS,
+            layers: Sequence[str] = ("fg", "bg")) -> tuple[list[Anchor], list[str]]:
     """Anchor points of the visible layers (inside the frame, on one of the project's
     ``frames``), and the names of visible layers that have none to track (paint, atlas, or
-    drawn outside the project's frames): those are judged by the whole-frame read-out."""
+    drawn outside the project's frames): those are judged by the whole-frame read-out.
+    ``layers``: the project's own (an attachment it lacks is left to the engine's choice)."""
     W, H = float(size[0]), float(size[1])
     known = set(int(f) for f in frames)
     out: list[Anchor] = []
@@ -113,7 +115,7 @@ def anchors(items: Iterable[LayerLike], frames: Sequence[int], size: Sequence[in
         if not pts:
             without.append(it.name)
             continue
-        attach = it.attach if it.attach in ("fg", "bg") else None
+        attach = it.attach if it.attach in ("fg", "bg") and it.attach in layers else None
         for k, (x, y) in enumerate(pts):
             out.append(Anchor(f"a{len(out)}", it.name, int(frame), round(x, 3), round(y, 3), attach))
     if len(out) > limit:  # keep every layer represented: thin each layer's share evenly
