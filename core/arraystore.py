@@ -75,6 +75,18 @@ class StoreWriter:
             os.chmod(tmp, 0o666 & ~fsutil._umask())
             os.replace(tmp, self.folder / f"{name}.npy")
         fsutil.write_json(self.folder / META, {**meta, "arrays": sorted(self._names())})
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove temporary arrays an earlier writer could not delete (Windows keeps a file that
+        is still mapped, see :meth:`discard`; a killed writer leaves its own). Writers of one
+        folder never overlap (the project lock), so every dot-file left now is stale; one that is
+        still mapped somewhere stays until a later commit."""
+        for p in self.folder.glob(".*.npy"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
 
     def _names(self) -> list[str]:
         return [p.stem for p in self.folder.glob("*.npy") if not p.name.startswith(".")]

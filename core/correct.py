@@ -243,7 +243,7 @@ def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, 
     from core.sampling import TrainingData  # noqa: PLC0415
     from core.preprocess import working_frames  # noqa: PLC0415
     from core import checkpoint  # noqa: PLC0415
-    from core.train import TrainConfig, Trainer, _check_project_atlases, compact_model_state, run_loop  # noqa: PLC0415
+    from core.train import TrainConfig, Trainer, _check_project_atlases, compact_model, run_loop  # noqa: PLC0415
 
     info = project.info
     # keys confirmed in earlier rounds (still valid for this fit) are met again with the new ones
@@ -294,7 +294,7 @@ def _fine_tune(project: Project, tracks: list[CorrectionTrack], minutes: float, 
     # the same identity-carrying checkpoint and maps as training writes (core/checkpoint.py)
     state = trainer.state()
     if segment:
-        state = {**state, "optimizer": None, "model": compact_model_state(state["model"])}
+        state = {**state, "optimizer": None, "model": compact_model(model)}
     checkpoint.save_checkpoint(ckpt, state, info)
     model.set_atlas_detail(1.0)
     result = bake(model, prep.frames, info.source_size, progress)

@@ -182,8 +182,11 @@ def get_flow(cache_dir: Path, frames: np.ndarray, digest: str, progress: Progres
 
 
 def preprocess(cache_dir: Path, frames: np.ndarray, masks_dir: Path | None, single_layer: bool,
-               start: int, progress: Progress | None = None) -> Preprocessed:
-    """Flow and masks for ``frames`` (uint8 [T,h,w,3], source frames start..start+T-1), cached."""
+               start: int, progress: Progress | None = None, preview: bool = True) -> Preprocessed:
+    """Flow and masks for ``frames`` (uint8 [T,h,w,3], source frames start..start+T-1), cached.
+
+    ``preview``: also write ``cache/masks_preview.png`` (the masks over the frames, for people
+    to look at; segments of a long shot do not, like their atlas PNGs)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T,h,w,3], got {frames.dtype} {frames.shape}")
@@ -226,7 +229,7 @@ def preprocess(cache_dir: Path, frames: np.ndarray, masks_dir: Path | None, sing
         # binary masks (auto, user) are stored as bits: 1/8 of the bytes on disk
         store.put("masks", np.packbits(stored.reshape(-1)) if binary else stored, np.uint8)
         store.commit({"key": key, "shape": list(stored.shape), "packed": binary})
-        if masks is not None:
+        if masks is not None and preview:
             save_mask_preview(frames, masks, cache_dir / PREVIEW_FILE)
     if masks is None:  # nothing moves apart from the background (the caller tells the user)
         return Preprocessed(frames, fl, None, "none")

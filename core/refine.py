@@ -143,7 +143,7 @@ class Level:
     frames again and again).
     """
 
-    KEEP = 4  # frames kept (the drawing frame and the few being matched)
+    KEEP = 12  # frames kept (the drawing frame and a block of frames matched together)
 
     def __init__(self, frames: Callable[[int], torch.Tensor], step: float, size: tuple[int, int]) -> None:
         self.frames, self.step, self.size = frames, step, size
@@ -162,33 +162,52 @@ class Level:
         return _sample(self.image(t), xy, self.size)
 
 
+def _warp(M: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """Template offsets ``o`` [P, 2] through per-row 2x2 maps ``M`` [n, 2, 2]: [n, P, 2].
+
+    Element-wise (two products and a sum per value) rather than einsum's matrix product,
+    whose kernel can change with the number of rows: a row's numbers must not depend on
+    how many other rows share the call (:func:`refine_independent`).
+    """
+    return M[:, None, :, 0] * o[None, :, 0, None] + M[:, None, :, 1] * o[None, :, 1, None]
+
+
 def _gauss_newton(lv: "Level", t: int, p: torch.Tensor, A: torch.Tensor, G: torch.Tensor, o: torch.Tensor,
                   delta: torch.Tensor, w: torch.Tensor, T_: torch.Tensor, iters: int,
-                  ridge: float | None) -> tuple[torch.Tensor, torch.Tensor, tuple, torch.Tensor]:
+                  ridge: float | None, sample: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, tuple, torch.Tensor]:
     """Lucas-Kanade with gain and bias: the shift ``delta`` [n, 2] (and with ``ridge``, the
     warp correction G [n, 2, 2] too, its steps damped by ``ridge`` times the data's mean
     curvature) that best matches the template ``T_`` [n, P] sampled at p + (A + G) o + delta.
+    ``sample`` (positions [..., n, P, 2] -> values [..., n, P]) replaces ``lv.sample(t, .)``
+    where the n rows lie in different frames (:func:`refine_independent`).
 
     Returns (delta, G, (Hxx, Hxy, Hyy) of the last iteration, total weight [n]).
     """
+    if sample is None:
+        sample = lambda X: lv.sample(t, X)  # noqa: E731
     Hxx = Hxy = Hyy = torch.zeros(len(p))
     sw = w.sum(-1).clamp_min(1e-6)
     h = 0.5 * lv.step
     ex, ey = torch.tensor([h, 0.0]), torch.tensor([0.0, h])
+    fixed = p[:, None, :] + _warp(A + G, o) if ridge is None else None  # G only changes with ridge
+    # the template's weighted mean and spread do not change between iterations
+    Tm = (w * T_).sum(-1, keepdim=True) / sw[:, None]
+    Tc = T_ - Tm
+    var_t = (w * Tc ** 2).sum(-1, keepdim=True).clamp_min(1e-9)
+    wTc = w * Tc
     for _ in range(iters):
-        q = p[:, None, :] + torch.einsum("nij,pj->npi", A + G, o) + delta[:, None, :]
+        q = (fixed if fixed is not None else p[:, None, :] + _warp(A + G, o)) + delta[:, None, :]
         # the value and the four central-difference neighbours in ONE grid_sample: the same
         # numbers as five calls (each output depends only on its own position), a fifth of the
         # per-call overhead that dominated this loop (~30 small calls per point set and level)
-        I, xp, xm, yp, ym = lv.sample(t, torch.stack([q, q + ex, q - ex, q + ey, q - ey]))
+        I, xp, xm, yp, ym = sample(torch.stack([q, q + ex, q - ex, q + ey, q - ey]))
         gxv = (xp - xm) / lv.step
         gyv = (yp - ym) / lv.step
         # gain and bias: I ~ g T + b (weighted least squares), residual after that
-        Tm = (w * T_).sum(-1, keepdim=True) / sw[:, None]
         Im = (w * I).sum(-1, keepdim=True) / sw[:, None]
-        var_t = (w * (T_ - Tm) ** 2).sum(-1, keepdim=True).clamp_min(1e-9)
-        g = (w * (T_ - Tm) * (I - Im)).sum(-1, keepdim=True) / var_t
-        res = (I - Im) - g * (T_ - Tm)
+        g = (wTc * (I - Im)).sum(-1, keepdim=True) / var_t
+        res = (I - Im) - g * Tc
         Hxx, Hxy, Hyy = (w * gxv * gxv).sum(-1), (w * gxv * gyv).sum(-1), (w * gyv * gyv).sum(-1)
         if ridge is None:
             bx, by = (w * gxv * res).sum(-1), (w * gyv * res).sum(-1)
@@ -264,7 +283,7 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
         tt = int(t)
         for li, lv in enumerate(levels):
             o = offs * lv.step  # [P, 2] template offsets, source px
-            base = p[:, None, :] + torch.einsum("nij,pj->npi", A + G, o)
+            base = p[:, None, :] + _warp(A + G, o)
             inside = _in_frame(base + delta[:, None, :], lv.size)
             ok &= (window * inside).sum(-1) / window.sum() >= cfg.min_inside
             w = tmask[li][sel] * inside
@@ -302,7 +321,7 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
             ridge = cfg.affine_ridge * float((0.6 * r * lv.step) ** 2)
             d_a, G_a, _, _ = _gauss_newton(lv, tt, p[todo], A[todo], G_start[todo], o, delta[todo], w[todo],
                                            T_[todo], cfg.iters, ridge)
-            ncc_a = _ncc(lv.sample(tt, p[todo, None, :] + torch.einsum("nij,pj->npi", A[todo] + G_a, o)
+            ncc_a = _ncc(lv.sample(tt, p[todo, None, :] + _warp(A[todo] + G_a, o)
                                    + d_a[:, None, :]), T_[todo], w[todo])
             better = torch.nan_to_num(ncc_a, nan=-1.0) > ncc[todo] + cfg.affine_gain
             rows_a = todo[better]
@@ -322,6 +341,172 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
             kept[rows_a.numpy()] = True
         kept &= okn
         side_g[sel[kept]] = G.numpy()[kept]
+    return Refined(out, accepted, ncc_out, shift_out)
+
+
+class _RowSampler:
+    """Bilinear samples of rows (points) that lie in different frames.
+
+    The rows come grouped by frame, in frame order (``group`` is non-decreasing): each
+    frame's rows are one contiguous slice, sampled from that frame by one grid_sample call,
+    so every value is computed exactly as a call for that frame alone computes it.
+    """
+
+    def __init__(self, imgs: list[torch.Tensor], group: np.ndarray, size: tuple[int, int]) -> None:
+        self.imgs, self.size = imgs, size  # one [1, 1, h, w] per group
+        self.group = np.asarray(group, np.int64)
+        counts = np.bincount(self.group, minlength=len(imgs))
+        ends = np.cumsum(counts)
+        self.spans = [(int(e - c), int(e)) for c, e in zip(counts, ends) if c]
+        self.which = [g for g, c in enumerate(counts) if c]
+        W, H = size
+        self.scale = torch.tensor([2.0 / W, 2.0 / H])
+
+    def subset(self, rows: torch.Tensor | np.ndarray) -> "_RowSampler":
+        """The sampler of some rows (in increasing order)."""
+        rows = np.asarray(rows.numpy() if isinstance(rows, torch.Tensor) else rows, np.int64)
+        return _RowSampler(self.imgs, self.group[rows], self.size)
+
+    def grid(self, g: torch.Tensor) -> torch.Tensor:
+        """grid_sample coordinates [R, K..., 2] of the rows -> values [R, K...]."""
+        inner = g.shape[1:-1]
+        if len(self.spans) == 1:
+            img = self.imgs[self.which[0]]
+            return F.grid_sample(img, g.reshape(1, 1, -1, 2).float(), mode="bilinear", padding_mode="border",
+                                 align_corners=False).reshape(g.shape[0], *inner)
+        parts = [F.grid_sample(self.imgs[k], g[a:b].reshape(1, 1, -1, 2).float(), mode="bilinear",
+                               padding_mode="border", align_corners=False).reshape(b - a, *inner)
+                 for k, (a, b) in zip(self.which, self.spans)]
+        return torch.cat(parts)
+
+    def __call__(self, xy: torch.Tensor) -> torch.Tensor:
+        """Source positions [..., R, P, 2] (rows at dim -3) -> values [..., R, P]."""
+        x = xy.movedim(-3, 0) if xy.dim() > 3 else xy
+        out = self.grid(x * self.scale - 1.0)
+        return out.movedim(0, -2) if xy.dim() > 3 else out
+
+
+def refine_independent(levels: list[Level], t0: int, x0: np.ndarray, frames: np.ndarray, pred: np.ndarray,
+                       jac: np.ndarray, valid: np.ndarray, mask: LayerMask | None = None,
+                       cfg: RefineConfig | None = None) -> Refined:
+    """:func:`refine_positions` with every frame matched on its own (each started from the
+    prediction, no correction carried from a nearer frame), all frames in one batch.
+
+    Why: rendering refines one frame at a time, so a frame's result must not depend on
+    which other frames share the call (a preview jumps around, workers split the shot into
+    blocks); but one call per frame pays the ~100 small tensor operations of a match per
+    frame, most of refinement's cost at 24 points. Here the rows of all frames go through
+    each operation together; every operation is row by row (element-wise, sums over the
+    template, per-row matrix products, grid samples), so each frame's numbers are those of
+    a call for that frame alone (the tests compare them).
+    """
+    cfg = cfg or RefineConfig()
+    F_, N = pred.shape[:2]
+    out = np.array(pred, np.float64, copy=True)
+    accepted = np.zeros((F_, N), bool)
+    ncc_out = np.full((F_, N), np.nan)
+    shift_out = np.zeros((F_, N))
+    frames = np.asarray(frames).astype(np.int64)
+    selm = np.asarray(valid, bool) & (frames[:, None] != int(t0)) & np.isfinite(pred).all(-1)
+    fi, pi = np.nonzero(selm)  # rows, frame-major
+    if len(fi) == 0:
+        return Refined(out, accepted, ncc_out, shift_out)
+    r = cfg.radius
+    k = torch.arange(-r, r + 1, dtype=torch.float32)
+    gy, gx = torch.meshgrid(k, k, indexing="ij")
+    offs = torch.stack([gx, gy], -1).reshape(-1, 2)  # [P, 2] in samples
+    window = torch.exp(-(offs ** 2).sum(-1) / (2 * (0.6 * r) ** 2))  # [P]
+    x0t = torch.from_numpy(np.asarray(x0, np.float32))
+    tmpl, tmask = [], []
+    for lv in levels:
+        pos = x0t[:, None, :] + offs[None] * lv.step
+        tmpl.append(lv.sample(int(t0), pos))  # [N, P]
+        tw = window[None] * _in_frame(pos, lv.size)
+        tmask.append(tw * mask(int(t0), pos) if mask is not None else tw)
+    uf, group = np.unique(frames[fi], return_inverse=True)  # the frames with rows; row -> its frame
+    group = group.reshape(-1)
+    samplers = [_RowSampler([lv.image(int(t)) for t in uf], group, lv.size) for lv in levels]
+    start = pred[fi, pi]
+    p = torch.from_numpy(start.astype(np.float32))  # [R, 2]
+    A = torch.from_numpy(jac[fi, pi].astype(np.float32))  # [R, 2, 2]
+    G = torch.zeros(len(fi), 2, 2)
+    ncc = torch.full((len(fi),), float("nan"))
+    delta = torch.zeros(len(fi), 2)
+    live = np.arange(len(fi))  # rows still in the running: a rejected row is dropped at once
+    sel_t = torch.from_numpy(pi)
+    smp = samplers[0]
+
+    def keep(ok: torch.Tensor, *ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Only the rows still ``ok``: every condition of a match is a must (refine_positions
+        ANDs them), so a row failing one is rejected whatever the later steps would find."""
+        nonlocal live, p, A, G, delta, sel_t
+        if bool(ok.all()):
+            return ts
+        idx = torch.nonzero(ok)[:, 0]
+        live = live[idx.numpy()]
+        p, A, G, delta, sel_t = p[idx], A[idx], G[idx], delta[idx], sel_t[idx]
+        return tuple(t[idx] for t in ts)
+
+    for li, lv in enumerate(levels):
+        o = offs * lv.step
+        base = p[:, None, :] + _warp(A + G, o)
+        inside = _in_frame(base + delta[:, None, :], lv.size)
+        ok = (window * inside).sum(-1) / window.sum() >= cfg.min_inside
+        w = tmask[li][sel_t] * inside
+        if mask is not None:
+            at = base + delta[:, None, :]
+            m = torch.empty(at.shape[:-1])
+            gl = group[live]
+            for g in np.unique(gl):  # the layer mask of each row's own frame
+                rows = np.flatnonzero(gl == g)
+                m[rows] = mask(int(uf[g]), at[rows])
+            w = w * m
+        if li == 0:
+            shown = w.sum(-1) / window.sum()
+            ok &= shown >= cfg.min_shown
+        base, w = keep(ok, base, w)
+        if len(live) == 0:
+            return Refined(out, accepted, ncc_out, shift_out)
+        T_ = tmpl[li][sel_t]
+        smp = samplers[li].subset(live)
+        if li == 0:
+            s_ = cfg.search
+            cand = torch.stack(torch.meshgrid(torch.arange(-s_, s_ + 1.0), torch.arange(-s_, s_ + 1.0),
+                                              indexing="xy"), -1).reshape(-1, 2) * lv.step  # [C, 2]
+            scale = torch.tensor([2.0 / lv.size[0], 2.0 / lv.size[1]])
+            grid = (base * scale - 1.0)[:, None] + (cand * scale)[None, :, None, :]  # [R, C, P, 2]
+            vals = smp.grid(grid)  # [R, C, P]
+            scores = _ncc_search(vals, T_, w)
+            best = scores.argmax(1)
+            delta = cand[best]
+        delta, _, Hs, sw = _gauss_newton(lv, -1, p, A, G, o, delta, w, T_, cfg.iters, None, sample=smp)
+        a_, b_, d_ = (h / sw * lv.step ** 2 for h in Hs)
+        lam_min = 0.5 * (a_ + d_) - torch.sqrt((0.5 * (a_ - d_)) ** 2 + b_ * b_)
+        base, w, T_ = keep(lam_min >= cfg.min_texture, base, w, T_)
+        if len(live) == 0:
+            return Refined(out, accepted, ncc_out, shift_out)
+        smp = samplers[li].subset(live)
+        ncc = _ncc(smp(base + delta[:, None, :]), T_, w)
+    todo = torch.nonzero(torch.nan_to_num(ncc, nan=-1.0) < cfg.affine_below)[:, 0] if cfg.affine else []
+    if len(todo):
+        ridge = cfg.affine_ridge * float((0.6 * r * lv.step) ** 2)
+        sub = smp.subset(todo)
+        d_a, G_a, _, _ = _gauss_newton(lv, -1, p[todo], A[todo], torch.zeros(len(todo), 2, 2), o, delta[todo],
+                                       w[todo], T_[todo], cfg.iters, ridge, sample=sub)
+        ncc_a = _ncc(sub(p[todo, None, :] + _warp(A[todo] + G_a, o) + d_a[:, None, :]),
+                     T_[todo], w[todo])
+        better = torch.nan_to_num(ncc_a, nan=-1.0) > ncc[todo] + cfg.affine_gain
+        rows_a = todo[better]
+        delta[rows_a], G[rows_a], ncc[rows_a] = d_a[better], G_a[better], ncc_a[better]
+    ok = torch.isfinite(delta).all(-1) & (ncc >= cfg.min_ncc)
+    ok &= delta.norm(dim=-1) <= cfg.max_shift * levels[0].step
+    okn = ok.numpy()
+    fl, pl = fi[live], pi[live]
+    total = delta.numpy()[okn].astype(np.float64)
+    out[fl[okn], pl[okn]] = pred[fl[okn], pl[okn]] + total
+    accepted[fl[okn], pl[okn]] = True
+    ncc_out[fl, pl] = ncc.numpy()
+    shift_out[fl[okn], pl[okn]] = np.linalg.norm(total, axis=-1)
     return Refined(out, accepted, ncc_out, shift_out)
 
 
@@ -503,5 +688,5 @@ def error_estimate(frames: np.ndarray, t0: int, refined: Refined, cycle_px: np.n
     return err
 
 
-__all__ = ["RefineConfig", "Refined", "Level", "refine_positions", "grey", "error_estimate", "drift_rate", "Correction",
+__all__ = ["RefineConfig", "Refined", "Level", "refine_positions", "refine_independent", "grey", "error_estimate", "drift_rate", "Correction",
            "fit_correction", "CHAIN_STRIDE", "chain_parent", "chain_ancestors"]

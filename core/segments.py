@@ -284,6 +284,8 @@ def train_segmented(video: str | Path, project_dir: Path, existing: Project | No
                                       weights=dataclasses.replace(cfg.weights), model=dict(cfg.model))
         if cfg.fg_hint and not cfg.masks:
             seg_cfg.fg_hint = _segment_hints(Path(cfg.fg_hint), sub_dir, a, b)
+        if cfg.segment_warm_start and not (sub_dir / Project.CHECKPOINT).is_file():
+            seg_cfg.warm_start = warm_source(top, segs, ranges, k)
         seg_progress.message(f"training ({'resuming' if sub_exists else 'new'})")
         tr._train_locked(source, sub_dir, seg_cfg, seg_progress, sub_exists, monitor, {"frames", "max_side", "video"})
     top = Project.open(project_dir)
@@ -292,6 +294,94 @@ def train_segmented(video: str | Path, project_dir: Path, existing: Project | No
     top.save_info()
     fsutil.write_json(project_dir / Project.METRICS, aggregate_metrics(top))
     return Project.open(project_dir)
+
+
+#: distillation steps of a warm start, and the points per step (a few seconds on 2 cores)
+WARM_STEPS = 150
+WARM_BATCH = 4096
+
+
+def warm_source(top: Project, segs: Sequence[dict[str, Any]], ranges: Sequence[tuple[int, int]], k: int
+                ) -> dict[str, Any] | None:
+    """The trained neighbour a new segment k starts from (the previous one first): its
+    checkpoint, the frames from k's first frame to its first frame, and its frame count."""
+    for j in (k - 1, k + 1):
+        if not 0 <= j < len(segs):
+            continue
+        d = top.segment_path(segs[j]["name"])
+        if (d / Project.INFO).is_file() and (d / Project.CHECKPOINT).is_file():
+            try:
+                if Project.open(d).state()[0] != "trained":
+                    continue
+            except InveError:
+                continue
+            return {"checkpoint": str((d / Project.CHECKPOINT).resolve()), "offset": ranges[k][0] - ranges[j][0],
+                    "frames": ranges[j][1] - ranges[j][0], "segment": segs[j]["name"]}
+    return None
+
+
+def warm_start(model: Any, src: dict[str, Any], device: Any, progress: Progress | None = None) -> float:
+    """Start a new segment's networks from its trained neighbour's; returns the seconds spent.
+
+    Why: the neighbour has already learnt the scene the overlap shows, what is foreground,
+    and how colours decode; starting from the similarity and an empty atlas, the new segment
+    spends the start of its budget relearning that. The atlases have no time axis and the same
+    parametrisation in every segment of a shot, so they are copied. The mappings and alpha are
+    indexed by the segment's own frames (a time axis of another length), so they are
+    *distilled*: at frame t the new networks learn to give what the neighbour's give at the same
+    source frame (t + offset), and beyond the neighbour's frames what they give at its last
+    (first) frame -- the nearest known placement of the scene, which training then moves on.
+    A neighbour with other networks (another working size, model version or backend) is not used.
+    """
+    import torch  # noqa: PLC0415
+
+    from core.model import load_model  # noqa: PLC0415
+
+    t0 = time.monotonic()
+    try:
+        teacher, _ = load_model(src["checkpoint"], str(device))
+    except InveError:
+        return 0.0
+    tc, sc = teacher.cfg, model.cfg
+    if (tuple(tc.work_size) != tuple(sc.work_size) or tc.backend != sc.backend
+            or tc.grid_configs()["atlas"] != sc.grid_configs()["atlas"] or tc.hidden != sc.hidden):
+        return 0.0
+    layers = [L for L in sc.layers if L in tc.layers]
+    if not layers:
+        return 0.0
+    for L in layers:
+        model.atlases[L].load_state_dict(teacher.atlases[L].state_dict())
+    fields = [f[L] for f in (model.forward_maps, model.inverse_maps) for L in layers]
+    alpha = model.alpha_field is not None and teacher.alpha_field is not None
+    if alpha:
+        fields.append(model.alpha_field)
+    tables = [p for f in fields for p in f.grid.parameters()]
+    mlps = [p for f in fields for p in f.mlp.parameters()]
+    opt = torch.optim.Adam([{"params": tables, "lr": 1e-2}, {"params": mlps, "lr": 3e-3}], betas=(0.9, 0.99),
+                           eps=1e-15)
+    gen = torch.Generator().manual_seed(1234)
+    n, offset, last = sc.n_frames, float(src["offset"]), float(max(0, int(src["frames"]) - 1))
+    aspect = model.aspect_v.cpu()
+    if progress is not None:
+        progress.message(f"starting from segment {src.get('segment', '?')} (atlases copied, mappings distilled)")
+    for _ in range(WARM_STEPS):
+        p = ((torch.rand(WARM_BATCH, 2, generator=gen) * 2 - 1) * aspect).to(device)
+        t = (torch.rand(WARM_BATCH, generator=gen) * max(1, n - 1)).to(device)
+        tt = (t + offset).clamp(0.0, last)
+        loss = 0.0
+        with torch.no_grad():
+            want = {L: teacher.uv(L, p, tt) for L in layers}
+            want_a = teacher.alpha(p, tt) if alpha else None
+        for L in layers:
+            loss = loss + ((model.uv(L, p, t) - want[L]) ** 2).sum(1).mean()
+            loss = loss + ((model.inverse(L, want[L], t) - p) ** 2).sum(1).mean()
+        if alpha:
+            loss = loss + ((model.alpha(p, t) - want_a) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return time.monotonic() - t0
 
 
 def _segment_hints(path: Path, sub_dir: Path, a: int, b: int) -> str | None:
@@ -358,9 +448,12 @@ def aggregate_metrics(project: Project) -> dict[str, Any]:
     cyc: dict[str, list[float | None]] = {"bg": [], "fg": []}
     segs, iters, secs, atlas = [], 0, 0.0, []
     first: dict[str, Any] = {}
+    sources: list[str] = []
     for sub, (a, b), (lo, hi) in zip(project.segments(), ranges, own):
         m = sub.metrics()
         first = first or m
+        if m.get("mask_source") and m["mask_source"] not in sources:
+            sources.append(m["mask_source"])
         pf = m.get("per_frame") or {}
         fr = list(pf.get("frame") or [])
         idx = [fr.index(f) if f in fr else None for f in range(lo, hi)]
@@ -375,13 +468,17 @@ def aggregate_metrics(project: Project) -> dict[str, Any]:
             atlas += [float(m["atlas_psnr"])] * (hi - lo)
         segs.append({"name": sub.path.name, "frames": [a, b], "owns": [lo, hi], "psnr": m.get("psnr"),
                      "atlas_psnr": m.get("atlas_psnr"), "iterations": m.get("iterations"),
-                     "train_seconds": m.get("train_seconds"), "layers": sub.info.layers})
+                     "train_seconds": m.get("train_seconds"), "layers": sub.info.layers,
+                     "mask_source": m.get("mask_source")})
     cycle = {L: v for L, v in cyc.items() if any(x is not None for x in v)}
     med = {L: round(float(np.median([x for x in v if x is not None])), 4) for L, v in cycle.items()}
     return {"psnr": _psnr_mean([p for p in per_psnr if p is not None]), "atlas_psnr": _psnr_mean(atlas),
             "iterations": iters, "train_seconds": round(secs, 2), "cycle_error_px": med,
             "device": first.get("device"), "backend": first.get("backend"), "layers": project.info.layers,
-            "mask_source": first.get("mask_source"), "segments": segs,
+            # each segment finds its own masks (a hand may enter only halfway through the shot):
+            # the shot's source lists every kind, "user" or "auto" first
+            "mask_source": "+".join(sorted(sources, key=lambda v: ("user", "auto", "none", v).index(v))) if sources else None,
+            "segments": segs,
             "per_frame": {"frame": list(project.info.frames), "psnr": per_psnr, "cycle_error_px": cycle}}
 
 
@@ -416,38 +513,133 @@ def _key(*parts: Any) -> str:
     return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
 
 
-def _carried_adjust_types() -> tuple[type, type]:
-    """An adjustment whose region arrives as a mask (carried through a seam), and its renderer."""
-    import torch  # noqa: PLC0415
+def _carried_types() -> dict[str, type]:
+    """Layer types that only a seam creates: paint and an adjustment region arriving as a ready
+    texture of the segment's atlas (:meth:`SegmentedSession._carry_texture`)."""
+    from core.edits.paint import AdjustRenderer, TextureRenderer  # noqa: PLC0415
+    from core.edits.spec import AdjustLayer, PaintLayer  # noqa: PLC0415
 
-    from core.edits.atlas_edit import frame_to_atlas  # noqa: PLC0415
-    from core.edits.paint import AdjustRenderer  # noqa: PLC0415
-    from core.edits.spec import AdjustLayer  # noqa: PLC0415
-
-    class CarriedAdjustRenderer(AdjustRenderer):
+    class TextureAdjustRenderer(AdjustRenderer):
         def build(self, ctx):  # type: ignore[override]
-            img = torch.from_numpy(np.ascontiguousarray(self.spec.mask, np.float32))[None]
-            return [frame_to_atlas(ctx, self.spec.layer, self.spec.t, img)]
+            return [self.spec.texture]
 
     @dataclass
-    class CarriedAdjustLayer(AdjustLayer):
-        mask: np.ndarray | None = None  # float32 [H, W] region coverage at the drawing frame
+    class TextureAdjustLayer(AdjustLayer):
+        texture: Any = None  # AtlasTexture of the region's coverage in this segment's atlas
 
         def make_renderer(self, stroke_cache: Any) -> Any:
-            return CarriedAdjustRenderer(self)
+            return TextureAdjustRenderer(self)
 
-    return CarriedAdjustLayer, CarriedAdjustRenderer
+    class TexturePaintRenderer(TextureRenderer):
+        def __init__(self, spec: Any) -> None:
+            super().__init__()
+            self.spec = spec
+
+        def build(self, ctx):  # type: ignore[override]
+            return [self.spec.texture]
+
+    @dataclass
+    class TexturePaintLayer(PaintLayer):
+        texture: Any = None  # AtlasTexture (premultiplied RGBA) in this segment's atlas
+
+        def make_renderer(self, stroke_cache: Any) -> Any:
+            return TexturePaintRenderer(self)
+
+    return {"texture_adjust": TextureAdjustLayer, "texture_paint": TexturePaintLayer}
 
 
-_CARRIED_ADJUST: tuple[type, type] | None = None
+_CARRIED: dict[str, type] | None = None
 
 
-def carried_adjust_layer(**kw: Any) -> Any:
-    global _CARRIED_ADJUST
-    if _CARRIED_ADJUST is None:
-        _CARRIED_ADJUST = _carried_adjust_types()
-    return _CARRIED_ADJUST[0](**kw)
+def _carried_type(kind: str) -> type:
+    global _CARRIED
+    if _CARRIED is None:
+        _CARRIED = _carried_types()
+    return _CARRIED[kind]
 
+
+# -- atlas to atlas ----------------------------------------------------------------------------
+
+#: correspondences between two segments' atlases: every WARP_STRIDE-th working pixel of the
+#: overlap frames that both show on the layer; at least WARP_MIN_POINTS of them
+WARP_STRIDE = 4
+WARP_MIN_POINTS = 64
+#: cells across the atlas of the warp's residual field (atlases are ~500-1000 texels: ~20-30 each)
+WARP_GRID = 32
+#: RANSAC tolerance of the warp's homography, source pixels
+WARP_RANSAC_PX = 3.0
+
+
+@dataclass
+class AtlasWarp:
+    """Atlas uv of one segment -> atlas uv of another, for one layer.
+
+    Why: where an edit is hidden at the seam (under the foreground, outside the frame) no
+    pixel carries it across; the two atlases still describe the same surface, related over the
+    overlap by what both segments show. A homography (camera motion over a distant or flat
+    surface) fitted to those correspondences, plus a smooth residual field (what the learnt
+    unwrappings add), carries the rest: by interpolation under an occluder, extrapolated
+    (homography + the nearest residual) outside the frame.
+    """
+
+    H: np.ndarray  # [3, 3] on uv
+    residual: np.ndarray  # [G, G, 2] over the source atlas [-1, 1]^2 (cell centres)
+
+    def __call__(self, uv: np.ndarray) -> np.ndarray:
+        uv = np.asarray(uv, np.float64).reshape(-1, 2)
+        h = np.c_[uv, np.ones(len(uv))] @ self.H.T
+        w = np.where(np.abs(h[:, 2:3]) > 1e-9, h[:, 2:3], 1e-9)
+        return h[:, :2] / w + _bilinear(self.residual, uv)
+
+
+def _bilinear(grid: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of a [G, G, C] field with cell centres at -1 + (i + 0.5) 2/G (clamped)."""
+    G = grid.shape[0]
+    g = np.clip((uv + 1.0) * 0.5 * G - 0.5, 0.0, G - 1.0)
+    i0 = np.minimum(np.floor(g).astype(np.int64), G - 2)
+    f = g - i0
+    x0, y0, fx, fy = i0[:, 0], i0[:, 1], f[:, 0:1], f[:, 1:2]
+    return (grid[y0, x0] * (1 - fx) * (1 - fy) + grid[y0, x0 + 1] * fx * (1 - fy)
+            + grid[y0 + 1, x0] * (1 - fx) * fy + grid[y0 + 1, x0 + 1] * fx * fy)
+
+
+def fit_warp(src: np.ndarray, dst: np.ndarray, px_per_uv: float) -> AtlasWarp | None:
+    """The :class:`AtlasWarp` taking ``src`` uv [N, 2] to ``dst`` uv [N, 2] (None: too few)."""
+    import cv2  # noqa: PLC0415
+
+    if len(src) < WARP_MIN_POINTS:
+        return None
+    k = float(px_per_uv)
+    Hs, inl = cv2.findHomography((src * k).astype(np.float32), (dst * k).astype(np.float32), cv2.RANSAC,
+                                 WARP_RANSAC_PX)
+    if Hs is None:
+        return None
+    S, Si = np.diag([k, k, 1.0]), np.diag([1.0 / k, 1.0 / k, 1.0])
+    warp = AtlasWarp(Si @ Hs @ S, np.zeros((WARP_GRID, WARP_GRID, 2)))
+    ok = inl.reshape(-1).astype(bool) if inl is not None else np.ones(len(src), bool)
+    # residuals of every correspondence that the homography does not explain grossly
+    r = dst - warp(src)
+    ok |= np.linalg.norm(r, axis=1) * k < 8 * WARP_RANSAC_PX
+    G = WARP_GRID
+    cell = np.clip(((src[ok] + 1.0) * 0.5 * G).astype(np.int64), 0, G - 1)
+    flat = cell[:, 1] * G + cell[:, 0]
+    cnt = np.bincount(flat, minlength=G * G).reshape(G, G).astype(np.float32)
+    sums = np.stack([np.bincount(flat, r[ok, c], minlength=G * G).reshape(G, G) for c in (0, 1)], -1)
+    sums = sums.astype(np.float32)
+    out = np.zeros((G, G, 2), np.float32)
+    done = np.zeros((G, G), bool)
+    # normalised convolution, finest first: each cell takes the narrowest blur that reaches it
+    for sigma in (0.75, 1.5, 3.0, 6.0, 12.0, 24.0, 48.0):
+        w = cv2.GaussianBlur(cnt, (0, 0), sigma)
+        v = cv2.GaussianBlur(sums, (0, 0), sigma)
+        take = ~done & (w > 1e-3)
+        out[take] = v[take] / w[take][:, None]
+        done |= take
+    warp.residual = out.astype(np.float64)
+    return warp
+
+
+# -- helpers ----------------------------------------------------------------------------------
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """Half-open index ranges of consecutive True values."""
@@ -462,6 +654,31 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
         else:
             i += 1
     return out
+
+
+def _seen(ctx: Any, layer: str, t: int, rect: tuple[float, float, float, float], Rw: int, Rh: int) -> Any:
+    """[Rh, Rw] bool: the texels of an Rh x Rw grid over uv ``rect`` that frame t shows on
+    ``layer`` -- the test ``frame_to_atlas`` applies (inside, cycle-consistent with the baked
+    forward map, on its layer), so a seam's two carries meet without a gap or an overlap."""
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415
+
+    from core.layers import shows  # noqa: PLC0415
+
+    xy = ctx.inverse_rect(layer, t, rect, Rw, Rh)
+    x, y = xy[0], xy[1]
+    inside = (x >= 0) & (x < ctx.W) & (y >= 0) & (y < ctx.H)
+    grid = torch.stack([x * (2.0 / ctx.W) - 1.0, y * (2.0 / ctx.H) - 1.0], -1)[None]
+    back = F.grid_sample(ctx.uv_map(layer, t), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    u0, v0, u1, v1 = rect
+    cu = u0 + (torch.arange(Rw, dtype=torch.float32) + 0.5) * (u1 - u0) / Rw
+    cv = v0 + (torch.arange(Rh, dtype=torch.float32) + 0.5) * (v1 - v0) / Rh
+    err = torch.sqrt((back[0] - cu[None, :]) ** 2 + (back[1] - cv[:, None]) ** 2) * ctx.px_per_uv(layer)
+    seen = inside & (err < ctx.CYCLE_TOL_PX)
+    if ctx.has_fg:
+        a = F.grid_sample(ctx.alpha_map(t), grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+        seen &= shows(layer, a)
+    return seen
 
 
 class _FrameSlice:
@@ -500,6 +717,13 @@ class _Facade:
         self.layers = list(info.layers)
 
     @property
+    def refine_enabled(self) -> bool:
+        """Drift refinement is on in the segments (render workers then read ahead for its chain links)."""
+        from core.edits.context import RenderContext  # noqa: PLC0415
+
+        return bool(RenderContext.REFINE)
+
+    @property
     def mapping(self) -> Any:
         """Loads every segment's networks (the service warms them on open)."""
         maps = [self._owner.session(k).ctx.mapping for k in range(len(self._owner.subs))]
@@ -513,8 +737,17 @@ class SegmentedSession:
     owning its drawing frame and reaches the others through the seams (module docstring).
     """
 
-    def __init__(self, project: Project, layers: list[Any] | None = None, cache_bytes: int = 512 * 2**20) -> None:
+    #: segment sessions kept open (least recently used closed first): a preview that visits
+    #: the whole shot holds this many segments' maps, networks and caches, not all of them
+    MAX_OPEN = 3
+
+    def __init__(self, project: Project, layers: list[Any] | None = None, cache_bytes: int = 512 * 2**20,
+                 max_open: int | None = None) -> None:
         self.project = project
+        self.max_open = max(1, int(max_open if max_open is not None else self.MAX_OPEN))
+        self._recent: list[int] = []  # open segments, least recently used first
+        self._depth = 0  # nesting of session() (opening k carries from a neighbour it opens)
+        self._pinned = False  # render_all's workers share every segment: none is closed meanwhile
         self.subs = project.segments()
         self.ranges = ranges_of(project.info)
         self.owns = owned(self.ranges)
@@ -524,6 +757,7 @@ class SegmentedSession:
         self._set: list[bool] = [False] * len(self.subs)
         self._carried: dict[tuple[str, int], list[Any]] = {}
         self._home_cache: dict[str, int] = {}
+        self._warps: dict[tuple[int, int, str], tuple[AtlasWarp, AtlasWarp] | None] = {}
         self.layers: list[Any] = []
         self.ctx = _Facade(self)
         if layers:
@@ -541,24 +775,50 @@ class SegmentedSession:
         """Segment k's EditSession with the stack as that segment sees it."""
         from core.edits.session import EditSession  # noqa: PLC0415
 
-        if self._sessions[k] is None:
-            sub = self.subs[k]
-            s = EditSession(sub, [], maps=sub.maps(), cache_bytes=self.cache_bytes // max(1, len(self.subs)))
-            if s.ctx.T != sub.info.n_frames:
-                raise InveError(f"{sub.path} is inconsistent: {sub.info.n_frames} frames in project.json, "
-                                f"{s.ctx.T} in the baked maps; train it again")
-            a = self.ranges[k][0]
-            s.ctx.frames = _FrameSlice(self.ctx.frames, a - self.ranges[0][0], sub.info.n_frames)
-            self._sessions[k] = s
-        s = self._sessions[k]
-        if not self._set[k]:
-            self._set[k] = True  # before computing: carrying into k asks only the neighbours
-            try:
-                s.set_layers(self.layers_for(k))
-            except BaseException:
-                self._set[k] = False
-                raise
+        self._depth += 1
+        try:
+            if self._sessions[k] is None:
+                sub = self.subs[k]
+                s = EditSession(sub, [], maps=sub.maps(),
+                                cache_bytes=self.cache_bytes // max(1, min(len(self.subs), self.max_open)))
+                if s.ctx.T != sub.info.n_frames:
+                    raise InveError(f"{sub.path} is inconsistent: {sub.info.n_frames} frames in project.json, "
+                                    f"{s.ctx.T} in the baked maps; train it again")
+                a = self.ranges[k][0]
+                s.ctx.frames = _FrameSlice(self.ctx.frames, a - self.ranges[0][0], sub.info.n_frames)
+                self._sessions[k] = s
+            s = self._sessions[k]
+            if k in self._recent:
+                self._recent.remove(k)
+            self._recent.append(k)
+            if not self._set[k]:
+                self._set[k] = True  # before computing: carrying into k asks only the neighbours
+                try:
+                    s.set_layers(self.layers_for(k))
+                except BaseException:
+                    self._set[k] = False
+                    raise
+        finally:
+            self._depth -= 1
+        if self._depth == 0:
+            self._trim(keep=k)
         return s
+
+    def _trim(self, keep: int | None = None) -> None:
+        """Close the least recently used segments beyond ``max_open`` (never ``keep``).
+
+        Only between requests for a segment (not while one is being opened: its carry holds
+        the neighbour it reads), and not while render workers are being handed the sessions.
+        What was carried into each segment stays (``_carried``): reopening one costs its
+        maps, networks and per-frame work, not the seams again.
+        """
+        if self._pinned:
+            return
+        while len(self._recent) > self.max_open:
+            j = next((j for j in self._recent if j != keep), None)
+            if j is None:
+                break
+            self.release(j)
 
     # -- the stack -------------------------------------------------------------------------
     def set_layers(self, layers: list[Any]) -> None:
@@ -644,7 +904,7 @@ class SegmentedSession:
 
     def _carry(self, spec: Any, i: int, j: int, s: int) -> list[Any]:
         """Layer ``spec`` of segment i as layers of segment j drawn at a frame of their overlap."""
-        from core.edits.spec import AdjustLayer, PaintLayer, SketchLayer, StickerLayer  # noqa: PLC0415
+        from core.edits.spec import AdjustLayer, SketchLayer, StickerLayer  # noqa: PLC0415
 
         src = self.session(i)
         ai, aj = self.ranges[i][0], self.ranges[j][0]
@@ -665,37 +925,132 @@ class SegmentedSession:
                                          scale=float(spec.scale * track.scale[t]),
                                          rotation=float(spec.rotation - track.angle[t]), mode="rigid", **common)]
             return []
-        # everything else is a texture carried by the atlas: its pixels at the switch frame
+        # everything else is a texture carried by the atlas: its pixels at a frame of the
+        # overlap (the switch frame first), and what that frame does not show atlas to atlas
         from core.edits.atlas_edit import sample_texture  # noqa: PLC0415
 
         r = src.renderer(spec)
-        ctx = src.ctx
         out = []
         for n, tex in enumerate(r.textures or []):
             for f in frames:
-                res = sample_texture(ctx, tex, f - ai)
+                res = sample_texture(src.ctx, tex, f - ai)
                 if res is not None:
                     break
             else:
+                f, res = None, None
+            carried = self._carry_texture(tex, i, j, f if f is not None else s, res)
+            if carried is None:
                 continue
-            (x0, y0, x1, y1), vals = res
-            key = _key(spec.key, j, f, n)
+            t_j = (f if f is not None else s) - aj
+            key = _key(spec.key, j, f, n, "texture")
             if isinstance(spec, AdjustLayer):
-                mask = np.zeros((ctx.H, ctx.W), np.float32)
-                mask[y0:y1, x0:x1] = np.clip(vals[..., 0], 0.0, 1.0)
-                out.append(carried_adjust_layer(type="adjust", frame=f, t=f - aj, layer=fix(tex.layer) or "bg",
-                                                key=key, polygon=None, hue=spec.hue, saturation=spec.saturation,
-                                                brightness=spec.brightness, contrast=spec.contrast,
-                                                feather=spec.feather, mask=mask, **common))
+                out.append(_carried_type("texture_adjust")(
+                    type="adjust", frame=t_j + aj, t=t_j, layer=carried.layer, key=key, polygon=None, hue=spec.hue,
+                    saturation=spec.saturation, brightness=spec.brightness, contrast=spec.contrast,
+                    feather=spec.feather, texture=carried, **common))
             else:
-                img = np.zeros((ctx.H, ctx.W, 4), np.float32)
-                a = np.clip(vals[..., 3], 0.0, 1.0)
-                img[y0:y1, x0:x1, :3] = np.where(a[..., None] > 1e-6, vals[..., :3] / np.maximum(a, 1e-6)[..., None], 0)
-                img[y0:y1, x0:x1, 3] = a
-                np.clip(img, 0.0, 1.0, out=img)
-                out.append(PaintLayer(type="paint", frame=f, t=f - aj, layer=fix(tex.layer) or "bg", key=key,
-                                      image=img, **common))
+                out.append(_carried_type("texture_paint")(type="paint", frame=t_j + aj, t=t_j, layer=carried.layer,
+                                                          key=key, texture=carried, **common))
         return out
+
+    def _carry_texture(self, tex: Any, i: int, j: int, f: int, res: Any) -> Any:
+        """Segment i's atlas texture ``tex`` as a texture of segment j's atlas (None: nothing of it
+        reaches j), where ``res`` is what frame ``f`` of the overlap shows of it (``sample_texture``'s
+        box and premultiplied values; None: no overlap frame shows any of it).
+
+        Texels of j's atlas that frame f shows (inside the frame, cycle-consistent, on the layer:
+        the test ``frame_to_atlas`` applies) take the frame's pixels there: exact at the seam,
+        so both segments agree on it. Every other texel -- paint under the foreground or
+        outside the frame at the seam -- comes straight from i's texture through the atlas warp
+        (:class:`AtlasWarp`). One texture per seam, so carrying on through more seams does not
+        multiply layers.
+        """
+        import torch  # noqa: PLC0415
+        import torch.nn.functional as F  # noqa: PLC0415
+
+        from core.edits.atlas_edit import AtlasTexture, edit_rect  # noqa: PLC0415
+
+        ctx_j = self.session(j).ctx
+        L = tex.layer if tex.layer in self.subs[j].info.layers else "bg"
+        t = f - self.ranges[j][0]
+        C = tex.tex.shape[0]
+        image = None
+        rects = []
+        if res is not None:
+            (x0, y0, x1, y1), vals = res
+            image = torch.zeros(C, ctx_j.H, ctx_j.W)
+            image[:, y0:y1, x0:x1] = torch.from_numpy(np.clip(vals, 0.0, 1.0).astype(np.float32)).permute(2, 0, 1)
+            r0 = edit_rect(ctx_j, L, t, image[-1])
+            if r0 is not None:
+                rects.append(r0)
+        warps = self._warp(i, j, L) if L == tex.layer and tex.bounds is not None else None
+        if warps is not None:
+            cov = tex.tex[-1]
+            nz = (cov > 1e-4).nonzero()
+            if len(nz):
+                Rh, Rw = cov.shape
+                u0, v0, u1, v1 = tex.rect
+                rows, cols = nz[:, 0].numpy().astype(np.float64), nz[:, 1].numpy().astype(np.float64)
+                uv_j = warps[0](np.stack([u0 + (cols + 0.5) * (u1 - u0) / Rw, v0 + (rows + 0.5) * (v1 - v0) / Rh], -1))
+                m = 4.0 / ctx_j.px_per_uv(L)
+                lo, hi = np.clip(uv_j.min(0) - m, -1.0, 1.0), np.clip(uv_j.max(0) + m, -1.0, 1.0)
+                if np.all(hi > lo):
+                    rects.append((float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])))
+        if not rects:
+            return None
+        rect = (min(r[0] for r in rects), min(r[1] for r in rects), max(r[2] for r in rects), max(r[3] for r in rects))
+        density = ctx_j.px_per_uv(L) * ctx_j.TEXELS_PER_PX
+        Rw2 = int(np.clip(np.ceil((rect[2] - rect[0]) * density), 4, ctx_j.MAX_TEXTURE))
+        Rh2 = int(np.clip(np.ceil((rect[3] - rect[1]) * density), 4, ctx_j.MAX_TEXTURE))
+        out = torch.zeros(C, Rh2, Rw2)
+        seen = torch.zeros(Rh2, Rw2, dtype=torch.bool)
+        if image is not None:
+            seen = _seen(ctx_j, L, t, rect, Rw2, Rh2)
+            xy = ctx_j.inverse_rect(L, t, rect, Rw2, Rh2)
+            grid = torch.stack([xy[0] * (2.0 / ctx_j.W) - 1.0, xy[1] * (2.0 / ctx_j.H) - 1.0], -1)[None]
+            out += F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros",
+                                 align_corners=False)[0] * seen.float()[None]
+        if warps is not None:
+            cu = rect[0] + (np.arange(Rw2) + 0.5) * (rect[2] - rect[0]) / Rw2
+            cv = rect[1] + (np.arange(Rh2) + 0.5) * (rect[3] - rect[1]) / Rh2
+            gu, gv = np.meshgrid(cu, cv)
+            src_uv = warps[1](np.stack([gu, gv], -1).reshape(-1, 2)).reshape(Rh2, Rw2, 2)
+            grid = tex.grid(torch.from_numpy(src_uv.astype(np.float32)))
+            hidden = F.grid_sample(tex.tex[None], grid[None], mode="bilinear", padding_mode="zeros",
+                                   align_corners=False)[0]
+            out += hidden * (~seen).float()[None]
+        if float(out[-1].max()) <= 1e-3:
+            return None
+        return AtlasTexture.from_tensor(L, out.contiguous(), rect, t0=t if image is not None else None)
+
+    def _warp(self, i: int, j: int, layer: str) -> tuple[AtlasWarp, AtlasWarp] | None:
+        """Atlas warps i -> j and j -> i of ``layer`` from the pixels both segments show on
+        it in their overlap frames (cached; None when they share too few)."""
+        from core.layers import shows  # noqa: PLC0415
+
+        key = (i, j, layer)
+        if key not in self._warps:
+            mi, mj = self.subs[i].maps(), self.subs[j].maps()
+            ai, aj = self.ranges[i][0], self.ranges[j][0]
+            lo, hi = max(ai, aj), min(self.ranges[i][1], self.ranges[j][1])
+            S = WARP_STRIDE
+            src, dst = [], []
+            for f in range(lo, hi):
+                ui = np.asarray(mi.uv[layer][f - ai, ::S, ::S], np.float64).reshape(-1, 2)
+                uj = np.asarray(mj.uv[layer][f - aj, ::S, ::S], np.float64).reshape(-1, 2)
+                ok = np.isfinite(ui).all(1) & np.isfinite(uj).all(1)
+                for m, sub in ((mi, self.subs[i]), (mj, self.subs[j])):
+                    if "fg" in sub.info.layers:
+                        t = f - (ai if m is mi else aj)
+                        ok &= np.asarray(shows(layer, np.asarray(m.alpha[t, ::S, ::S], np.float32))).reshape(-1)
+                src.append(ui[ok])
+                dst.append(uj[ok])
+            src_a, dst_a = np.concatenate(src), np.concatenate(dst)
+            ki = self.session(i).ctx.px_per_uv(layer)
+            kj = self.session(j).ctx.px_per_uv(layer)
+            fwd, back = fit_warp(src_a, dst_a, kj), fit_warp(dst_a, src_a, ki)
+            self._warps[key] = None if fwd is None or back is None else (fwd, back)
+        return self._warps[key]
 
     def _carry_sketch(self, src: Any, spec: Any, ai: int, aj: int, frames: list[int], fix: Any,
                       common: dict[str, Any], j: int) -> list[Any]:
@@ -734,6 +1089,8 @@ class SegmentedSession:
     def release(self, k: int) -> None:
         """Close segment k's session, networks and memory-mapped maps (a streaming pass that has
         left it behind: memory stays that of a few segments, not of the whole shot)."""
+        if k in self._recent:
+            self._recent.remove(k)
         if self._sessions[k] is not None:
             self._sessions[k] = None
             self._set[k] = False
@@ -770,11 +1127,41 @@ class SegmentedSession:
             return composite_overlay((self.ctx.H, self.ctx.W), patches)
         return composite(self.ctx.frames[t], patches)
 
+    def prepare_stack(self) -> None:
+        """Every segment's layers, carried through the seams in order, here: forked render
+        workers then share them (and the textures built for carrying) instead of each
+        carrying them again. All segments stay open until :meth:`render_all` ends."""
+        for k in range(len(self.subs)):
+            self.session(k)
+
     def render_all(self, progress: Progress | None = None, cache: bool = False,
-                   overlay: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+                   overlay: bool = False, workers: int = 1,
+                   encode: Any = None) -> Iterator[tuple[int, Any]]:
+        """Yield (project frame index, frame) for every frame, in order (as
+        :meth:`EditSession.render_all`): ``workers`` > 1 renders in forked processes
+        (core.edits.parallel), each walking the segments of its blocks (:meth:`enter`) and
+        applying ``encode`` there; the frames are those of the one-process pass."""
         T = self.ctx.T
         if progress is not None:
             progress.update("render", 0, T, force=True)
+        if workers > 1 and T > 1:
+            from core.edits.parallel import can_fork, render_parallel  # noqa: PLC0415
+
+            if can_fork():
+                self._pinned = True
+                try:
+                    self.prepare_stack()
+                    for t, out in render_parallel(self, workers, overlay=overlay, encode=encode):
+                        if progress is not None:
+                            progress.update("render", t + 1, T)
+                        yield t, out
+                finally:
+                    self._pinned = False
+                    last = self.owner(self.project.info.frames[-1])
+                    for j in range(len(self.subs)):  # as a pass in one process leaves them
+                        if j != last:
+                            self.release(j)
+                return
         current = -1
         for t in range(T):
             current = self.enter(t, current)

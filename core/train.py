@@ -80,14 +80,21 @@ class TrainConfig:
     # segments of 40), 0: never split
     segment_frames: int | None = None
     segment_overlap: int = 0  # frames shared by consecutive segments (0: the default)
-    # the final checkpoint without the optimizer's moments (2/3 of its size) and with the atlas
-    # and alpha tables in float16 (compact_model_state): segments of a long shot, so their
-    # project stays small; a later --resume restarts the moments
+    # the final checkpoint without the optimizer's moments (2/3 of its size) and with every
+    # hash table in float16 (compact_model): segments of a long shot, so their project stays
+    # small; a later --resume restarts the moments
     compact_checkpoint: bool = False
-    # write atlas_<layer>.png into the project folder after the bake (for people to look at).
-    # Segments do not: their 8-bit atlases are already in maps/ (the same bytes), and
-    # `inve atlas` exports them as <segment>_atlas_<layer>.png
+    # write atlas_<layer>.png into the project folder after the bake, and the masks preview
+    # into cache/ (for people to look at). Segments do not: their 8-bit atlases are already in
+    # maps/ (the same bytes), `inve atlas` exports them as <segment>_atlas_<layer>.png
     atlas_images: bool = True
+    # a new segment of a long shot starts from its trained neighbour (core/segments.py
+    # warm_start): its atlases copied, its mappings and alpha distilled from the neighbour's
+    # over the overlap (and held beyond it); False: every segment starts from scratch
+    segment_warm_start: bool = False
+    # set by core/segments.py for one new segment: {"checkpoint": neighbour's, "offset": frames
+    # from this segment's first frame to the neighbour's, "frames": the neighbour's frame count}
+    warm_start: dict[str, Any] | None = None
     weights: LossWeights = field(default_factory=LossWeights)
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
 
@@ -427,7 +434,8 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
 
         masks_dir = hint_masks(project_dir / "cache", frames, Path(cfg.fg_hint), (vinfo.width, vinfo.height),
                                list(range(start, end)), progress)
-    prep = preprocess(project_dir / "cache", frames, masks_dir, cfg.single_layer, start, progress)
+    prep = preprocess(project_dir / "cache", frames, masks_dir, cfg.single_layer, start, progress,
+                      preview=cfg.atlas_images)
     layers = ["bg"] if prep.masks is None else ["bg", "fg"]
     if prep.masks is None and not cfg.single_layer:
         progress.message("no moving foreground found: training a single (background) layer")
@@ -456,16 +464,21 @@ def _train_locked(video: str | Path, project_dir: Path, cfg: TrainConfig, progre
 
         mcfg.backend = "tcnn" if backend == "auto" and tinycudann_available(device) else "torch"
     model = LayeredAtlasModel(mcfg, device=str(device))
+    warm_seconds = 0.0
+    if state is None and cfg.warm_start:  # a new segment next to a trained one
+        from core.segments import warm_start  # noqa: PLC0415
+
+        warm_seconds = warm_start(model, cfg.warm_start, device, progress)
     data = TrainingData(prep.frames, prep.flow, prep.masks, device)
     trainer = Trainer(model, data, cfg, prep.mask_source)
     if state is not None:
         trainer.load_state(state)
+    trainer.elapsed += warm_seconds  # the warm start is spent from the segment's budget
 
     run_loop(trainer, ckpt_path, progress, monitor, info=info)
     if cfg.compact_checkpoint:  # before baking: the maps record the checkpoint they come from
         state = trainer.state()
-        checkpoint.save_checkpoint(ckpt_path, {**state, "optimizer": None, "model": compact_model_state(state["model"])},
-                                   info)
+        checkpoint.save_checkpoint(ckpt_path, {**state, "optimizer": None, "model": compact_model(model)}, info)
     model.set_atlas_detail(1.0)
     progress.message(f"trained {trainer.step} iterations in {trainer.elapsed:.0f} s "
                      f"(running PSNR ~{trainer.psnr_estimate:.1f} dB); baking maps")
@@ -534,15 +547,37 @@ def run_loop(trainer: Trainer, ckpt_path: Path, progress: Progress,
     save()
 
 
-def compact_model_state(state: dict[str, Any]) -> dict[str, Any]:
-    """The model's tensors with the atlas and alpha hash tables in float16 (loading casts back).
+#: tensors of at least this many values are stored in float16 by a compact checkpoint: the
+#: hash tables (every MLP weight matrix is smaller and stays float32)
+COMPACT_MIN_NUMEL = 4097
 
-    Why: they are most of a model (editing reads the baked atlases and alpha, not these
-    networks; resume and ``correct`` do), and float16 changes their colours and alpha by about
-    1e-4. The mapping networks, which edits do run, stay float32.
+
+def _compactable(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() >= COMPACT_MIN_NUMEL
+
+
+def compact_model_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The model's tensors with every hash table in float16 (loading casts back to float32).
+
+    Why: the tables are nearly all of a model. The atlas and alpha tables change colours and
+    alpha by about 1e-4 (editing reads the baked atlases anyway); the mapping tables, which
+    edits do run, move uv by under 1e-5 (0.001 working pixels on box.mp4's segments). Use
+    :func:`compact_model` before baking, so the maps come from exactly these values.
     """
-    return {k: (v.half() if k.startswith(("atlases.", "alpha_field.")) and v.is_floating_point() and v.numel() > 4096
-                else v) for k, v in state.items()}
+    return {k: (v.half() if _compactable(v) else v) for k, v in state.items()}
+
+
+def compact_model(model: torch.nn.Module) -> dict[str, Any]:
+    """Round the model's hash tables to float16 values in place; return the compact state.
+
+    The maps baked afterwards, the networks that editing and ``--resume`` load from the
+    compact checkpoint, and the metrics then all describe the same numbers.
+    """
+    with torch.no_grad():
+        for value in model.state_dict(keep_vars=True).values():
+            if _compactable(value):
+                value.data.copy_(value.data.half().to(value.dtype))
+    return compact_model_state(model.state_dict())
 
 
 def _relative(source: str, project_dir: Path) -> str | None:

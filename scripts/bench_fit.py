@@ -117,25 +117,33 @@ def time_edits(project, tmp: Path) -> None:
 
 def eta_report(log_path: Path) -> None:
     """How true each stage's ETA was: the worst error between 10 % and 90 % of the stage's
-    steps, relative to the time that really remained (and in seconds)."""
+    steps, relative to the time that really remained (and in seconds). A segmented shot runs
+    each stage once per segment (its step counter starts again): each run is judged on its own."""
     import json
 
     events = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    stages: dict[str, list[dict]] = {}
+    runs: dict[str, list[list[dict]]] = {}
     for e in events:
-        if e.get("event") == "progress":
-            stages.setdefault(e["stage"], []).append(e)
-    for stage, evs in stages.items():
-        total, end = evs[-1]["total"], evs[-1]["elapsed"]
-        worst, worst_s = 0.0, 0.0
-        for e in evs:
-            remaining = end - e["elapsed"]
-            if e["eta"] is None or not 0.1 * total <= e["step"] <= 0.9 * total or remaining <= 0:
-                continue
-            worst = max(worst, abs(e["eta"] - remaining) / remaining)
-            worst_s = max(worst_s, abs(e["eta"] - remaining))
-        print(f"ETA {stage:>6}        {len(evs)} reports over {end:.1f} s; worst ETA error from 10 % to 90 % "
-              f"of the stage: {worst * 100:.0f} % ({worst_s:.1f} s)")
+        if e.get("event") != "progress":
+            continue
+        stage_runs = runs.setdefault(e["stage"], [])
+        last = stage_runs[-1][-1] if stage_runs else None
+        if last is None or e["step"] < last["step"] or e["total"] != last["total"]:
+            stage_runs.append([])
+        stage_runs[-1].append(e)
+    for stage, stage_runs in runs.items():
+        worst, worst_s, seconds = 0.0, 0.0, 0.0
+        for evs in stage_runs:
+            total, end = evs[-1]["total"], evs[-1]["elapsed"]
+            seconds += end - evs[0]["elapsed"]
+            for e in evs:
+                remaining = end - e["elapsed"]
+                if e["eta"] is None or not 0.1 * total <= e["step"] <= 0.9 * total or remaining <= 0:
+                    continue
+                worst = max(worst, abs(e["eta"] - remaining) / remaining)
+                worst_s = max(worst_s, abs(e["eta"] - remaining))
+        print(f"ETA {stage:>6}        {len(stage_runs)} run(s), {sum(map(len, stage_runs))} reports over "
+              f"{seconds:.1f} s; worst ETA error from 10 % to 90 % of a run: {worst * 100:.0f} % ({worst_s:.1f} s)")
 
 
 def main() -> int:
@@ -151,6 +159,8 @@ def main() -> int:
     ap.add_argument("--edit", action="store_true", help="time the edit pass too (on by default for box, bbb1080)")
     ap.add_argument("--segment-frames", type=int, default=None,
                     help="split into segments of at most this many frames (default: inve's; 0: one atlas)")
+    ap.add_argument("--warm-start", choices=("on", "off"), default=None,
+                    help="new segments start from their trained neighbour or from scratch (default: inve's)")
     args = ap.parse_args()
     setting = SETTINGS[args.setting]
     args.video = args.video or setting["video"]
@@ -204,8 +214,11 @@ def main() -> int:
     wall0 = time.monotonic()
     log_path = scratch / "progress.jsonl"
     log = open(log_path, "w")
-    project = train_project(args.video, workdir, TrainConfig(frames=(start, end), max_side=args.max_side,
-                                                              minutes=args.minutes, segment_frames=args.segment_frames),
+    cfg = TrainConfig(frames=(start, end), max_side=args.max_side, minutes=args.minutes,
+                      segment_frames=args.segment_frames)
+    if args.warm_start is not None:
+        cfg.segment_warm_start = args.warm_start == "on"
+    project = train_project(args.video, workdir, cfg,
                             Progress("json", stream=log),
                             monitor=monitor)
     wall = time.monotonic() - wall0

@@ -190,6 +190,54 @@ def test_an_atlas_painted_on_one_segment_is_recognised_and_carried(gt, tmp_path)
         assert m > 20 and np.linalg.norm(c - (truth - 0.5)) < 2.0, (t, c, truth)
 
 
+def _square(x: float, y: float, r: int = 3) -> np.ndarray:
+    img = np.zeros((H, W, 4), np.float32)
+    img[int(y) - r:int(y) + r, int(x) - r:int(x) + r] = (1, 0, 1, 1)
+    return img
+
+
+def test_paint_and_adjust_hidden_under_the_foreground_at_the_seam_carry_on(gt, tmp_path):
+    """A background region drawn at frame 2 is under the disc on every overlap frame (10..13)
+    and shows again from frame 16: the later segment still renders it, where the truth does."""
+    root, clip, plain, seg, three, _ = gt
+    at2 = clip.gt.inverse("bg", clip.gt.forward("bg", np.array([[64.0, 48.0]]), np.array([12.0])), np.array([2.0]))[0]
+    fsutil.write_png(tmp_path / "hidden.png", _square(*at2))
+    poly = [[at2[0] - 3, at2[1] - 3], [at2[0] + 3, at2[1] - 3], [at2[0] + 3, at2[1] + 3], [at2[0] - 3, at2[1] + 3]]
+    for layer in ({"type": "paint", "frame": 2, "image": "hidden.png", "layer": "bg"},
+                  {"type": "adjust", "frame": 2, "region": {"polygon": poly}, "hue": 0.5, "layer": "bg"}):
+        ps, ss = sessions(tmp_path, plain, seg, {"layers": [layer]})
+        for t in range(10, 14):
+            assert centroid(ps.render_frame(t, overlay=True))[1] < 0.5  # hidden on every overlap frame
+        for t in (18, 20, 23):  # rendered by the second segment
+            (c1, m1), (c2, m2) = centroid(ps.render_frame(t, overlay=True)), centroid(ss.render_frame(t, overlay=True))
+            assert m1 > 20 and abs(m2 - m1) < 0.2 * m1, (layer["type"], t, m1, m2)
+            assert np.linalg.norm(c1 - c2) < 1.0, (layer["type"], t, c1, c2)
+
+
+def test_paint_outside_the_frame_at_the_seam_carries_on(tmp_path):
+    """The camera pans down and back: rows at the top of frame 0 are outside the frame on every
+    overlap frame and come back at the end; the last segment renders them where the truth does."""
+    clip = make_clip(T=T, size=(W, H), camera="pan", seed=5)
+    root = tmp_path
+    plain = make_gt_project(clip, root / "plain")
+    seg = make_gt_segmented_project(clip, root / "seg", RANGES)
+    img = np.zeros((H, W, 4), np.float32)
+    img[0:3, 30:60] = (0, 1, 1, 1)
+    fsutil.write_png(root / "top.png", img)
+    ps, ss = sessions(root, plain, seg, {"layers": [{"type": "paint", "frame": 0, "image": "top.png", "layer": "bg"}]})
+    for t in range(10, 14):
+        assert centroid(ps.render_frame(t, overlay=True))[1] < 0.5  # outside the frame there
+    seen = 0
+    for t in range(14, T):
+        (c1, m1), (c2, m2) = centroid(ps.render_frame(t, overlay=True)), centroid(ss.render_frame(t, overlay=True))
+        if m1 < 5:
+            continue
+        seen += 1
+        assert abs(m2 - m1) < 0.2 * m1 + 2, (t, m1, m2)
+        assert np.linalg.norm(c1 - c2) < 1.0, (t, c1, c2)
+    assert seen >= 2
+
+
 def test_hidden_layers_and_changes_re_use_carried_work(gt):
     root, clip, plain, seg, three, _ = gt
     ss = SegmentedSession(seg)
@@ -211,6 +259,46 @@ def gt_networks(gt, monkeypatch):
     mappings = gt[5]
     monkeypatch.setattr(Project, "mapping", lambda self, device="cpu": mappings[self.path.resolve()])
     return gt
+
+
+@pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
+                    reason="forked render workers are Linux-only")
+def test_render_workers_walk_the_segments_and_give_the_frames_of_one_process(gt_networks):
+    """A segmented pass through forked workers (blocks of 2 frames, so every segment and seam
+    is split between them) gives the bytes of the pass in one process, paint and stroke."""
+    from core.edits import parallel
+
+    root, clip, plain, seg, three, _ = gt_networks
+    doc = {"layers": [STROKE, {"type": "paint", "frame": 2, "image": "paint.png", "layer": "bg"}]}
+    one = SegmentedSession(three)
+    one.set_edits(doc, root)
+    seq = [img for _, img in one.render_all(overlay=True)]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(parallel, "AHEAD_BYTES", 1)  # blocks of 2 frames
+    try:
+        par_s = SegmentedSession(three)
+        par_s.set_edits(doc, root)
+        par = list(par_s.render_all(overlay=True, workers=2))
+    finally:
+        mp.undo()
+    assert [t for t, _ in par] == list(range(T))
+    assert all(np.array_equal(a, b) for a, (_, b) in zip(seq, par))
+    assert seq[20][..., 3].max() > 0 and seq[3][..., 3].max() > 0
+    assert sum(s is not None for s in par_s._sessions) == 1  # earlier segments closed after the pass
+
+
+def test_open_segments_are_bounded_least_recently_used_first(gt_networks):
+    """A preview that visits every segment keeps at most ``max_open`` open, and a segment
+    closed and reopened renders the same frame."""
+    root, clip, plain, seg, three, _ = gt_networks
+    ss = SegmentedSession(three, max_open=2)
+    ss.set_edits({"layers": [STROKE]}, root)
+    first = ss.render_frame(20, overlay=True)
+    for t in (3, 10, 20, 3):
+        ss.render_frame(t, overlay=True)
+        assert sum(s is not None for s in ss._sessions) <= 2
+    assert ss._sessions[1] is None  # 10's segment was used least recently
+    assert np.array_equal(ss.render_frame(20, overlay=True), first)
 
 
 def test_cli_info_edit_track_atlas_on_a_segmented_project(gt_networks, tmp_path, capsys):
@@ -298,7 +386,9 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
 
     state = torch.load(first_ckpt, weights_only=False)
     assert state["optimizer"] is None and state["model"]["atlases.bg.grid.table"].dtype == torch.float16
+    assert state["model"]["inverse_maps.bg.grid.table"].dtype == torch.float16  # every hash table
     assert not list((proj / "segments").glob("*/atlas_*.png"))  # their 8-bit atlases are in maps/ already
+    assert not list((proj / "segments").glob("*/cache/masks_preview.png"))  # nor a masks preview
     assert json.loads((proj / "segments" / "f000000-000010" / "maps" / "meta.json").read_text())["store"] == 2
     # more budget: every segment continues from its compact checkpoint
     assert cli.main(["train", str(video), "-o", str(proj), "--resume", *base[:1], "40", *base[2:]]) == 0

@@ -87,17 +87,15 @@ def _render_out(session: Any, project: Project, layers: list[EditLayer], out: Pa
                             "give a folder as -o (or drop --overlay for a full-frame movie)")
     info = project.info
     T = session.ctx.T
-    if isinstance(session, EditSession):
-        from core.edits.parallel import default_workers
-        from core.video import encode_png_frame
+    from core.edits.parallel import default_workers
+    from core.video import encode_png_frame
 
-        # several render processes where the platform forks (the frames are the same, in order);
-        # for PNGs each worker also encodes its frames
-        workers = default_workers(T) if render_workers is None else max(1, int(render_workers))
-        stream = session.render_all(progress, overlay=overlay, workers=workers,
-                                    encode=encode_png_frame if kind != "movie" else None)
-    else:  # a segmented session renders here, segment by segment
-        stream = session.render_all(progress, overlay=overlay)
+    # several render processes where the platform forks (the frames are the same, in order);
+    # for PNGs each worker also encodes its frames. A segmented session's workers each walk
+    # the segments of their blocks, after the layers were carried through every seam here.
+    workers = default_workers(T) if render_workers is None else max(1, int(render_workers))
+    stream = session.render_all(progress, overlay=overlay, workers=workers,
+                                encode=encode_png_frame if kind != "movie" else None)
     if kind == "movie":
         from core.video import write_movie
 

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from core.correct import read_confirmed
 from core.layers import layer_at, shows
 from core.project import BakedMaps, LayeredMapping, Project
-from core.refine import Level, RefineConfig, Refined, chain_parent, fit_correction, grey, refine_positions
+from core.refine import (Level, RefineConfig, Refined, chain_parent, fit_correction, grey, refine_independent,
+                         refine_positions)
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in source pixels, half-open
 
@@ -290,7 +291,8 @@ class RenderContext:
         return self.refine_sets(layer, t_from, frames, [(xy0, xy, ok)])[0]
 
     def refine_sets(self, layer: str, t_from: int, frames: np.ndarray,
-                    sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+                    sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    independent: bool = False) -> list[np.ndarray]:
         """Refine several point sets drawn on ``layer`` at ``t_from`` in ONE matching call.
 
         ``sets``: (xy0 [n, 2], xy [F, n, 2] propagated to ``frames``, cycle-consistent [F, n]).
@@ -313,7 +315,7 @@ class RenderContext:
         x0_all = np.concatenate([np.asarray(x0, np.float64).reshape(-1, 2)[sub] for (x0, _, _), sub in zip(sets, subs)])
         xy_all = np.concatenate([xy[:, sub] for (_, xy, _), sub in zip(sets, subs)], axis=1)
         ok_all = np.concatenate([ok[:, sub] for (_, _, ok), sub in zip(sets, subs)], axis=1)
-        r = self.refine_chained(layer, x0_all, t_from, frames, xy_all, ok_all)
+        r = self.refine_chained(layer, x0_all, t_from, frames, xy_all, ok_all, independent=independent)
         out = []
         for (xy0, xy, _), sub, a in zip(sets, subs, starts):
             rxy, racc = r.xy[:, a:a + len(sub)], r.accepted[:, a:a + len(sub)]
@@ -351,7 +353,7 @@ class RenderContext:
         return out
 
     def refine_chained(self, layer: str, xy0: np.ndarray, t_from: int, frames: np.ndarray, xy: np.ndarray,
-                       ok: np.ndarray) -> Refined:
+                       ok: np.ndarray, independent: bool = False) -> Refined:
         """:meth:`refine`; a frame far from ``t_from`` where too few points match from the
         mapping's place (CHAIN_BELOW of its points, and of what the link itself matched) is
         matched again from the correction its chain link measured (core.refine.chain_parent;
@@ -365,7 +367,7 @@ class RenderContext:
         """
         frames = np.asarray(frames, int)
         direct = self.CHAIN_BELOW is not None
-        r = self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False) if direct else None
+        r = self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False, independent=independent) if direct else None
         need = []
         for i, f in enumerate(frames):
             if chain_parent(int(f), t_from) is None:
@@ -375,7 +377,7 @@ class RenderContext:
                 need.append(i)
         if not need:
             return self.trust_confirmed(layer, frames, xy, r if r is not None
-                                        else self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False))
+                                        else self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False, independent=independent))
         prior = np.zeros_like(xy)
         keep = []
         for i in need:
@@ -390,12 +392,12 @@ class RenderContext:
         if not need:
             return self.trust_confirmed(layer, frames, xy, r)
         if r is None:
-            r = self.refine(layer, xy0, t_from, frames, xy + prior, ok, confirmed=False)
+            r = self.refine(layer, xy0, t_from, frames, xy + prior, ok, confirmed=False, independent=independent)
             rows = np.arange(len(frames))
         else:
             rows = np.array(need)
             r2 = self.refine(layer, xy0, t_from, frames[rows], (xy + prior)[rows], ok[rows],
-                             confirmed=False)
+                             confirmed=False, independent=independent)
             better = r2.accepted.sum(1) > r.accepted[rows].sum(1)
             rows = rows[better]
             r.xy[rows], r.accepted[rows], r.ncc[rows] = r2.xy[better], r2.accepted[better], r2.ncc[better]
@@ -437,13 +439,17 @@ class RenderContext:
         return np.asarray(shows(layer, self.alpha_at(t, np.clip(xy, 0, [self.W, self.H]))))
 
     def refine(self, layer: str, xy0: np.ndarray, t_from: int, frames: np.ndarray, xy: np.ndarray,
-               ok: np.ndarray, confirmed: bool = True) -> Refined:
+               ok: np.ndarray, confirmed: bool = True, independent: bool = False) -> Refined:
         """Refine propagated positions xy [F, N, 2] of points xy0 [N, 2] drawn at ``t_from``.
 
         Points are matched where they are cycle-consistent (``ok``), inside the frame and on
         their own layer; the local warp comes from the baked uv maps (no network call).
         Near keys the user confirmed, the refinement fades out (:meth:`trust_confirmed`)
         unless ``confirmed`` is False (a caller that applies that itself, once).
+        ``independent``: every frame matched on its own, all in one batch
+        (core.refine.refine_independent: a frame's result does not depend on the others in
+        the call; rendering), else frames outward from ``t_from`` each started from the
+        nearest matched frame's correction (core.refine.refine_positions; tracks).
         """
         xy0 = np.asarray(xy0, np.float64).reshape(-1, 2)
         frames = np.asarray(frames, int)
@@ -461,8 +467,9 @@ class RenderContext:
             with np.errstate(all="ignore"):
                 jac[i] = np.where(np.abs(det)[:, None, None] > 1e-12, inv / det[:, None, None], np.nan) @ J0
         good = np.isfinite(jac).all((-1, -2)) & (np.abs(np.linalg.det(np.nan_to_num(jac))) > 1e-3)
-        r = refine_positions(self.levels(), t_from, xy0, frames, xy, jac, valid & good,
-                             mask=self._layer_mask(layer), cfg=self.refine_cfg)
+        fn = refine_independent if independent or len(frames) == 1 else refine_positions
+        r = fn(self.levels(), t_from, xy0, frames, xy, jac, valid & good, mask=self._layer_mask(layer),
+               cfg=self.refine_cfg)
         return self.trust_confirmed(layer, frames, xy, r) if confirmed else r
 
     def trust_confirmed(self, layer: str, frames: np.ndarray, xy: np.ndarray, r: Refined) -> Refined:

@@ -103,6 +103,10 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
             frames.forget_decoder()  # the parent's decoder pipe is not ours to read
         gap = _gap_frames(session, frames, workers)
         after = 0  # the frame after this worker's previous block
+        # a segmented session: blocks come in frame order, so the worker walks the segments as
+        # a pass in one process does (opens each once, closes those it has left behind)
+        walk = getattr(session, "enter", None)
+        current = -1
         while (task := tasks.get()) is not None:
             start, end = task
             if gap:
@@ -114,6 +118,8 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
                     frames[t]
             after = end
             for t in range(start, end):
+                if walk is not None:
+                    current = walk(t, current)
                 img = session.render_frame(t, cache=False, overlay=overlay)
                 results.put((t, encode(img) if encode is not None else img, None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
