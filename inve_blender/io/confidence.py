@@ -28,8 +28,9 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 #: slide of a pixel or more is what a viewer notices on a sticker or a thin line
 SLIDE_PX = 1.0
 #: anchor points per layer and in all: the service tracks (and refines) each one in every
-#: frame, so the cost grows with points x frames (measured: about 0.8 s for up to 17 points over 11
-#: frames on a shared 2-core CPU), and a layer mostly slides as a whole: a few per layer tell
+#: frame, so the cost grows with points x frames (measured in the e2e test, up to 17 points over
+#: 11 frames at 160x96 on the shared 2-core CPU: 0.06-0.8 s depending on the load), and a layer
+#: mostly slides as a whole: a few per layer tell
 POINTS_PER_LAYER = 6
 MAX_POINTS = 32
 
