@@ -251,13 +251,13 @@ def test_streamed_output_equals_in_memory_output(trained, tmp_path, capsys, monk
 
 
 def test_fast_png_writer_keeps_pixels(tmp_path):
-    """The fast (level 1, OpenCV) PNG path stores the same pixels, RGB, RGBA and gray."""
+    """inve's one PNG encoder (core.png, behind fsutil.write_png) stores the same pixels, RGB, RGBA and gray."""
     import imageio.v3 as iio
 
     rng = np.random.default_rng(0)
     for shape in ((20, 30, 3), (20, 30, 4), (20, 30)):
         img = rng.integers(0, 256, shape, dtype=np.uint8)
-        fsutil.write_png(tmp_path / "a.png", img, compress_level=1)
+        fsutil.write_png(tmp_path / "a.png", img)
         np.testing.assert_array_equal(iio.imread(tmp_path / "a.png"), img)
 
 
