@@ -48,7 +48,7 @@ def test_dense_levels_have_no_collisions_and_hashed_levels_share_the_table_cap()
         vertices = (r[0] + 1) * (r[1] + 1)
         assert (level < grid.n_dense) == (vertices <= 2 ** 10)
     expected_rows = sum(min((r[0] + 1) * (r[1] + 1), 2 ** 10) for r in res)
-    assert grid.table.shape == (2, expected_rows)
+    assert grid.table.shape == (expected_rows, 2)
 
 
 def test_fits_an_image_detail_that_a_coarse_grid_cannot():
@@ -71,3 +71,37 @@ def test_fits_an_image_detail_that_a_coarse_grid_cannot():
     with torch.no_grad():
         err = ((head(grid(x)) - target(x)) ** 2).mean()
     assert err < 0.01 * target(x).var()
+
+
+def test_loads_a_checkpoint_with_the_earlier_feature_major_table():
+    """Projects trained before the table became row-major ([rows, F]) stored it as [F, rows]."""
+    torch.manual_seed(3)
+    cfg = HashGridConfig(3, n_levels=4, log2_table=8, base_res=2, max_res=[20, 15, 6])
+    trained = HashGrid(cfg)
+    with torch.no_grad():
+        trained.table.normal_()
+    old_state = {"table": trained.table.detach().T.contiguous()}  # the earlier layout
+    reopened = HashGrid(cfg)
+    reopened.load_state_dict(old_state)
+    x = torch.rand(50, 3)
+    assert torch.equal(reopened(x), trained(x))
+
+
+def test_row_gather_and_scatter_agree_with_the_plain_row_path():
+    """The complex-number path (CPU, two features) and the plain row path (other devices,
+    other feature counts) compute the same gather and the same accumulated gradient."""
+    from core import hashgrid
+
+    torch.manual_seed(4)
+    table = torch.randn(50, 2)
+    idx = torch.randint(0, 50, (400,))  # many repeats: accumulation must add them all
+    values = torch.randn(400, 2)
+    assert hashgrid._as_complex_rows(table)
+    assert torch.equal(hashgrid._gather_rows(table, idx), table.index_select(0, idx))
+    fast = torch.zeros_like(table)
+    hashgrid._scatter_rows(fast, idx, values)
+    plain = torch.zeros_like(table).index_add_(0, idx, values)
+    assert torch.allclose(fast, plain, atol=1e-5)
+    three = torch.randn(50, 3)
+    assert not hashgrid._as_complex_rows(three)
+    assert torch.equal(hashgrid._gather_rows(three, idx), three.index_select(0, idx))

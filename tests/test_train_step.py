@@ -1,0 +1,39 @@
+"""The training step's settings by budget: a short wall-time budget gets the cheaper step."""
+import numpy as np
+import torch
+
+from core.model import LayeredAtlasModel, ModelConfig
+from core.sampling import TrainingData
+from core.schedules import FullDetail, LearningRate
+from core.train import TrainConfig, Trainer
+
+
+def _trainer(cfg: TrainConfig, schedules=None) -> Trainer:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 12, 16, 3), dtype=np.uint8)
+    model = LayeredAtlasModel(ModelConfig(n_frames=3, work_size=(16, 12), layers=("bg",)))
+    data = TrainingData(frames, None, None, torch.device("cpu"))
+    return Trainer(model, data, cfg, "none", schedules=schedules)
+
+
+def _table_lr(trainer: Trainer) -> float:
+    return next(g["lr"] for g in trainer.opt.param_groups if g["name"] == "tables")
+
+
+def test_short_time_budget_takes_smaller_batches_at_a_higher_table_rate():
+    cfg = TrainConfig(minutes=1.0, batch=512)
+    tr = _trainer(cfg)
+    assert (tr.batch, _table_lr(tr)) == (cfg.short_batch, cfg.short_lr_table)
+    terms = tr.train_step()  # the step samples the short batch and trains
+    assert tr.step == 1 and np.isfinite(terms["rgb"])
+
+
+def test_longer_budgets_iteration_budgets_and_fine_tuning_keep_the_configured_step():
+    for cfg in (TrainConfig(minutes=4.0), TrainConfig(iters=300), TrainConfig()):
+        tr = _trainer(cfg)
+        assert (tr.batch, _table_lr(tr)) == (cfg.batch, cfg.lr_table)
+    # a fine-tuning run (inve correct passes its own schedules) keeps the step it was given
+    cfg = TrainConfig(minutes=0.25, batch=1024)
+    tr = _trainer(cfg, schedules=[LearningRate({"map_tables": 1e-3, "map_mlps": 1e-3, "tables": 1e-3,
+                                                "mlps": 1e-3}), FullDetail()])
+    assert tr.batch == 1024
