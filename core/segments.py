@@ -1318,7 +1318,7 @@ class SegmentedSession:
         out = []
         for i, p in enumerate(points):
             xy, vis = np.zeros((T, 2)), np.zeros(T, bool)
-            err = np.zeros(T) if self.session(homes[i]).ctx.refine_enabled else None
+            err = np.zeros(T) if self.ctx.refine_enabled else None
             layer = per[homes[i]][i].layer
             for k, (lo, hi) in enumerate(self.owns):
                 tr = per[k].get(i)
