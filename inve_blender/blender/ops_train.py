@@ -84,9 +84,9 @@ def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frame
     where the single-strip Train (and so preview, Propagate, Track) expects it.
 
     The strip shows frames its project lacks (its trim was extended): with ``extend`` (*Train
-    New Frames*) the trained project resumes with the wider range, and the engine adds
-    segments for the new frames (trained frames and the layers drawn on them stay as they
-    are); without, a new project for all the frames is made (Train All's batch rule).
+    New Frames*, and Train All) the trained project resumes with the wider range, and the
+    engine adds segments for the new frames (trained frames and the layers drawn on them stay
+    as they are); without, a new project for all the frames is made.
     """
     item, match = strip_project(context, strip)
     new_frames = ""
