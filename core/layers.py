@@ -20,8 +20,20 @@ LAYERS: tuple[str, ...] = ("bg", "fg")
 VISIBLE_ALPHA = 0.5
 
 
-def shows(layer: str, alpha: Any, slack: float = 0.0) -> Any:
-    """True where ``layer`` is the visible one given foreground opacity ``alpha``."""
+def shows(layer: str, alpha: Any, slack: float = 0.0, evidence: Any = None) -> Any:
+    """True where ``layer`` is the visible one given foreground opacity ``alpha``.
+
+    ``evidence`` (numpy, optional): what the pixels themselves say, a log likelihood ratio
+    that the foreground rather than the background shows there (positive: foreground;
+    ``RenderContext.layer_evidence`` measures it). Alpha is then the prior and the decision
+    is taken on the posterior, sigmoid(logit(alpha) + evidence): where the fitted alpha is
+    unsure (its soft edge, which lags the object's by about a pixel) the pixels decide.
+    """
+    if evidence is not None:
+        import numpy as np  # noqa: PLC0415
+
+        a = np.clip(np.asarray(alpha, np.float64), 1e-6, 1.0 - 1e-6)
+        alpha = 1.0 / (1.0 + np.exp(-(np.log(a / (1.0 - a)) + np.asarray(evidence, np.float64))))
     if layer == "fg":
         return alpha > VISIBLE_ALPHA - slack
     return alpha <= VISIBLE_ALPHA + slack

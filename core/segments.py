@@ -20,9 +20,14 @@ at the switch frame (a stroke's carried vertices, a rigid sticker's pose, a pain
 pixels, an adjustment's region) and segment k+1 takes that as the same edit drawn at the
 switch frame. At the switch frame both segments therefore agree, so a stroke crossing a
 seam continues without a jump; the chain continues segment by segment in both directions.
-What is hidden at the switch frame (a background stroke under the foreground there) does
-not carry on; the other frames of the overlap are tried for a stroke or sticker that is
-not visible at the switch frame itself.
+A stroke or sticker hidden at the switch frame is carried from another frame of the overlap
+(one hidden on all of them does not carry on). Paint, adjustment regions and painted atlases
+also carry what the seam does not show (under the foreground, outside the frame): those texels
+go from one atlas to the next through a warp fitted to what both segments show in the overlap
+(:class:`AtlasWarp`).
+
+A new segment starts from its trained neighbour's networks (:func:`warm_start`) when
+``TrainConfig.segment_warm_start`` is on.
 
 This module is a layer *above* the per-segment code: every segment is rendered by an
 ordinary :class:`~core.edits.session.EditSession` and tracked by :func:`core.track.track_points`.
@@ -297,9 +302,11 @@ def train_segmented(video: str | Path, project_dir: Path, existing: Project | No
     return Project.open(project_dir)
 
 
-#: distillation steps of a warm start, and the points per step (a few seconds on 2 cores)
-WARM_STEPS = 150
-WARM_BATCH = 4096
+#: a warm start distils the neighbour's networks at WARM_POINTS points (evaluated once), in
+#: WARM_STEPS steps of WARM_BATCH of them: 2-3 s of a segment's budget on 2 cores
+WARM_POINTS = 8192
+WARM_STEPS = 40
+WARM_BATCH = 1024
 
 
 def warm_source(top: Project, segs: Sequence[dict[str, Any]], ranges: Sequence[tuple[int, int]], k: int
@@ -358,26 +365,31 @@ def warm_start(model: Any, src: dict[str, Any], device: Any, progress: Progress 
         fields.append(model.alpha_field)
     tables = [p for f in fields for p in f.grid.parameters()]
     mlps = [p for f in fields for p in f.mlp.parameters()]
-    opt = torch.optim.Adam([{"params": tables, "lr": 1e-2}, {"params": mlps, "lr": 3e-3}], betas=(0.9, 0.99),
-                           eps=1e-15)
+    fused = torch.device(device).type in ("cpu", "cuda")
+    opt = torch.optim.Adam([{"params": tables, "lr": 2e-2}, {"params": mlps, "lr": 1e-2}], betas=(0.9, 0.99),
+                           eps=1e-15, fused=fused)
     gen = torch.Generator().manual_seed(1234)
     n, offset, last = sc.n_frames, float(src["offset"]), float(max(0, int(src["frames"]) - 1))
-    aspect = model.aspect_v.cpu()
     if progress is not None:
         progress.message(f"starting from segment {src.get('segment', '?')} (atlases copied, mappings distilled)")
+    # the neighbour is evaluated once, at fixed points; each step fits a random part of them
+    P = ((torch.rand(WARM_POINTS, 2, generator=gen) * 2 - 1) * model.aspect_v.cpu()).to(device)
+    T = (torch.rand(WARM_POINTS, generator=gen) * max(1, n - 1)).to(device)
+    with torch.no_grad():
+        TT = (T + offset).clamp(0.0, last)
+        want = {L: teacher.uv(L, P, TT) for L in layers}
+        want_a = teacher.alpha(P, TT) if alpha else None
+    del teacher
     for _ in range(WARM_STEPS):
-        p = ((torch.rand(WARM_BATCH, 2, generator=gen) * 2 - 1) * aspect).to(device)
-        t = (torch.rand(WARM_BATCH, generator=gen) * max(1, n - 1)).to(device)
-        tt = (t + offset).clamp(0.0, last)
+        idx = torch.randint(0, WARM_POINTS, (WARM_BATCH,), generator=gen).to(device)
+        p, t = P[idx], T[idx]
         loss = 0.0
-        with torch.no_grad():
-            want = {L: teacher.uv(L, p, tt) for L in layers}
-            want_a = teacher.alpha(p, tt) if alpha else None
         for L in layers:
-            loss = loss + ((model.uv(L, p, t) - want[L]) ** 2).sum(1).mean()
-            loss = loss + ((model.inverse(L, want[L], t) - p) ** 2).sum(1).mean()
+            w = want[L][idx]
+            loss = loss + ((model.uv(L, p, t) - w) ** 2).sum(1).mean()
+            loss = loss + ((model.inverse(L, w, t) - p) ** 2).sum(1).mean()
         if alpha:
-            loss = loss + ((model.alpha(p, t) - want_a) ** 2).mean()
+            loss = loss + ((model.alpha(p, t) - want_a[idx]) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -569,6 +581,15 @@ WARP_MIN_POINTS = 64
 WARP_GRID = 32
 #: RANSAC tolerance of the warp's homography, source pixels
 WARP_RANSAC_PX = 3.0
+#: texels carried by the warp must show the same surface in both atlases: mean colour
+#: difference below SAME_SURFACE_TOL (0..1) after a blur of SAME_SURFACE_BLUR texels
+SAME_SURFACE_TOL = 0.1
+SAME_SURFACE_BLUR = 2.0
+#: texels across the atlas of a segment's coverage map (what its frames show, every other
+#: working pixel: dilated by two texels), and the alpha beyond which a pixel counts as showing
+#: the background (below COVERAGE_ALPHA) or the foreground (above 1 - COVERAGE_ALPHA)
+COVERAGE_SIZE = 512
+COVERAGE_ALPHA = 0.1
 
 
 @dataclass
@@ -759,6 +780,7 @@ class SegmentedSession:
         self._carried: dict[tuple[str, int], list[Any]] = {}
         self._home_cache: dict[str, int] = {}
         self._warps: dict[tuple[int, int, str], tuple[AtlasWarp, AtlasWarp] | None] = {}
+        self._coverage: dict[tuple[int, str], np.ndarray] = {}
         self.layers: list[Any] = []
         self.ctx = _Facade(self)
         if layers:
@@ -910,6 +932,14 @@ class SegmentedSession:
         src = self.session(i)
         ai, aj = self.ranges[i][0], self.ranges[j][0]
         frames = self._overlap_frames(i, j, s)
+        t0 = getattr(spec, "t", None)
+        if t0 is not None and src.ctx.refine_enabled:
+            # the drawing frame, the chain links and the seam frame, decoded in frame order
+            # now: matching the seam first and then its links would restart the decoder for
+            # every link behind it (each restart decodes the clip from its start)
+            from core.refine import chain_ancestors  # noqa: PLC0415
+
+            src.ctx.warm(sorted({int(t0), frames[0] - ai, *chain_ancestors(np.array([frames[0] - ai]), int(t0))}))
         layers_j = self.subs[j].info.layers
         fix = lambda L: L if L in layers_j else None  # noqa: E731
         common = dict(index=spec.index, visible=spec.visible, name=spec.name)
@@ -969,7 +999,7 @@ class SegmentedSession:
         import torch  # noqa: PLC0415
         import torch.nn.functional as F  # noqa: PLC0415
 
-        from core.edits.atlas_edit import AtlasTexture, edit_rect  # noqa: PLC0415
+        from core.edits.atlas_edit import AtlasTexture, edit_rect, reference_frame  # noqa: PLC0415
 
         ctx_j = self.session(j).ctx
         L = tex.layer if tex.layer in self.subs[j].info.layers else "bg"
@@ -1019,10 +1049,66 @@ class SegmentedSession:
             grid = tex.grid(torch.from_numpy(src_uv.astype(np.float32)))
             hidden = F.grid_sample(tex.tex[None], grid[None], mode="bilinear", padding_mode="zeros",
                                    align_corners=False)[0]
-            out += hidden * (~seen).float()[None]
+            uv_j = np.stack([gu, gv], -1)
+            keep = self._same_surface(i, j, L, src_uv, uv_j) & self._shown(j, L, uv_j)
+            out += hidden * ((~seen) & torch.from_numpy(keep)).float()[None]
         if float(out[-1].max()) <= 1e-3:
             return None
-        return AtlasTexture.from_tensor(L, out.contiguous(), rect, t0=t if image is not None else None)
+        carried = AtlasTexture.from_tensor(L, out.contiguous(), rect, t0=t if image is not None else None)
+        if image is None and reference_frame(ctx_j, carried) is None:
+            # no overlap frame shows it and neither does any frame of j: it stops here, rather
+            # than be extrapolated from seam to seam (and rendered, for nothing, in every segment)
+            return None
+        return carried
+
+    def _shown(self, j: int, layer: str, uv: np.ndarray) -> np.ndarray:
+        """[h, w] bool: the texels at ``uv`` [h, w, 2] that some frame of segment j shows on
+        ``layer`` (its atlas coverage, cached). Only those take paint through the warp: j renders
+        nothing else of it, and what j never shows (a surface its foreground always hides, which
+        its atlas only guesses) is not handed on from seam to seam."""
+        import cv2  # noqa: PLC0415
+
+        key = (j, layer)
+        if key not in self._coverage:
+            maps = self.subs[j].maps()
+            two = "fg" in self.subs[j].info.layers
+            used = np.zeros((COVERAGE_SIZE, COVERAGE_SIZE), bool)
+            for t in range(maps.n_frames):
+                m = np.asarray(maps.uv[layer][t, ::2, ::2], np.float32).reshape(-1, 2)
+                ok = np.isfinite(m).all(1)
+                if two:  # clearly on the layer: a leaky alpha does not make a hidden surface shown
+                    a = np.asarray(maps.alpha[t, ::2, ::2], np.float32).reshape(-1)
+                    ok &= (a > 1.0 - COVERAGE_ALPHA) if layer == "fg" else (a < COVERAGE_ALPHA)
+                at = np.clip(((m[ok] + 1.0) * 0.5 * COVERAGE_SIZE).astype(np.int64), 0, COVERAGE_SIZE - 1)
+                used[at[:, 1], at[:, 0]] = True
+            self._coverage[key] = cv2.dilate(used.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        cov = self._coverage[key]
+        idx = np.clip(((uv + 1.0) * 0.5 * COVERAGE_SIZE).astype(np.int64), 0, COVERAGE_SIZE - 1)
+        return cov[idx[..., 1], idx[..., 0]]
+
+    def _same_surface(self, i: int, j: int, layer: str, uv_i: np.ndarray, uv_j: np.ndarray) -> np.ndarray:
+        """[h, w] bool: where the warp's texel pairs (``uv_i`` of i's atlas, ``uv_j`` of j's, both
+        [h, w, 2]) hold the same surface, judged by the two baked atlases' colours (blurred over a
+        few texels, so a pixel of misregistration on texture does not count).
+
+        Why: segments need not agree on what is foreground. Where j has no foreground layer, or
+        its alpha lets the object into the background there, the background texel the warp finds
+        shows the object that hides the surface, and paint carried there would be drawn on it
+        (box.mp4: the paint behind the box, on the box). Both atlases reconstruct the same video,
+        so the same surface has the same colours in both (within a few levels)."""
+        import cv2  # noqa: PLC0415
+        import torch  # noqa: PLC0415
+        import torch.nn.functional as F  # noqa: PLC0415
+
+        def colours(sub: Project, uv: np.ndarray) -> np.ndarray:
+            atlas = torch.from_numpy(np.ascontiguousarray(sub.maps().atlas[layer], np.float32)).permute(2, 0, 1)
+            g = torch.from_numpy(uv.astype(np.float32))[None]
+            c = F.grid_sample(atlas[None], g, mode="bilinear", padding_mode="border", align_corners=False)[0]
+            c = c.permute(1, 2, 0).numpy()
+            return cv2.GaussianBlur(np.ascontiguousarray(c), (0, 0), SAME_SURFACE_BLUR)
+
+        diff = np.abs(colours(self.subs[i], uv_i) - colours(self.subs[j], uv_j)).mean(-1)
+        return diff < SAME_SURFACE_TOL
 
     def _warp(self, i: int, j: int, layer: str) -> tuple[AtlasWarp, AtlasWarp] | None:
         """Atlas warps i -> j and j -> i of ``layer`` from the pixels both segments show on
@@ -1128,6 +1214,19 @@ class SegmentedSession:
             return composite_overlay((self.ctx.H, self.ctx.W), patches)
         return composite(self.ctx.frames[t], patches)
 
+    def start_pass(self) -> None:
+        """:meth:`EditSession.start_pass` in every open segment."""
+        for s in self._sessions:
+            if s is not None:
+                s.start_pass()
+
+    def visit(self, t: int) -> None:
+        """:meth:`EditSession.visit` in the segment owning frame index t, if it is open."""
+        f = self.project.info.frames[int(t)]
+        k = self.owner(f)
+        if self._sessions[k] is not None and self._set[k]:
+            self._sessions[k].visit(f - self.ranges[k][0])
+
     def prepare_stack(self) -> None:
         """Every segment's layers, carried through the seams in order, here: forked render
         workers then share them (and the textures built for carrying) instead of each
@@ -1152,6 +1251,7 @@ class SegmentedSession:
                 self._pinned = True
                 try:
                     self.prepare_stack()
+                    self.start_pass()
                     for t, out in render_parallel(self, workers, overlay=overlay, encode=encode):
                         if progress is not None:
                             progress.update("render", t + 1, T)
@@ -1163,10 +1263,12 @@ class SegmentedSession:
                         if j != last:
                             self.release(j)
                 return
+        self.start_pass()
         current = -1
         for t in range(T):
             current = self.enter(t, current)
             img = self.render_frame(t, cache=cache, overlay=overlay)
+            self.visit(t)
             if progress is not None:
                 progress.update("render", t + 1, T)
             yield t, img

@@ -408,7 +408,7 @@ class Service:
         from core.edits.render import alpha_over, composite, composite_overlay
         from core.video import write_movie, write_png_sequence
 
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu = time.perf_counter(), time.process_time() + _children_cpu()
         held = self.project(req)
         out = self._path(req, "output", "a folder for the PNG frames")
         overlay = bool(req.fields.get("overlay", False))
@@ -423,10 +423,12 @@ class Service:
         ctx = session.ctx
         progress = RequestProgress(self.emit, req.id, req.cancel)
         T = ctx.T
-        progress.update("render", 0, T, force=True)
+        workers = render_workers(session)
         walk = getattr(session, "enter", None)  # a segmented project: one segment open at a time
-        if walk is None:
-            session.prepare()
+        if workers == 1:
+            progress.update("render", 0, T, force=True)
+            if walk is None:
+                session.prepare()
         written: list[int] = []
 
         def on_written(frame: int, path: Path) -> None:  # as each PNG lands
@@ -451,6 +453,20 @@ class Service:
                 while not isinstance(movie_q.get(), (type(None), BaseException)):  # type: ignore[union-attr]
                     pass  # keep the render loop from blocking on a dead writer
 
+        def rendered() -> Iterator[tuple[int, Any]]:
+            """Frames from the render workers (as ``inve edit``): PNGs encoded there unless a
+            movie needs the pixels here too."""
+            from core.video import encode_png_frame  # noqa: PLC0415
+
+            stream = session.render_all(progress, overlay=overlay, workers=workers,
+                                        encode=encode_png_frame if movie_q is None else None)
+            for t, img in stream:
+                if movie_error:
+                    raise movie_error[0]
+                if movie_q is not None:
+                    movie_q.put(alpha_over(ctx.frames[t], img) if overlay else img)
+                yield info.frames[t], img
+
         def frames() -> Iterator[tuple[int, np.ndarray]]:
             current = -1
             for t in range(T):
@@ -473,7 +489,8 @@ class Service:
         if mover is not None:
             mover.start()
         try:
-            write_png_sequence(out, frames(), last_index=info.frames[-1], on_written=on_written)
+            write_png_sequence(out, rendered() if workers > 1 else frames(), last_index=info.frames[-1],
+                               on_written=on_written)
         except BaseException as exc:
             if movie_q is not None:
                 movie_q.put(exc if isinstance(exc, Cancelled) else InveError("propagate stopped"))
@@ -487,7 +504,7 @@ class Service:
         seconds = time.perf_counter() - start
         return {"output": str(out.resolve()), "frames": len(written), "overlay": overlay,
                 "movie": str(movie.resolve()) if movie is not None else None, "seconds": round(seconds, 3),
-                "cpu_seconds": round(time.process_time() - cpu, 3), "layers": len(session.layers),
+                "cpu_seconds": round(time.process_time() + _children_cpu() - cpu, 3), "layers": len(session.layers),
                 "visible_layers": sum(1 for l in session.layers if l.visible)}
 
     def op_track(self, req: Request) -> dict[str, Any]:
@@ -514,6 +531,35 @@ class Service:
         if not path.exists():
             raise InveError(f"fingerprint: {path} not found")
         return {"path": str(path.resolve()), "fingerprint": source_fingerprint(path)}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (render workers, ffmpeg); 0 where unknown."""
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+    except ImportError:
+        return 0.0
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def render_workers(session: Any) -> int:
+    """Render processes for a Propagate of ``session``: as ``inve edit`` (one per core, at most 4,
+    on Linux for 16 frames or more), except where this process already holds most of the
+    work: the patches of the visible layers in most frames (after a Propagate or previews in
+    this process, hiding or reordering a layer only re-composites them here, in a fraction of
+    the time forked workers take to render everything again)."""
+    from core.edits.parallel import default_workers  # noqa: PLC0415
+
+    T = session.ctx.T
+    n = default_workers(T)
+    patches = getattr(session, "_patches", None)
+    if n > 1 and patches is not None:
+        keys = [layer.key for layer in session.layers if layer.visible]
+        have = sum((k, t) in patches for k in keys for t in range(T))
+        if not keys or have >= 0.5 * len(keys) * T:
+            return 1
+    return n
 
 
 def protocol_stream() -> TextIO:

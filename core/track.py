@@ -5,7 +5,9 @@ unless it names a ``layer``), goes through that layer's forward mapping at its f
 the inverse mapping into every frame (one batched call for all points and frames). A
 position is ``visible`` when it is inside the frame, cycle-consistent (the forward map
 brings it back to the same atlas point) and not hidden by the other layer (a background
-point under the foreground, or a foreground point where the object is not).
+point under the foreground, or a foreground point where the object is not): by the fitted
+alpha there, and where that is unsure (its soft edge lags the object's by about a pixel), by
+the pixels (``RenderContext.layer_evidence``: the point's own appearance or the other layer's).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from core import fsutil
 from core.edits.context import RenderContext
 from core.errors import InveError
 from core.layers import shows
-from core.refine import error_estimate
+from core.refine import carry_corrections, drop_outliers, error_estimate
 from core.project import Project, ProjectInfo
 
 
@@ -111,7 +113,12 @@ def track_points(ctx: RenderContext, points: Sequence[PointSpec]) -> list[Track]
         uv, xy, ok = ctx.propagate(L, xy0, t, refine=False)  # [T, N, 2], [T, N]
         frames = np.arange(ctx.T)
         if ctx.refine_enabled:
-            refined = ctx.refine(L, xy0, t, frames, xy, ok)
+            # matches the other points of the frame disagree with are dropped, and frames
+            # without a match take the correction measured in the frames around (core.refine)
+            # (before the fading near confirmed keys, which then holds on those frames alone)
+            refined = drop_outliers(xy, ctx.refine(L, xy0, t, frames, xy, ok, confirmed=False), (ctx.W, ctx.H))
+            refined.xy = carry_corrections(frames, t, xy, refined)
+            refined = ctx.trust_confirmed(L, frames, xy, refined)
             err = error_estimate(frames, t, refined, ctx.cycle_error_px(L, uv, xy))
             xy = refined.xy
         else:
@@ -121,7 +128,7 @@ def track_points(ctx: RenderContext, points: Sequence[PointSpec]) -> list[Track]
         if ctx.has_fg:
             for tt in range(ctx.T):
                 a = ctx.alpha_at(tt, np.clip(xy[tt], 0, [ctx.W, ctx.H]))
-                vis[tt] &= shows(L, a)
+                vis[tt] &= shows(L, a, evidence=ctx.layer_evidence(L, tt, xy[tt], t, xy0, alpha=a))
         for j, i in enumerate(idx):
             tracks[i] = Track(points[i].id, L, xy[:, j].astype(np.float64), vis[:, j],
                               None if err is None else err[:, j])

@@ -56,9 +56,8 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return vals.get("VmRSS", float("nan")), vals.get("VmHWM", float("nan"))
 
 
-def bench_clip(bpy: Any, addon: Any, clip: Path, work: Path, minutes: float, previews: int) -> dict[str, Any]:
-    from inve_blender.blender import context as ctx
-    from inve_blender.blender import jobs, preview, sequencer, service
+def _movie_strip(bpy: Any, clip: Path, work: Path) -> tuple[Any, Any, int, int]:
+    from inve_blender.blender import sequencer
 
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
@@ -67,16 +66,59 @@ def bench_clip(bpy: Any, addon: Any, clip: Path, work: Path, minutes: float, pre
     w, h = sequencer.strip_source_size(movie)
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = w, h, 100
     scene.sequence_editor.active_strip = movie
-    s = scene.inve
-    s.quality, s.max_side, s.minutes, s.device = "CUSTOM", 256, minutes, "cpu"
-    t0 = time.perf_counter()
-    bpy.ops.inve.train()
-    train_s = time.perf_counter() - t0
+    return scene, movie, w, h
+
+
+def bench_long(bpy: Any, project: Path, work: Path) -> dict[str, Any]:
+    """Propagate of a whole long shot from Blender, on a project trained beforehand (``inve
+    train``: the fit is not what is measured): its source as a movie strip, the project
+    recorded for it as Train would (the workspace's ``project`` links to it), the same two
+    layers as :func:`bench_clip`; cold (no service) and warm (a layer hidden first)."""
+    from core.cli import _info
+    from core.project import Project
+    from inve_blender.blender import context as ctx
+    from inve_blender.blender import jobs, service
+
+    info_p = Project.open(project).info
+    clip = Path(info_p.source)
+    scene, movie, w, h = _movie_strip(bpy, clip, work)
+    base = work / f"{clip.stem}_inve"
+    base.mkdir(exist_ok=True)
+    (base / "project").symlink_to(project.resolve(), target_is_directory=True)
+    frames = (info_p.frames[0], info_p.frames[-1] + 1)
+    record = ctx.record_project(bpy.context, movie, str(base), frames)
+    record.info_json = json.dumps(_info(str(project)))
     proj = ctx.active_project(bpy.context)
-    info = json.loads(proj.info_json)
-    # a sketch across the frame and an adjust region, on the first frame
-    scene.frame_set(movie.frame_final_start)
-    f0 = info["frames"][0]
+    assert proj is not None, "the add-on did not find the recorded project"
+    _add_layers(proj, w, h, info_p.frames[0])
+    service.stop()
+    t0 = time.perf_counter()
+    bpy.ops.inve.propagate()
+    cold = time.perf_counter() - t0
+    assert jobs.last().state.ok, jobs.last().outcome
+    proj.layers[1].visible = False
+    c0 = _service_cpu()
+    t0 = time.perf_counter()
+    bpy.ops.inve.propagate()
+    warm = time.perf_counter() - t0
+    assert jobs.last().state.ok, jobs.last().outcome
+    return {"clip": clip.name, "size": f"{w}x{h}", "frames": len(info_p.frames), "segments": len(info_p.segments or []),
+            "cold_propagate_s": round(cold, 2), "warm_propagate_s": round(warm, 2),
+            "warm_engine_cpu_s": round(_service_cpu() - c0, 2)}
+
+
+def _service_cpu() -> float:
+    """CPU seconds of the engine service and its finished children (render workers, ffmpeg)."""
+    from inve_blender.blender import service
+
+    pid = service.MANAGER.client.pid
+    with open(f"/proc/{pid}/stat") as fh:
+        f = fh.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in f[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _add_layers(proj: Any, w: int, h: int, f0: int) -> None:
+    """A sketch across the frame and an adjust region, on the first frame."""
     for name, kind, data in (
             ("Sketch", "sketch", {"frame": f0, "strokes": [{"points": [[w * 0.1, h * 0.7], [w * 0.5, h * 0.5],
                                                                        [w * 0.9, h * 0.6]],
@@ -86,15 +128,33 @@ def bench_clip(bpy: Any, addon: Any, clip: Path, work: Path, minutes: float, pre
                                   "hue": 0.3, "saturation": 1.4, "brightness": 0.1, "contrast": 1.0})):
         it = proj.layers.add()
         it.name, it.kind, it.data = name, kind, json.dumps(data)
+
+
+def bench_clip(bpy: Any, addon: Any, clip: Path, work: Path, minutes: float, previews: int) -> dict[str, Any]:
+    from inve_blender.blender import context as ctx
+    from inve_blender.blender import jobs, preview, service
+
+    scene, movie, w, h = _movie_strip(bpy, clip, work)
+    s = scene.inve
+    s.quality, s.max_side, s.minutes, s.device = "CUSTOM", 256, minutes, "cpu"
+    t0 = time.perf_counter()
+    bpy.ops.inve.train()
+    train_s = time.perf_counter() - t0
+    proj = ctx.active_project(bpy.context)
+    info = json.loads(proj.info_json)
+    scene.frame_set(movie.frame_final_start)
+    _add_layers(proj, w, h, info["frames"][0])
     service.stop()  # cold: no engine process
     t0 = time.perf_counter()
     bpy.ops.inve.propagate()
     cold = time.perf_counter() - t0
     assert jobs.last().state.ok, jobs.last().outcome
     proj.layers[1].visible = False  # another stack, so the frames are really rendered again
+    c0 = _service_cpu()
     t0 = time.perf_counter()
     bpy.ops.inve.propagate()
     warm = time.perf_counter() - t0
+    warm_cpu = _service_cpu() - c0
     assert jobs.last().state.ok, jobs.last().outcome
     n_frames = len(info["frames"])
     lat = []
@@ -109,7 +169,7 @@ def bench_clip(bpy: Any, addon: Any, clip: Path, work: Path, minutes: float, pre
     rss, peak = rss_mb(pid)
     return {"clip": clip.name, "size": f"{w}x{h}", "frames": n_frames, "train_s": round(train_s, 1),
             "cold_propagate_s": round(cold, 2), "warm_propagate_s": round(warm, 2),
-            "preview_ms_median": round(statistics.median(lat), 1), "preview_ms_max": round(max(lat), 1),
+            "warm_engine_cpu_s": round(warm_cpu, 2), "preview_ms_median": round(statistics.median(lat), 1), "preview_ms_max": round(max(lat), 1),
             "service_rss_mb": round(rss), "service_peak_mb": round(peak)}
 
 
@@ -119,6 +179,9 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/inve_bench_blender")
     ap.add_argument("--previews", type=int, default=10)
     ap.add_argument("--skip-1080", action="store_true")
+    ap.add_argument("--skip-short", action="store_true", help="only the --long projects")
+    ap.add_argument("--long", type=Path, action="append", default=[], metavar="PROJECT",
+                    help="also Propagate this trained project's whole shot from Blender (repeatable)")
     args = ap.parse_args()
     work = Path(args.out)
     if work.exists():
@@ -131,21 +194,30 @@ def main() -> None:
 
     addon.register()
     cpu0 = time.process_time()
-    rows = []
+    rows, longs = [], []
     try:
-        clips = [CLIP] + ([] if args.skip_1080 else [upscale(CLIP, work / "bbb_excerpt_1080p.mp4", (1920, 1080))])
+        clips = [] if args.skip_short else (
+            [CLIP] + ([] if args.skip_1080 else [upscale(CLIP, work / "bbb_excerpt_1080p.mp4", (1920, 1080))]))
         for clip in clips:
             rows.append(bench_clip(bpy, addon, clip, work, args.minutes, args.previews))
             print(json.dumps(rows[-1]), flush=True)
+        for project in args.long:
+            longs.append(bench_long(bpy, project, work))
+            print(json.dumps(longs[-1]), flush=True)
     finally:
         addon.unregister()
+    for r in longs:
+        print(f"long shot {r['clip']} {r['size']}, {r['frames']} frames ({r['segments']} segments): Propagate "
+              f"cold {r['cold_propagate_s']:.2f} s, warm {r['warm_propagate_s']:.2f} s "
+              f"(engine CPU {r['warm_engine_cpu_s']:.1f} s with its workers)")
     print(f"\nBlender add-on on the engine service (bpy {bpy.app.version_string}, {os.cpu_count()} CPUs; "
           f"Blender-side CPU {time.process_time() - cpu0:.0f} s)")
     print("| clip | frames | cold Propagate | warm Propagate | preview after a layer change (median / max) "
           "| service memory (now / peak) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clip']} {r['size']} | {r['frames']} | {r['cold_propagate_s']:.2f} s | {r['warm_propagate_s']:.2f} s "
+        print(f"| {r['clip']} {r['size']} | {r['frames']} | {r['cold_propagate_s']:.2f} s "
+              f"| {r['warm_propagate_s']:.2f} s (engine CPU {r['warm_engine_cpu_s']:.2f} s) "
               f"| {r['preview_ms_median']:.0f} / {r['preview_ms_max']:.0f} ms | {r['service_rss_mb']} / "
               f"{r['service_peak_mb']} MB |")
 

@@ -59,6 +59,8 @@ def test_anchor_points_follow_each_visible_layer_and_skip_what_cannot_be_tracked
     doc = conf.points_doc(anchors)
     assert doc["points"][0] == {"id": logo.id, "frame": 12, "x": 100.0, "y": 40.0, "layer": "fg"}
     assert "layer" not in doc["points"][1]
+    bg_only, _ = conf.anchors(items[:1], FRAMES, SIZE, layers=["bg"])
+    assert bg_only[0].attach is None, "a project without a foreground layer: the engine picks (no refusal)"
 
 
 def test_many_layers_are_thinned_but_each_keeps_points() -> None:

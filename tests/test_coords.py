@@ -48,3 +48,11 @@ def test_one_visibility_rule():
     assert torch.equal(shows("fg", torch.tensor(a)), torch.tensor(shows("fg", a)))
     assert np.allclose(visibility("bg", a) + visibility("fg", a), 1.0)
     assert layer_at(0.7) == "fg" and layer_at(0.5) == "bg"
+    # the pixels' evidence (log odds that the foreground shows) moves alpha's odds: at the
+    # cap of 2 it decides where alpha is unsure (0.2, 0.8) and not where alpha is sure
+    b = np.array([0.02, 0.2, 0.45, 0.8, 0.98])
+    assert shows("fg", b, evidence=np.full(5, 2.0)).tolist() == [False, True, True, True, True]
+    assert shows("fg", b, evidence=np.full(5, -2.0)).tolist() == [False, False, False, False, True]
+    assert shows("bg", b, evidence=np.zeros(5)).tolist() == shows("bg", b).tolist()
+    assert (shows("bg", b, evidence=np.array([-2.0, 2.0, -2.0, 2.0, -2.0]))
+            != shows("fg", b, evidence=np.array([-2.0, 2.0, -2.0, 2.0, -2.0]))).all()

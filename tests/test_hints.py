@@ -163,3 +163,12 @@ def test_bunny_outline_keeps_his_raised_hands_seven_frames_away():
     scene = {"grass": (40, 60), "trees": (250, 60), "rocks": (60, 180)}
     assert all(at(*p) == 1 for p in bunny.values()), {k: at(*p) for k, p in bunny.items()}
     assert all(at(*p) == 0 for p in scene.values()), {k: at(*p) for k, p in scene.items()}
+    # further away (hand-checked on frames 32 and 24: he raises his arms from a crouch) the
+    # hands still hold and the sky and grass beside them stay out; the ears do not (README)
+    far = {32: ({"raised left hand": (100, 42), "raised right hand": (220, 22)},
+                {"sky": (150, 15), "leaves": (100, 20), "trees": (250, 40)}),
+           24: ({"left hand": (85, 100), "right ear": (215, 42)},
+                {"between the ears": (200, 25), "grass": (240, 60), "leaves": (150, 40)})}
+    for t, (on, off) in far.items():
+        got = {k: int(masks[t, int(y * h / H), int(x * w / W)]) for k, (x, y) in {**on, **off}.items()}
+        assert all(got[k] == 1 for k in on) and all(got[k] == 0 for k in off), (t, got)

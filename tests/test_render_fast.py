@@ -274,3 +274,45 @@ def test_a_render_worker_dies_with_its_killed_parent(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_pass_matches_chain_links_at_their_frames_and_renders_the_same(tmp_path, monkeypatch):
+    """A pass in frame order matches every chain link as it reaches the link's frame (the
+    frame is decoded then; later, asking for it would restart the decoder from the clip's
+    start), before any frame needs it; the frames are those of a pass that matches links
+    only on need, and of frames rendered out of order (a preview)."""
+    from core import fsutil
+    from core.edits.context import RenderContext
+    from core.refine import CHAIN_STRIDE
+
+    T = 28
+    clip = make_clip(T=T, size=(96, 64), camera="pan_zoom", seed=5)
+    proj = make_gt_project(clip, tmp_path / "p", atlas_size=128)
+    paint = np.zeros((64, 96, 4), np.float32)
+    paint[20:34, 30:60] = (0.1, 0.9, 0.2, 0.8)
+    fsutil.write_png(tmp_path / "paint.png", paint)
+    doc = {"version": 1, "layers": [{"type": "paint", "frame": 2, "image": "paint.png", "layer": "bg"},
+                                    {"type": "sketch", "frame": 2, "strokes": [
+                                        {"points": [[10, 50], [50, 12], [90, 40]], "color": [1, 0, 0, 1],
+                                         "width": 3}]}]}
+    layers = parse_edits(doc, tmp_path, proj.info)
+    s = EditSession(proj, layers, mapping=clip.gt)
+    seen = []
+    orig = RenderContext._link
+
+    def spy(self, layer, xy0, t_from, t):
+        seen.append(int(t))
+        return orig(self, layer, xy0, t_from, t)
+
+    monkeypatch.setattr(RenderContext, "_link", spy)
+    eager = [img for _, img in s.render_all()]
+    links = [2 + k * CHAIN_STRIDE for k in range(1, (T - 3) // CHAIN_STRIDE + 1)]  # 10, 18, 26
+    assert sorted(set(seen)) == links  # the stroke's links, each as the pass reached it
+    tex = s.renderer(layers[0]).textures[0]
+    assert all(t in tex.corrections for t in links)  # the paint's: the frames' own corrections
+    monkeypatch.setattr(RenderContext, "visit", lambda self, t: None)
+    lazy = [img for _, img in EditSession(proj, layers, mapping=clip.gt).render_all()]
+    assert all(np.array_equal(a, b) for a, b in zip(eager, lazy))
+    jumpy = EditSession(proj, layers, mapping=clip.gt)
+    for t in (27, 3, 19, 11):
+        assert np.array_equal(jumpy.render_frame(t), eager[t])

@@ -389,6 +389,26 @@ def test_train_segments_then_add_frames_with_resume(tmp_path, capsys):
     assert state["model"]["inverse_maps.bg.grid.table"].dtype == torch.float16  # every hash table
     assert not list((proj / "segments").glob("*/atlas_*.png"))  # their 8-bit atlases are in maps/ already
     assert not list((proj / "segments").glob("*/cache/masks_preview.png"))  # nor a masks preview
+    # a segment an older inve wrote (float32 mapping tables) is compacted in place, still trained
+    from core import arraystore, checkpoint
+
+    seg0 = Project.open(proj / "segments" / "f000000-000010")
+    old = {**state, "model": {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}}
+    checkpoint.save_checkpoint(first_ckpt, old, seg0.info)
+    meta = arraystore.read_meta(seg0.path / Project.MAPS)
+    meta["meta"]["checkpoint"] = checkpoint.checkpoint_record(first_ckpt, state["step"])
+    fsutil.write_json(seg0.path / Project.MAPS / "meta.json", meta)
+    assert Project.open(seg0.path).state()[0] == "trained"
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compact_project", Path(__file__).parents[1] / "scripts" / "compact_project.py")
+    compact_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compact_mod)
+    big = first_ckpt.stat().st_size
+    compact_mod.compact(proj)
+    assert first_ckpt.stat().st_size < big and Project.open(proj).state()[0] == "trained"
+    again = torch.load(first_ckpt, weights_only=False)["model"]
+    assert all(torch.equal(again[k].float(), state["model"][k].float()) for k in again)  # the same numbers
     assert json.loads((proj / "segments" / "f000000-000010" / "maps" / "meta.json").read_text())["store"] == 2
     # more budget: every segment continues from its compact checkpoint
     assert cli.main(["train", str(video), "-o", str(proj), "--resume", *base[:1], "40", *base[2:]]) == 0

@@ -404,3 +404,129 @@ def test_cli_overlay(setup, gt_mapping, tmp_path, capsys):
     capsys.readouterr()
     rc = cli.main(["edit", str(project.path), "--edits", str(edits), "-o", str(tmp_path / "x.mp4"), "--overlay"])
     assert rc != 0 and "RGBA" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+
+
+class _Stream:
+    """The service's protocol stream in a test: records the replies; ``on_frame(n)`` runs after
+    the n-th frame event (the reply arrives on the rendering thread, like the client reads it)."""
+
+    def __init__(self, on_frame=None) -> None:
+        self.replies: list[dict] = []
+        self.on_frame = on_frame
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines():
+            if line.strip():
+                self.replies.append(json.loads(line))
+                if self.replies[-1]["event"] == "frame" and self.on_frame is not None:
+                    self.on_frame(sum(r["event"] == "frame" for r in self.replies))
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork()
+                    or (os.cpu_count() or 1) < 2, reason="forked render workers: Linux, 2 cores or more")
+def test_propagate_of_a_long_clip_renders_in_workers_streams_and_cancels(tmp_path, monkeypatch):
+    """A Propagate of 16 frames or more renders in `inve edit`'s forked workers: the frame
+    events come in order as each PNG lands, the overlays are the bytes of the in-process
+    render, the export movie has every frame, and a cancel stops the workers and keeps
+    exactly the frames announced. A second Propagate with every frame's patches cached here
+    (hiding a layer) re-composites in this process."""
+    import multiprocessing
+
+    from core.edits import EditSession
+    from core.edits.spec import parse_edits
+    from core.serve import Request, Service, render_workers
+    from core.video import probe
+
+    n = 24
+    clip = make_clip(T=n, size=(W, H), camera="pan_zoom", seed=11)
+    project = make_gt_project(clip, tmp_path / "proj", atlas_size=128, work_scale=0.5)
+    monkeypatch.setattr(Project, "mapping", lambda self, device="cpu": clip.gt)
+    paint = np.zeros((H, W, 4), np.float32)
+    paint[20:34, 30:60] = (0, 0, 1, 0.8)
+    fsutil.write_png(tmp_path / "paint.png", paint)
+    doc = {"version": 1, "layers": [{"type": "paint", "frame": 0, "image": "paint.png", "layer": "bg"},
+                                    {"type": "sketch", "frame": 3, "strokes": [
+                                        {"points": [[10, 50], [50, 12], [90, 40]], "color": [1, 0, 0, 1],
+                                         "width": 3}]}]}
+    stream = _Stream()
+    svc = Service(stream)
+    svc.run(Request(1, "set_edits", {"project": str(project.path), "edits": doc, "base": str(tmp_path)}))
+    held = next(iter(svc.projects.values()))
+    assert render_workers(held.session) > 1
+    out, movie = tmp_path / "frames", tmp_path / "export.mp4"
+    svc.run(Request(2, "propagate", {"project": str(project.path), "output": str(out), "overlay": True,
+                                     "movie": str(movie)}))
+    done = [r for r in stream.replies if r["id"] == 2 and r["event"] in ("done", "error")]
+    assert [r["event"] for r in done] == ["done"], done
+    events = [r["frame"] for r in stream.replies if r["id"] == 2 and r["event"] == "frame"]
+    assert events == list(range(n))  # in order, each once
+    ref = EditSession(project, parse_edits(doc, tmp_path, project.info), mapping=clip.gt)
+    for t in range(n):
+        assert np.array_equal(read(out / f"{t:04d}.png"), ref.render_frame(t, overlay=True))
+    assert probe(movie).n_frames == n
+    assert not multiprocessing.active_children()
+
+    # cancel after the third frame landed: the workers stop, the announced frames stay
+    cancel_at = Request(3, "propagate", {"project": str(project.path), "output": str(tmp_path / "c"),
+                                         "overlay": True})
+    stream.on_frame = lambda k: cancel_at.cancel.cancel() if k >= 3 + n else None
+    svc.run(cancel_at)
+    end = [r for r in stream.replies if r["id"] == 3 and r["event"] in ("done", "error")]
+    assert len(end) == 1 and end[0]["event"] == "error" and end[0]["cancelled"] is True
+    announced = [r["frame"] for r in stream.replies if r["id"] == 3 and r["event"] == "frame"]
+    assert 3 <= len(announced) < n
+    assert sorted(int(p.stem) for p in (tmp_path / "c").glob("*.png")) == announced
+    assert not multiprocessing.active_children()
+
+    # every frame's patches cached in the service (previews): hiding a layer re-composites here
+    stream.on_frame = None
+    for t in range(n):
+        held.session.render_frame(t)
+    doc2 = {"version": 1, "layers": [doc["layers"][0], {**doc["layers"][1], "visible": False}]}
+    svc.run(Request(4, "set_edits", {"project": str(project.path), "edits": doc2, "base": str(tmp_path)}))
+    assert render_workers(held.session) == 1
+    svc.run(Request(5, "propagate", {"project": str(project.path), "output": str(tmp_path / "h"),
+                                     "overlay": True}))
+    assert [r["event"] for r in stream.replies if r["id"] == 5 and r["event"] in ("done", "error")] == ["done"]
+    ref.set_layers(parse_edits(doc2, tmp_path, project.info))
+    assert np.array_equal(read(tmp_path / "h" / "0005.png"), ref.render_frame(5, overlay=True))
+
+
+@pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork()
+                    or (os.cpu_count() or 1) < 2, reason="forked render workers: Linux, 2 cores or more")
+def test_the_service_process_propagates_through_workers_and_cancels(tmp_path):
+    """The real service process (a reader thread waiting on stdin while the worker forks):
+    a long Propagate streams every frame from render workers, and a cancel ends it."""
+    n = 20
+    clip = make_clip(T=n, size=(W, H), camera="pan_zoom", seed=7)
+    project = make_gt_project(clip, tmp_path / "proj", atlas_size=128, work_scale=0.5)
+    fsutil.write_png(tmp_path / "paint.png", np.full((H, W, 4), (0.0, 0.0, 1.0, 0.5), np.float32))
+    doc = {"version": 1, "layers": [{"type": "paint", "frame": 0, "image": "paint.png", "layer": "bg"}]}
+    delay = tmp_path / "delay.txt"
+    delay.write_text("0")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"clip": {"T": n, "size": [W, H], "camera": "pan_zoom", "seed": 7},
+                                "delay_file": str(delay)}))
+    client = EngineClient([sys.executable, str(ROOT / "tests" / "serve_gt.py"), str(spec)], env=env())
+    try:
+        call(client, "set_edits", project=str(project.path), edits=doc, base=str(tmp_path))
+        events, res = wait(client.request("propagate", project=str(project.path), output=str(tmp_path / "a"),
+                                          overlay=True), timeout=60)
+        assert isinstance(res, dict) and res["frames"] == n, res
+        assert [e["frame"] for e in events if e["event"] == "frame"] == list(range(n))
+        delay.write_text("0.2")
+        req = client.request("propagate", project=str(project.path), output=str(tmp_path / "b"), overlay=True)
+        got, end = [], time.monotonic() + 60
+        while not got and time.monotonic() < end:
+            got += [e for e in req.poll_events() if e["event"] == "frame"]
+            time.sleep(0.01)
+        req.cancel()
+        events, res = wait(req, timeout=30)
+        assert isinstance(res, EngineError) and res.cancelled
+        assert call(client, "hello")["engine"] == "inve"
+    finally:
+        delay.write_text("0")
+        client.shutdown(10)

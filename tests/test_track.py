@@ -10,7 +10,7 @@ from synth import make_clip, make_gt_project
 from core import cli
 from core.edits.context import RenderContext
 from core.project import Project
-from core.track import draw_tracks, parse_points, track_points
+from core.track import PointSpec as PointSpecT, draw_tracks, parse_points, track_points
 
 T, W, H = 24, 128, 96
 
@@ -132,3 +132,51 @@ def test_draw_tracks_marks_the_positions(gt):
     far = np.ones((H, W), bool)
     far[max(0, y - 20):y + 20, max(0, x - 30):x + 30] = False
     assert (img[far] == clip.frames[t][far]).all()
+
+
+def test_occlusion_accuracy_where_the_alpha_edge_lags(tmp_path):
+    """Issue #9 goal: occlusion accuracy >= 0.99, where a fit's soft alpha edge lags the
+    object's by a pixel and its mapping drifts by up to 1.5 px (an analytic stand-in for a
+    fitted project: the benchmark's misses were points under the lagging edge and points by
+    the frame border).
+
+    A grid of points on both layers drawn on the last frame, tracked through every frame:
+    visible must agree with the truth (inside the frame, and shown by the true alpha) at
+    >= 0.99 of positions. On alpha alone (the pixels' evidence switched off) the same tracks
+    miss more: the test sees what the evidence adds."""
+    import cv2
+
+    from core.project import BakedMaps
+    from tests.test_refine import DriftingMapping
+
+    clip = make_clip(T=T, size=(W, H), camera="pan_zoom", seed=7)
+    proj = make_gt_project(clip, tmp_path / "proj")
+    m = proj.maps()
+    # the fitted alpha's edge a pixel inside the object's, and soft
+    lag = np.stack([cv2.GaussianBlur(cv2.erode(np.asarray(a, np.float32), np.ones((3, 3), np.uint8)), (0, 0), 1.0)
+                    for a in m.alpha])
+    maps = BakedMaps(uv={L: np.asarray(u) for L, u in m.uv.items()}, alpha=lag, atlas=m.atlas,
+                     atlas_used=m.atlas_used)
+    mapping = DriftingMapping(clip.gt, amount=1.0)
+    g, t0 = clip.gt, T - 1
+    xy = np.stack(np.meshgrid((np.arange(16) + 0.5) * W / 16, (np.arange(12) + 0.5) * H / 12), -1).reshape(-1, 2)
+    a0 = g.alpha(xy, np.full(len(xy), float(t0)))
+    keep = (a0 > 0.99) | (a0 < 0.01)
+    specs = [PointSpecT(str(i), t0, t0, (float(p[0]), float(p[1])), "fg" if a > 0.5 else "bg")
+             for i, (p, a) in enumerate(zip(xy[keep], a0[keep]))]
+
+    def accuracy(ctx):
+        hits, n, errs = 0, 0, []
+        for tr, p in zip(track_points(ctx, specs), specs):
+            xs, vis = truth(clip, tr.layer, p.xy, t0)
+            hits += int((tr.visible == vis).sum())
+            n += len(vis)
+            errs.extend(np.linalg.norm(tr.xy - xs, axis=1)[vis])
+        return hits / n, float(np.median(errs))
+
+    acc, med = accuracy(RenderContext(proj, mapping=mapping, maps=maps))
+    blind = RenderContext(proj, mapping=mapping, maps=maps)
+    blind.EVIDENCE_CAP = 0.0
+    acc_alpha, _ = accuracy(blind)
+    assert acc >= 0.99 and med < 0.2, (acc, med)  # measured 0.991, median 0.03 px
+    assert acc > acc_alpha + 0.01, (acc, acc_alpha)  # measured 0.970 on alpha alone

@@ -57,7 +57,8 @@ def edit_command(project_dir: Path, edits_json: Path, out: Path, progress: Progr
 
         seg_session = SegmentedSession(project)
         seg_session.load_edits(Path(edits_json))
-        return _render_out(seg_session, project, seg_session.layers, out, progress, overwrite, overlay, start)
+        return _render_out(seg_session, project, seg_session.layers, out, progress, overwrite, overlay, start,
+                           render_workers=render_workers)
     maps = project.maps()
     layers = load_edits(Path(edits_json), project.info,
                         atlas_sizes=lambda: {L: int(a.shape[0]) for L, a in maps.atlas.items()})

@@ -111,16 +111,20 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
             start, end = task
             if gap:
                 # decode the frames other workers rendered since our last block (forward: no
-                # decoder restart) into the frame cache: drift refinement's chain links there
-                # (core.refine.chain_parent) would otherwise seek the decoder backwards, a new
-                # decoder process per block (~0.15 s at 640x480)
+                # decoder restart) and match the chain links among them (core.refine.chain_parent,
+                # RenderContext.visit): asked for later, a link's frame would restart the decoder
+                # from the clip's start (hundreds of frames decoded again, late in a long shot)
                 for t in range(max(after, start - gap), start):
+                    if walk is not None:
+                        current = walk(t, current)
                     frames[t]
+                    session.visit(t)  # their chain links, while the frame is at hand
             after = end
             for t in range(start, end):
                 if walk is not None:
                     current = walk(t, current)
                 img = session.render_frame(t, cache=False, overlay=overlay)
+                session.visit(t)
                 results.put((t, encode(img) if encode is not None else img, None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         msg = str(exc) if isinstance(exc, InveError) else "".join(traceback.format_exception(exc))
@@ -147,8 +151,15 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
     blocks = [(s, min(T, s + B)) for s in range(0, T, B)]
     procs = [ctx.Process(target=_worker, args=(session, tasks, results, overlay, encode, workers), daemon=True,
                          name=f"inve-render-{i}") for i in range(workers)]
-    for p in procs:
-        p.start()
+    # multiprocessing's child start closes sys.stdin, which takes its lock: in a process where
+    # another thread sits in stdin.readline() (the engine service's reader) that lock is held
+    # at fork and the child would wait for it forever. Workers never read stdin.
+    stdin, sys.stdin = sys.stdin, None
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        sys.stdin = stdin
     sent = 0
     pending: dict[int, Any] = {}
     try:

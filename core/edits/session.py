@@ -169,6 +169,18 @@ class EditSession:
             return composite_overlay((self.ctx.H, self.ctx.W), patches)
         return composite(self.ctx.frames[t], patches)
 
+    def visit(self, t: int) -> None:
+        """A pass in frame order reached frame t (rendered, or read by a render worker for the
+        frames other workers render): the drift refinement's chain links there, now
+        (:meth:`RenderContext.visit`). Only passes call it: a preview jumps around."""
+        with torch_threads(RENDER_THREADS):
+            self.ctx.visit(t)
+
+    def start_pass(self) -> None:
+        """A pass over every frame begins: only the chains of the stack it renders are matched
+        as it goes (an interactive session remembers those of strokes since changed)."""
+        self.ctx.forget_chains()
+
     def render_all(self, progress: Progress | None = None, cache: bool = False,
                    overlay: bool = False, workers: int = 1,
                    encode: Callable[[np.ndarray], Any] | None = None) -> Iterator[tuple[int, Any]]:
@@ -183,6 +195,7 @@ class EditSession:
         T = self.ctx.T
         if progress is not None:
             progress.update("render", 0, T, force=True)
+        self.start_pass()
         self.prepare()
         if workers > 1 and T > 1:
             from core.edits.parallel import can_fork, render_parallel  # noqa: PLC0415
@@ -195,6 +208,7 @@ class EditSession:
                 return
         for t in range(T):
             img = self.render_frame(t, cache=cache, overlay=overlay)
+            self.visit(t)
             if progress is not None:
                 progress.update("render", t + 1, T)
             yield t, img

@@ -55,7 +55,7 @@ def wish_for(scene: Any) -> conf.ConfidenceWish | None:
     folder = ctx.project_folder(item, update=False)
     if folder is None:
         return None
-    items, without = conf.anchors(item.layers, frames, size)
+    items, without = conf.anchors(item.layers, frames, size, layers=info.get("layers") or ("fg", "bg"))
     if not items and not without:
         return None
     check = (info.get("confidence") or {}).get("check_frames") or []

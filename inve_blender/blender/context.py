@@ -68,10 +68,11 @@ def project_folder(item: Any, update: bool = True) -> str | None:
     return found
 
 
-def started_folder(item: Any) -> str | None:
+def started_folder(item: Any, update: bool = True) -> str | None:
     """The recorded folder when it still exists, trained or not (a run cancelled before the
-    engine wrote project.json resumes there); None when it is gone (moved: Relink)."""
-    found = project_folder(item)
+    engine wrote project.json resumes there); None when it is gone (moved: Relink).
+    ``update=False`` while drawing (see :func:`project_folder`)."""
+    found = project_folder(item, update=update)
     if found is not None:
         return found
     for cand in (bpy.path.abspath(item.path), item.abs_path):

@@ -156,7 +156,7 @@ class INVE_OT_clear_foreground_hint(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         if not poll_movie_strip(cls, context):
             return False
-        if hint_found(context, movie_strip(context)) is None:
+        if hint_found(context, movie_strip(context), load=False) is None:
             cls.poll_message_set("No foreground hint is set for this strip")
             return False
         return True

@@ -77,7 +77,7 @@ def clear_partial_project(path: str) -> bool:
 
 
 def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frames: tuple[int, int],
-                 extend: bool = False) -> tuple[str, tuple[int, int], bool, Any, str] | None:
+                 extend: bool = False, update: bool = True) -> tuple[str, tuple[int, int], bool, Any, str] | None:
     """Where Train puts the strip's project and which source frames it trains:
     (workspace folder, frames, temporary?, the existing record or None, a note on new frames);
     None after reporting why not. Train All uses the same rule, so every strip's project is
@@ -91,7 +91,7 @@ def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frame
     item, match = strip_project(context, strip)
     new_frames = ""
     if item is not None and match is not None and match.complete:
-        base = started_folder(item)
+        base = started_folder(item, update)
         if base is None:
             op.report({"ERROR"}, f"The project folder of '{strip.name}' was moved or deleted "
                                  f"({item.abs_path}): use Relink Project first")
@@ -101,7 +101,7 @@ def train_target(op: Any, context: bpy.types.Context, strip: Any, fp: str, frame
         return base, frames, temporary, item, new_frames
     if item is not None:  # the strip shows frames the project lacks
         frames = (min(frames[0], item.frame_start), max(frames[1], item.frame_end))
-        base = started_folder(item) if extend else None
+        base = started_folder(item, update) if extend else None
         if base is not None and projects.is_project_folder(Workspace(base).project):
             temporary = base.startswith(os.path.join(tempfile.gettempdir(), "inve_unsaved"))
             return base, frames, temporary, item, (f" (new frames: {frames[0]}..{frames[1] - 1} added to the "
@@ -136,13 +136,13 @@ def train_workspace(op: Any, context: bpy.types.Context, strip: Any, extend: boo
     Train trains there, and Mark Foreground puts its HINTS.json there (and the panel looks for
     it there), so a hint is always where Train reads it: the source frames from the strip's
     exact timing (a clip Blender retimed to the scene's frame rate included; ``load=False``
-    while drawing uses what is known), the project record's own folder when there is one
-    (trained or only started, an unsaved file's temporary folder included), else the new
-    project's folder. Raises OSError/ValueError (no movie file; a strip that shows nothing);
+    while drawing uses what is known and writes nothing), the project record's own folder
+    when there is one (trained or only started, an unsaved file's temporary folder included),
+    else the new project's folder. Raises OSError/ValueError (no movie file; a strip that shows nothing);
     None after reporting why not (a moved project: Relink).
     """
     fp, frames = source_key(context, strip, exact=True, load=load)
-    target = train_target(op, context, strip, fp, frames, extend=extend)
+    target = train_target(op, context, strip, fp, frames, extend=extend, update=load)
     return None if target is None else (fp, target)
 
 

@@ -28,8 +28,9 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 #: slide of a pixel or more is what a viewer notices on a sticker or a thin line
 SLIDE_PX = 1.0
 #: anchor points per layer and in all: the service tracks (and refines) each one in every
-#: frame, so the cost grows with points x frames (measured: about 0.8 s for up to 17 points over 11
-#: frames on a shared 2-core CPU), and a layer mostly slides as a whole: a few per layer tell
+#: frame, so the cost grows with points x frames (measured in the e2e test, up to 17 points over
+#: 11 frames at 160x96 on the shared 2-core CPU: 0.06-0.8 s depending on the load), and a layer
+#: mostly slides as a whole: a few per layer tell
 POINTS_PER_LAYER = 6
 MAX_POINTS = 32
 
@@ -87,10 +88,12 @@ def layer_points(layer: dict[str, Any], n: int = POINTS_PER_LAYER) -> list[tuple
 
 
 def anchors(items: Iterable[LayerLike], frames: Sequence[int], size: Sequence[int],
-            per_layer: int = POINTS_PER_LAYER, limit: int = MAX_POINTS) -> tuple[list[Anchor], list[str]]:
+            per_layer: int = POINTS_PER_LAYER, limit: int = MAX_POINTS,
+            layers: Sequence[str] = ("fg", "bg")) -> tuple[list[Anchor], list[str]]:
     """Anchor points of the visible layers (inside the frame, on one of the project's
     ``frames``), and the names of visible layers that have none to track (paint, atlas, or
-    drawn outside the project's frames): those are judged by the whole-frame read-out."""
+    drawn outside the project's frames): those are judged by the whole-frame read-out.
+    ``layers``: the project's own (an attachment it lacks is left to the engine's choice)."""
     W, H = float(size[0]), float(size[1])
     known = set(int(f) for f in frames)
     out: list[Anchor] = []
@@ -113,7 +116,7 @@ def anchors(items: Iterable[LayerLike], frames: Sequence[int], size: Sequence[in
         if not pts:
             without.append(it.name)
             continue
-        attach = it.attach if it.attach in ("fg", "bg") else None
+        attach = it.attach if it.attach in ("fg", "bg") and it.attach in layers else None
         for k, (x, y) in enumerate(pts):
             out.append(Anchor(f"a{len(out)}", it.name, int(frame), round(x, 3), round(y, 3), attach))
     if len(out) > limit:  # keep every layer represented: thin each layer's share evenly
