@@ -1068,6 +1068,8 @@ class SegmentedSession:
         its atlas only guesses) is not handed on from seam to seam."""
         import cv2  # noqa: PLC0415
 
+        from core.layers import VISIBLE_ALPHA, shows  # noqa: PLC0415
+
         key = (j, layer)
         if key not in self._coverage:
             maps = self.subs[j].maps()
@@ -1078,7 +1080,7 @@ class SegmentedSession:
                 ok = np.isfinite(m).all(1)
                 if two:  # clearly on the layer: a leaky alpha does not make a hidden surface shown
                     a = np.asarray(maps.alpha[t, ::2, ::2], np.float32).reshape(-1)
-                    ok &= (a > 1.0 - COVERAGE_ALPHA) if layer == "fg" else (a < COVERAGE_ALPHA)
+                    ok &= shows(layer, a, slack=COVERAGE_ALPHA - VISIBLE_ALPHA)
                 at = np.clip(((m[ok] + 1.0) * 0.5 * COVERAGE_SIZE).astype(np.int64), 0, COVERAGE_SIZE - 1)
                 used[at[:, 1], at[:, 0]] = True
             self._coverage[key] = cv2.dilate(used.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
@@ -1319,7 +1321,7 @@ class SegmentedSession:
         out = []
         for i, p in enumerate(points):
             xy, vis = np.zeros((T, 2)), np.zeros(T, bool)
-            err = np.zeros(T) if self.session(homes[i]).ctx.refine_enabled else None
+            err = np.zeros(T) if self.ctx.refine_enabled else None
             layer = per[homes[i]][i].layer
             for k, (lo, hi) in enumerate(self.owns):
                 tr = per[k].get(i)

@@ -203,12 +203,27 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        if state.get("optimizer"):  # a compact checkpoint has none: the moments start again
+        if state.get("optimizer") and self._moments_fit(state["optimizer"]):
             self.opt.load_state_dict(state["optimizer"])
+        # else the moments start again: a compact checkpoint keeps none, and an older layout's
+        # (hash tables were [F, rows] before they became [rows, F]) would be applied to the
+        # wrong entries: Adam loads moments of another shape without a word
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.gen.set_state(state["generator"])
         self.mse_ema = state.get("mse_ema")
+
+    def _moments_fit(self, opt_state: dict[str, Any]) -> bool:
+        """Whether every stored optimizer tensor has the shape of the parameter it belongs to."""
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        saved = [i for g in opt_state.get("param_groups", []) for i in g.get("params", [])]
+        if len(saved) != len(params):
+            return False
+        for i, p in zip(saved, params):
+            for v in opt_state.get("state", {}).get(i, {}).values():
+                if torch.is_tensor(v) and v.dim() > 0 and v.shape != p.shape:
+                    return False
+        return True
 
     def save(self, path: Path) -> None:
         fsutil.write_with(path, lambda tmp: torch.save(self.state(), tmp))

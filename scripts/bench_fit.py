@@ -115,10 +115,32 @@ def time_edits(project, tmp: Path) -> None:
               f"at {W}x{H}", flush=True)
 
 
+class StampedLog:
+    """The JSON progress stream with each event's wall-clock time added (``wall``): a stage's
+    own ``elapsed`` restarts whenever the stage does, which a segmented shot does per segment."""
+
+    def __init__(self, fh) -> None:
+        self.fh = fh
+
+    def write(self, text: str) -> None:
+        import json
+
+        for line in text.splitlines():
+            if line.strip():
+                obj = json.loads(line)
+                obj["wall"] = round(time.monotonic(), 3)
+                self.fh.write(json.dumps(obj) + "\n")
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def eta_report(log_path: Path) -> None:
-    """How true each stage's ETA was: the worst error between 10 % and 90 % of the stage's
-    steps, relative to the time that really remained (and in seconds). A segmented shot runs
-    each stage once per segment (its step counter starts again): each run is judged on its own."""
+    """How true each stage's ETA was: the worst error between 10 % and 90 % of a run of the
+    stage, relative to the time that really remained (and in seconds). A segmented shot runs
+    flow, masks and bake once per segment (each run judged on its own), while its training
+    stage counts 0..1000 over the whole shot with an ETA for the whole shot's training, judged
+    against the wall clock up to the last segment's last training step."""
     import json
 
     events = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -128,16 +150,19 @@ def eta_report(log_path: Path) -> None:
             continue
         stage_runs = runs.setdefault(e["stage"], [])
         last = stage_runs[-1][-1] if stage_runs else None
-        if last is None or e["step"] < last["step"] or e["total"] != last["total"]:
+        whole_shot = e["stage"] == "train" and "segment" in e
+        if (last is None or e["step"] < last["step"] or e["total"] != last["total"]
+                or (not whole_shot and e["elapsed"] < last["elapsed"])):
             stage_runs.append([])
         stage_runs[-1].append(e)
     for stage, stage_runs in runs.items():
         worst, worst_s, seconds = 0.0, 0.0, 0.0
         for evs in stage_runs:
-            total, end = evs[-1]["total"], evs[-1]["elapsed"]
-            seconds += end - evs[0]["elapsed"]
+            clock = "wall" if all("wall" in e for e in evs) else "elapsed"
+            total, end = evs[-1]["total"], evs[-1][clock]
+            seconds += end - evs[0][clock]
             for e in evs:
-                remaining = end - e["elapsed"]
+                remaining = end - e[clock]
                 if e["eta"] is None or not 0.1 * total <= e["step"] <= 0.9 * total or remaining <= 0:
                     continue
                 worst = max(worst, abs(e["eta"] - remaining) / remaining)
@@ -219,7 +244,7 @@ def main() -> int:
           f"budget {budget}, torch {torch.__version__}, {torch_threads} threads")
     wall0 = time.monotonic()
     log_path = scratch / "progress.jsonl"
-    log = open(log_path, "w")
+    log = StampedLog(open(log_path, "w"))
     cfg = TrainConfig(frames=(start, end), max_side=args.max_side, minutes=None if args.iters else args.minutes,
                       iters=args.iters, segment_frames=args.segment_frames)
     if args.batch:
@@ -245,7 +270,7 @@ def main() -> int:
     for layer, err in metrics["cycle_error_px"].items():
         print(f"cycle error {layer:>3}   median {err:.3f} px at source resolution")
     print(f"wall time         {wall:.1f} s (load + preprocess + train + bake)")
-    log.close()
+    log.fh.close()
     eta_report(log_path)
     print(f"peak RSS          {peak_rss_mb():.0f} MB (training)")
     print(f"project on disk   {du_mb(workdir):.1f} MB ({workdir})")
