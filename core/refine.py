@@ -160,12 +160,29 @@ class Level:
     """
 
     KEEP = 12  # frames kept (the drawing frame and a block of frames matched together)
+    #: frames kept besides, on request (:meth:`pin`: chain links a later frame may match from),
+    #: up to this many bytes (the oldest dropped first: a 1080p frame is 8 MB)
+    PINNED_BYTES = 192 * 2**20
 
     def __init__(self, frames: Callable[[int], torch.Tensor], step: float, size: tuple[int, int]) -> None:
         self.frames, self.step, self.size = frames, step, size
         self._cache: dict[int, torch.Tensor] = {}
+        self._pinned: dict[int, torch.Tensor] = {}
+
+    def pin(self, t: int) -> None:
+        """Keep frame t (loaded now, while its pixels are at hand) beyond the recent few."""
+        if t not in self._pinned:
+            self._pinned[t] = self.image(t)
+            while len(self._pinned) > 1 and sum(a.nbytes for a in self._pinned.values()) > self.PINNED_BYTES:
+                self._pinned.pop(next(iter(self._pinned)))
+
+    def unpin(self) -> None:
+        """Drop the frames kept by :meth:`pin`."""
+        self._pinned.clear()
 
     def image(self, t: int) -> torch.Tensor:
+        if t in self._pinned:
+            return self._pinned[t]
         if t in self._cache:
             self._cache[t] = self._cache.pop(t)  # most recent last
         else:

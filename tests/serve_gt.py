@@ -4,7 +4,8 @@
 described in SPEC.json (``make_clip`` arguments T, size, camera[, occluder]; deterministic),
 makes every project use it instead of a checkpoint, then runs the real service. If SPEC names a ``delay_file`` holding a number,
 each frame's rendering first sleeps that many seconds (to cancel or kill mid-work on purpose);
-``"refine": false`` switches the drift refinement of carried points off (for benchmarks).
+``"refine": false`` switches the drift refinement of carried points off (for benchmarks);
+``"workers_from": N`` renders a Propagate of N frames or more in render workers.
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def main() -> int:
         from core.edits.context import RenderContext
 
         RenderContext.REFINE = False
+    if "workers_from" in spec:  # Propagate through render workers from this many frames
+        import core.serve
+
+        core.serve.WORKERS_FROM_FRAMES = int(spec["workers_from"])
     delay_file = spec.get("delay_file")
     if delay_file:
         orig = EditSession.frame_patches

@@ -193,3 +193,24 @@ def test_a_wish_is_sent_once_the_layers_settled_unless_asked_explicitly() -> Non
     f.finished(sent, {"tracks": {"frames": FRAMES, "tracks": []}})
     f.want(_wish("/p", 130.0), force=True)  # Check Where Edits Slide: at once
     assert f.next_request()[1].key == _wish("/p", 130.0).key
+
+
+def test_a_failed_answer_is_shown_then_asked_for_again_after_a_while() -> None:
+    """One failure (the service could not start, a request failed) must not blank the panel
+    for that stack until the user presses Check Again."""
+    now = [50.0]
+    f = conf.ConfidenceFetcher(settle=0.0, clock=lambda: now[0])
+    w = _wish("/p", 100.0)
+    f.want(w)
+    f.finished(f.next_request()[1], None, "cannot start the engine service: no Python")
+    assert f.answer("/p", w.key).error
+    now[0] += 1.0
+    f.want(w)  # a redraw soon after: the error stays shown, nothing is sent
+    assert f.wanted is None and f.answer("/p", w.key).error
+    now[0] += conf.ConfidenceFetcher.RETRY_FAILED
+    f.want(w)  # later: asked again
+    assert f.next_request()[1] is w
+    f.finished(w, {"tracks": {"frames": FRAMES, "tracks": []}})
+    now[0] += 3 * conf.ConfidenceFetcher.RETRY_FAILED
+    f.want(w)  # a good answer is kept however old
+    assert f.wanted is None and not f.answer("/p", w.key).error

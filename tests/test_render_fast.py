@@ -277,10 +277,10 @@ def test_a_render_worker_dies_with_its_killed_parent(tmp_path):
 
 
 def test_a_pass_matches_chain_links_at_their_frames_and_renders_the_same(tmp_path, monkeypatch):
-    """A pass in frame order matches every chain link as it reaches the link's frame (the
-    frame is decoded then; later, asking for it would restart the decoder from the clip's
-    start), before any frame needs it; the frames are those of a pass that matches links
-    only on need, and of frames rendered out of order (a preview)."""
+    """A pass in frame order keeps every chain link's pixels as it reaches the link's frame
+    (the frame is decoded then; later, asking for it would restart the decoder from the
+    clip's start), so a link needed later is matched without decoding; the frames are those
+    of a pass that does not keep them, and of frames rendered out of order (a preview)."""
     from core import fsutil
     from core.edits.context import RenderContext
     from core.refine import CHAIN_STRIDE
@@ -297,19 +297,15 @@ def test_a_pass_matches_chain_links_at_their_frames_and_renders_the_same(tmp_pat
                                          "width": 3}]}]}
     layers = parse_edits(doc, tmp_path, proj.info)
     s = EditSession(proj, layers, mapping=clip.gt)
-    seen = []
-    orig = RenderContext._link
-
-    def spy(self, layer, xy0, t_from, t):
-        seen.append(int(t))
-        return orig(self, layer, xy0, t_from, t)
-
-    monkeypatch.setattr(RenderContext, "_link", spy)
     eager = [img for _, img in s.render_all()]
     links = [2 + k * CHAIN_STRIDE for k in range(1, (T - 3) // CHAIN_STRIDE + 1)]  # 10, 18, 26
-    assert sorted(set(seen)) == links  # the stroke's links, each as the pass reached it
-    tex = s.renderer(layers[0]).textures[0]
-    assert all(t in tex.corrections for t in links)  # the paint's: the frames' own corrections
+    for lv in s.ctx.levels():
+        assert sorted(lv._pinned) == links  # kept as the pass reached them
+    # a link needed after the pass: matched from the kept pixels, no frame decoded
+    s.ctx.frames = None
+    s.ctx._links.clear()
+    c = s.renderer(layers[1])._carried[0]
+    s.ctx._link(c.layer, c.dense[:4], c.t, links[-1])
     monkeypatch.setattr(RenderContext, "visit", lambda self, t: None)
     lazy = [img for _, img in EditSession(proj, layers, mapping=clip.gt).render_all()]
     assert all(np.array_equal(a, b) for a, b in zip(eager, lazy))

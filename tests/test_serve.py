@@ -451,6 +451,10 @@ def test_propagate_of_a_long_clip_renders_in_workers_streams_and_cancels(tmp_pat
                                     {"type": "sketch", "frame": 3, "strokes": [
                                         {"points": [[10, 50], [50, 12], [90, 40]], "color": [1, 0, 0, 1],
                                          "width": 3}]}]}
+    import core.serve
+
+    assert render_workers(EditSession(project, [], mapping=clip.gt)) == 1  # short: here, with its caches
+    monkeypatch.setattr(core.serve, "WORKERS_FROM_FRAMES", 16)
     stream = _Stream()
     svc = Service(stream)
     svc.run(Request(1, "set_edits", {"project": str(project.path), "edits": doc, "base": str(tmp_path)}))
@@ -509,7 +513,7 @@ def test_the_service_process_propagates_through_workers_and_cancels(tmp_path):
     delay.write_text("0")
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"clip": {"T": n, "size": [W, H], "camera": "pan_zoom", "seed": 7},
-                                "delay_file": str(delay)}))
+                                "delay_file": str(delay), "workers_from": 16}))
     client = EngineClient([sys.executable, str(ROOT / "tests" / "serve_gt.py"), str(spec)], env=env())
     try:
         call(client, "set_edits", project=str(project.path), edits=doc, base=str(tmp_path))

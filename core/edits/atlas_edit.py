@@ -359,7 +359,7 @@ def texture_correction(ctx: RenderContext, tex: AtlasTexture, t: int) -> Correct
     a = tex.anchors
     corr = None
     if a:
-        ctx.chain(("texture", id(tex)), a.t0, lambda f: texture_correction(ctx, tex, f))
+        ctx.chain(("texture", id(tex)), a.t0)
         if t == a.t0:
             start_t, ok_t = a.x0, np.ones(len(a.x0), bool)
         elif a.start is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -113,8 +113,8 @@ class RenderContext:
         self.refine_cfg = RefineConfig()
         self._levels: list[Level] | None = None
         self._links: dict[tuple, np.ndarray] = {}
-        # the chains seen so far (point sets, textures): key -> (drawing frame, link at frame t)
-        self._chains: OrderedDict[tuple, tuple[int, Callable[[int], Any]]] = OrderedDict()
+        # the chains seen so far (point sets, textures): key -> their drawing frame
+        self._chains: OrderedDict[tuple, int] = OrderedDict()
         # confirmed keys per (layer, frame index): [k, 2] source px (stale ones are not loaded)
         self.confirmed: dict[tuple[str, int], np.ndarray] = {}
         self.confirmed_tracks = read_confirmed(project.path, self.info, self.maps.meta)
@@ -373,9 +373,7 @@ class RenderContext:
         """
         frames = np.asarray(frames, int)
         direct = self.CHAIN_BELOW is not None
-        xy0_key = np.array(xy0, np.float64, copy=True)
-        self.chain((layer, int(t_from), hash(xy0_key.tobytes())), int(t_from),
-                   lambda t: self._link(layer, xy0_key, int(t_from), t))
+        self.chain((layer, int(t_from), hash(np.ascontiguousarray(xy0, np.float64).tobytes())), int(t_from))
         r = self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False, independent=independent) if direct else None
         need = []
         for i, f in enumerate(frames):
@@ -437,34 +435,43 @@ class RenderContext:
     #: chains remembered for :meth:`visit` (the most recent ones)
     CHAINS = 32
 
-    def chain(self, key: tuple, t_from: int, link: Callable[[int], Any]) -> None:
-        """Remember a chain of matches from ``t_from`` (a point set, a texture's anchors) whose
-        link at frame t ``link(t)`` computes (cached by the caller), for :meth:`visit`."""
-        self._chains[key] = (int(t_from), link)
+    def chain(self, key: tuple, t_from: int) -> None:
+        """Remember a chain of matches from ``t_from`` (a point set, a texture's anchors) for
+        :meth:`visit`."""
+        self._chains[key] = int(t_from)
         self._chains.move_to_end(key)
         while len(self._chains) > self.CHAINS:
             self._chains.popitem(last=False)
 
     def forget_chains(self) -> None:
-        """Stop matching the chains seen so far in :meth:`visit` (their links stay cached)."""
+        """Forget the chains seen so far and the link frames :meth:`visit` kept for them (the
+        links matched stay cached)."""
         self._chains.clear()
+        if self._levels is not None:
+            for lv in self._levels:
+                lv.unpin()
 
     def visit(self, t: int) -> None:
-        """A pass in frame order is at frame t, decoded: the chain links at t of every chain seen
-        so far, now.
+        """A pass in frame order is at frame t, decoded: keep its grey levels if it is a chain
+        link of a chain seen so far, so that the link can be matched whenever a later frame
+        needs it.
 
-        Why: a link is matched only when a later frame needs it, and needs its own parent
-        link first; by then its frame has long left the decoder's cache, and a decoder asked
-        for a frame behind it restarts from the clip's start (each restart of a 458-frame
-        pass re-decoded hundreds of frames). Matched as the pass goes by, every link finds
-        its frame and its parent at hand. Forward chains only (a pass moves forward).
+        Why: a link is matched only when a later frame needs it (most never are: the direct
+        match suffices), and needs its own parent link first; by then its frame has long left
+        the decoder's cache, and a decoder asked for a frame behind it restarts from the
+        clip's start (each restart of a 458-frame pass re-decoded hundreds of frames).
+        Matching every link as the pass goes by would cost a match per link frame and chain
+        in every worker; keeping their pixels costs a grey conversion. Forward chains only
+        (a pass moves forward).
         """
         if not self.refine_enabled:
             return
-        for t_from, link in list(self._chains.values()):
+        for t_from in list(self._chains.values()):
             d = int(t) - t_from
             if d >= CHAIN_STRIDE and d % CHAIN_STRIDE == 0:
-                link(int(t))
+                for lv in self.levels():
+                    lv.pin(int(t))
+                return
 
     def cycle_error_px(self, layer: str, uv: np.ndarray, xy: np.ndarray) -> np.ndarray:
         """forward(xy_t) vs the points' uv [N, 2], source px, for positions xy [F, N, 2] of all frames."""

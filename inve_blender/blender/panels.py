@@ -300,6 +300,7 @@ class INVE_PT_slides(bpy.types.Panel):
             layout.label(text="Checking...", icon="SORTTIME")
             return
         if answer.error:
+            confidence.schedule(scene)  # asked again once the failure is RETRY_FAILED old
             _wrapped(layout, f"Checking failed: {answer.error}", icon="ERROR")
             return
         rep = answer.report

@@ -322,6 +322,7 @@ class ConfidenceWish:
 class Answer:
     report: SlideReport | None = None
     error: str = ""
+    at: float = 0.0  # when it arrived (the fetcher's clock): a failure is asked again after a while
 
 
 class ConfidenceFetcher:
@@ -335,6 +336,9 @@ class ConfidenceFetcher:
     """
 
     KEEP = 16
+    #: a failed answer (the service could not start, a request failed) is shown, and asked for
+    #: again once it is this old, so one bad moment does not blank the panel for good
+    RETRY_FAILED = 10.0
 
     def __init__(self, settle: float = 0.4, clock: Callable[[], float] = time.monotonic) -> None:
         self.settle, self.clock = settle, clock
@@ -345,7 +349,8 @@ class ConfidenceFetcher:
 
     def want(self, wish: ConfidenceWish, force: bool = False) -> None:
         """Ask for ``wish`` (``force``: again, even if answered, and at once)."""
-        if force:
+        old = self.answers.get(wish.cache_key)
+        if force or (old is not None and old.error and self.clock() - old.at >= self.RETRY_FAILED):
             self.answers.pop(wish.cache_key, None)
         busy_with_it = self.inflight is not None and self.inflight.cache_key == wish.cache_key
         if wish.cache_key in self.answers or busy_with_it:
@@ -387,6 +392,7 @@ class ConfidenceFetcher:
         return ans
 
     def store(self, wish: ConfidenceWish, ans: Answer) -> None:
+        ans.at = self.clock()
         self.answers[wish.cache_key] = ans
         self.answers.move_to_end(wish.cache_key)
         while len(self.answers) > self.KEEP:
