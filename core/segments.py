@@ -286,6 +286,7 @@ def train_segmented(video: str | Path, project_dir: Path, existing: Project | No
                 continue  # finished to its share (or extending: trained segments stay untouched)
         seg_cfg = dataclasses.replace(cfg, frames=(a, b), iters=iters, minutes=minutes, segment_frames=0,
                                       compact_checkpoint=True, atlas_images=False,
+                                      short_minutes=0.0,  # the short-budget step is unmeasured on segments
                                       weights=dataclasses.replace(cfg.weights), model=dict(cfg.model))
         if cfg.fg_hint and not cfg.masks:
             seg_cfg.fg_hint = _segment_hints(Path(cfg.fg_hint), sub_dir, a, b)

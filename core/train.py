@@ -68,9 +68,10 @@ class TrainConfig:
     batch: int = 8192
     lr_table: float = 1e-2
     lr_mlp: float = 3e-3
-    # A wall-time budget of at most ``short_minutes`` (a quick look; a segment's share of a long
-    # shot) trains with a cheaper step: ``short_batch`` pixels at ``short_lr_table``, so ~1.7x
-    # the steps fit in the time, and the larger rate lets the fewer pixels per step move as far.
+    # A wall-time budget of at most ``short_minutes`` (a quick look at a shot; 0 turns it off,
+    # as segments of a long shot do until it is measured there) trains with a cheaper step:
+    # ``short_batch`` pixels at ``short_lr_table``, so ~1.7x the steps fit in the time, and
+    # the larger rate lets the fewer pixels per step move as far.
     # Measured on cup 40:80 at 256x192, fits of the same CPU time as a minute's 810 steps of
     # 8192 pixels (scripts/profile_step.py --iters): 1380 steps of 4096 at 2e-2 give the
     # networks 32.39 dB, at 1e-2 32.21 dB, the 8192-pixel steps 32.03 dB.

@@ -179,6 +179,11 @@ def main() -> int:
     ap.add_argument("--frames", default=None)
     ap.add_argument("--max-side", type=int, default=256)
     ap.add_argument("--minutes", type=float, default=None, help="training budget (bake and preprocessing come on top)")
+    ap.add_argument("--iters", type=int, default=None,
+                    help="an iteration budget instead of minutes: the quality of a given number of steps, "
+                         "whatever the machine's load (with --batch/--lr-table: the short-budget step)")
+    ap.add_argument("--batch", type=int, default=None, help="pixels per step (TrainConfig.batch)")
+    ap.add_argument("--lr-table", type=float, default=None, help="hash-table learning rate (TrainConfig.lr_table)")
     ap.add_argument("--eval-every", type=float, default=20.0, help="seconds of training between PSNR probes")
     ap.add_argument("--keep", default=None, help="keep the project in this folder")
     ap.add_argument("--edit", action="store_true", help="time the edit pass too (on by default for box, bbb1080)")
@@ -234,13 +239,18 @@ def main() -> int:
         print(f"  train {trainer.elapsed:6.1f} s  iter {trainer.step:5d}  PSNR {curve[-1][1]:6.2f} dB", flush=True)
 
     torch_threads = torch.get_num_threads()
+    budget = f"{args.iters} iterations" if args.iters else f"{args.minutes} min"
     print(f"fit benchmark: {args.video} frames {args.frames}, max side {args.max_side}, "
-          f"budget {args.minutes} min, torch {torch.__version__}, {torch_threads} threads")
+          f"budget {budget}, torch {torch.__version__}, {torch_threads} threads")
     wall0 = time.monotonic()
     log_path = scratch / "progress.jsonl"
     log = StampedLog(open(log_path, "w"))
-    cfg = TrainConfig(frames=(start, end), max_side=args.max_side, minutes=args.minutes,
-                      segment_frames=args.segment_frames)
+    cfg = TrainConfig(frames=(start, end), max_side=args.max_side, minutes=None if args.iters else args.minutes,
+                      iters=args.iters, segment_frames=args.segment_frames)
+    if args.batch:
+        cfg.batch = args.batch
+    if args.lr_table:
+        cfg.lr_table = args.lr_table
     if args.warm_start is not None:
         cfg.segment_warm_start = args.warm_start == "on"
     project = train_project(args.video, workdir, cfg,
