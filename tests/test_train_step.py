@@ -37,3 +37,10 @@ def test_longer_budgets_iteration_budgets_and_fine_tuning_keep_the_configured_st
     tr = _trainer(cfg, schedules=[LearningRate({"map_tables": 1e-3, "map_mlps": 1e-3, "tables": 1e-3,
                                                 "mlps": 1e-3}), FullDetail()])
     assert tr.batch == 1024
+
+
+def test_the_cheaper_step_is_for_the_cpu_only():
+    """On a GPU a step is launch-bound (4096 pixels cost about what 8192 do): keep the full step."""
+    cfg = TrainConfig(minutes=1.0)
+    assert cfg.step_settings("cpu") == (cfg.short_batch, cfg.short_lr_table)
+    assert cfg.step_settings("cuda") == cfg.step_settings("mps") == (cfg.batch, cfg.lr_table)
