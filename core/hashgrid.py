@@ -109,10 +109,14 @@ class _GridFunction(torch.autograd.Function):
         return grad_x, grad_table, None
 
 
+#: real dtypes whose [rows, 2] pairs have a complex twin (complex64 / complex128)
+_PAIR_DTYPES = (torch.float32, torch.float64)
+
+
 def _as_complex_rows(table: torch.Tensor) -> bool:
     """Whether [rows, 2] rows can travel as complex numbers: on the CPU (MPS has no complex
     dtype; CUDA's row-wise ``index_add_`` is fast already) and in float32/float64."""
-    return table.shape[1] == 2 and table.device.type == "cpu" and table.dtype in (torch.float32, torch.float64)
+    return table.shape[1] == 2 and table.device.type == "cpu" and table.dtype in _PAIR_DTYPES
 
 
 def _gather_rows(table: torch.Tensor, flat_idx: torch.Tensor) -> torch.Tensor:

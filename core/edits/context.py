@@ -601,9 +601,10 @@ class RenderContext:
         # log densities of the three colour channels (squared distance 3 e, sigma per channel)
         s2 = self.evidence_noise() ** 2
         norm = -1.5 * math.log(2.0 * math.pi * s2)
-        log_own = norm - 3.0 * e_own.double() / (2.0 * s2)
-        log_other = torch.logaddexp(norm - 3.0 * e_other.double() / (2.0 * s2), torch.zeros(())) - math.log(2.0)
-        llr = (log_own - log_other).numpy()  # for the point's own layer
+        e_own, e_other = (np.asarray(e.numpy(), np.float64) for e in (e_own, e_other))
+        log_own = norm - 3.0 * e_own / (2.0 * s2)
+        log_other = np.logaddexp(norm - 3.0 * e_other / (2.0 * s2), 0.0) - math.log(2.0)
+        llr = log_own - log_other  # for the point's own layer
         llr = np.clip(np.nan_to_num(llr), -self.EVIDENCE_CAP, self.EVIDENCE_CAP)
         out[todo] = -llr if layer == "bg" else llr
         return out
