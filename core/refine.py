@@ -261,6 +261,15 @@ def _gauss_newton(lv: "Level", t: int, p: torch.Tensor, A: torch.Tensor, G: torc
     return delta, G, (Hxx, Hxy, Hyy), sw
 
 
+def _patch_window(r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (2r+1)^2 sample offsets of a match patch [P, 2] and their Gaussian weights [P]
+    (centre-weighted, so a patch cut by an outline is decided by its middle)."""
+    k = torch.arange(-r, r + 1, dtype=torch.float32)
+    gy, gx = torch.meshgrid(k, k, indexing="ij")
+    offs = torch.stack([gx, gy], -1).reshape(-1, 2)
+    return offs, torch.exp(-(offs ** 2).sum(-1) / (2 * (0.6 * r) ** 2))
+
+
 def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.ndarray, pred: np.ndarray,
                      jac: np.ndarray, valid: np.ndarray, mask: LayerMask | None = None,
                      cfg: RefineConfig | None = None) -> Refined:
@@ -279,10 +288,7 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
     if N == 0 or F_ == 0:
         return Refined(out, accepted, ncc_out, shift_out)
     r = cfg.radius
-    k = torch.arange(-r, r + 1, dtype=torch.float32)
-    gy, gx = torch.meshgrid(k, k, indexing="ij")
-    offs = torch.stack([gx, gy], -1).reshape(-1, 2)  # [P, 2] in samples
-    window = torch.exp(-(offs ** 2).sum(-1) / (2 * (0.6 * r) ** 2))  # [P]
+    offs, window = _patch_window(r)
     x0t = torch.from_numpy(np.asarray(x0, np.float32))
     # template per level (same for every target frame) and its layer mask
     tmpl, tmask = [], []
@@ -459,10 +465,7 @@ def refine_independent(levels: list[Level], t0: int, x0: np.ndarray, frames: np.
     if len(fi) == 0:
         return Refined(out, accepted, ncc_out, shift_out)
     r = cfg.radius
-    k = torch.arange(-r, r + 1, dtype=torch.float32)
-    gy, gx = torch.meshgrid(k, k, indexing="ij")
-    offs = torch.stack([gx, gy], -1).reshape(-1, 2)  # [P, 2] in samples
-    window = torch.exp(-(offs ** 2).sum(-1) / (2 * (0.6 * r) ** 2))  # [P]
+    offs, window = _patch_window(r)
     x0t = torch.from_numpy(np.asarray(x0, np.float32))
     tmpl, tmask = [], []
     for lv in levels:

@@ -680,27 +680,11 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def _seen(ctx: Any, layer: str, t: int, rect: tuple[float, float, float, float], Rw: int, Rh: int) -> Any:
     """[Rh, Rw] bool: the texels of an Rh x Rw grid over uv ``rect`` that frame t shows on
-    ``layer`` -- the test ``frame_to_atlas`` applies (inside, cycle-consistent with the baked
-    forward map, on its layer), so a seam's two carries meet without a gap or an overlap."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
+    ``layer`` -- the test ``frame_to_atlas`` applies, so a seam's two carries meet without a
+    gap or an overlap."""
+    from core.edits.atlas_edit import texels_seen  # noqa: PLC0415
 
-    from core.layers import shows  # noqa: PLC0415
-
-    xy = ctx.inverse_rect(layer, t, rect, Rw, Rh)
-    x, y = xy[0], xy[1]
-    inside = (x >= 0) & (x < ctx.W) & (y >= 0) & (y < ctx.H)
-    grid = torch.stack([x * (2.0 / ctx.W) - 1.0, y * (2.0 / ctx.H) - 1.0], -1)[None]
-    back = F.grid_sample(ctx.uv_map(layer, t), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-    u0, v0, u1, v1 = rect
-    cu = u0 + (torch.arange(Rw, dtype=torch.float32) + 0.5) * (u1 - u0) / Rw
-    cv = v0 + (torch.arange(Rh, dtype=torch.float32) + 0.5) * (v1 - v0) / Rh
-    err = torch.sqrt((back[0] - cu[None, :]) ** 2 + (back[1] - cv[:, None]) ** 2) * ctx.px_per_uv(layer)
-    seen = inside & (err < ctx.CYCLE_TOL_PX)
-    if ctx.has_fg:
-        a = F.grid_sample(ctx.alpha_map(t), grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
-        seen &= shows(layer, a)
-    return seen
+    return texels_seen(ctx, layer, t, rect, Rw, Rh)[0]
 
 
 class _FrameSlice:

@@ -94,6 +94,31 @@ def edit_rect(ctx: RenderContext, layer: str, t: int, coverage: torch.Tensor) ->
     return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
 
+def texels_seen(ctx: RenderContext, layer: str, t: int, rect: tuple[float, float, float, float],
+                Rw: int, Rh: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[Rh, Rw] bool: the texels of an Rh x Rw grid over uv ``rect`` that frame t shows on
+    ``layer`` (inside the frame, cycle-consistent with the baked forward map, on its layer),
+    and the grid_sample grid [1, Rh, Rw, 2] of where they lie in the frame. One test for
+    pulling a drawing into the atlas and for carrying it over a segment seam, so the two
+    meet without a gap or an overlap."""
+    xy = ctx.inverse_rect(layer, t, rect, Rw, Rh)  # [2, Rh, Rw]
+    x, y = xy[0], xy[1]
+    inside = (x >= 0) & (x < ctx.W) & (y >= 0) & (y < ctx.H)
+    grid = torch.stack([x * (2.0 / ctx.W) - 1.0, y * (2.0 / ctx.H) - 1.0], -1)[None]  # [1, Rh, Rw, 2]
+    # cycle test against the baked forward map (no network): uv(inverse(uv)) ~ uv
+    back = F.grid_sample(ctx.uv_map(layer, t), grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)[0]
+    u0, v0, u1, v1 = rect
+    cu = u0 + (torch.arange(Rw, dtype=torch.float32) + 0.5) * (u1 - u0) / Rw
+    cv = v0 + (torch.arange(Rh, dtype=torch.float32) + 0.5) * (v1 - v0) / Rh
+    err = torch.sqrt((back[0] - cu[None, :]) ** 2 + (back[1] - cv[:, None]) ** 2) * ctx.px_per_uv(layer)
+    seen = inside & (err < ctx.CYCLE_TOL_PX)
+    if ctx.has_fg:
+        a = F.grid_sample(ctx.alpha_map(t), grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+        seen &= shows(layer, a)
+    return seen, grid
+
+
 def frame_to_atlas(ctx: RenderContext, layer: str, t: int, image: torch.Tensor) -> AtlasTexture:
     """Pull a premultiplied [C, H, W] source-size image drawn over frame t into ``layer``'s atlas.
 
@@ -106,20 +131,7 @@ def frame_to_atlas(ctx: RenderContext, layer: str, t: int, image: torch.Tensor) 
     density = ctx.px_per_uv(layer) * ctx.TEXELS_PER_PX
     Rw = int(np.clip(np.ceil((u1 - u0) * density), 4, ctx.MAX_TEXTURE))
     Rh = int(np.clip(np.ceil((v1 - v0) * density), 4, ctx.MAX_TEXTURE))
-    xy = ctx.inverse_rect(layer, t, rect, Rw, Rh)  # [2, Rh, Rw]
-    x, y = xy[0], xy[1]
-    inside = (x >= 0) & (x < ctx.W) & (y >= 0) & (y < ctx.H)
-    grid = torch.stack([x * (2.0 / ctx.W) - 1.0, y * (2.0 / ctx.H) - 1.0], -1)[None]  # [1, Rh, Rw, 2]
-    # cycle test against the baked forward map (no network): uv(inverse(uv)) ~ uv
-    back = F.grid_sample(ctx.uv_map(layer, t), grid, mode="bilinear", padding_mode="border",
-                         align_corners=False)[0]
-    cu = u0 + (torch.arange(Rw, dtype=torch.float32) + 0.5) * (u1 - u0) / Rw
-    cv = v0 + (torch.arange(Rh, dtype=torch.float32) + 0.5) * (v1 - v0) / Rh
-    err = torch.sqrt((back[0] - cu[None, :]) ** 2 + (back[1] - cv[:, None]) ** 2) * ctx.px_per_uv(layer)
-    seen = inside & (err < ctx.CYCLE_TOL_PX)
-    if ctx.has_fg:
-        a = F.grid_sample(ctx.alpha_map(t), grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
-        seen &= shows(layer, a)
+    seen, grid = texels_seen(ctx, layer, t, rect, Rw, Rh)
     tex = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     tex = tex * seen.float()[None]
     return AtlasTexture.from_tensor(layer, tex, rect, t0=t)
