@@ -27,7 +27,7 @@ All positions are source pixels; frames are grey float arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -270,6 +270,20 @@ def _patch_window(r: int) -> tuple[torch.Tensor, torch.Tensor]:
     return offs, torch.exp(-(offs ** 2).sum(-1) / (2 * (0.6 * r) ** 2))
 
 
+def _templates(levels: list[Level], t0: int, x0: np.ndarray, offs: torch.Tensor, window: torch.Tensor,
+               mask: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per level, the points' patches in the drawing frame [N, P] (the same for every target
+    frame) and their weights: the window, zero outside the frame and, with ``mask``, off the layer."""
+    x0t = torch.from_numpy(np.asarray(x0, np.float32))
+    tmpl, tmask = [], []
+    for lv in levels:
+        pos = x0t[:, None, :] + offs[None] * lv.step
+        tmpl.append(lv.sample(t0, pos))
+        tw = window[None] * _in_frame(pos, lv.size)
+        tmask.append(tw * mask(t0, pos) if mask is not None else tw)
+    return tmpl, tmask
+
+
 def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.ndarray, pred: np.ndarray,
                      jac: np.ndarray, valid: np.ndarray, mask: LayerMask | None = None,
                      cfg: RefineConfig | None = None) -> Refined:
@@ -289,14 +303,7 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
         return Refined(out, accepted, ncc_out, shift_out)
     r = cfg.radius
     offs, window = _patch_window(r)
-    x0t = torch.from_numpy(np.asarray(x0, np.float32))
-    # template per level (same for every target frame) and its layer mask
-    tmpl, tmask = [], []
-    for lv in levels:
-        pos = x0t[:, None, :] + offs[None] * lv.step
-        tmpl.append(lv.sample(t0, pos))  # [N, P]
-        tw = window[None] * _in_frame(pos, lv.size)
-        tmask.append(tw * mask(t0, pos) if mask is not None else tw)
+    tmpl, tmask = _templates(levels, int(t0), x0, offs, window, mask)
     # frames outward from the drawing frame, each point starting from the correction its
     # nearest accepted frame on the same side found (the mapping's drift grows smoothly with
     # the distance, soon beyond one search range: 5-8 px on a turning object 20-47 frames
@@ -466,13 +473,7 @@ def refine_independent(levels: list[Level], t0: int, x0: np.ndarray, frames: np.
         return Refined(out, accepted, ncc_out, shift_out)
     r = cfg.radius
     offs, window = _patch_window(r)
-    x0t = torch.from_numpy(np.asarray(x0, np.float32))
-    tmpl, tmask = [], []
-    for lv in levels:
-        pos = x0t[:, None, :] + offs[None] * lv.step
-        tmpl.append(lv.sample(int(t0), pos))  # [N, P]
-        tw = window[None] * _in_frame(pos, lv.size)
-        tmask.append(tw * mask(int(t0), pos) if mask is not None else tw)
+    tmpl, tmask = _templates(levels, int(t0), x0, offs, window, mask)
     uf, group = np.unique(frames[fi], return_inverse=True)  # the frames with rows; row -> its frame
     group = group.reshape(-1)
     # a frame's pixels are read only if some point there survives the tests that need none

@@ -25,7 +25,6 @@ from . import service
 POLL_SECONDS = 0.1
 FETCH = conf.ConfidenceFetcher()
 _pending: dict[str, Any] = {}
-_restarts_seen = 0
 
 
 def _state(info: dict[str, Any]) -> str:
@@ -80,11 +79,7 @@ def schedule(scene: Any, force: bool = False) -> conf.ConfidenceWish | None:
 
 
 def _check_restart() -> None:
-    global _restarts_seen
-    c = service.MANAGER.client
-    n = int(getattr(c, "restarts", 0)) if c is not None else 0
-    if n != _restarts_seen:
-        _restarts_seen = n
+    if service.restarted_since("confidence"):
         FETCH.forget()
         _pending.clear()
 

@@ -29,7 +29,6 @@ POLL_SECONDS = 0.03
 SCHED = PreviewScheduler()
 _pending: dict[str, Any] = {}
 _counter = 0
-_restarts_seen = 0
 last_ms: float | None = None  # change -> image shown, for the panel and the benchmark
 _t_wanted: float | None = None
 
@@ -78,11 +77,7 @@ def schedule(scene: Any, stack_changed: bool = False) -> None:
 
 
 def _check_restart() -> None:
-    global _restarts_seen
-    c = service.MANAGER.client
-    n = int(getattr(c, "restarts", 0)) if c is not None else 0
-    if n != _restarts_seen:
-        _restarts_seen = n
+    if service.restarted_since("preview"):
         SCHED.forget()
 
 

@@ -36,6 +36,19 @@ def request(op: str, **fields: Any) -> Any:
     return MANAGER.get(argv, env).request(op, **fields)
 
 
+_restarts_seen: dict[str, int] = {}
+
+
+def restarted_since(reader: str) -> bool:
+    """Whether the service restarted since ``reader`` (a module keeping answers of the old
+    process: the live preview, the slide read-out) last asked; the first call counts none."""
+    c = MANAGER.client
+    n = int(getattr(c, "restarts", 0)) if c is not None else 0
+    changed = n != _restarts_seen.get(reader, 0)
+    _restarts_seen[reader] = n
+    return changed
+
+
 def stop() -> None:
     MANAGER.stop()
 
