@@ -167,8 +167,7 @@ class HashGrid(nn.Module):
         self.n_dense = first_hashed
         self.table_mask = table_cap - 1
         self.primes = list(PRIMES[: cfg.n_dims])
-        self.register_buffer("res", res.T.contiguous().unsqueeze(-1), persistent=False)  # [D, L, 1]
-        self.register_buffer("res_f", res.T.contiguous().to(torch.float32).unsqueeze(-1), persistent=False)
+        self.register_buffer("res_f", res.T.contiguous().to(torch.float32).unsqueeze(-1), persistent=False)  # [D, L, 1]
         self.register_buffer("strides", strides.T.contiguous().unsqueeze(-1), persistent=False)  # [D, L, 1]
         self.register_buffer("offsets", offsets.view(-1, 1), persistent=False)  # [L, 1]
         self.register_buffer("corner_offsets", corner_offsets.unsqueeze(-1), persistent=False)  # [C, L, 1]
@@ -195,10 +194,11 @@ class HashGrid(nn.Module):
         ``levels``: only the first ``levels`` levels (the others are off, see ``forward``)."""
         levels = self.cfg.n_levels if levels is None else levels
         pos = x.detach().T.unsqueeze(1) * self.res_f[:, :levels]  # [D, L, N]
-        cell = torch.minimum(torch.floor(pos).to(torch.int64).clamp_(min=0), self.res[:, :levels] - 1)
+        cell_f = torch.minimum(torch.floor(pos).clamp_(min=0), self.res_f[:, :levels] - 1)
         n_dims, _, n = pos.shape
         facs = torch.empty((2,) + pos.shape, dtype=pos.dtype, device=pos.device)
-        torch.sub(pos, cell.to(pos.dtype), out=facs[1])
+        torch.sub(pos, cell_f, out=facs[1])
+        cell = cell_f.to(torch.int64)
         torch.sub(1.0, facs[1], out=facs[0])
         nd = min(self.n_dense, levels)
         idx = torch.empty(2 ** n_dims, levels, n, dtype=torch.int64, device=x.device)
