@@ -235,7 +235,8 @@ class HashGrid(nn.Module):
     def corner_weight_derivative(self, facs: torch.Tensor, dim: int,
                                  scale: torch.Tensor | float = 1.0) -> torch.Tensor:
         """``scale`` * d w_c / d frac_dim of every corner weight, [C, L, N] (``corner_weights``' order)."""
-        sign = torch.tensor([-1.0, 1.0], dtype=facs.dtype, device=facs.device).view(2, 1, 1) * scale
+        one = facs.new_ones(())  # made on facs' device: torch.tensor([...]) would copy from the host each step
+        sign = torch.stack([-one, one]).view(2, 1, 1) * scale
         n_dims, levels, n = facs.shape[1:]
         w = self._corner_products([sign.expand(2, levels, 1) if d == dim else facs[:, d] for d in range(n_dims)])
         return w.expand(w.shape[0], levels, n)

@@ -134,6 +134,24 @@ def test_png_encoder_round_trips(shape):
         png.encode(img.astype(np.float32))
 
 
+@pytest.mark.parametrize("backend", ["isal", "zlib"])
+@pytest.mark.parametrize("level", [0, 1, 3])
+def test_png_encoder_round_trips_with_either_deflate(backend, level, monkeypatch):
+    """ISA-L's deflate (the fast one) and zlib's (where isal is missing) both give PNGs readers load
+    exactly, a video-like frame and a mostly transparent overlay, at every effort level."""
+    if backend == "zlib":
+        monkeypatch.setattr(png, "_isal", None)
+    elif png._isal is None:
+        pytest.skip("isal is not installed")
+    rng = np.random.default_rng(level)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3)).astype(np.uint8), (5, 5), 0)
+    overlay = np.zeros((40, 70, 4), np.uint8)
+    overlay[10:20, 5:60] = (200, 30, 40, 255)
+    for img in (frame, overlay):
+        data = png.encode(img, level)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), img)
+
+
 @pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
                     reason="forked render workers are Linux-only")
 def test_parallel_render_equals_sequential_and_writes_the_same_pngs(tmp_path, monkeypatch):
