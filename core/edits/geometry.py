@@ -120,7 +120,9 @@ class GeometryScope:
         later land in them)."""
         key = geometry_key(spec)
         if getattr(renderer, "textures", None) is not None:
-            if self.textures.get(key, renderer.textures) is not renderer.textures:
+            old = self.textures.get(key)
+            if old is not None and (len(old) != len(renderer.textures)
+                                    or any(a is not b for a, b in zip(old, renderer.textures))):
                 self.rendered.pop(key, None)  # other texture objects: their corrections start over
             self.textures[key] = renderer.textures
             self.textures.move_to_end(key)
