@@ -73,9 +73,9 @@ class _GridFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, table: torch.Tensor, grid: "HashGrid") -> torch.Tensor:  # type: ignore[override]
-        idx, fac0, fac1 = grid.corners_and_factors(x)  # idx: [C, L, N] int64; fac: [D, L, N]
-        w = grid.corner_weights(fac0, fac1)  # [C, L, N]
+    def forward(ctx, x: torch.Tensor, table: torch.Tensor, grid: "HashGrid", levels: int) -> torch.Tensor:  # type: ignore[override]
+        idx, facs = grid.corners_and_factors(x, levels)  # idx: [C, L, N] int64; facs: [2, D, L, N]
+        w = grid.corner_weights(facs)  # [C, L, N]
         c, levels, n = idx.shape
         n_feat = table.shape[1]
         vals = _gather_rows(table, idx.view(-1)).view(c, levels * n, n_feat)  # [C, L*N, F]
@@ -83,12 +83,13 @@ class _GridFunction(torch.autograd.Function):
         out = torch.bmm(vals.permute(1, 2, 0), w.view(c, levels * n, 1).permute(1, 0, 2))  # [L*N, F, 1]
         ctx.grid = grid
         ctx.table_shape = table.shape
-        ctx.save_for_backward(idx, w, fac0, fac1, vals if ctx.needs_input_grad[0] else None)
+        ctx.save_for_backward(idx, w, facs if ctx.needs_input_grad[0] else None,
+                              vals if ctx.needs_input_grad[0] else None)
         return out.view(levels, n, n_feat).permute(1, 0, 2).reshape(n, -1)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        idx, w, fac0, fac1, vals = ctx.saved_tensors
+        idx, w, facs, vals = ctx.saved_tensors
         grid: HashGrid = ctx.grid
         c, levels, n = idx.shape
         n_feat = ctx.table_shape[1]
@@ -99,14 +100,13 @@ class _GridFunction(torch.autograd.Function):
             _scatter_rows(grad_table, idx.view(-1), (w.unsqueeze(-1) * g.unsqueeze(0)).view(-1, n_feat))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            # d out / d x_d = sum_c (d w_c / d frac_d) * vals_c * res_d: the forward's batched
-            # product with the weights' derivatives, all dims at once ([L*N, F, D]).
-            dims = fac0.shape[0]
-            dw = torch.stack([grid.corner_weight_derivative(fac0, fac1, d, grid.res_f[d]) for d in range(dims)],
-                             dim=-1)  # [C, L, N, D]
-            jac = torch.bmm(vals.permute(1, 2, 0), dw.view(c, levels * n, dims).permute(1, 0, 2))
-            grad_x = (jac.view(levels, n, n_feat, dims) * g.unsqueeze(-1)).sum((0, 2))  # [N, D]
-        return grad_x, grad_table, None
+            # d out / d x_d = sum_c (d w_c / d frac_d) * vals_c * res_d: with each corner's
+            # features first dotted with the output gradient ([C, L, N]), one product and sum
+            # per dim is left (no [C, L, N, D] stack, no batched product of tiny matrices).
+            vg = (vals.view(c, levels, n, n_feat) * g.unsqueeze(0)).sum(-1)  # [C, L, N]
+            grad_x = torch.stack([(vg * grid.corner_weight_derivative(facs, d, grid.res_f[d, :levels])).sum((0, 1))
+                                  for d in range(facs.shape[1])], dim=1)  # [N, D]
+        return grad_x, grad_table, None, None
 
 
 #: real dtypes whose [rows, 2] pairs have a complex twin (complex64 / complex128)
@@ -167,8 +167,7 @@ class HashGrid(nn.Module):
         self.n_dense = first_hashed
         self.table_mask = table_cap - 1
         self.primes = list(PRIMES[: cfg.n_dims])
-        self.register_buffer("res", res.T.contiguous().unsqueeze(-1), persistent=False)  # [D, L, 1]
-        self.register_buffer("res_f", res.T.contiguous().to(torch.float32).unsqueeze(-1), persistent=False)
+        self.register_buffer("res_f", res.T.contiguous().to(torch.float32).unsqueeze(-1), persistent=False)  # [D, L, 1]
         self.register_buffer("strides", strides.T.contiguous().unsqueeze(-1), persistent=False)  # [D, L, 1]
         self.register_buffer("offsets", offsets.view(-1, 1), persistent=False)  # [L, 1]
         self.register_buffer("corner_offsets", corner_offsets.unsqueeze(-1), persistent=False)  # [C, L, 1]
@@ -189,14 +188,19 @@ class HashGrid(nn.Module):
             state_dict[key] = stored.T.contiguous()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def corners_and_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Table rows of every corner [C, L, N] and the per-dim weights (1-frac, frac) [D, L, N]."""
-        pos = x.detach().T.unsqueeze(1) * self.res_f  # [D, L, N]
-        cell = torch.minimum(torch.floor(pos).to(torch.int64).clamp_(min=0), self.res - 1)
-        fac1 = pos - cell.to(pos.dtype)
-        fac0 = 1.0 - fac1
-        n_dims, levels, n = pos.shape
-        nd = self.n_dense
+    def corners_and_factors(self, x: torch.Tensor, levels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Table rows of every corner [C, L, N] and the per-dim weights [2, D, L, N]: (1 - frac, frac).
+
+        ``levels``: only the first ``levels`` levels (the others are off, see ``forward``)."""
+        levels = self.cfg.n_levels if levels is None else levels
+        pos = x.detach().T.unsqueeze(1) * self.res_f[:, :levels]  # [D, L, N]
+        cell_f = torch.minimum(torch.floor(pos).clamp_(min=0), self.res_f[:, :levels] - 1)
+        n_dims, _, n = pos.shape
+        facs = torch.empty((2,) + pos.shape, dtype=pos.dtype, device=pos.device)
+        torch.sub(pos, cell_f, out=facs[1])
+        cell = cell_f.to(torch.int64)
+        torch.sub(1.0, facs[1], out=facs[0])
+        nd = min(self.n_dense, levels)
         idx = torch.empty(2 ** n_dims, levels, n, dtype=torch.int64, device=x.device)
         if nd > 0:
             # dense levels: one base index per cell, corners are constant offsets from it
@@ -209,34 +213,41 @@ class HashGrid(nn.Module):
                 h = lo[0] if corner & 1 == 0 else hi[0]
                 for d in range(1, n_dims):
                     h = torch.bitwise_xor(h, hi[d] if (corner >> d) & 1 else lo[d])
-                torch.add(torch.bitwise_and(h, self.table_mask), self.offsets[nd:], out=idx[corner, nd:])
-        return idx, fac0, fac1
+                torch.add(torch.bitwise_and(h, self.table_mask), self.offsets[nd:levels], out=idx[corner, nd:])
+        return idx, facs
 
-    def corner_weights(self, fac0: torch.Tensor, fac1: torch.Tensor) -> torch.Tensor:
-        """Multilinear weight of every corner, [C, L, N]; pairs of dims are shared between corners."""
-        n_dims = fac0.shape[0]
-        partial = [fac0[0], fac1[0]]  # weights over the dims seen so far, indexed by corner bits
-        for d in range(1, n_dims):
-            partial = [p * f for f in (fac0[d], fac1[d]) for p in partial]
-        return torch.stack(partial)
+    @staticmethod
+    def _corner_products(factors: list[torch.Tensor]) -> torch.Tensor:
+        """Products of one factor per dim for every corner ([2, L, N'] each, index = corner bit
+        of that dim), [C, L, N], corner ``c`` taking factor ``(c >> d) & 1`` of dim ``d``.
+        One broadcast product per dim writes every corner at once (no list of partial
+        products stacked afterwards)."""
+        w = factors[0]
+        for f in factors[1:]:
+            w = f.unsqueeze(1) * w.unsqueeze(0)  # [2, 2^d, L, N]: the new dim's bit is the high bit
+            w = w.reshape((-1,) + w.shape[2:])
+        return w
 
-    def corner_weight_derivative(self, fac0: torch.Tensor, fac1: torch.Tensor, dim: int,
+    def corner_weights(self, facs: torch.Tensor) -> torch.Tensor:
+        """Multilinear weight of every corner, [C, L, N], from ``facs`` [2, D, L, N]."""
+        return self._corner_products([facs[:, d] for d in range(facs.shape[1])])
+
+    def corner_weight_derivative(self, facs: torch.Tensor, dim: int,
                                  scale: torch.Tensor | float = 1.0) -> torch.Tensor:
         """``scale`` * d w_c / d frac_dim of every corner weight, [C, L, N] (``corner_weights``' order)."""
-        n_dims = fac0.shape[0]
-        # (sign, product of the other dims' factors) per corner, built like corner_weights
-        partial: list[tuple[float, torch.Tensor | None]] = [(1.0, None)]
-        for d in range(n_dims):
-            if d == dim:
-                partial = [(sign * s, p) for sign in (-1.0, 1.0) for s, p in partial]
-            else:
-                partial = [(s, f if p is None else p * f) for f in (fac0[d], fac1[d]) for s, p in partial]
-        ones = torch.ones_like(fac0[0])
-        return torch.stack([(ones if p is None else p) * (s * scale) for s, p in partial])
+        one = facs.new_ones(())  # made on facs' device: torch.tensor([...]) would copy from the host each step
+        sign = torch.stack([-one, one]).view(2, 1, 1) * scale
+        n_dims, levels, n = facs.shape[1:]
+        w = self._corner_products([sign.expand(2, levels, 1) if d == dim else facs[:, d] for d in range(n_dims)])
+        return w.expand(w.shape[0], levels, n)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: [N, D] in [0, 1] (clamped). Returns [N, L * F]."""
-        return _GridFunction.apply(x.clamp(0.0, 1.0), self.table, self)
+    def forward(self, x: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """``x``: [N, D] in [0, 1] (clamped). Returns [N, L * F].
+
+        ``levels``: evaluate only the first ``levels`` levels and return their [N, levels * F]
+        features (coarse-to-fine: levels that are switched off cost no gather or scatter)."""
+        levels = self.cfg.n_levels if levels is None else max(1, min(int(levels), self.cfg.n_levels))
+        return _GridFunction.apply(x.clamp(0.0, 1.0), self.table, self, levels)
 
 
 def reference_encode(grid: HashGrid, x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,22 @@ mask (sure foreground well inside it, sure background well outside, GrabCut deci
 band in between), so it follows the object's real outline instead of accumulating the
 flow's errors. Every frame takes its mask from the nearest hint frame. The masks then serve
 as user masks (like ``--masks``): they bootstrap the alpha network early in the fit.
+
+GrabCut alone loses thin parts (the bunny's 2-3 px ears on the bundled clip, even on the
+outline's own frame): its graph cut prefers the short way round a thin part, and its colour
+models are the whole frame's, where a light ear matches sky and branches far away. Three
+local tests keep them:
+
+- GrabCut's colour models are learnt on a crop around the object, not the whole frame;
+- on the hint frame, the outline's band (everything but its eroded core) is kept pixel by
+  pixel where its colour is nearer the object's core than the background just outside the
+  outline, which keeps an ear and drops the background a loose outline takes in (grass
+  between an arm and an ear);
+- on the other frames, a carried pixel that GrabCut gave away is kept when its colour is
+  nearer the object's pixels where the flow carried it from than the background around it
+  (a thin part follows the flow as long as it still looks like itself), and a pixel GrabCut
+  *added* outside the carried mask only when it is nearer the object's core than the
+  background around it (stops a leak from growing frame by frame).
 """
 from __future__ import annotations
 
@@ -39,6 +55,18 @@ GRABCUT_ITERS = 3
 #: a re-fitted mask whose area differs from the carried one by more than this factor is
 #: not trusted (GrabCut leaked into a look-alike background): the carried mask is kept
 MAX_AREA_CHANGE = 1.6
+#: GrabCut learns its colour models on a crop this far (fraction of the object's size, >= 8 px)
+#: around the carried mask: the background that matters is the one next to the object
+CROP_MARGIN = 0.5
+#: local colour tests (fractions of the object's size, in px at least 4 / 8, at most 12 / 24):
+#: the object's own colours are looked up this near where the flow carried a pixel from ...
+OWN_WINDOW = 0.11
+#: ... and the background's this near the pixel itself
+BG_WINDOW = 0.22
+#: colour distance (Lab, 0..255 scale) of a pixel to a set: mean over its nearest few
+NEAREST = 5
+#: a carried thin part must be nearer its own colours than the background by this much
+OWN_MARGIN = 5.0
 
 
 @dataclass
@@ -101,14 +129,45 @@ def _warp(mask: np.ndarray, disp: np.ndarray) -> np.ndarray:
     return (out > 0.5).astype(np.uint8)
 
 
+def _size(mask: np.ndarray) -> float:
+    return math.sqrt(max(1, int(mask.sum())))
+
+
+def _radius(mask: np.ndarray) -> int:
+    """The band GrabCut decides: sure foreground lies this far inside a mask."""
+    return max(2, int(round(BAND * _size(mask))))
+
+
+def _disc(r: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _window(frac: float, mask: np.ndarray, lo: int, hi: int) -> int:
+    return int(np.clip(round(frac * _size(mask)), lo, hi))
+
+
 def _grabcut(img: np.ndarray, carried: np.ndarray, bg: np.ndarray | None) -> np.ndarray:
+    """GrabCut on a crop around the carried mask: colour models of the object's surroundings."""
+    ys, xs = np.nonzero(carried)
+    if len(ys) < 9:
+        return carried
+    h, w = carried.shape
+    m = max(8, int(round(CROP_MARGIN * _size(carried))))
+    y0, y1 = max(0, ys.min() - m), min(h, ys.max() + m + 1)
+    x0, x1 = max(0, xs.min() - m), min(w, xs.max() + m + 1)
+    crop = (slice(y0, y1), slice(x0, x1))
+    out = np.zeros_like(carried)
+    out[crop] = _grabcut_crop(np.ascontiguousarray(img[crop]), np.ascontiguousarray(carried[crop]),
+                              None if bg is None else np.ascontiguousarray(bg[crop]))
+    return out
+
+
+def _grabcut_crop(img: np.ndarray, carried: np.ndarray, bg: np.ndarray | None) -> np.ndarray:
     """Re-fit a carried mask to the frame with a GrabCut colour model seeded by it."""
     area = int(carried.sum())
     if area < 9:
         return carried
-    size = math.sqrt(area)
-    r = max(2, int(round(BAND * size)))
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    k = _disc(_radius(carried))
     sure_fg = cv2.erode(carried, k)
     # thin parts (an arm, an ear: narrower than the band) have no sure core after that
     # erosion and GrabCut's colour model gives them to a look-alike background; their own
@@ -125,6 +184,7 @@ def _grabcut(img: np.ndarray, carried: np.ndarray, bg: np.ndarray | None) -> np.
     if not (gc == cv2.GC_BGD).any() or not ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).any():
         return carried
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models with k-means on OpenCV's global RNG
     try:
         cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), gc, None, bgd, fgd, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
     except cv2.error:
@@ -134,6 +194,131 @@ def _grabcut(img: np.ndarray, carried: np.ndarray, bg: np.ndarray | None) -> np.
     if not (1 / MAX_AREA_CHANGE <= ratio <= MAX_AREA_CHANGE):
         return carried
     return out
+
+
+def _lab(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
+
+
+def _offsets(r: int) -> np.ndarray:
+    """Offsets (dy, dx) within a disc of radius r, thinned to a grid on big discs (bounded cost)."""
+    step = max(1, r // 12)
+    d = np.arange(-r, r + 1, step)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    keep = dy * dy + dx * dx <= r * r
+    return np.stack([dy[keep], dx[keep]], 1)
+
+
+def _nearest_around(lab: np.ndarray, colours: np.ndarray, ys: np.ndarray, xs: np.ndarray,
+                    samples: np.ndarray, r: int) -> np.ndarray:
+    """Per point: mean distance of ``colours`` [N, 3] to the NEAREST closest colours of ``lab``
+    among the ``samples`` pixels within radius r of (ys, xs) (inf where there are none)."""
+    h, w = samples.shape
+    offs = _offsets(r)
+    best = np.full((len(ys), NEAREST), np.inf, np.float32)
+    for dy, dx in offs:
+        yy, xx = ys + dy, xs + dx
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        yy, xx = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
+        d = np.sqrt(((lab[yy, xx] - colours) ** 2).sum(-1))
+        d[~(inside & (samples[yy, xx] > 0))] = np.inf
+        # keep the NEAREST smallest so far: replace the largest kept where this one is smaller
+        worst = best.argmax(1)
+        rows = np.arange(len(ys))
+        better = d < best[rows, worst]
+        best[rows[better], worst[better]] = d[better]
+    return best.mean(1)
+
+
+def _nearest_anywhere(lab: np.ndarray, colours: np.ndarray, samples: np.ndarray, n: int = 2000) -> np.ndarray:
+    """Per colour: mean distance to its NEAREST closest among (up to n of) the ``samples`` pixels' colours."""
+    pool = lab[samples > 0]
+    if len(pool) > n:
+        pool = pool[np.random.default_rng(0).choice(len(pool), n, replace=False)]
+    out = np.empty(len(colours), np.float32)
+    k = min(NEAREST, len(pool))
+    for i in range(0, len(colours), 1024):
+        d = np.sqrt(((colours[i:i + 1024, None, :] - pool[None]) ** 2).sum(-1))
+        out[i:i + 1024] = np.partition(d, k - 1, axis=1)[:, :k].mean(1)
+    return out
+
+
+def _fit_outline(img: np.ndarray, seed: np.ndarray, bg: np.ndarray | None) -> np.ndarray:
+    """The mask on a hint frame: the outline's eroded core, and of its band (less the
+    outline's own edge pixel) each pixel that is nearer the core's colours (where GrabCut
+    agrees) than the background just outside the outline. GrabCut alone drops a thin ear lying along a strong edge; the outline kept as
+    drawn keeps the background a loose outline takes in (grass between an arm and an ear)."""
+    if int(seed.sum()) < 9:
+        return seed
+    core = cv2.erode(seed, _disc(_radius(seed)))
+    fg = core & _grabcut(img, seed, bg)
+    if not fg.any():
+        return seed
+    # the outline's own edge pixel is the user's stroke, not a decision: a loose outline's
+    # rim there is mostly background blended with the object's edge
+    ys, xs = np.nonzero(cv2.erode(seed, np.ones((3, 3), np.uint8)) & (1 - core))
+    lab = _lab(img)
+    colours = lab[ys, xs]
+    outside = 1 - cv2.dilate(seed, np.ones((5, 5), np.uint8))
+    to_bg = _nearest_around(lab, colours, ys, xs, outside, _window(BG_WINDOW, seed, 8, 24))
+    to_fg = _nearest_anywhere(lab, colours, fg)
+    keep = to_fg < to_bg
+    out = core.copy()
+    out[ys[keep], xs[keep]] = 1
+    return out
+
+
+def _keep_own(img: np.ndarray, prev_img: np.ndarray, prev: np.ndarray, carried: np.ndarray,
+              disp: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """Of the carried pixels GrabCut gave away, those still nearer the object's own colours
+    where the flow carried them from (frame ``prev_img`` under ``prev``) than the background
+    around them now: a thin part follows the flow as long as it still looks like itself."""
+    ys, xs = np.nonzero(carried & (1 - cut))
+    out = np.zeros_like(carried)
+    if len(ys) == 0:
+        return out
+    lab, prev_lab = _lab(img), _lab(prev_img)
+    colours = lab[ys, xs]
+    sy = np.round(ys + disp[ys, xs, 1]).astype(np.int64)
+    sx = np.round(xs + disp[ys, xs, 0]).astype(np.int64)
+    own = _nearest_around(prev_lab, colours, sy, sx, prev, _window(OWN_WINDOW, carried, 4, 12))
+    outside = 1 - cv2.dilate(carried, _disc(1))
+    to_bg = _nearest_around(lab, colours, ys, xs, outside, _window(BG_WINDOW, carried, 8, 24))
+    keep = own + OWN_MARGIN < to_bg
+    out[ys[keep], xs[keep]] = 1
+    return out
+
+
+def _drop_leaks(img: np.ndarray, carried: np.ndarray, cut: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pixels the re-fit added outside the carried mask stay only where they are nearer the
+    object's core colours than the background around them: a leak into a look-alike
+    background (leaves next to an ear touching the frame's edge) would otherwise grow on
+    every frame after."""
+    new = mask & (1 - cv2.dilate(carried, np.ones((3, 3), np.uint8)))
+    core = cv2.erode(carried, _disc(_radius(carried))) & cut
+    if not new.any() or not core.any():
+        return mask
+    ys, xs = np.nonzero(new)
+    lab = _lab(img)
+    colours = lab[ys, xs]
+    outside = 1 - cv2.dilate(carried | mask, np.ones((3, 3), np.uint8))
+    to_bg = _nearest_around(lab, colours, ys, xs, outside, _window(BG_WINDOW, carried, 8, 24))
+    bad = ~(_nearest_anywhere(lab, colours, core) < to_bg)
+    out = mask.copy()
+    out[ys[bad], xs[bad]] = 0
+    return out
+
+
+def _refit(img: np.ndarray, prev_img: np.ndarray, prev: np.ndarray, carried: np.ndarray, disp: np.ndarray,
+           bg: np.ndarray | None) -> np.ndarray:
+    """A carried mask re-fitted to its frame: GrabCut, the thin parts it gave away that still
+    look like themselves, without what it added that looks like the background."""
+    cut = _grabcut(img, carried, bg)
+    mask = cut | _keep_own(img, prev_img, prev, carried, disp, cut)
+    mask = _drop_leaks(img, carried, cut, mask)
+    if bg is not None:
+        mask &= 1 - bg
+    return mask
 
 
 def grow_masks(frames: np.ndarray, flow: FlowField | None, hints: list[Hint], source_size: tuple[int, int],
@@ -154,19 +339,20 @@ def grow_masks(frames: np.ndarray, flow: FlowField | None, hints: list[Hint], so
     # every frame follows its nearest hint frame (ties: the earlier one)
     owner = [min(keys, key=lambda k: (abs(k - t), k)) for t in range(T)]
     out = np.zeros((T, h, w), np.uint8)
+    zero = np.zeros((h, w, 2), np.float32)
     for k in keys:
-        out[k] = _grabcut(frames[k], seeds[k], bgs.get(k)) if refit else seeds[k]
-        out[k] = np.maximum(out[k], cv2.erode(seeds[k], np.ones((3, 3), np.uint8)))  # the outline is the user's
+        out[k] = _fit_outline(frames[k], seeds[k], bgs.get(k)) if refit else seeds[k]
         for step in (1, -1):
             prev, t = out[k], k + step
             while 0 <= t < T and owner[t] == k:
                 if flow is None:
-                    carried = prev
+                    disp = zero
                 elif step == 1:  # bwd[t-1]: frame t's pixels back into frame t-1
-                    carried = _warp(prev, flow.bwd[t - 1])
+                    disp = flow.bwd[t - 1]
                 else:  # fwd[t]: frame t's pixels into frame t+1
-                    carried = _warp(prev, flow.fwd[t])
-                out[t] = _grabcut(frames[t], carried, bgs.get(t)) if refit else carried
+                    disp = flow.fwd[t]
+                carried = _warp(prev, disp)
+                out[t] = _refit(frames[t], frames[t - step], prev, carried, disp, bgs.get(t)) if refit else carried
                 prev, t = out[t], t + step
     return out
 

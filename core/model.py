@@ -20,11 +20,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from core.coords import SourceCoords
 from core.encoding import backend_name, make_grid
 from core.errors import InveError
-from core.hashgrid import HashGridConfig
+from core.hashgrid import HashGrid, HashGridConfig
 
 
 @dataclass
@@ -96,6 +97,8 @@ class Field(nn.Module):
         self.mlp = nn.Sequential(*layers, last)
         n_levels = grid_cfg.n_levels
         self.register_buffer("level_weights", torch.ones(n_levels * grid_cfg.n_features), persistent=False)
+        self.active_levels = n_levels  # levels with a non-zero weight (the first ones)
+        self.full_detail = True  # every level at weight 1: nothing to weigh
 
     def set_active_levels(self, active: float) -> None:
         """Coarse-to-fine (as in BARF): levels below ``active`` count fully, the next fades in.
@@ -108,9 +111,21 @@ class Field(nn.Module):
         lv = torch.arange(cfg.n_levels, dtype=torch.float32)
         w = (1 - torch.cos(torch.pi * (active - lv).clamp(0.0, 1.0))) / 2
         self.level_weights.copy_(w.repeat_interleave(cfg.n_features).to(self.level_weights.device))
+        self.active_levels = max(1, int((w > 0).sum()))
+        self.full_detail = bool((w == 1).all())
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.grid(x01) * self.level_weights)
+        if self.full_detail:
+            return self.mlp(self.grid(x01))
+        if not isinstance(self.grid, HashGrid):  # tinycudann evaluates every level anyway
+            return self.mlp(self.grid(x01) * self.level_weights)
+        # Levels switched off (weight 0) are not evaluated at all: no gather, no scatter, and
+        # the first layer only reads the active levels' columns. Same values and gradients as
+        # weighing every level (an off level's features and table gradient are zero either way).
+        k = self.active_levels * self.grid.cfg.n_features
+        first = self.mlp[0]
+        h = F.linear(self.grid(x01, self.active_levels) * self.level_weights[:k], first.weight[:, :k], first.bias)
+        return self.mlp[1:](h)
 
 
 class LayeredAtlasModel(nn.Module):

@@ -746,10 +746,17 @@ class SegmentedSession:
     #: segment sessions kept open (least recently used closed first): a preview that visits
     #: the whole shot holds this many segments' maps, networks and caches, not all of them
     MAX_OPEN = 3
+    #: layers no longer in the stack whose seam carries are kept (hidden, then shown again)
+    KEEP_CARRIED = 16
 
     def __init__(self, project: Project, layers: list[Any] | None = None, cache_bytes: int = 512 * 2**20,
-                 max_open: int | None = None) -> None:
+                 max_open: int | None = None, geometry: Any = None) -> None:
+        from core.edits.geometry import GeometryStore  # noqa: PLC0415
+
         self.project = project
+        # each segment's per-frame geometry of the layers (core/edits/geometry.py): kept when a
+        # segment is closed, and by the service across reloads while the checkpoint is the same
+        self.store = geometry if geometry is not None else GeometryStore()
         self.max_open = max(1, int(max_open if max_open is not None else self.MAX_OPEN))
         self._recent: list[int] = []  # open segments, least recently used first
         self._depth = 0  # nesting of session() (opening k carries from a neighbour it opens)
@@ -760,8 +767,10 @@ class SegmentedSession:
         self.switch = switch_frames(self.ranges)
         self.cache_bytes = cache_bytes
         self._sessions: list[Any] = [None] * len(self.subs)
+        self._scopes: list[Any] = [None] * len(self.subs)
         self._set: list[bool] = [False] * len(self.subs)
-        self._carried: dict[tuple[str, int], list[Any]] = {}
+        # (the layer's geometry key, segment) -> (the layer when carried, the layers carried there)
+        self._carried: dict[tuple[str, int], tuple[Any, list[Any]]] = {}
         self._home_cache: dict[str, int] = {}
         self._warps: dict[tuple[int, int, str], tuple[AtlasWarp, AtlasWarp] | None] = {}
         self._coverage: dict[tuple[int, str], np.ndarray] = {}
@@ -780,14 +789,19 @@ class SegmentedSession:
 
     def session(self, k: int) -> Any:
         """Segment k's EditSession with the stack as that segment sees it."""
+        from core.edits.context import RenderContext  # noqa: PLC0415
+        from core.edits.geometry import geometry_identity  # noqa: PLC0415
         from core.edits.session import EditSession  # noqa: PLC0415
 
         self._depth += 1
         try:
             if self._sessions[k] is None:
                 sub = self.subs[k]
-                s = EditSession(sub, [], maps=sub.maps(),
-                                cache_bytes=self.cache_bytes // max(1, min(len(self.subs), self.max_open)))
+                maps = sub.maps()
+                self._scopes[k] = self.store.scope(sub.path.name, geometry_identity(sub, maps, RenderContext.REFINE))
+                s = EditSession(sub, [], maps=maps,
+                                cache_bytes=self.cache_bytes // max(1, min(len(self.subs), self.max_open)),
+                                geometry=self._scopes[k])
                 if s.ctx.T != sub.info.n_frames:
                     raise InveError(f"{sub.path} is inconsistent: {sub.info.n_frames} frames in project.json, "
                                     f"{s.ctx.T} in the baked maps; train it again")
@@ -829,9 +843,16 @@ class SegmentedSession:
 
     # -- the stack -------------------------------------------------------------------------
     def set_layers(self, layers: list[Any]) -> None:
+        """Replace the stack. What was carried through the seams is kept for the layers in it
+        and for the KEEP_CARRIED layers that left it last (a layer hidden and shown again)."""
+        from core.edits.geometry import geometry_key  # noqa: PLC0415
+
         self.layers = list(layers)
-        live = {l.key for l in self.layers}
-        self._carried = {k: v for k, v in self._carried.items() if k[0] in live}
+        live = {geometry_key(l) for l in self.layers}
+        gone = list(dict.fromkeys(k[0] for k in self._carried if k[0] not in live))  # oldest first
+        drop = set(gone[:max(0, len(gone) - self.KEEP_CARRIED)])
+        self._carried = {**{k: v for k, v in self._carried.items() if k[0] not in live and k[0] not in drop},
+                         **{k: v for k, v in self._carried.items() if k[0] in live}}
         self._set = [False] * len(self.subs)
 
     def _atlas_sizes(self) -> dict[str, int]:
@@ -890,7 +911,11 @@ class SegmentedSession:
                 return []  # an atlas of a layer no segment has
             layer = spec.layer if spec.layer is None or spec.layer in self.subs[k].info.layers else None
             return [dataclasses.replace(spec, t=None if spec.frame is None else int(spec.frame) - a, layer=layer)]
-        key = (spec.key, k)
+        from core.edits.geometry import geometry_key  # noqa: PLC0415
+        from core.edits.spec import AdjustLayer  # noqa: PLC0415
+
+        gkey = geometry_key(spec)
+        key = (gkey, k)
         if key not in self._carried:
             if not spec.visible:
                 return []  # carried when shown
@@ -900,9 +925,22 @@ class SegmentedSession:
             out = []
             for p in prev:
                 out += self._carry(p, src, k, s)
-            self._carried[key] = out
-        return [dataclasses.replace(c, visible=spec.visible, name=spec.name, index=spec.index)
-                for c in self._carried[key]]
+            self._carried[key] = (spec, out)
+        then, carried = self._carried[key]
+        if gkey == spec.key:
+            return [dataclasses.replace(c, visible=spec.visible, name=spec.name, index=spec.index) for c in carried]
+        # carried by its geometry key, which leaves out fields that do not move it: those, and
+        # the key the rendered patches are cached under, come from the layer as it is now
+        now = dict(visible=spec.visible, name=spec.name, index=spec.index)
+        if isinstance(spec, AdjustLayer):  # recoloured, say
+            return [dataclasses.replace(c, key=_key(spec.key, c.key), hue=spec.hue, saturation=spec.saturation,
+                                        brightness=spec.brightness, contrast=spec.contrast, **now)
+                    for c in carried]
+        # a rigid sticker turned or given another image of the same size: every hop subtracts
+        # its segment's track angle from the rotation, so the turn adds on as it is
+        return [dataclasses.replace(c, key=_key(spec.key, c.key), image=spec.image,
+                                    rotation=float(c.rotation + (spec.rotation - then.rotation)), **now)
+                for c in carried]
 
     def _overlap_frames(self, i: int, j: int, s: int) -> list[int]:
         """Frames of the overlap of segments i and j, the switch frame ``s`` first, then by distance."""
@@ -1127,13 +1165,19 @@ class SegmentedSession:
 
     def _carry_sketch(self, src: Any, spec: Any, ai: int, aj: int, frames: list[int], fix: Any,
                       common: dict[str, Any], j: int) -> list[Any]:
-        from core.edits.sketch import carry_stroke  # noqa: PLC0415
+        from core.edits.sketch import carry_stroke, stroke_key  # noqa: PLC0415
         from core.edits.spec import SketchLayer, Stroke  # noqa: PLC0415
 
         ctx = src.ctx
         groups: dict[tuple[str | None, int], list[Stroke]] = {}
         for stroke in spec.strokes:
-            c = carry_stroke(ctx, stroke, spec.t, spec.layer)
+            # kept with segment i's geometry (a layer recoloured or shown again is carried over
+            # the seam without refining the overlap again), apart from the stroke i renders:
+            # the seam's positions are those of the stroke matched on its own, as always
+            sk = "seam|" + stroke_key(stroke, spec.t, spec.layer)
+            c = src.geometry.carried.get(sk)
+            if c is None:
+                c = src.geometry.carried[sk] = carry_stroke(ctx, stroke, spec.t, spec.layer)
             best = None
             for f in frames:
                 c.ensure(ctx, np.array([f - ai]))
@@ -1214,11 +1258,34 @@ class SegmentedSession:
             self._sessions[k].visit(f - self.ranges[k][0])
 
     def prepare_stack(self) -> None:
-        """Every segment's layers, carried through the seams in order, here: forked render
-        workers then share them (and the textures built for carrying) instead of each
-        carrying them again. All segments stay open until :meth:`render_all` ends."""
+        """Every segment's layers, carried through the seams in order, and prepared (strokes
+        carried into every frame, textures built), here: forked render workers then share
+        them instead of each doing it again, and what they refine comes back into this
+        process's geometry (:meth:`merge_geometry`). All segments stay open until
+        :meth:`render_all` ends."""
         for k in range(len(self.subs)):
-            self.session(k)
+            self.session(k).prepare()
+
+    def settled(self) -> bool:
+        """Every segment has the geometry of its visible layers in the frames it renders (those
+        it owns), the segments being open (:meth:`prepare_stack`)."""
+        return all(s is not None and self._set[k]
+                   and s.settled(range(self.owns[k][0] - self.ranges[k][0], self.owns[k][1] - self.ranges[k][0]))
+                   for k, s in enumerate(self._sessions))
+
+    def frame_geometry(self, t: int) -> Any:
+        """(In a render worker) :meth:`EditSession.frame_geometry` of the segment owning frame
+        index t, tagged with the segment."""
+        f = self.project.info.frames[int(t)]
+        k = self.owner(f)
+        s = self._sessions[k]
+        found = s.frame_geometry(f - self.ranges[k][0]) if s is not None else None
+        return (k, found) if found is not None else None
+
+    def merge_geometry(self, found: Any) -> None:
+        k, got = found
+        if self._scopes[k] is not None:
+            self._scopes[k].merge(got)
 
     def render_all(self, progress: Progress | None = None, cache: bool = False,
                    overlay: bool = False, workers: int = 1,

@@ -105,22 +105,31 @@ def encode_png(img: np.ndarray, level: int = PNG_LEVEL) -> bytes:
 
 
 class OpenProject:
-    """A project held by the service: its warm edit session and what it was opened from."""
+    """A project held by the service: its warm edit session and what it was opened from.
 
-    def __init__(self, path: Path) -> None:
+    ``geometry``: the layers' per-frame geometry the service keeps for this project folder
+    (core/edits/geometry.py); it outlives a reload, and what belongs to another checkpoint
+    than the one opened now is dropped by identity, not by timing.
+    """
+
+    def __init__(self, path: Path, geometry: Any = None) -> None:
         from core.edits import EditSession
+        from core.edits.context import RenderContext
+        from core.edits.geometry import GeometryStore, geometry_identity
         from core.project import Project
 
         self.path = path
         self.stamp = self.files_stamp(path)
         self.project = Project.open(path)
+        self.geometry = geometry if geometry is not None else GeometryStore()
         if self.project.is_segmented:  # an edit session per segment, behind one interface
             from core.segments import SegmentedSession
 
-            self.session = SegmentedSession(self.project)
+            self.session = SegmentedSession(self.project, geometry=self.geometry)
         else:
             maps = self.project.maps()  # a clear InveError when it has none yet
-            self.session = EditSession(self.project, [], maps=maps)
+            scope = self.geometry.scope("", geometry_identity(self.project, maps, RenderContext.REFINE))
+            self.session = EditSession(self.project, [], maps=maps, geometry=scope)
         info = self.project.info
         T = self.session.ctx.T
         if T != info.n_frames or self.session.ctx.frames.shape[0] != T:
@@ -157,6 +166,8 @@ class Service:
         self.emit = Emitter(out)
         self.max_projects = max(1, int(max_projects))
         self.projects: collections.OrderedDict[str, OpenProject] = collections.OrderedDict()
+        # per project folder: the layers' geometry kept across reloads (see OpenProject)
+        self.geometry: dict[str, Any] = {}
         self._queue: collections.deque[Request | None] = collections.deque()
         self._cond = threading.Condition()
         self._running: Request | None = None
@@ -331,7 +342,8 @@ class Service:
         else:
             doc = None
         if held is None:
-            held = OpenProject(Path(key))
+            held = OpenProject(Path(key), self.geometry.get(key))
+            self.geometry[key] = held.geometry
             if doc is not None:
                 try:
                     held.session.set_edits(doc[0], doc[1])
@@ -340,7 +352,8 @@ class Service:
                     pass  # the stack no longer fits the new project: the client sets it again
             self.projects[key] = held
             while len(self.projects) > self.max_projects:
-                self.projects.popitem(last=False)
+                gone, _ = self.projects.popitem(last=False)
+                self.geometry.pop(gone, None)
         self.projects.move_to_end(key)
         return held
 
@@ -552,10 +565,12 @@ def render_workers(session: Any) -> int:
     on Linux) for shots of WORKERS_FROM_FRAMES frames or more, except where this process
     already holds most of the work (the patches of the visible layers in most frames).
 
-    Why not always: workers render every frame again and keep nothing here, while this
-    process keeps each layer's frames, so hiding, reordering or changing one layer re-renders
-    only what changed (measured on the bundled 48-frame clip: a warm Propagate 0.2 s here,
-    1.5 s through workers); a long shot's first Propagate is where two cores pay."""
+    Why not always: workers rasterise and composite every frame again and keep no patches
+    here, while this process keeps each layer's frames, so hiding, reordering or changing one
+    layer re-composites only what changed (measured on the bundled 48-frame clip: a warm
+    Propagate 0.2 s here, 1.5 s through workers before they sent their refined geometry back;
+    core/edits/geometry.py); a long shot, whose patches would not fit in memory, is where two
+    cores pay, and its warm Propagate refines nothing again."""
     from core.edits.parallel import default_workers  # noqa: PLC0415
 
     T = session.ctx.T

@@ -105,3 +105,52 @@ def test_row_gather_and_scatter_agree_with_the_plain_row_path():
     three = torch.randn(50, 3)
     assert not hashgrid._as_complex_rows(three)
     assert torch.equal(hashgrid._gather_rows(three, idx), three.index_select(0, idx))
+
+
+@pytest.mark.parametrize("dims,max_res,log2_table", [(2, [40, 40], 8), (3, [12, 9, 4], 12)])
+def test_evaluating_only_the_first_levels_gives_their_features_and_gradients(dims, max_res, log2_table):
+    """Coarse-to-fine evaluates only the levels in use: the same features, table gradient
+    and input gradient as the full evaluation restricted to those levels."""
+    torch.manual_seed(5)
+    grid = HashGrid(HashGridConfig(dims, n_levels=5, n_features=2, log2_table=log2_table, base_res=2,
+                                   max_res=max_res))
+    with torch.no_grad():
+        grid.table.normal_()
+    x = torch.rand(30, dims, requires_grad=True)
+    k = 3
+    weights = torch.randn(30, 2 * k)
+    part = grid(x, levels=k)
+    assert part.shape == (30, 2 * k)
+    (part * weights).sum().backward()
+    part_grads = grid.table.grad.clone(), x.grad.clone()
+    grid.table.grad, x.grad = None, None
+    full = grid(x)
+    assert torch.allclose(part, full[:, :2 * k], atol=1e-6)
+    (full[:, :2 * k] * weights).sum().backward()
+    assert torch.allclose(part_grads[0], grid.table.grad, atol=1e-5)
+    assert torch.allclose(part_grads[1], x.grad, atol=1e-4)
+
+
+def test_a_field_in_coarse_to_fine_skips_off_levels_without_changing_anything():
+    """Field.forward with levels switched off (weight 0) equals the full evaluation weighed
+    level by level: outputs and every parameter's gradient."""
+    from core.model import Field
+
+    torch.manual_seed(6)
+    field = Field(HashGridConfig(2, n_levels=6, log2_table=10, base_res=4, max_res=64), 3, hidden=16)
+    with torch.no_grad():
+        field.grid.table.normal_(0.0, 0.1)
+    x = torch.rand(64, 2)
+    field.set_active_levels(2.4)  # levels 0, 1 in full, level 2 fading in, 3-5 off
+    assert field.active_levels == 3 and not field.full_detail
+    out = field(x)
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in field.parameters()]
+    field.zero_grad(set_to_none=True)
+    reference = field.mlp(field.grid(x) * field.level_weights)
+    reference.square().sum().backward()
+    assert torch.allclose(out, reference, atol=1e-6)
+    for got, want in zip(grads, (p.grad for p in field.parameters())):
+        assert torch.allclose(got, want, atol=1e-5)
+    field.set_active_levels(10.0)
+    assert field.full_detail and field.active_levels == 6

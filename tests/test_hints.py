@@ -101,74 +101,132 @@ BUNNY_HIDDEN = {"ear": (124, 34, 140, 38), "raised right hand": (193, 31, 205, 3
                 "raised left hand": (71, 44, 81, 47)}
 #: ... and over the background here
 BUNNY_SHOWN = {"grass left of the hand": (30, 47, 50, 50), "trees right of the head": (226, 31, 246, 35)}
+#: far from the outline: background strokes drawn on frames 40, 32, 24 and 8 (7 to 39 frames
+#: before it), from the grass through his raised left hand, his ear (lying flat on 40 and
+#: 32), his head and his raised right hand to the trees (40, 32), and through both ears,
+#: standing up as he rises from a crouch (24, 8); hidden / shown regions hand-checked on
+#: those frames, each a strip the 4 px stroke covers
+FAR_STROKES = {40: [[30, 42], [85, 38], [135, 36], [165, 28], [200, 22], [250, 20]],
+               32: [[50, 48], [100, 43], [140, 37], [170, 30], [218, 22], [260, 18]],
+               24: [[140, 38], [184, 38], [200, 44], [218, 44], [250, 44]],
+               8: [[140, 85], [230, 85]]}
+FAR_HIDDEN = {40: {"raised left hand": (76, 37, 92, 40), "ear": (126, 34, 142, 37),
+                   "raised right hand": (192, 21, 204, 24)},
+              32: {"raised left hand": (92, 41, 108, 44), "ear": (134, 35, 148, 38),
+                   "raised right hand": (206, 21, 222, 24)},
+              24: {"left ear": (179, 37, 188, 40), "right ear": (204, 43, 220, 46)},
+              8: {"left ear": (168, 84, 180, 87), "right ear": (199, 84, 207, 87)}}
+FAR_SHOWN = {40: {"grass left of the hand": (36, 40, 60, 42), "trees right of the hand": (220, 20, 244, 22)},
+             32: {"grass left of the hand": (60, 45, 76, 47), "trees right of the hand": (236, 19, 248, 21)},
+             24: {"grass left of the ear": (146, 37, 164, 39), "leaves right of the head": (236, 43, 248, 45)},
+             8: {"grass left of the ears": (140, 84, 158, 86), "grass right of the ears": (220, 84, 230, 86)}}
+
+
+def _stroke_checks(project, tmp_path, frame, stroke, hidden, shown):
+    from core.edits import EditSession, parse_edits
+
+    doc = {"version": 1, "layers": [{"type": "sketch", "frame": frame, "layer": "bg", "strokes": [
+        {"points": stroke, "color": [1, 0, 0, 1], "width": 4.0}]}]}
+    session = EditSession(project, parse_edits(doc, tmp_path, project.info))
+    out = session.render_frame(frame).astype(int)
+    orig = np.asarray(project.frames()[frame]).astype(int)
+    for name, (x0, y0, x1, y1) in hidden.items():
+        diff = np.abs(out[y0:y1, x0:x1] - orig[y0:y1, x0:x1]).max(-1)
+        assert diff.mean() < 24, (frame, name, diff.mean())
+    for name, (x0, y0, x1, y1) in shown.items():
+        px = out[y0:y1, x0:x1].reshape(-1, 3)
+        assert (px[:, 0] > 200).mean() > 0.9 and (px[:, 1] < 60).mean() > 0.9, (frame, name, px.mean(0))
 
 
 @pytest.mark.slow
 def test_bunny_background_stroke_is_hidden_behind_ear_and_raised_arms(tmp_path):
-    """Issue #9 "How it is checked": with one foreground outline, a background stroke across
-    the bunny's ear and raised hands is hidden there and shows beside them (a short fit at
-    200 px: ~45 s). Without the hint the automatic masks leave those thin parts in the
-    background atlas; with the hint's masks fading out like automatic ones the alpha network
-    gave them up again (ear alpha 0.18: the stroke was drawn over ear, hands and head), and
-    at the masks' full weight the ear still ended at 0.6-0.8 (core/objectives.py)."""
+    """Issue #9 "How it is checked": with one foreground outline (frame 47), a background
+    stroke across the bunny's ear and raised hands is hidden there and shows beside them,
+    on the outline's frame and on frames 7 to 39 frames away, where his ears lie flat or
+    stand up (a short fit at 240 px: ~50 s). Without
+    the hint the automatic masks leave those thin parts in the background atlas; with the
+    hint's masks fading out like automatic ones the alpha network gave them up again (ear
+    alpha 0.18: the stroke was drawn over ear, hands and head), and at the masks' full
+    weight the ear still ended at 0.6-0.8 (core/objectives.py). Before the grown masks kept
+    thin parts by their own colours (core/hints.py), they lost the ears from frame 46 on and
+    the stroke was drawn over them far from the outline."""
     import json
     from pathlib import Path
 
     import core
     from core.cli import main
-    from core.edits import EditSession, parse_edits
     from core.project import Project
 
     video = Path(core.__file__).parent / "data" / "bbb_excerpt.mp4"
     hints = tmp_path / "hints.json"
     hints.write_text(json.dumps({"version": 1, "hints": [{"frame": 47, "polygon": BUNNY_OUTLINE, "label": "fg"}]}))
     proj = tmp_path / "bunny"
-    assert main(["train", str(video), "-o", str(proj), "--fg-hint", str(hints), "--max-side", "200",
+    assert main(["train", str(video), "-o", str(proj), "--fg-hint", str(hints), "--max-side", "240",
                  "--iters", "300", "--seed", "0", "--progress", "none"]) == 0
     project = Project.open(proj)
-    doc = {"version": 1, "layers": [{"type": "sketch", "frame": 47, "layer": "bg", "strokes": [
-        {"points": BUNNY_STROKE, "color": [1, 0, 0, 1], "width": 4.0}]}]}
-    session = EditSession(project, parse_edits(doc, tmp_path, project.info))
-    out = session.render_frame(47).astype(int)
-    orig = np.asarray(project.frames()[47]).astype(int)
-    for name, (x0, y0, x1, y1) in BUNNY_HIDDEN.items():
-        diff = np.abs(out[y0:y1, x0:x1] - orig[y0:y1, x0:x1]).max(-1)
-        assert diff.mean() < 24, (name, diff.mean())
-    for name, (x0, y0, x1, y1) in BUNNY_SHOWN.items():
-        px = out[y0:y1, x0:x1].reshape(-1, 3)
-        assert (px[:, 0] > 200).mean() > 0.9 and (px[:, 1] < 60).mean() > 0.9, (name, px.mean(0))
+    _stroke_checks(project, tmp_path, 47, BUNNY_STROKE, BUNNY_HIDDEN, BUNNY_SHOWN)
+    for frame, stroke in FAR_STROKES.items():
+        _stroke_checks(project, tmp_path, frame, stroke, FAR_HIDDEN[frame], FAR_SHOWN[frame])
 
 
-def test_bunny_outline_keeps_his_raised_hands_seven_frames_away():
-    """Grown from the outline on frame 47 of the bundled clip, frame 40's mask still holds
-    the raised hands and arm (hand-checked points, source px) and none of the grass, trees
-    or rocks. Thin parts have no sure core after the band's erosion; without their carried
-    centre line GrabCut gave both hands to the look-alike background within 3 frames."""
+#: hand-checked points (source px) on frames 7 to 47 frames from the outline on frame 47: the
+#: bunny (his ears above all: lying flat on 40 and 32, standing up from 24 on, while he rises
+#: from a crouch with his arms up) and the scene right next to them
+BUNNY_POINTS = {
+    40: {"ear": (135, 36), "ear tip": (124, 35), "raised left hand": (85, 37), "left arm": (110, 50),
+         "raised right hand": (198, 26), "belly": (180, 150)},
+    32: {"ear": (138, 37), "ear tip": (130, 36), "raised left hand": (100, 42), "raised right hand": (220, 22),
+         "belly": (180, 150)},
+    24: {"left ear": (184, 35), "right ear": (215, 42), "left hand": (85, 100), "face": (190, 80)},
+    16: {"left ear": (193, 75), "right ear": (222, 80), "hand": (75, 105)},
+    8: {"left ear": (172, 80), "right ear": (202, 85), "hand": (75, 105)},
+    0: {"left ear": (160, 72), "right ear": (195, 88), "hand": (75, 105)},
+}
+SCENE_POINTS = {
+    40: {"grass": (40, 60), "trees": (250, 60), "rocks": (60, 180), "above the ear": (130, 26),
+         "below the ear": (125, 45)},
+    32: {"sky": (150, 15), "leaves": (100, 20), "trees": (250, 40), "above the ear": (140, 28),
+         "below the ear": (130, 46)},
+    24: {"between the ears": (200, 25), "grass": (240, 60), "leaves": (150, 40), "left of the left ear": (170, 30)},
+    16: {"between the ears": (207, 70), "left of the left ear": (178, 70), "above the ears": (200, 55)},
+    8: {"between the ears": (190, 80), "left of the left ear": (155, 75), "right of the right ear": (215, 80)},
+    0: {"above the ears": (150, 55), "between the ears": (180, 75), "right of the right ear": (215, 75)},
+}
+
+
+def bunny_masks(w=240):
+    """Masks grown from the outline on frame 47 over frames 0..47 at working width ``w``."""
     import cv2
 
     from core.video import default_clip, iter_frames
 
-    W, H = 480, 270
-    w, h = 240, 135
+    h = round(w * 270 / 480)
     frames = np.stack([cv2.resize(np.asarray(f), (w, h), interpolation=cv2.INTER_AREA)
                        for f in iter_frames(default_clip(), 0, 48)])
     doc = {"version": 1, "hints": [{"frame": 47, "polygon": BUNNY_OUTLINE, "label": "fg"}]}
-    hints = parse_hints(doc, None, (W, H), list(range(len(frames))))
-    masks = grow_masks(frames, compute_flow(frames), hints, (W, H))
+    hints = parse_hints(doc, None, (480, 270), list(range(len(frames))))
+    return grow_masks(frames, compute_flow(frames), hints, (480, 270))
 
-    def at(x, y):
-        return int(masks[40, int(y * h / H), int(x * w / W)])
 
-    bunny = {"raised left hand": (85, 37), "left arm": (110, 50), "raised right hand": (198, 26), "belly": (180, 150)}
-    scene = {"grass": (40, 60), "trees": (250, 60), "rocks": (60, 180)}
-    assert all(at(*p) == 1 for p in bunny.values()), {k: at(*p) for k, p in bunny.items()}
-    assert all(at(*p) == 0 for p in scene.values()), {k: at(*p) for k, p in scene.items()}
-    # further away (hand-checked on frames 32 and 24: he raises his arms from a crouch) the
-    # hands still hold and the sky and grass beside them stay out; the ears do not (README)
-    far = {32: ({"raised left hand": (100, 42), "raised right hand": (220, 22)},
-                {"sky": (150, 15), "leaves": (100, 20), "trees": (250, 40)}),
-           24: ({"left hand": (85, 100), "right ear": (215, 42)},
-                {"between the ears": (200, 25), "grass": (240, 60), "leaves": (150, 40)})}
-    for t, (on, off) in far.items():
-        got = {k: int(masks[t, int(y * h / H), int(x * w / W)]) for k, (x, y) in {**on, **off}.items()}
-        assert all(got[k] == 1 for k in on) and all(got[k] == 0 for k in off), (t, got)
+def held(masks, t, points):
+    """{name: 1 if the point lies inside frame t's mask}."""
+    h, w = masks.shape[1:]
+    return {k: int(masks[t, int(y * h / 270), int(x * w / 480)]) for k, (x, y) in points.items()}
+
+
+def test_bunny_outline_keeps_his_ears_and_hands_far_from_the_outline():
+    """Grown from the outline on frame 47 of the bundled clip, the masks hold the bunny's
+    ears and raised hands on frames 40 to 0 (7 to 47 frames away; hand-checked points) and
+    leave out the grass, leaves and trees right next to them. GrabCut alone gave the ears
+    away from frame 46 on (2/5, 3/5, 2/4, 1/2, 1/2, 1/2 of the README's points); thin parts
+    now follow the flow while they still look like themselves (core/hints.py)."""
+    masks = bunny_masks()
+    missed = {t: [k for k, v in held(masks, t, BUNNY_POINTS[t]).items() if not v] for t in BUNNY_POINTS}
+    leaked = {t: [k for k, v in held(masks, t, SCENE_POINTS[t]).items() if v] for t in SCENE_POINTS}
+    # measured: every point held, one scene point inside (the grass between his ears on
+    # frame 16, which GrabCut fills in); the tolerance of one point on frames 16..0 is for
+    # other OpenCV builds (the figures move by a point or two with the colour tests' settings)
+    assert not any(missed[t] for t in (40, 32, 24)), missed
+    assert sum(len(v) for v in missed.values()) <= 1, missed
+    assert not any(leaked[t] for t in (40, 32, 24)), leaked
+    assert sum(len(v) for v in leaked.values()) <= 2, leaked

@@ -20,12 +20,29 @@ def _table_lr(trainer: Trainer) -> float:
     return next(g["lr"] for g in trainer.opt.param_groups if g["name"] == "tables")
 
 
+def _rate_at_end(trainer: Trainer) -> float:
+    """The table rate the schedules set for the last step, as a fraction of the initial one."""
+    start = trainer.base_lrs["tables"]
+    for schedule in trainer.schedules:
+        schedule(trainer, 1.0)
+    return _table_lr(trainer) / start
+
+
 def test_short_time_budget_takes_smaller_batches_at_a_higher_table_rate():
     cfg = TrainConfig(minutes=1.0, batch=512)
     tr = _trainer(cfg)
     assert (tr.batch, _table_lr(tr)) == (cfg.short_batch, cfg.short_lr_table)
     terms = tr.train_step()  # the step samples the short batch and trains
     assert tr.step == 1 and np.isfinite(terms["rgb"])
+
+
+def test_short_time_budget_decays_its_rates_less():
+    short, long_ = _trainer(TrainConfig(minutes=1.0)), _trainer(TrainConfig(minutes=4.0))
+    assert abs(_rate_at_end(short) - short.cfg.short_lr_final) < 1e-9
+    assert abs(_rate_at_end(long_) - long_.cfg.lr_final) < 1e-9
+    assert short.cfg.short_lr_final > long_.cfg.lr_final
+    iters = _trainer(TrainConfig(iters=300))
+    assert abs(_rate_at_end(iters) - iters.cfg.lr_final) < 1e-9
 
 
 def test_longer_budgets_iteration_budgets_and_fine_tuning_keep_the_configured_step():
@@ -44,3 +61,5 @@ def test_the_cheaper_step_is_for_the_cpu_only():
     cfg = TrainConfig(minutes=1.0)
     assert cfg.step_settings("cpu") == (cfg.short_batch, cfg.short_lr_table)
     assert cfg.step_settings("cuda") == cfg.step_settings("mps") == (cfg.batch, cfg.lr_table)
+    assert cfg.final_rate("cpu") == cfg.short_lr_final
+    assert cfg.final_rate("cuda") == cfg.final_rate("mps") == cfg.lr_final

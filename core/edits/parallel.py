@@ -58,6 +58,8 @@ def _gap_frames(session: Any, frames: Any, workers: int) -> int:
     """
     if not getattr(session.ctx, "refine_enabled", False) or not hasattr(frames, "cache_frames"):
         return 0
+    if getattr(session, "settled", lambda: False)():
+        return 0  # every frame's refined geometry is kept (core/edits/geometry.py): no links to match
     ctx = session.ctx
     B = block_frames(ctx.W, ctx.H)
     gap = min(frames.MAX_SKIP, B * max(1, workers - 1))
@@ -107,6 +109,9 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
         # a pass in one process does (opens each once, closes those it has left behind)
         walk = getattr(session, "enter", None)
         current = -1
+        # what rendering finds of the layers' geometry goes back with the frame (the parent
+        # keeps it for the next pass: core/edits/geometry.py)
+        report = getattr(session, "frame_geometry", None)
         while (task := tasks.get()) is not None:
             start, end = task
             if gap:
@@ -125,10 +130,11 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
                     current = walk(t, current)
                 img = session.render_frame(t, cache=False, overlay=overlay)
                 session.visit(t)
-                results.put((t, encode(img) if encode is not None else img, None))
+                results.put((t, encode(img) if encode is not None else img, None,
+                             report(t) if report is not None else None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         msg = str(exc) if isinstance(exc, InveError) else "".join(traceback.format_exception(exc))
-        results.put((-1, None, (type(exc).__name__, msg, isinstance(exc, InveError))))
+        results.put((-1, None, (type(exc).__name__, msg, isinstance(exc, InveError)), None))
     finally:
         results.close()
         results.join_thread()
@@ -162,6 +168,7 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
         sys.stdin = stdin
     sent = 0
     pending: dict[int, Any] = {}
+    merge = getattr(session, "merge_geometry", None)
     try:
         for _ in range(min(len(blocks), workers + 1)):
             tasks.put(blocks[sent])
@@ -169,7 +176,7 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
         for t in range(T):
             while t not in pending:
                 try:
-                    got, payload, err = results.get(timeout=1.0)
+                    got, payload, err, found = results.get(timeout=1.0)
                 except queue.Empty:
                     dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
                     if dead:
@@ -182,6 +189,8 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
                         raise InveError(msg)
                     raise RuntimeError(f"a render worker failed ({kind}):\n{msg}")
                 pending[got] = payload
+                if found is not None and merge is not None:
+                    merge(found)
             if t % B == 0 and sent < len(blocks):  # a block is being handed over: give out the next
                 tasks.put(blocks[sent])
                 sent += 1

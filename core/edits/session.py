@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from core.edits.context import Patch, RenderContext
+from core.edits.geometry import GeometryScope
 from core.edits.paint import AdjustRenderer, AtlasPaintRenderer, PaintRenderer
 from core.edits.render import composite, composite_overlay
 from core.edits.sketch import SketchRenderer, StrokeCache
@@ -80,12 +81,17 @@ class EditSession:
 
     def __init__(self, project: Project, layers: list[EditLayer] | None = None,
                  mapping: LayeredMapping | None = None, maps: BakedMaps | None = None,
-                 cache_bytes: int = 512 * 2**20) -> None:
+                 cache_bytes: int = 512 * 2**20, geometry: GeometryScope | None = None) -> None:
         self.project = project
         self.ctx = RenderContext(project, mapping=mapping, maps=maps)
         self.layers: list[EditLayer] = []
         self._renderers: dict[str, Renderer] = {}
+        # each layer's geometry per frame (refined stroke vertices, texture corrections,
+        # sticker tracks): a scope kept by its owner (the service) outlives this session and
+        # its stacks, for as long as the checkpoint is the same (core/edits/geometry.py)
+        self.geometry = geometry if geometry is not None else GeometryScope()
         self._strokes = StrokeCache()
+        self._strokes.carried = self.geometry.carried
         self._patches: OrderedDict[tuple[str, int], list[Patch]] = OrderedDict()
         self._patch_bytes = 0
         self.cache_bytes = cache_bytes
@@ -122,9 +128,11 @@ class EditSession:
         r = self._renderers.get(spec.key)
         if r is None:
             r = make_renderer(spec, self._strokes)
+            self.geometry.attach(spec, r)
             self._renderers[spec.key] = r
             if prepare:
                 r.prepare(self.ctx)
+                self.geometry.keep(spec, r)
         return r
 
     def layer_patches(self, spec: EditLayer, t: int, cache: bool = True) -> list[Patch]:
@@ -146,7 +154,9 @@ class EditSession:
         with torch_threads(RENDER_THREADS):
             for spec in self.layers:
                 if spec.visible:
-                    self.renderer(spec, prepare=False).prepare(self.ctx)
+                    r = self.renderer(spec, prepare=False)
+                    r.prepare(self.ctx)
+                    self.geometry.keep(spec, r)
 
     def frame_patches(self, t: int, cache: bool = True) -> list[Patch]:
         """Every visible layer's patches at project frame t, back to front."""
@@ -178,8 +188,24 @@ class EditSession:
 
     def start_pass(self) -> None:
         """A pass over every frame begins: only the chains of the stack it renders are matched
-        as it goes (an interactive session remembers those of strokes since changed)."""
+        as it goes (an interactive session remembers those of strokes since changed); what
+        geometry is known now is noted (render workers report only what they add)."""
         self.ctx.forget_chains()
+        self.geometry.mark()
+
+    def settled(self, frames: range | None = None) -> bool:
+        """The geometry of the visible layers is kept for every frame of ``frames`` (default:
+        all): a pass refines nothing (render workers then read no frames ahead for chain links)."""
+        return self.geometry.settled([l for l in self.layers if l.visible], self._renderers,
+                                     range(self.ctx.T) if frames is None else frames)
+
+    def frame_geometry(self, t: int) -> Any:
+        """(In a render worker) what rendering frame t found of the layers' geometry, for
+        :meth:`merge_geometry` in the process that forked it; None: nothing new."""
+        return self.geometry.collect(t, [l for l in self.layers if l.visible], self._renderers)
+
+    def merge_geometry(self, found: Any) -> None:
+        self.geometry.merge(found)
 
     def render_all(self, progress: Progress | None = None, cache: bool = False,
                    overlay: bool = False, workers: int = 1,

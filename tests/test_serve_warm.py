@@ -1,0 +1,219 @@
+"""A warm Propagate redoes only what changed (core/edits/geometry.py through core/serve.py).
+
+Ground-truth synthetic projects (analytic mappings in place of networks), a plain one and a
+segmented one, propagated by the service in forked render workers as a long shot is: what
+the workers refine comes back to the service, so after hiding a layer the next Propagate
+refines nothing and gives the bytes of a cold Propagate of the same stack; a changed
+checkpoint identity drops what was kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from synth import make_clip, make_gt_project, make_gt_segmented_project
+from core import fsutil
+from core.edits.context import RenderContext
+from core.edits.geometry import GeometryStore, geometry_identity, geometry_key
+from core.edits.spec import parse_edits
+from core.project import Project
+
+pytestmark = pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork()
+                                or (os.cpu_count() or 1) < 2,
+                                reason="forked render workers: Linux, 2 cores or more")
+
+W, H, T = 96, 64, 20
+SKETCH = {"type": "sketch", "frame": 4, "strokes": [
+    {"points": [[20, 40], [50, 22], [80, 30]], "color": [1, 0, 0, 1], "width": 3},
+    {"points": [[15, 15], [40, 12]], "color": [0, 1, 0, 1], "width": 2}]}
+ADJUST = {"type": "adjust", "frame": 2, "layer": "bg", "region": {"polygon": [[4, 36], [40, 36], [40, 60], [4, 60]]},
+          "hue": 0.3, "saturation": 1.5}
+PAINT = {"type": "paint", "frame": 0, "image": "paint.png", "layer": "bg"}
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.replies: list[dict] = []
+
+    def write(self, text: str) -> None:
+        self.replies += [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def projects(tmp_path_factory):
+    root = tmp_path_factory.mktemp("warm")
+    clip = make_clip(T=T, size=(W, H), camera="pan_zoom", seed=5)
+    plain = make_gt_project(clip, root / "plain", atlas_size=128, work_scale=0.5)
+    seg = make_gt_segmented_project(clip, root / "seg", [(0, 9), (6, 15), (12, 20)], atlas_size=128)
+    paint = np.zeros((H, W, 4), np.float32)
+    paint[8:20, 60:84] = (0, 0, 1, 0.8)
+    fsutil.write_png(root / "paint.png", paint)
+    mappings = {sub.path.resolve(): sub._mapping for sub in seg.segments()}
+    mappings[plain.path.resolve()] = clip.gt
+    return root, plain, seg, mappings
+
+
+@pytest.fixture
+def service(projects, monkeypatch):
+    """A Service in this process that propagates these short clips in two forked workers
+    (blocks of 2 frames: every segment and seam is split between them)."""
+    import core.serve
+    from core.edits import parallel
+
+    mappings = projects[3]
+    monkeypatch.setattr(Project, "mapping", lambda self, device="cpu": mappings[self.path.resolve()])
+    monkeypatch.setattr(core.serve, "WORKERS_FROM_FRAMES", 8)
+    monkeypatch.setattr(core.serve, "render_workers", lambda session: 2)
+    monkeypatch.setattr(parallel, "AHEAD_BYTES", 1)
+
+    def make():
+        stream = _Stream()
+        return core.serve.Service(stream), stream
+    return make
+
+
+def run(svc, stream, rid, op, **fields):
+    from core.serve import Request
+
+    svc.run(Request(rid, op, fields))
+    end = [r for r in stream.replies if r["id"] == rid and r["event"] in ("done", "error")]
+    assert len(end) == 1 and end[0]["event"] == "done", end
+    return end[0]
+
+
+def propagate(svc, stream, rid, project, layers, base, out):
+    run(svc, stream, rid, "set_edits", project=str(project.path), edits={"version": 1, "layers": layers},
+        base=str(base))
+    res = run(svc, stream, rid + 1, "propagate", project=str(project.path), output=str(out), overlay=True)
+    assert res["frames"] == T
+    return [iio.imread(out / f"{t:04d}.png") for t in range(T)]
+
+
+@pytest.mark.parametrize("kind", ["plain", "segmented"])
+def test_warm_propagate_after_hiding_a_layer_refines_nothing_and_equals_a_cold_one(projects, service, kind,
+                                                                                   tmp_path, monkeypatch):
+    root, plain, seg, _ = projects
+    project = plain if kind == "plain" else seg
+    svc, stream = service()
+    first = propagate(svc, stream, 1, project, [SKETCH, ADJUST, PAINT], root, tmp_path / "a")
+    held = next(iter(svc.projects.values()))
+    if kind == "segmented":
+        held.session.prepare_stack()  # as a pass does first (the last one closed the segments it left)
+    assert held.session.settled()  # what the workers refined came back to the service
+
+    # the add-on hides a layer by leaving it out of the stack; nothing may be refined again
+    def no_refinement(*args, **kwargs):
+        raise AssertionError("a warm Propagate refined positions again")
+    with monkeypatch.context() as m:
+        m.setattr(RenderContext, "refine", no_refinement)
+        warm = propagate(svc, stream, 3, project, [SKETCH, PAINT], root, tmp_path / "b")
+        # ... and shown again, recoloured: the region moves as before, only its colour changed
+        recoloured = propagate(svc, stream, 5, project, [SKETCH, {**ADJUST, "hue": 0.6}, PAINT], root,
+                               tmp_path / "c")
+
+    cold_svc, cold_stream = service()
+    cold = propagate(cold_svc, cold_stream, 1, project, [SKETCH, PAINT], root, tmp_path / "d")
+    assert all(np.array_equal(a, b) for a, b in zip(warm, cold))
+    assert any(not np.array_equal(a, b) for a, b in zip(first, warm))  # the adjust layer did show before
+    cold_svc2, cold_stream2 = service()
+    cold2 = propagate(cold_svc2, cold_stream2, 1, project, [SKETCH, {**ADJUST, "hue": 0.6}, PAINT], root,
+                      tmp_path / "e")
+    assert all(np.array_equal(a, b) for a, b in zip(recoloured, cold2))
+    assert sum(int(a[..., 3].astype(bool).sum()) for a in warm) > 200  # the stroke and the paint are there
+
+
+def _set_checkpoint(project: Project, step: int) -> None:
+    """Record in the baked maps' meta that they come from checkpoint ``step`` (what a bake writes)."""
+    meta_file = project.path / Project.MAPS / "meta.json"
+    doc = json.loads(meta_file.read_text())
+    doc["meta"] = {"checkpoint": {"step": step, "sha256": f"{step:064x}"}}
+    fsutil.write_json(meta_file, doc)
+
+
+def test_a_changed_checkpoint_identity_drops_the_kept_geometry(projects, service, tmp_path, monkeypatch):
+    """Retraining (a new checkpoint, re-baked maps) makes the service reload the project with
+    a new identity: the layers' geometry is found again, and the frames are those of a cold
+    Propagate of the retrained project, not of the old positions."""
+    root, _, _, mappings = projects
+    clip = make_clip(T=T, size=(W, H), camera="pan_zoom", seed=5)
+    project = make_gt_project(clip, tmp_path / "proj", atlas_size=128, work_scale=0.5)
+    _set_checkpoint(project, 100)
+    mappings[project.path.resolve()] = clip.gt
+    svc, stream = service()
+    before = propagate(svc, stream, 1, project, [SKETCH], root, tmp_path / "a")
+    held = svc.projects[str(project.path.resolve())]
+    scope = held.session.geometry
+    assert held.session.settled() and scope.carried
+
+    # the same checkpoint: a reload (some file of the project changed) keeps the geometry
+    fsutil.write_json(project.path / Project.METRICS, {"psnr": 98.0, "iterations": 1, "train_seconds": 0.0})
+    same = propagate(svc, stream, 3, project, [SKETCH], root, tmp_path / "b")
+    assert svc.projects[str(project.path.resolve())] is not held  # reloaded ...
+    assert svc.projects[str(project.path.resolve())].session.geometry is scope  # ... geometry kept
+    assert all(np.array_equal(a, b) for a, b in zip(before, same))
+
+    # retrained: another mapping (the camera moved differently), maps re-baked from step 200
+    clip2 = make_clip(T=T, size=(W, H), camera="pan_zoom", seed=9)
+    mappings[project.path.resolve()] = clip2.gt
+    make_gt_project(clip2, project.path, atlas_size=128, work_scale=0.5)
+    _set_checkpoint(project, 200)
+    after = propagate(svc, stream, 5, project, [SKETCH], root, tmp_path / "c")
+    new_scope = svc.projects[str(project.path.resolve())].session.geometry
+    assert new_scope is not scope and new_scope.identity != scope.identity
+    cold_svc, cold_stream = service()
+    cold = propagate(cold_svc, cold_stream, 1, project, [SKETCH], root, tmp_path / "d")
+    assert all(np.array_equal(a, b) for a, b in zip(after, cold))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, cold))  # the old positions would be wrong
+
+
+def test_identity_and_keys(projects):
+    """The identity follows the checkpoint the maps were baked from; an adjust layer's geometry
+    key leaves out its colour, a sketch's does not matter (strokes are kept by their points)."""
+    root, plain, _, _ = projects
+    maps = plain.maps()
+    a = geometry_identity(plain, maps, True)
+    assert a == geometry_identity(plain, maps, True) and a != geometry_identity(plain, maps, False)
+    other = type(maps)(uv=maps.uv, alpha=maps.alpha, atlas=maps.atlas, atlas_used=maps.atlas_used,
+                       meta={"checkpoint": {"step": 7, "sha256": "0" * 64}})
+    assert geometry_identity(plain, other, True) != a
+    store = GeometryStore()
+    s1 = store.scope("", a)
+    assert store.scope("", a) is s1 and store.scope("", "other") is not s1
+    l1, l2, l3 = parse_edits({"layers": [ADJUST, {**ADJUST, "hue": 0.9, "contrast": 1.2},
+                                         {**ADJUST, "region": {"polygon": [[0, 0], [9, 0], [9, 9]]}}]},
+                             root, plain.info)
+    assert l1.key != l2.key and geometry_key(l1) == geometry_key(l2) != geometry_key(l3)
+
+
+def test_a_turned_rigid_sticker_is_carried_turned(projects, service, tmp_path):
+    """A rigid sticker's track does not depend on its rotation or its image's pixels, so the
+    segmented shot keeps what it carried through the seams -- but the sticker every segment
+    shows must be the one the user has now: turned, with its new image. The warm frames are
+    those of a cold Propagate of the turned sticker."""
+    root, _, seg, _ = projects
+    bar = np.zeros((6, 24, 4), np.float32)
+    bar[..., 0], bar[..., 3] = 1.0, 1.0
+    fsutil.write_png(root / "bar.png", bar)
+    dot = bar.copy()
+    dot[..., :3] = (0.0, 1.0, 0.0)
+    fsutil.write_png(root / "dot.png", dot)
+    sticker = {"type": "sticker", "frame": 3, "image": "bar.png", "center": [48, 30], "scale": 1.0,
+               "rotation": 0.0, "mode": "rigid"}
+    turned = {**sticker, "image": "dot.png", "rotation": 0.9}
+    svc, stream = service()
+    first = propagate(svc, stream, 1, seg, [sticker], root, tmp_path / "a")
+    warm = propagate(svc, stream, 3, seg, [turned], root, tmp_path / "b")
+    cold_svc, cold_stream = service()
+    cold = propagate(cold_svc, cold_stream, 1, seg, [turned], root, tmp_path / "c")
+    late = range(12, T)  # frames only the last segment renders: the sticker came through two seams
+    assert all(np.array_equal(warm[t], cold[t]) for t in range(T))
+    assert any(not np.array_equal(first[t], warm[t]) for t in late)
+    assert any(warm[t][..., 1].max() > 200 for t in late)  # the green image, not the red one
