@@ -1205,7 +1205,9 @@ class SegmentedSession:
 
     def release(self, k: int) -> None:
         """Close segment k's session, networks and memory-mapped maps (a streaming pass that has
-        left it behind: memory stays that of a few segments, not of the whole shot)."""
+        left it behind: memory stays that of a few segments, not of the whole shot). What its
+        layers' geometry is per frame stays in the store (strokes and tracks are small; atlas
+        textures are kept within ``GeometryStore.max_texture_bytes``)."""
         if k in self._recent:
             self._recent.remove(k)
         if self._sessions[k] is not None:

@@ -217,3 +217,31 @@ def test_a_turned_rigid_sticker_is_carried_turned(projects, service, tmp_path):
     assert all(np.array_equal(warm[t], cold[t]) for t in range(T))
     assert any(not np.array_equal(first[t], warm[t]) for t in late)
     assert any(warm[t][..., 1].max() > 200 for t in late)  # the green image, not the red one
+
+
+def test_kept_textures_fit_the_store_budget(projects):
+    """A segmented shot keeps a copy of each carried paint/adjust texture per segment: the
+    project's store drops the least recently used textures (over all its scopes) beyond its
+    byte budget, never the one a pass has just kept."""
+    import torch
+
+    from core.edits.atlas_edit import AtlasTexture
+    from core.edits.spec import parse_edits
+
+    class Renderer:
+        def __init__(self, mb: int) -> None:
+            self.textures = [AtlasTexture.from_tensor("bg", torch.ones(4, 512, mb * 128))]  # mb MiB
+
+    specs = parse_edits({"layers": [{**ADJUST, "region": {"polygon": [[0, 0], [9 + n, 0], [9, 9]]}}
+                                    for n in range(4)]}, Path("."), projects[1].info)
+    store = GeometryStore(max_texture_bytes=5 * 2**20)
+    a, b = store.scope("s0", "id"), store.scope("s1", "id")
+    a.keep(specs[0], Renderer(2))
+    b.keep(specs[1], Renderer(2))
+    a.attach(specs[0], Renderer(1))  # used again: now the most recent
+    assert store.texture_bytes() == 4 * 2**20
+    b.keep(specs[2], Renderer(2))  # 6 MiB: the least recently used (specs[1] in s1) goes
+    assert geometry_key(specs[1]) not in b.textures and geometry_key(specs[2]) in b.textures
+    assert geometry_key(specs[0]) in a.textures and store.texture_bytes() == 4 * 2**20
+    a.keep(specs[3], Renderer(8))  # bigger than the budget alone: kept (a pass uses it), the rest go
+    assert list(a.textures) == [geometry_key(specs[3])] and not b.textures
