@@ -567,9 +567,9 @@ class ThreadChooser:
     """Keeps CPU training on the faster of all its threads and one thread, checking as it goes.
 
     Why: on two cores that other work shares (another program, a second fit), a step split
-    over both threads keeps waiting for whichever thread the system has put aside; a 2-thread
-    one-minute fit of cup 40:80 ran 421 steps while a test suite shared the machine, about a
-    third of what one thread gets there. Every ``period`` seconds of training the other setting
+    over both threads keeps waiting for whichever thread the system has put aside: a 2-thread
+    one-minute fit of cup 40:80 ran 421 steps while a test suite shared the machine (1,441
+    with lighter load). Every ``period`` seconds of training the other setting
     is timed for ``probe`` steps (after one warm-up step) and the one with the shorter median
     step is kept; on a quiet machine that costs a few slower steps per period.
     """
