@@ -167,9 +167,7 @@ def _grabcut_crop(img: np.ndarray, carried: np.ndarray, bg: np.ndarray | None) -
     area = int(carried.sum())
     if area < 9:
         return carried
-    size = math.sqrt(area)
-    r = max(2, int(round(BAND * size)))
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    k = _disc(_radius(carried))
     sure_fg = cv2.erode(carried, k)
     # thin parts (an arm, an ear: narrower than the band) have no sure core after that
     # erosion and GrabCut's colour model gives them to a look-alike background; their own

@@ -34,7 +34,8 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from collections.abc import Mapping
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -304,9 +305,9 @@ class BakedMaps:
                     alpha = get("alpha", mmap)
                 else:  # single-layer compact store: no file, a read-only zero view costs no memory
                     alpha = np.broadcast_to(np.zeros((), cls.MAP_DTYPE), tuple(np.shape(uv[layers[0]])[:3]))
-                atlas = {k: (np.asarray(get(f"atlas8_{k}", False), np.float32) / 255.0 if has(f"atlas8_{k}")
-                             else np.asarray(get(f"atlas_{k}", False), np.float32)) for k in layers}
-                used = _LazyUsage(uv, alpha, {k: int(a.shape[0]) for k, a in atlas.items()})
+                atlas = _LazyAtlas({k: (get(f"atlas8_{k}", True), 255.0) if has(f"atlas8_{k}")
+                                    else (get(f"atlas_{k}", True), 1.0) for k in layers}, path)
+                used = _LazyUsage(uv, alpha, {k: int(a.shape[0]) for k, (a, _) in atlas.stored.items()})
                 for k in layers:
                     if has(f"atlas_used_{k}"):
                         used[k] = np.asarray(get(f"atlas_used_{k}", False), np.float32)
@@ -339,7 +340,9 @@ def _first_line(exc: BaseException) -> str:
 
 def _check_shapes(maps: BakedMaps, path: Path) -> None:
     ok = bool(maps.uv) and np.ndim(maps.alpha) == 3 and maps.n_frames > 0 and all(
-        tuple(np.shape(maps.uv[k])) == (*np.shape(maps.alpha), 2) and np.ndim(maps.atlas[k]) == 3 for k in maps.uv)
+        tuple(np.shape(maps.uv[k])) == (*np.shape(maps.alpha), 2)
+        and np.ndim(maps.atlas.stored[k][0] if isinstance(maps.atlas, _LazyAtlas) else maps.atlas[k]) == 3
+        for k in maps.uv)
     if not ok:
         raise InveError(f"the baked maps in {path} are damaged (arrays of inconsistent shapes); {_REBAKE}")
 
@@ -387,6 +390,41 @@ def _alpha_to_u8(alpha: np.ndarray) -> np.ndarray:
 def _to_u8(atlas: np.ndarray) -> np.ndarray:
     """Atlas colours 0..1 as 8-bit (round to nearest: within 1/510 of the input)."""
     return (np.clip(np.asarray(atlas, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+class _LazyAtlas(Mapping):
+    """``BakedMaps.atlas`` of a stored project: each layer's atlas is read as float32 when
+    first asked for, from the array memory-mapped at load (the same file as the uv maps'
+    even if a re-bake replaces it meanwhile).
+
+    Why: reopening a segment converted its atlases every time (~30 ms and ~10 MB a layer
+    for box.mp4's 896-texel atlases), and rendering a Propagate reads none of them: a warm
+    Propagate of a 13-segment shot reopened every segment for 0.4 s of atlas conversions.
+    """
+
+    def __init__(self, stored: dict[str, tuple[np.ndarray, float]], path: Path) -> None:
+        self.stored, self._path = stored, path
+        self._float: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, layer: str) -> np.ndarray:
+        if layer not in self._float:
+            arr, scale = self.stored[layer]
+            try:
+                a = np.asarray(arr, np.float32)
+            except (OSError, ValueError) as exc:
+                raise InveError(f"the baked maps in {self._path} are damaged ({_first_line(exc)}); {_REBAKE}") \
+                    from None
+            self._float[layer] = a / scale if scale != 1.0 else np.array(a, copy=True)
+        return self._float[layer]
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self.stored
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stored)
+
+    def __len__(self) -> int:
+        return len(self.stored)
 
 
 class _LazyUsage(dict):

@@ -73,7 +73,8 @@ def bench_long(bpy: Any, project: Path, work: Path) -> dict[str, Any]:
     """Propagate of a whole long shot from Blender, on a project trained beforehand (``inve
     train``: the fit is not what is measured): its source as a movie strip, the project
     recorded for it as Train would (the workspace's ``project`` links to it), the same two
-    layers as :func:`bench_clip`; cold (no service) and warm (a layer hidden first)."""
+    layers as :func:`bench_clip`; cold (no service) and warm (a layer hidden first), then warm
+    again after showing it again and after recolouring it (its region keeps its geometry)."""
     from core.cli import _info
     from core.project import Project
     from inve_blender.blender import context as ctx
@@ -96,15 +97,25 @@ def bench_long(bpy: Any, project: Path, work: Path) -> dict[str, Any]:
     bpy.ops.inve.propagate()
     cold = time.perf_counter() - t0
     assert jobs.last().state.ok, jobs.last().outcome
-    proj.layers[1].visible = False
-    c0 = _service_cpu()
-    t0 = time.perf_counter()
-    bpy.ops.inve.propagate()
-    warm = time.perf_counter() - t0
-    assert jobs.last().state.ok, jobs.last().outcome
-    return {"clip": clip.name, "size": f"{w}x{h}", "frames": len(info_p.frames), "segments": len(info_p.segments or []),
-            "cold_propagate_s": round(cold, 2), "warm_propagate_s": round(warm, 2),
-            "warm_engine_cpu_s": round(_service_cpu() - c0, 2)}
+    out: dict[str, Any] = {"clip": clip.name, "size": f"{w}x{h}", "frames": len(info_p.frames),
+                           "segments": len(info_p.segments or []), "cold_propagate_s": round(cold, 2)}
+
+    def recolour() -> None:
+        data = json.loads(proj.layers[1].data)
+        data["hue"] = 0.6
+        proj.layers[1].data = json.dumps(data)
+
+    for name, change in (("warm", lambda: setattr(proj.layers[1], "visible", False)),
+                         ("warm_show", lambda: setattr(proj.layers[1], "visible", True)),
+                         ("warm_recolour", recolour)):
+        change()
+        c0 = _service_cpu()
+        t0 = time.perf_counter()
+        bpy.ops.inve.propagate()
+        out[f"{name}_propagate_s"] = round(time.perf_counter() - t0, 2)
+        out[f"{name}_engine_cpu_s"] = round(_service_cpu() - c0, 2)
+        assert jobs.last().state.ok, jobs.last().outcome
+    return out
 
 
 def _service_cpu() -> float:
@@ -209,7 +220,9 @@ def main() -> None:
     for r in longs:
         print(f"long shot {r['clip']} {r['size']}, {r['frames']} frames ({r['segments']} segments): Propagate "
               f"cold {r['cold_propagate_s']:.2f} s, warm {r['warm_propagate_s']:.2f} s "
-              f"(engine CPU {r['warm_engine_cpu_s']:.1f} s with its workers)")
+              f"(engine CPU {r['warm_engine_cpu_s']:.1f} s with its workers); shown again "
+              f"{r['warm_show_propagate_s']:.2f} s (CPU {r['warm_show_engine_cpu_s']:.1f} s), recoloured "
+              f"{r['warm_recolour_propagate_s']:.2f} s (CPU {r['warm_recolour_engine_cpu_s']:.1f} s)")
     print(f"\nBlender add-on on the engine service (bpy {bpy.app.version_string}, {os.cpu_count()} CPUs; "
           f"Blender-side CPU {time.process_time() - cpu0:.0f} s)")
     print("| clip | frames | cold Propagate | warm Propagate | preview after a layer change (median / max) "

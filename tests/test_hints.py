@@ -101,19 +101,25 @@ BUNNY_HIDDEN = {"ear": (124, 34, 140, 38), "raised right hand": (193, 31, 205, 3
                 "raised left hand": (71, 44, 81, 47)}
 #: ... and over the background here
 BUNNY_SHOWN = {"grass left of the hand": (30, 47, 50, 50), "trees right of the head": (226, 31, 246, 35)}
-#: far from the outline: strokes drawn on frames 32 and 24 (15 and 23 frames before it) on
-#: the background, from the grass through his raised left hand, his ear (lying flat on 32),
-#: his head and his raised right hand to the trees (32), and from the grass through his
-#: left ear, standing up on 24, to the leaves (his right ear there is not checked: at this
-#: fit's 200 px the grown masks lose it, README); hidden / shown regions hand-checked on
+#: far from the outline: background strokes drawn on frames 40, 32, 24 and 8 (7 to 39 frames
+#: before it), from the grass through his raised left hand, his ear (lying flat on 40 and
+#: 32), his head and his raised right hand to the trees (40, 32), and through both ears,
+#: standing up as he rises from a crouch (24, 8); hidden / shown regions hand-checked on
 #: those frames, each a strip the 4 px stroke covers
-FAR_STROKES = {32: [[50, 48], [100, 43], [140, 37], [170, 30], [218, 22], [260, 18]],
-               24: [[140, 38], [184, 38], [200, 44], [218, 44], [250, 44]]}
-FAR_HIDDEN = {32: {"raised left hand": (92, 41, 108, 44), "ear": (134, 35, 148, 38),
+FAR_STROKES = {40: [[30, 42], [85, 38], [135, 36], [165, 28], [200, 22], [250, 20]],
+               32: [[50, 48], [100, 43], [140, 37], [170, 30], [218, 22], [260, 18]],
+               24: [[140, 38], [184, 38], [200, 44], [218, 44], [250, 44]],
+               8: [[140, 85], [230, 85]]}
+FAR_HIDDEN = {40: {"raised left hand": (76, 37, 92, 40), "ear": (126, 34, 142, 37),
+                   "raised right hand": (192, 21, 204, 24)},
+              32: {"raised left hand": (92, 41, 108, 44), "ear": (134, 35, 148, 38),
                    "raised right hand": (206, 21, 222, 24)},
-              24: {"left ear": (179, 37, 188, 40)}}
-FAR_SHOWN = {32: {"grass left of the hand": (60, 45, 76, 47), "trees right of the hand": (236, 19, 248, 21)},
-             24: {"grass left of the ear": (146, 37, 164, 39), "leaves right of the head": (236, 43, 248, 45)}}
+              24: {"left ear": (179, 37, 188, 40), "right ear": (204, 43, 220, 46)},
+              8: {"left ear": (168, 84, 180, 87), "right ear": (199, 84, 207, 87)}}
+FAR_SHOWN = {40: {"grass left of the hand": (36, 40, 60, 42), "trees right of the hand": (220, 20, 244, 22)},
+             32: {"grass left of the hand": (60, 45, 76, 47), "trees right of the hand": (236, 19, 248, 21)},
+             24: {"grass left of the ear": (146, 37, 164, 39), "leaves right of the head": (236, 43, 248, 45)},
+             8: {"grass left of the ears": (140, 84, 158, 86), "grass right of the ears": (220, 84, 230, 86)}}
 
 
 def _stroke_checks(project, tmp_path, frame, stroke, hidden, shown):
@@ -136,12 +142,14 @@ def _stroke_checks(project, tmp_path, frame, stroke, hidden, shown):
 def test_bunny_background_stroke_is_hidden_behind_ear_and_raised_arms(tmp_path):
     """Issue #9 "How it is checked": with one foreground outline (frame 47), a background
     stroke across the bunny's ear and raised hands is hidden there and shows beside them,
-    on the outline's frame and 15 and 23 frames away (a short fit at 200 px: ~45 s). Without
+    on the outline's frame and on frames 7 to 39 frames away, where his ears lie flat or
+    stand up (a short fit at 240 px: ~50 s). Without
     the hint the automatic masks leave those thin parts in the background atlas; with the
     hint's masks fading out like automatic ones the alpha network gave them up again (ear
     alpha 0.18: the stroke was drawn over ear, hands and head), and at the masks' full
     weight the ear still ended at 0.6-0.8 (core/objectives.py). Before the grown masks kept
-    thin parts by their own colours (core/hints.py), the ear was lost from frame 46 on."""
+    thin parts by their own colours (core/hints.py), they lost the ears from frame 46 on and
+    the stroke was drawn over them far from the outline."""
     import json
     from pathlib import Path
 
@@ -153,7 +161,7 @@ def test_bunny_background_stroke_is_hidden_behind_ear_and_raised_arms(tmp_path):
     hints = tmp_path / "hints.json"
     hints.write_text(json.dumps({"version": 1, "hints": [{"frame": 47, "polygon": BUNNY_OUTLINE, "label": "fg"}]}))
     proj = tmp_path / "bunny"
-    assert main(["train", str(video), "-o", str(proj), "--fg-hint", str(hints), "--max-side", "200",
+    assert main(["train", str(video), "-o", str(proj), "--fg-hint", str(hints), "--max-side", "240",
                  "--iters", "300", "--seed", "0", "--progress", "none"]) == 0
     project = Project.open(proj)
     _stroke_checks(project, tmp_path, 47, BUNNY_STROKE, BUNNY_HIDDEN, BUNNY_SHOWN)
@@ -215,7 +223,10 @@ def test_bunny_outline_keeps_his_ears_and_hands_far_from_the_outline():
     masks = bunny_masks()
     missed = {t: [k for k, v in held(masks, t, BUNNY_POINTS[t]).items() if not v] for t in BUNNY_POINTS}
     leaked = {t: [k for k, v in held(masks, t, SCENE_POINTS[t]).items() if v] for t in SCENE_POINTS}
-    assert not any(missed.values()), missed
-    # one point leaks: the grass showing between his ears on frame 16, which GrabCut fills in
-    assert sum(len(v) for v in leaked.values()) <= 1, leaked
+    # measured: every point held, one scene point inside (the grass between his ears on
+    # frame 16, which GrabCut fills in); the tolerance of one point on frames 16..0 is for
+    # other OpenCV builds (the figures move by a point or two with the colour tests' settings)
+    assert not any(missed[t] for t in (40, 32, 24)), missed
+    assert sum(len(v) for v in missed.values()) <= 1, missed
     assert not any(leaked[t] for t in (40, 32, 24)), leaked
+    assert sum(len(v) for v in leaked.values()) <= 2, leaked
