@@ -307,7 +307,7 @@ class BakedMaps:
                     alpha = np.broadcast_to(np.zeros((), cls.MAP_DTYPE), tuple(np.shape(uv[layers[0]])[:3]))
                 atlas = _LazyAtlas({k: (get(f"atlas8_{k}", True), 255.0) if has(f"atlas8_{k}")
                                     else (get(f"atlas_{k}", True), 1.0) for k in layers}, path)
-                used = _LazyUsage(uv, alpha, {k: int(a.shape[0]) for k, a in atlas.items()})
+                used = _LazyUsage(uv, alpha, {k: int(a.shape[0]) for k, (a, _) in atlas.stored.items()})
                 for k in layers:
                     if has(f"atlas_used_{k}"):
                         used[k] = np.asarray(get(f"atlas_used_{k}", False), np.float32)

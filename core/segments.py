@@ -769,8 +769,8 @@ class SegmentedSession:
         self._sessions: list[Any] = [None] * len(self.subs)
         self._scopes: list[Any] = [None] * len(self.subs)
         self._set: list[bool] = [False] * len(self.subs)
-        # (the layer's geometry key, segment) -> the layer as carried there, most recent last
-        self._carried: dict[tuple[str, int], list[Any]] = {}
+        # (the layer's geometry key, segment) -> (the layer when carried, the layers carried there)
+        self._carried: dict[tuple[str, int], tuple[Any, list[Any]]] = {}
         self._home_cache: dict[str, int] = {}
         self._warps: dict[tuple[int, int, str], tuple[AtlasWarp, AtlasWarp] | None] = {}
         self._coverage: dict[tuple[int, str], np.ndarray] = {}
@@ -925,16 +925,22 @@ class SegmentedSession:
             out = []
             for p in prev:
                 out += self._carry(p, src, k, s)
-            self._carried[key] = out
-        if gkey != spec.key and isinstance(spec, AdjustLayer):
-            # carried by its region (geometry key): the colour fields, and the key the rendered
-            # patches are cached under, come from the layer as it is now (recoloured, say)
-            return [dataclasses.replace(c, visible=spec.visible, name=spec.name, index=spec.index,
-                                        key=_key(spec.key, c.key), hue=spec.hue, saturation=spec.saturation,
-                                        brightness=spec.brightness, contrast=spec.contrast)
-                    for c in self._carried[key]]
-        return [dataclasses.replace(c, visible=spec.visible, name=spec.name, index=spec.index)
-                for c in self._carried[key]]
+            self._carried[key] = (spec, out)
+        then, carried = self._carried[key]
+        if gkey == spec.key:
+            return [dataclasses.replace(c, visible=spec.visible, name=spec.name, index=spec.index) for c in carried]
+        # carried by its geometry key, which leaves out fields that do not move it: those, and
+        # the key the rendered patches are cached under, come from the layer as it is now
+        now = dict(visible=spec.visible, name=spec.name, index=spec.index)
+        if isinstance(spec, AdjustLayer):  # recoloured, say
+            return [dataclasses.replace(c, key=_key(spec.key, c.key), hue=spec.hue, saturation=spec.saturation,
+                                        brightness=spec.brightness, contrast=spec.contrast, **now)
+                    for c in carried]
+        # a rigid sticker turned or given another image of the same size: every hop subtracts
+        # its segment's track angle from the rotation, so the turn adds on as it is
+        return [dataclasses.replace(c, key=_key(spec.key, c.key), image=spec.image,
+                                    rotation=float(c.rotation + (spec.rotation - then.rotation)), **now)
+                for c in carried]
 
     def _overlap_frames(self, i: int, j: int, s: int) -> list[int]:
         """Frames of the overlap of segments i and j, the switch frame ``s`` first, then by distance."""
@@ -1199,7 +1205,9 @@ class SegmentedSession:
 
     def release(self, k: int) -> None:
         """Close segment k's session, networks and memory-mapped maps (a streaming pass that has
-        left it behind: memory stays that of a few segments, not of the whole shot)."""
+        left it behind: memory stays that of a few segments, not of the whole shot). What its
+        layers' geometry is per frame stays in the store (strokes and tracks are small; atlas
+        textures are kept within ``GeometryStore.max_texture_bytes``)."""
         if k in self._recent:
             self._recent.remove(k)
         if self._sessions[k] is not None:

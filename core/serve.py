@@ -565,10 +565,12 @@ def render_workers(session: Any) -> int:
     on Linux) for shots of WORKERS_FROM_FRAMES frames or more, except where this process
     already holds most of the work (the patches of the visible layers in most frames).
 
-    Why not always: workers render every frame again and keep nothing here, while this
-    process keeps each layer's frames, so hiding, reordering or changing one layer re-renders
-    only what changed (measured on the bundled 48-frame clip: a warm Propagate 0.2 s here,
-    1.5 s through workers); a long shot's first Propagate is where two cores pay."""
+    Why not always: workers rasterise and composite every frame again and keep no patches
+    here, while this process keeps each layer's frames, so hiding, reordering or changing one
+    layer re-composites only what changed (measured on the bundled 48-frame clip: a warm
+    Propagate 0.2 s here, 1.5 s through workers before they sent their refined geometry back;
+    core/edits/geometry.py); a long shot, whose patches would not fit in memory, is where two
+    cores pay, and its warm Propagate refines nothing again."""
     from core.edits.parallel import default_workers  # noqa: PLC0415
 
     T = session.ctx.T

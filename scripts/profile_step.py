@@ -54,7 +54,12 @@ def build_trainer(args):
     cfg = TrainConfig(frames=(start, end), minutes=args.seconds / 60 if args.seconds else None,
                       iters=args.iters or (None if args.seconds else 10**9), seed=args.seed, **overrides)
     torch.manual_seed(cfg.seed)
-    model = LayeredAtlasModel(ModelConfig(n_frames=end - start, work_size=work, layers=layers), device="cpu")
+    model_overrides = {}
+    for item in args.model:
+        key, value = item.split("=", 1)
+        model_overrides[key] = type(getattr(ModelConfig, key, 0.0))(value)
+    model = LayeredAtlasModel(ModelConfig(n_frames=end - start, work_size=work, layers=layers, **model_overrides),
+                              device="cpu")
     data = TrainingData(prep.frames, prep.flow, prep.masks, torch.device("cpu"))
     return Trainer(model, data, cfg, prep.mask_source)
 
@@ -97,6 +102,8 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=0, help="a fit of this many iterations instead")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="TrainConfig override for the fit, e.g. --set lr_table=0.02 --set batch=4096")
+    ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                    help="ModelConfig override, e.g. --model atlas_cells_per_px=1.0")
     args = ap.parse_args()
 
     import torch

@@ -191,3 +191,57 @@ def test_identity_and_keys(projects):
                                          {**ADJUST, "region": {"polygon": [[0, 0], [9, 0], [9, 9]]}}]},
                              root, plain.info)
     assert l1.key != l2.key and geometry_key(l1) == geometry_key(l2) != geometry_key(l3)
+
+
+def test_a_turned_rigid_sticker_is_carried_turned(projects, service, tmp_path):
+    """A rigid sticker's track does not depend on its rotation or its image's pixels, so the
+    segmented shot keeps what it carried through the seams -- but the sticker every segment
+    shows must be the one the user has now: turned, with its new image. The warm frames are
+    those of a cold Propagate of the turned sticker."""
+    root, _, seg, _ = projects
+    bar = np.zeros((6, 24, 4), np.float32)
+    bar[..., 0], bar[..., 3] = 1.0, 1.0
+    fsutil.write_png(root / "bar.png", bar)
+    dot = bar.copy()
+    dot[..., :3] = (0.0, 1.0, 0.0)
+    fsutil.write_png(root / "dot.png", dot)
+    sticker = {"type": "sticker", "frame": 3, "image": "bar.png", "center": [48, 30], "scale": 1.0,
+               "rotation": 0.0, "mode": "rigid"}
+    turned = {**sticker, "image": "dot.png", "rotation": 0.9}
+    svc, stream = service()
+    first = propagate(svc, stream, 1, seg, [sticker], root, tmp_path / "a")
+    warm = propagate(svc, stream, 3, seg, [turned], root, tmp_path / "b")
+    cold_svc, cold_stream = service()
+    cold = propagate(cold_svc, cold_stream, 1, seg, [turned], root, tmp_path / "c")
+    late = range(12, T)  # frames only the last segment renders: the sticker came through two seams
+    assert all(np.array_equal(warm[t], cold[t]) for t in range(T))
+    assert any(not np.array_equal(first[t], warm[t]) for t in late)
+    assert any(warm[t][..., 1].max() > 200 for t in late)  # the green image, not the red one
+
+
+def test_kept_textures_fit_the_store_budget(projects):
+    """A segmented shot keeps a copy of each carried paint/adjust texture per segment: the
+    project's store drops the least recently used textures (over all its scopes) beyond its
+    byte budget, never the one a pass has just kept."""
+    import torch
+
+    from core.edits.atlas_edit import AtlasTexture
+    from core.edits.spec import parse_edits
+
+    class Renderer:
+        def __init__(self, mb: int) -> None:
+            self.textures = [AtlasTexture.from_tensor("bg", torch.ones(4, 512, mb * 128))]  # mb MiB
+
+    specs = parse_edits({"layers": [{**ADJUST, "region": {"polygon": [[0, 0], [9 + n, 0], [9, 9]]}}
+                                    for n in range(4)]}, Path("."), projects[1].info)
+    store = GeometryStore(max_texture_bytes=5 * 2**20)
+    a, b = store.scope("s0", "id"), store.scope("s1", "id")
+    a.keep(specs[0], Renderer(2))
+    b.keep(specs[1], Renderer(2))
+    a.attach(specs[0], Renderer(1))  # used again: now the most recent
+    assert store.texture_bytes() == 4 * 2**20
+    b.keep(specs[2], Renderer(2))  # 6 MiB: the least recently used (specs[1] in s1) goes
+    assert geometry_key(specs[1]) not in b.textures and geometry_key(specs[2]) in b.textures
+    assert geometry_key(specs[0]) in a.textures and store.texture_bytes() == 4 * 2**20
+    a.keep(specs[3], Renderer(8))  # bigger than the budget alone: kept (a pass uses it), the rest go
+    assert list(a.textures) == [geometry_key(specs[3])] and not b.textures

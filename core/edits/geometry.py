@@ -17,7 +17,8 @@ What is kept, per (sub)project, in a :class:`GeometryScope`:
 * ``textures``: the atlas textures of paint / adjust / deform-sticker layers with their
   per-frame drift corrections, by :func:`geometry_key` (an adjust layer's key leaves out its
   colour fields);
-* ``tracks``: a rigid sticker's track, by :func:`geometry_key` (its rotation left out).
+* ``tracks``: a rigid sticker's track, by :func:`geometry_key` (its rotation and image's
+  pixels left out).
 
 A scope is valid for one **identity** (:func:`geometry_identity`: the baked maps' ``meta``,
 which names the checkpoint they were baked from, its step and SHA-256, and the project's
@@ -37,10 +38,15 @@ from typing import Any
 
 import numpy as np
 
-#: entries kept per scope (least recently used dropped first): strokes, textures, tracks
+#: entries kept per scope (the oldest set dropped first): strokes, textures, tracks
 MAX_STROKES = 512
 MAX_TEXTURES = 64
 MAX_TRACKS = 64
+#: atlas textures kept by one project's scopes together (a segmented shot has a scope per
+#: segment, each with its own copy of every carried paint/adjust layer: a full-frame paint
+#: layer at 1080p is ~50 MB a segment); the least recently used go first, and are only
+#: prepared again (not wrong) when a pass needs them
+MAX_TEXTURE_BYTES = 768 * 2**20
 
 
 def geometry_identity(project: Any, maps: Any, refine: bool) -> str:
@@ -74,7 +80,9 @@ def geometry_key(spec: Any) -> str:
     """The part of a layer's content its per-frame geometry depends on.
 
     An adjust layer's region moves the same whatever its colour fields; a rigid sticker's
-    track does not depend on its rotation. Everything else: the layer's content key.
+    track does not depend on its rotation or its image's pixels (only on its size). What is
+    carried by such a key takes those fields from the layer as it is now (segments'
+    ``_layer_in``). Everything else: the layer's content key.
     """
     from core.edits.spec import AdjustLayer, StickerLayer  # noqa: PLC0415
 
@@ -93,13 +101,15 @@ def geometry_key(spec: Any) -> str:
 class GeometryScope:
     """One (sub)project's kept geometry, valid for one :func:`geometry_identity`."""
 
-    def __init__(self, identity: str = "") -> None:
+    def __init__(self, identity: str = "", store: "GeometryStore | None" = None) -> None:
         self.identity = identity
+        self.store = store  # shares the texture budget with the project's other scopes
         self.carried: OrderedDict[str, Any] = _Bounded(MAX_STROKES)  # stroke key -> CarriedStroke
         self.textures: OrderedDict[str, list[Any]] = OrderedDict()  # geometry key -> [AtlasTexture]
         self.tracks: OrderedDict[str, Any] = OrderedDict()  # geometry key -> RigidTrack
         # textured layers: the frames a pass rendered them at (corrections there are final)
         self.rendered: dict[str, set[int]] = {}
+        self.used: dict[str, int] = {}  # texture key -> the store's clock when last attached or kept
         # what was known when the current pass started (a forked worker reports only what it adds)
         self._known_strokes: dict[str, np.ndarray] = {}
         self._known_corr: dict[tuple[str, int], frozenset[int]] = {}
@@ -111,6 +121,7 @@ class GeometryScope:
         if hasattr(renderer, "textures") and key in self.textures:
             self.textures.move_to_end(key)
             renderer.textures = self.textures[key]
+            self._used(key)
         if hasattr(renderer, "track") and key in self.tracks:
             self.tracks.move_to_end(key)
             renderer.track = self.tracks[key]
@@ -127,11 +138,27 @@ class GeometryScope:
             self.textures[key] = renderer.textures
             self.textures.move_to_end(key)
             _trim(self.textures, MAX_TEXTURES)
+            self._used(key)
+            if self.store is not None:
+                self.store.trim_textures(keep=(self, key))
             self.rendered = {k: v for k, v in self.rendered.items() if k in self.textures}
         if getattr(renderer, "track", None) is not None:
             self.tracks[key] = renderer.track
             self.tracks.move_to_end(key)
             _trim(self.tracks, MAX_TRACKS)
+
+    def _used(self, key: str) -> None:
+        if self.store is not None:
+            self.store.clock += 1
+            self.used[key] = self.store.clock
+
+    def texture_bytes(self, key: str) -> int:
+        return sum(int(t.tex.numel()) * t.tex.element_size() for t in self.textures.get(key) or [])
+
+    def drop_texture(self, key: str) -> None:
+        self.textures.pop(key, None)
+        self.used.pop(key, None)
+        self.rendered.pop(key, None)
 
     # -- completeness ---------------------------------------------------------------------
     def settled(self, specs: list[Any], renderers: dict[str, Any], frames: range) -> bool:
@@ -236,17 +263,39 @@ def _trim(d: OrderedDict, n: int) -> None:
 class GeometryStore:
     """The scopes of one project (a segmented project: one per segment), by name."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_texture_bytes: int | None = None) -> None:
         self._scopes: dict[str, GeometryScope] = {}
+        self.max_texture_bytes = MAX_TEXTURE_BYTES if max_texture_bytes is None else max_texture_bytes
+        self.clock = 0  # ticks at every texture use, in any scope: the order to drop them in
 
     def scope(self, name: str, identity: str) -> GeometryScope:
         """The scope ``name`` for ``identity``: the kept one when the identity is the same,
         else a new empty one (the old geometry belongs to another checkpoint and is dropped)."""
         s = self._scopes.get(name)
         if s is None or s.identity != identity:
-            s = GeometryScope(identity)
+            s = GeometryScope(identity, self)
             self._scopes[name] = s
         return s
+
+    def texture_bytes(self) -> int:
+        return sum(s.texture_bytes(k) for s in self._scopes.values() for k in s.textures)
+
+    def trim_textures(self, keep: tuple[GeometryScope, str] | None = None) -> None:
+        """Drop the least recently used textures of all scopes until they fit the budget
+        (never ``keep``, the one just kept: a pass is using it)."""
+        sizes = {(id(s), k): s.texture_bytes(k) for s in self._scopes.values() for k in s.textures}
+        total = sum(sizes.values())
+        if total <= self.max_texture_bytes:
+            return
+        order = sorted(((s.used.get(k, 0), id(s), k, s) for s in self._scopes.values() for k in s.textures),
+                       key=lambda e: (e[0], e[1], e[2]))
+        for _, sid, k, s in order:
+            if total <= self.max_texture_bytes:
+                break
+            if keep is not None and keep[0] is s and keep[1] == k:
+                continue
+            total -= sizes[(sid, k)]
+            s.drop_texture(k)
 
     def __len__(self) -> int:
         return len(self._scopes)
