@@ -5,13 +5,14 @@ frames 0..47 at a working width, and counts the hand-checked points of the bunny
 hands) inside the mask and of the scene right next to them (grass, leaves, trees) inside it,
 on frames 40, 32, 24, 16, 8 and 0::
 
-    python scripts/bench_hints.py [--width 240] [--without local,outline,own,leaks] [--verbose]
+    python scripts/bench_hints.py [--width 240] [--without local,outline,own,leaks,gaps] [--verbose]
 
 ``--without`` switches parts of the growth off to measure what each one is worth:
 ``local`` (GrabCut's colour models from the whole frame instead of a crop around the
 object), ``outline`` (the hint frame's mask is GrabCut's plus the outline as drawn, eroded
 by a pixel), ``own`` (no thin parts kept by their own colours along the flow), ``leaks``
-(what GrabCut adds outside the carried mask is not checked).
+(what GrabCut adds outside the carried mask is not checked), ``gaps`` (the carried core is
+sure foreground for GrabCut even where it now looks like the background around it).
 """
 from __future__ import annotations
 
@@ -43,8 +44,10 @@ def _switch_off(parts: list[str]) -> None:
             hints._keep_own = lambda img, prev_img, prev, carried, disp, cut: np.zeros_like(carried)
         elif part == "leaks":
             hints._drop_leaks = lambda img, carried, cut, mask: mask
+        elif part == "gaps":
+            hints._unlike_own = lambda img, prev_img, prev, carried, disp: np.zeros_like(carried)
         elif part:
-            raise SystemExit(f"--without: unknown part {part!r} (local, outline, own, leaks)")
+            raise SystemExit(f"--without: unknown part {part!r} (local, outline, own, leaks, gaps)")
 
 
 def main() -> None:

@@ -223,10 +223,118 @@ def test_bunny_outline_keeps_his_ears_and_hands_far_from_the_outline():
     masks = bunny_masks()
     missed = {t: [k for k, v in held(masks, t, BUNNY_POINTS[t]).items() if not v] for t in BUNNY_POINTS}
     leaked = {t: [k for k, v in held(masks, t, SCENE_POINTS[t]).items() if v] for t in SCENE_POINTS}
-    # measured: every point held, one scene point inside (the grass between his ears on
-    # frame 16, which GrabCut fills in); the tolerance of one point on frames 16..0 is for
-    # other OpenCV builds (the figures move by a point or two with the colour tests' settings)
+    # measured: every point held but his right ear on frame 0 (47 frames away; lost since a
+    # carried pixel with no background nearby is GrabCut's to decide), one scene point inside
+    # (the grass between his ears on frame 16, which GrabCut fills in); at 256 px every point
+    # held and 3 scene points in. The tolerance of one point on frames 16..0 is for other
+    # OpenCV builds (the figures move by a point or two with the colour tests' settings)
     assert not any(missed[t] for t in (40, 32, 24)), missed
     assert sum(len(v) for v in missed.values()) <= 1, missed
     assert not any(leaked[t] for t in (40, 32, 24)), leaked
     assert sum(len(v) for v in leaked.values()) <= 2, leaked
+
+
+# ---------------------------------------------------------------------------------------
+# review cases: the local colour tests must not hold on to the background where they have
+# no background samples nearby (a gap inside a solid object, the interior of a wide leak)
+def _red_square_on_grass(T=1, size=120, hole=None, seed=0):
+    """Frames [T, size, size, 3] of a noisy red 80x80 square on noisy green grass, and its
+    true masks; ``hole(t)`` gives a slice pair of the square that shows the grass on frame t."""
+    rng = np.random.default_rng(seed)
+    frames = np.zeros((T, size, size, 3), np.uint8)
+    truth = np.zeros((T, size, size), np.uint8)
+    for t in range(T):
+        m = np.zeros((size, size), np.uint8)
+        m[20:100, 20:100] = 1
+        if hole is not None and hole(t) is not None:
+            m[hole(t)] = 0
+        grass = np.array((40, 150, 50), np.float32) + rng.normal(0, 6, (size, size, 3))
+        red = np.array((200, 40, 40), np.float32) + rng.normal(0, 6, (size, size, 3))
+        frames[t] = np.clip(np.where(m[..., None] > 0, red, grass), 0, 255).astype(np.uint8)
+        truth[t] = m
+    return frames, truth
+
+
+def test_a_gap_grabcut_opens_inside_a_solid_object_is_not_kept():
+    """The reviewer's case: GrabCut removed a 30x30 grass hole from an 80x80 red square; the
+    hole lies further from the square's outside than the background window, so "nearer its
+    own colours than the background around it" had no background to compare with and kept
+    all 900 hole pixels (the mask then covered the grass for the rest of the clip)."""
+    from core.hints import _keep_own
+
+    hole = (slice(45, 75), slice(45, 75))
+    before, _ = _red_square_on_grass()
+    now, truth = _red_square_on_grass(hole=lambda t: hole, seed=1)
+    square = np.zeros(truth.shape[1:], np.uint8)
+    square[20:100, 20:100] = 1
+    kept = _keep_own(now[0], before[0], square, square, np.zeros((120, 120, 2), np.float32), truth[0])
+    assert kept[hole].sum() == 0, kept[hole].sum()
+
+
+def test_a_hole_that_opens_in_a_solid_object_opens_in_the_grown_masks():
+    """Grown from an outline of the whole square on frame 0, the masks open where the grass
+    shows through the square from frame 1 on: a 30x30 hole in its middle (an occluder's gap,
+    arm and body parting) and a notch growing 12 px a frame between two legs. Before, the
+    middle hole stayed covered on every frame (GrabCut was told it was sure foreground, and
+    the thin-part rule kept what it gave away)."""
+    from core.hints import grow_masks
+
+    def centre(t):
+        return (slice(45, 75), slice(45, 75)) if t >= 1 else None
+
+    def legs(t):
+        return (slice(100 - min(60, 12 * t), 100), slice(48, 72)) if t >= 1 else None
+
+    doc = {"version": 1, "hints": [{"frame": 0, "polygon": [[20, 20], [100, 20], [100, 100], [20, 100]]}]}
+    for gap in (centre, legs):
+        frames, truth = _red_square_on_grass(T=6, hole=gap)
+        hints = parse_hints(doc, None, (120, 120), list(range(6)))
+        masks = grow_masks(frames, compute_flow(frames), hints, (120, 120))
+        for t in range(1, 6):  # open on the first frame the gap shows, and stay open
+            assert masks[t][gap(t)].mean() < 0.05, (gap.__name__, t, masks[t][gap(t)].mean())
+            assert _iou(masks[t] > 0, truth[t] > 0) > 0.95, (gap.__name__, t)
+
+
+def test_a_look_alike_leak_does_not_survive_as_an_island():
+    """The reviewer's case: GrabCut added a 60x80 patch of grass next to a red square; its
+    interior lies further from the background outside it than the background window, so it
+    had no background to be compared with and 2144 px stayed, an island the thin-part rule
+    then carried on to later frames."""
+    from core.hints import _drop_leaks
+
+    frames, truth = _red_square_on_grass()
+    carried = truth[0].copy()
+    leak = np.zeros_like(carried)
+    leak[30:90, 100:120] = 1  # grass along the square's right side, to the frame's edge ...
+    leak[10:20, 20:120] = 1  # ... and above it
+    cut = carried | leak
+    mask = _drop_leaks(frames[0], carried, cut, cut)
+    far = leak & (1 - cv2_dilate(carried, 3))
+    assert mask[far > 0].sum() <= 0.02 * far.sum(), (mask[far > 0].sum(), far.sum())
+    assert (mask & carried).sum() == carried.sum()
+
+
+def cv2_dilate(m, r):
+    import cv2
+
+    return cv2.dilate(m, np.ones((2 * r + 1, 2 * r + 1), np.uint8))
+
+
+@pytest.mark.parametrize("slack", [-2.0, 4.0])
+def test_a_tight_or_loose_outline_fits_the_object_on_its_frame(slack):
+    """On the hint frame a tight outline (2 px inside the disc) grows to the disc's edge and a
+    loose one (4 px outside, taking in textured background) loses that background. Before,
+    the mask could not leave the outline and kept the band by colour alone whatever GrabCut
+    said: IoU 0.72-0.73 tight, 0.83-0.93 loose on these clips (now 0.94-0.99 both; the
+    outline as drawn: 0.85 tight, 0.68 loose)."""
+    from core.hints import _fit_outline, _raster
+    from tests.synth import make_clip
+
+    for seed in (0, 7):
+        clip = make_clip(T=6, size=(128, 96), camera="pan_zoom", seed=seed)
+        for t in (0, 5):
+            seed_mask = _raster(np.array(_outline(clip, t, slack=slack)), clip.size, clip.size)
+            truth = clip.masks[t] > 0.5
+            fitted = _fit_outline(clip.frames[t], seed_mask, None) > 0
+            assert _iou(fitted, truth) > 0.93, (seed, t, slack, _iou(fitted, truth))
+            assert _iou(fitted, truth) > _iou(seed_mask > 0, truth) + 0.05

@@ -63,3 +63,27 @@ def test_the_cheaper_step_is_for_the_cpu_only():
     assert cfg.step_settings("cuda") == cfg.step_settings("mps") == (cfg.batch, cfg.lr_table)
     assert cfg.final_rate("cpu") == cfg.short_lr_final
     assert cfg.final_rate("cuda") == cfg.final_rate("mps") == cfg.lr_final
+
+
+def _chooser_run(step_time, steps=400):
+    """A ThreadChooser fed steps whose wall time depends on the thread count in use."""
+    from core.train import ThreadChooser
+
+    calls = []
+    chooser = ThreadChooser(2, period=1.0, probe=4, set_threads=calls.append)
+    for _ in range(steps):
+        chooser.after_step(step_time[chooser.current])
+    return chooser, calls
+
+
+def test_training_threads_drop_to_one_where_two_wait_on_a_busy_cpu():
+    chooser, calls = _chooser_run({2: 0.12, 1: 0.06})  # two threads stall: one is faster
+    assert chooser.current == 1 and calls[0] == 1
+    assert 2 in calls  # it keeps checking (the other work may stop)
+    assert sum(1 for c in calls if c == 1) >= sum(1 for c in calls if c == 2)
+
+
+def test_training_threads_stay_at_all_cores_where_they_are_faster():
+    chooser, calls = _chooser_run({2: 0.04, 1: 0.06})
+    assert chooser.current == 2
+    assert calls and calls[0] == 1 and calls[-1] == 2  # tried one thread, went back
