@@ -74,7 +74,8 @@ def bench_long(bpy: Any, project: Path, work: Path) -> dict[str, Any]:
     train``: the fit is not what is measured): its source as a movie strip, the project
     recorded for it as Train would (the workspace's ``project`` links to it), the same two
     layers as :func:`bench_clip`; cold (no service) and warm (a layer hidden first), then warm
-    again after showing it again and after recolouring it (its region keeps its geometry)."""
+    again after showing it again, after recolouring it (its region keeps its geometry) and
+    after adding a layer with a new stroke (refined in every frame)."""
     from core.cli import _info
     from core.project import Project
     from inve_blender.blender import context as ctx
@@ -105,9 +106,17 @@ def bench_long(bpy: Any, project: Path, work: Path) -> dict[str, Any]:
         data["hue"] = 0.6
         proj.layers[1].data = json.dumps(data)
 
+    def add_stroke() -> None:
+        # a new sketch layer: its stroke is refined in every frame, nothing else is
+        it = proj.layers.add()
+        it.name, it.kind = "Sketch 2", "sketch"
+        it.data = json.dumps({"frame": info_p.frames[0], "strokes": [{
+            "points": [[w * 0.2, h * 0.25], [w * 0.45, h * 0.35], [w * 0.7, h * 0.3]],
+            "color": [0.1, 0.3, 1, 1], "width": max(4.0, w / 120)}]})
+
     for name, change in (("warm", lambda: setattr(proj.layers[1], "visible", False)),
                          ("warm_show", lambda: setattr(proj.layers[1], "visible", True)),
-                         ("warm_recolour", recolour)):
+                         ("warm_recolour", recolour), ("warm_add", add_stroke)):
         change()
         c0 = _service_cpu()
         t0 = time.perf_counter()
@@ -222,7 +231,8 @@ def main() -> None:
               f"cold {r['cold_propagate_s']:.2f} s, warm {r['warm_propagate_s']:.2f} s "
               f"(engine CPU {r['warm_engine_cpu_s']:.1f} s with its workers); shown again "
               f"{r['warm_show_propagate_s']:.2f} s (CPU {r['warm_show_engine_cpu_s']:.1f} s), recoloured "
-              f"{r['warm_recolour_propagate_s']:.2f} s (CPU {r['warm_recolour_engine_cpu_s']:.1f} s)")
+              f"{r['warm_recolour_propagate_s']:.2f} s (CPU {r['warm_recolour_engine_cpu_s']:.1f} s), a stroke "
+              f"added {r['warm_add_propagate_s']:.2f} s (CPU {r['warm_add_engine_cpu_s']:.1f} s)")
     print(f"\nBlender add-on on the engine service (bpy {bpy.app.version_string}, {os.cpu_count()} CPUs; "
           f"Blender-side CPU {time.process_time() - cpu0:.0f} s)")
     print("| clip | frames | cold Propagate | warm Propagate | preview after a layer change (median / max) "
