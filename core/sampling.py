@@ -21,7 +21,9 @@ class TrainingData:
 
     Sampling is stratified over frames: each batch takes (almost) the same number of pixels
     from every frame, at a random offset, so on a 458-frame clip no frame goes unseen for
-    many steps by chance, as it can with uniform sampling over all pixels.
+    many steps by chance, as it can with uniform sampling over all pixels. Within a frame a
+    pixel is uniform, or (a share of the batch, given an :class:`ErrorMap`) drawn where the
+    fit is worst.
     """
 
     def __init__(self, frames: np.ndarray, flow: Any, masks: np.ndarray | None, device: torch.device) -> None:

@@ -184,6 +184,8 @@ def main() -> int:
                          "whatever the machine's load (with --batch/--lr-table: the short-budget step)")
     ap.add_argument("--batch", type=int, default=None, help="pixels per step (TrainConfig.batch)")
     ap.add_argument("--lr-table", type=float, default=None, help="hash-table learning rate (TrainConfig.lr_table)")
+    ap.add_argument("--error-share", type=float, default=None,
+                    help="share of each batch drawn where the fit is worst (TrainConfig.error_share; 0: uniform)")
     ap.add_argument("--seed", type=int, default=0, help="training seed (fits differ by ~0.3 dB from seed to seed)")
     ap.add_argument("--eval-every", type=float, default=20.0, help="seconds of training between PSNR probes")
     ap.add_argument("--keep", default=None, help="keep the project in this folder")
@@ -252,6 +254,8 @@ def main() -> int:
         cfg.batch = args.batch
     if args.lr_table:
         cfg.lr_table = args.lr_table
+    if args.error_share is not None:
+        cfg.error_share = args.error_share
     if args.warm_start is not None:
         cfg.segment_warm_start = args.warm_start == "on"
     project = train_project(args.video, workdir, cfg,
