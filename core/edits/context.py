@@ -113,6 +113,8 @@ class RenderContext:
         self.refine_cfg = RefineConfig()
         self._levels: list[Level] | None = None
         self._links: dict[tuple, np.ndarray] = {}
+        # the drawing frame's Jacobian of a point set (the same for every frame it is matched in)
+        self._j0: OrderedDict[tuple, np.ndarray] = OrderedDict()
         # the chains seen so far (point sets, textures): key -> their drawing frame
         self._chains: OrderedDict[tuple, int] = OrderedDict()
         # confirmed keys per (layer, frame index): [k, 2] source px (stale ones are not loaded)
@@ -632,7 +634,7 @@ class RenderContext:
         # correction carried from the nearest matched frame puts the point (not the raw mapping)
         valid = np.asarray(ok, bool) & np.isfinite(xy).all(-1)
         jac = np.zeros(xy.shape + (2,))
-        J0 = self._uv_jacobian(layer, t_from, xy0)
+        J0 = self._drawing_jacobian(layer, int(t_from), xy0)
         for i, t in enumerate(frames):
             Jt = self._uv_jacobian(layer, int(t), xy[i])
             det = Jt[:, 0, 0] * Jt[:, 1, 1] - Jt[:, 0, 1] * Jt[:, 1, 0]
@@ -709,6 +711,17 @@ class RenderContext:
         self._confirmed_cache = {key: (np.asarray(xs, np.float64).reshape(-1, 2), np.asarray(ts, np.float64))
                         for key, (xs, ts) in spread.items()}
         return self._confirmed_cache
+
+    def _drawing_jacobian(self, layer: str, t: int, xy: np.ndarray) -> np.ndarray:
+        """:meth:`_uv_jacobian` at a point set's drawing frame, kept for the last few sets: a
+        render pass matches the same set in every frame (a stroke, a texture's anchors)."""
+        key = (layer, t, xy.tobytes())
+        J = self._j0.get(key)
+        if J is None:
+            J = self._j0[key] = self._uv_jacobian(layer, t, xy)
+            while len(self._j0) > 32:
+                self._j0.popitem(last=False)
+        return J
 
     def _uv_jacobian(self, layer: str, t: int, xy: np.ndarray) -> np.ndarray:
         """d uv / d xy of the baked map at source points [N, 2] of frame t: [N, 2, 2] (columns d/dx, d/dy)."""
