@@ -343,6 +343,16 @@ def test_open_segments_are_bounded_least_recently_used_first(gt_networks):
         assert sum(s is not None for s in ss._sessions) <= 2
     assert ss._sessions[1] is None  # 10's segment was used least recently
     assert np.array_equal(ss.render_frame(20, overlay=True), first)
+    # a closed segment keeps its networks while they fit the budget (the maps are let go)
+    net = object()
+    ss.session(1)
+    ss.subs[1]._mapping = net
+    ss.release(1)
+    assert ss.subs[1]._mapping is net and ss.subs[1]._maps is None
+    ss.session(1)
+    ss.NETWORKS_KEPT_BYTES = -1
+    ss.release(1)
+    assert ss.subs[1]._mapping is None
 
 
 def test_cli_info_edit_track_atlas_on_a_segmented_project(gt_networks, tmp_path, capsys):
