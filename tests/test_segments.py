@@ -288,6 +288,12 @@ def test_render_workers_walk_the_segments_and_give_the_frames_of_one_process(gt_
     try:
         par_s = SegmentedSession(three)
         runs = {}
+        # a pass stopped after two frames (a cancel) leaves nothing behind that the next misrenders
+        par_s.set_edits(doc, root)
+        stopped = par_s.render_all(overlay=True, workers=2)
+        next(stopped), next(stopped)
+        stopped.close()
+        assert par_s._feed is None and par_s._source is None
         for name, d in (("doc", doc), ("doc2", doc2), ("again", doc2)):
             par_s.set_edits(d, root)
             published.clear()
@@ -298,10 +304,11 @@ def test_render_workers_walk_the_segments_and_give_the_frames_of_one_process(gt_
         par = runs[name][0]
         assert [t for t, _ in par] == list(range(T))
         assert all(np.array_equal(a, b) for a, (_, b) in zip(seq[want], par)), name
-    # doc's two layers reach each later segment in its package (once carried out of it);
-    # doc2's late stroke was carried down to segment 0 before the fork (segment 1's package
-    # hands it over as carried out of 1); the repeat carries nothing and forks at once
-    assert runs["doc"][1] == [(1, 2), (2, 2)]
+    # doc's two layers reach each later segment in its package (once carried out of it; the
+    # stopped pass may have carried some); doc2's late stroke was carried down to segment 0
+    # before the fork (segment 1's package hands it over as carried out of 1); the repeat
+    # carries nothing and forks at once
+    assert [k for k, _ in runs["doc"][1]] in ([1, 2], [])
     assert runs["doc2"][1] == [(1, 1), (2, 0)]
     assert runs["again"][1] == []
     assert seq["doc"][20][..., 3].max() > 0 and seq["doc"][3][..., 3].max() > 0
