@@ -26,6 +26,10 @@ also carry what the seam does not show (under the foreground, outside the frame)
 go from one atlas to the next through a warp fitted to what both segments show in the overlap
 (:class:`AtlasWarp`).
 
+A whole-shot pass in forked render workers does not wait for every seam: segment 0 is
+prepared, the workers fork, and a thread carries the layers on seam by seam, handing each
+segment to the workers when it is done (:class:`_SeamFeed`).
+
 A new segment starts from its trained neighbour's networks (:func:`warm_start`) when
 ``TrainConfig.segment_warm_start`` is on.
 
