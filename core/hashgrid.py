@@ -103,7 +103,7 @@ class _GridFunction(torch.autograd.Function):
             # d out / d x_d = sum_c (d w_c / d frac_d) * vals_c * res_d: with each corner's
             # features first dotted with the output gradient ([C, L, N]), one product and sum
             # per dim is left (no [C, L, N, D] stack, no batched product of tiny matrices).
-            vg = (vals.view(c, levels, n, n_feat) * g.unsqueeze(0)).sum(-1)  # [C, L, N]
+            vg = _dot_features(vals.view(c, levels, n, n_feat), g)  # [C, L, N]
             grad_x = torch.stack([(vg * grid.corner_weight_derivative(facs, d, grid.res_f[d, :levels])).sum((0, 1))
                                   for d in range(facs.shape[1])], dim=1)  # [N, D]
         return grad_x, grad_table, None, None
@@ -117,6 +117,17 @@ def _as_complex_rows(table: torch.Tensor) -> bool:
     """Whether [rows, 2] rows can travel as complex numbers: on the CPU (MPS has no complex
     dtype; CUDA's row-wise ``index_add_`` is fast already) and in float32/float64."""
     return table.shape[1] == 2 and table.device.type == "cpu" and table.dtype in _PAIR_DTYPES
+
+
+def _dot_features(vals: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``(vals * g).sum(-1)`` for [..., F] ``vals`` against [L, N, F] ``g``, as [...].
+
+    A sum over a last dim of two is a slow reduction on the CPU; with two features the dot
+    product is the real part of ``vals * conj(g)`` taken as complex numbers: one element-wise
+    product, ~5x faster (the atlas' input gradient, every step)."""
+    if vals.shape[-1] == 2 and vals.device.type == "cpu" and vals.dtype in _PAIR_DTYPES:
+        return (torch.view_as_complex(vals.contiguous()) * torch.view_as_complex(g.contiguous()).conj()).real
+    return (vals * g).sum(-1)
 
 
 def _gather_rows(table: torch.Tensor, flat_idx: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,7 @@ class Objective:
         else:
             pred = bg
         terms: dict[str, torch.Tensor] = {"rgb": L.rgb_loss(pred, b["rgb"])}
+        b["sq_err"] = (pred.detach() - b["rgb"]).square().sum(1)  # per pixel, for the sampler's error map
         vis = {layer: visibility(layer, alpha).detach() for layer in ("bg", "fg")}
         if nf:
             ok = b["flow_ok"][:nf]

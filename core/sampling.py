@@ -21,7 +21,9 @@ class TrainingData:
 
     Sampling is stratified over frames: each batch takes (almost) the same number of pixels
     from every frame, at a random offset, so on a 458-frame clip no frame goes unseen for
-    many steps by chance, as it can with uniform sampling over all pixels.
+    many steps by chance, as it can with uniform sampling over all pixels. Within a frame a
+    pixel is uniform, or (a share of the batch, given an :class:`ErrorMap`) drawn where the
+    fit is worst.
     """
 
     def __init__(self, frames: np.ndarray, flow: Any, masks: np.ndarray | None, device: torch.device) -> None:
@@ -56,15 +58,25 @@ class TrainingData:
         t = strata.long().clamp_(max=self.n - 1)
         return t[torch.randperm(n, generator=gen)]  # batch order carries no frame order
 
-    def sample(self, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def sample(self, n: int, gen: torch.Generator, errors: "ErrorMap | None" = None,
+               share: float = 0.0) -> dict[str, torch.Tensor]:
+        """A batch of ``n`` pixels, stratified over frames.
+
+        With ``errors`` and ``share`` > 0 the last ``share`` of the batch is drawn where the
+        fit is worst (see :class:`ErrorMap`); the first part stays uniform, so the
+        regularisers (which read the first samples of a batch) see an unbiased sample.
+        """
         hw = self.h * self.w
         t = self.frame_indices(n, gen)
         rem = torch.randint(0, hw, (n,), generator=gen)
+        k = int(n * share) if errors is not None else 0
+        if k > 0:  # the same frames (the batch stays stratified), other pixels
+            rem[n - k:] = errors.draw(t[n - k:], gen)
         idx = (t * hw + rem).to(self.device)
         t, rem = t.to(self.device), rem.to(self.device)
         y, x = rem // self.w, rem % self.w
         p = torch.stack([(x.float() + 0.5 - self.w / 2) / self.half, (y.float() + 0.5 - self.h / 2) / self.half], 1)
-        batch = {"p": p, "t": t.float(), "rgb": self.rgb[idx].float() / 255.0}
+        batch = {"p": p, "t": t.float(), "rgb": self.rgb[idx].float() / 255.0, "pixel": idx}
         if self.masks is not None:
             batch["mask"] = self.masks[idx].float() * self.mask_scale
         if self.has_flow:
@@ -79,6 +91,60 @@ class TrainingData:
             batch["t_next"] = torch.where(go_fwd, t + 1, t - 1).float()
             batch["flow_ok"] = ok.float()
         return batch
+
+
+class ErrorMap:
+    """Where the fit is worst: a running estimate of the colour error per tile of every frame.
+
+    Why: the reconstruction error of a short fit sits in a small part of the pixels (edges,
+    texture, the moving foreground); flat areas are right after a few hundred steps. Drawing
+    part of each batch in proportion to the error (as Instant-NGP's error map does for its
+    training images) spends the steps where they still buy PSNR. Every step's samples
+    (uniform and drawn) update their tiles' estimate; tiles start at ``start`` (so each
+    is looked at), and every tile keeps ``floor`` of the frame's mean error as weight.
+    Kept in memory only (a resumed fit starts a new map).
+    """
+
+    def __init__(self, n_frames: int, h: int, w: int, tile: int = 8, start: float = 0.1,
+                 floor: float = 0.1, rate: float = 0.5) -> None:
+        self.n, self.h, self.w, self.tile = n_frames, h, w, tile
+        self.ty, self.tx = -(-h // tile), -(-w // tile)
+        self.cells = self.ty * self.tx
+        self.err = torch.full((n_frames * self.cells,), float(start))
+        self.floor, self.rate = floor, rate
+        self._cdf: torch.Tensor | None = None
+
+    def _frame_cdf(self) -> torch.Tensor:
+        """Per-frame cumulative distributions laid end to end: frame t's spans [t, t + 1)."""
+        if self._cdf is None:
+            e = self.err.view(self.n, self.cells)
+            wgt = e + self.floor * e.mean(1, keepdim=True)
+            self._cdf = (wgt / wgt.sum(1, keepdim=True)).cumsum(1).add_(
+                torch.arange(self.n, dtype=torch.float32).unsqueeze(1)).view(-1)
+        return self._cdf
+
+    def draw(self, t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """A pixel (row-major index within its frame) of frame ``t[i]`` for every i, drawn by error."""
+        u = t.float() + torch.rand(t.shape[0], generator=gen)
+        cell = torch.searchsorted(self._frame_cdf(), u).clamp_(t * self.cells, (t + 1) * self.cells - 1)
+        cell = cell - t * self.cells
+        off = torch.randint(0, self.tile * self.tile, (t.shape[0],), generator=gen)
+        y = ((cell // self.tx) * self.tile + off // self.tile).clamp_(max=self.h - 1)
+        x = ((cell % self.tx) * self.tile + off % self.tile).clamp_(max=self.w - 1)
+        return y * self.w + x
+
+    def update(self, pixel: torch.Tensor, sq_err: torch.Tensor) -> None:
+        """Blend the squared colour errors of a batch's pixels (indices over the clip) into their tiles."""
+        pixel, sq_err = pixel.detach().cpu(), sq_err.detach().float().cpu()
+        hw = self.h * self.w
+        t, rem = pixel // hw, pixel % hw
+        cell = t * self.cells + (rem // self.w // self.tile) * self.tx + (rem % self.w) // self.tile
+        total = torch.bincount(cell, weights=sq_err, minlength=self.err.numel()).float()
+        count = torch.bincount(cell, minlength=self.err.numel())
+        seen = count > 0
+        mean = total[seen] / count[seen]
+        self.err[seen] = torch.lerp(self.err[seen], mean, self.rate)
+        self._cdf = None
 
 
 def _tensor(a: Any, dtype: Any, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -184,6 +184,9 @@ def main() -> int:
                          "whatever the machine's load (with --batch/--lr-table: the short-budget step)")
     ap.add_argument("--batch", type=int, default=None, help="pixels per step (TrainConfig.batch)")
     ap.add_argument("--lr-table", type=float, default=None, help="hash-table learning rate (TrainConfig.lr_table)")
+    ap.add_argument("--error-share", type=float, default=None,
+                    help="share of each batch drawn where the fit is worst (TrainConfig.error_share; 0: uniform)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (fits differ by ~0.3 dB from seed to seed)")
     ap.add_argument("--eval-every", type=float, default=20.0, help="seconds of training between PSNR probes")
     ap.add_argument("--keep", default=None, help="keep the project in this folder")
     ap.add_argument("--edit", action="store_true", help="time the edit pass too (on by default for box, bbb1080)")
@@ -246,11 +249,13 @@ def main() -> int:
     log_path = scratch / "progress.jsonl"
     log = StampedLog(open(log_path, "w"))
     cfg = TrainConfig(frames=(start, end), max_side=args.max_side, minutes=None if args.iters else args.minutes,
-                      iters=args.iters, segment_frames=args.segment_frames)
+                      iters=args.iters, segment_frames=args.segment_frames, seed=args.seed)
     if args.batch:
         cfg.batch = args.batch
     if args.lr_table:
         cfg.lr_table = args.lr_table
+    if args.error_share is not None:
+        cfg.error_share = args.error_share
     if args.warm_start is not None:
         cfg.segment_warm_start = args.warm_start == "on"
     project = train_project(args.video, workdir, cfg,

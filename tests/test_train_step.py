@@ -87,3 +87,38 @@ def test_training_threads_stay_at_all_cores_where_they_are_faster():
     chooser, calls = _chooser_run({2: 0.04, 1: 0.06})
     assert chooser.current == 2
     assert calls and calls[0] == 1 and calls[-1] == 2  # tried one thread, went back
+
+
+def test_error_map_draws_where_the_fit_is_worst_and_learns_from_every_batch():
+    from core.sampling import ErrorMap
+
+    frames = np.random.default_rng(1).integers(0, 256, (3, 20, 30, 3), dtype=np.uint8)
+    data = TrainingData(frames, None, None, torch.device("cpu"))
+    errors = ErrorMap(3, 20, 30, tile=8, start=1e-4, floor=0.1)
+    bad = 1 * errors.cells + 1 * errors.tx + 2  # frame 1, tile row 1, column 2: rows 8..15, columns 16..23
+    errors.err[bad] = 1.0
+    gen = torch.Generator().manual_seed(0)
+    b = data.sample(600, gen, errors, share=0.5)
+    assert torch.bincount(b["t"].long(), minlength=3).tolist() == [200, 200, 200]  # still stratified
+    hw = 20 * 30
+    t, rem = b["pixel"] // hw, b["pixel"] % hw
+    y, x = rem // 30, rem % 30
+    assert torch.equal((b["rgb"] * 255).round().to(torch.uint8), torch.from_numpy(frames)[t, y, x])
+    in_bad = (t == 1) & (y >= 8) & (y < 16) & (x >= 16) & (x < 24)
+    drawn = in_bad[300:]
+    assert int(drawn.sum()) > 0.8 * int((t[300:] == 1).sum())  # frame 1's drawn pixels go to its bad tile
+    assert int(in_bad[:300].sum()) < 30  # the uniform half does not (1 tile of 12: ~8 of 100)
+    # a batch that finds the tile fixed lowers its estimate; untouched tiles keep theirs
+    errors.update(b["pixel"], torch.zeros(600))
+    assert float(errors.err[bad]) == 0.5 and float(errors.err.view(3, -1)[0].max()) <= 1e-4
+
+
+def test_cpu_fits_sample_by_error_and_fine_tuning_stays_uniform():
+    tr = _trainer(TrainConfig(minutes=1.0, batch=512))
+    assert tr.errors is not None
+    before = tr.errors.err.clone()
+    tr.train_step()
+    assert not torch.equal(tr.errors.err, before)  # the step's colour errors went into the map
+    assert _trainer(TrainConfig(minutes=1.0, error_share=0.0)).errors is None
+    tuned = _trainer(TrainConfig(minutes=1.0), schedules=[FullDetail()])
+    assert tuned.errors is None
