@@ -26,6 +26,7 @@ All positions are source pixels; frames are grey float arrays.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -221,20 +222,24 @@ def _gauss_newton(lv: "Level", t: int, p: torch.Tensor, A: torch.Tensor, G: torc
     """Lucas-Kanade with gain and bias: the shift ``delta`` [n, 2] (and with ``ridge``, the
     warp correction G [n, 2, 2] too, its steps damped by ``ridge`` times the data's mean
     curvature) that best matches the template ``T_`` [n, P] sampled at p + (A + G) o + delta.
-    ``sample`` (positions [..., n, P, 2] -> values [..., n, P]) replaces ``lv.sample(t, .)``
-    where the n rows lie in different frames (:func:`refine_independent`).
+    ``sample`` (positions [..., n, P, 2] -> values [..., n, P], or with ``rows_first=True``
+    [n, K, P, 2] -> [n, K, P]) replaces ``lv.sample(t, .)`` where the n rows lie in different
+    frames (:func:`refine_independent`).
 
     Returns (delta, G, (Hxx, Hxy, Hyy) of the last iteration, total weight [n]).
     """
     if sample is None:
-        sample = lambda X: lv.sample(t, X)  # noqa: E731
+        sample = lambda X, rows_first=False: lv.sample(t, X)  # noqa: E731 - any layout reads one frame
     Hxx = Hxy = Hyy = torch.zeros(len(p))
     sw = w.sum(-1).clamp_min(1e-6)
+    sw1 = sw[:, None]
     h = 0.5 * lv.step
-    ex, ey = torch.tensor([h, 0.0]), torch.tensor([0.0, h])
+    # the value and its four central-difference neighbours: q + (0, 0), (h, 0), (-h, 0),
+    # (0, h), (0, -h) (the same numbers as q, q + ex, q - ex, ...: adding 0 or -h is exact)
+    stencil = torch.tensor([[0.0, 0.0], [h, 0.0], [-h, 0.0], [0.0, h], [0.0, -h]])[None, :, None, :]
     fixed = p[:, None, :] + _warp(A + G, o) if ridge is None else None  # G only changes with ridge
     # the template's weighted mean and spread do not change between iterations
-    Tm = (w * T_).sum(-1, keepdim=True) / sw[:, None]
+    Tm = (w * T_).sum(-1, keepdim=True) / sw1
     Tc = T_ - Tm
     var_t = (w * Tc ** 2).sum(-1, keepdim=True).clamp_min(1e-9)
     wTc = w * Tc
@@ -242,14 +247,17 @@ def _gauss_newton(lv: "Level", t: int, p: torch.Tensor, A: torch.Tensor, G: torc
         q = (fixed if fixed is not None else p[:, None, :] + _warp(A + G, o)) + delta[:, None, :]
         # the value and the four central-difference neighbours in ONE grid_sample: the same
         # numbers as five calls (each output depends only on its own position), a fifth of the
-        # per-call overhead that dominated this loop (~30 small calls per point set and level)
-        I, xp, xm, yp, ym = sample(torch.stack([q, q + ex, q - ex, q + ey, q - ey]))
+        # per-call overhead that dominated this loop (~30 small calls per point set and level);
+        # built rows first ([n, 5, P, 2], one broadcast add), as a row sampler reads them
+        S = sample(q[:, None] + stencil, rows_first=True)
+        I, xp, xm, yp, ym = S.unbind(1)
         gxv = (xp - xm) / lv.step
         gyv = (yp - ym) / lv.step
         # gain and bias: I ~ g T + b (weighted least squares), residual after that
-        Im = (w * I).sum(-1, keepdim=True) / sw[:, None]
-        g = (wTc * (I - Im)).sum(-1, keepdim=True) / var_t
-        res = (I - Im) - g * Tc
+        Im = (w * I).sum(-1, keepdim=True) / sw1
+        Ic = I - Im
+        g = (wTc * Ic).sum(-1, keepdim=True) / var_t
+        res = Ic - g * Tc
         Hxx, Hxy, Hyy = (w * gxv * gxv).sum(-1), (w * gxv * gyv).sum(-1), (w * gyv * gyv).sum(-1)
         if ridge is None:
             bx, by = (w * gxv * res).sum(-1), (w * gyv * res).sum(-1)
@@ -294,9 +302,11 @@ def _level_iters(cfg: RefineConfig, li: int, levels: list) -> int:
     return cfg.iters if li == len(levels) - 1 else cfg.coarse_iters
 
 
+@functools.lru_cache(maxsize=8)
 def _patch_window(r: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The (2r+1)^2 sample offsets of a match patch [P, 2] and their Gaussian weights [P]
-    (centre-weighted, so a patch cut by an outline is decided by its middle)."""
+    (centre-weighted, so a patch cut by an outline is decided by its middle). Cached: every
+    match uses them (callers never modify them)."""
     k = torch.arange(-r, r + 1, dtype=torch.float32)
     gy, gx = torch.meshgrid(k, k, indexing="ij")
     offs = torch.stack([gx, gy], -1).reshape(-1, 2)
@@ -462,8 +472,11 @@ class _RowSampler:
                  for k, (a, b) in zip(self.which, self.spans)]
         return torch.cat(parts)
 
-    def __call__(self, xy: torch.Tensor) -> torch.Tensor:
-        """Source positions [..., R, P, 2] (rows at dim -3) -> values [..., R, P]."""
+    def __call__(self, xy: torch.Tensor, rows_first: bool = False) -> torch.Tensor:
+        """Source positions [..., R, P, 2] (rows at dim -3) -> values [..., R, P]; with
+        ``rows_first``, [R, K..., 2] -> [R, K...]."""
+        if rows_first:
+            return self.grid(xy * self.scale - 1.0)
         x = xy.movedim(-3, 0) if xy.dim() > 3 else xy
         out = self.grid(x * self.scale - 1.0)
         return out.movedim(0, -2) if xy.dim() > 3 else out

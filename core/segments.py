@@ -26,6 +26,10 @@ also carry what the seam does not show (under the foreground, outside the frame)
 go from one atlas to the next through a warp fitted to what both segments show in the overlap
 (:class:`AtlasWarp`).
 
+A whole-shot pass in forked render workers does not wait for every seam: segment 0 is
+prepared, the workers fork, and a thread carries the layers on seam by seam, handing each
+segment to the workers when it is done (:class:`_SeamFeed`).
+
 A new segment starts from its trained neighbour's networks (:func:`warm_start`) when
 ``TrainConfig.segment_warm_start`` is on.
 
@@ -558,10 +562,16 @@ def _carried_types() -> dict[str, type]:
         def make_renderer(self, stroke_cache: Any) -> Any:
             return TexturePaintRenderer(self)
 
+    # module-level names (``__getattr__`` below): carried layers are pickled to the render
+    # workers of a pipelined pass (:class:`_SeamFeed`)
+    for cls in (TextureAdjustLayer, TexturePaintLayer):
+        cls.__qualname__ = cls.__name__
+        cls.__module__ = __name__
     return {"texture_adjust": TextureAdjustLayer, "texture_paint": TexturePaintLayer}
 
 
 _CARRIED: dict[str, type] | None = None
+_CARRIED_NAMES = {"TextureAdjustLayer": "texture_adjust", "TexturePaintLayer": "texture_paint"}
 
 
 def _carried_type(kind: str) -> type:
@@ -569,6 +579,13 @@ def _carried_type(kind: str) -> type:
     if _CARRIED is None:
         _CARRIED = _carried_types()
     return _CARRIED[kind]
+
+
+def __getattr__(name: str) -> Any:
+    """The carried layer types by name (built on first use: they import the renderers)."""
+    if name in _CARRIED_NAMES:
+        return _carried_type(_CARRIED_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- atlas to atlas ----------------------------------------------------------------------------
@@ -710,6 +727,16 @@ class _FrameSlice:
         return self._frames[t + self._offset]
 
 
+def _private_frames(frames: Any) -> Any:
+    """Frames with a decoder of their own (another thread reads ``frames`` meanwhile); an
+    array (a format-1 project's stored frames) is shared as it is."""
+    from core.video import FrameSource  # noqa: PLC0415
+
+    if isinstance(frames, FrameSource):
+        return FrameSource(frames.path, frames.frames, (frames.W, frames.H))
+    return frames
+
+
 class _Facade:
     """What callers read from ``session.ctx`` of a segmented session (serve, edit)."""
 
@@ -736,6 +763,84 @@ class _Facade:
         return maps[0]
 
 
+class _SeamFeed:
+    """Layers carried through the seams, handed segment by segment from the process that
+    carries them (a thread of the parent) to its forked render workers.
+
+    Why: carrying a new layer across a long shot's seams is sequential (segment k takes the
+    layer from k - 1) and took seconds before any worker started (box.mp4, 13 seams: 2.5 s
+    after adding a stroke, 9 s on a cold service). Pipelined, the workers render the first
+    segments while the later seams are carried: a worker entering segment k waits for k's
+    package (usually long there: a seam costs a fraction of a segment's rendering).
+
+    Package k is published once segment k is carried into, prepared and carried *out of*
+    (into k + 1): it holds the ``_carried`` entries made since the workers forked (carried
+    sketches, sticker poses, atlas textures), and what carrying out of k found that rendering
+    k needs again: the drift refinement's chain links of its strokes (matched at the seam
+    frame's chain, which spans the segment) and its strokes carried into every frame. A
+    worker given those matches only what is new in each frame, as it did when it forked
+    after every seam was carried. A package is pickled whole into a private folder, renamed
+    into place, then announced by an event. A worker loads every package up to the segment
+    it enters, in order, once. :meth:`fail` tells waiting workers that carrying stopped
+    (they end with its message).
+    """
+
+    def __init__(self, n: int) -> None:
+        import multiprocessing as mp  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415
+
+        self.dir = Path(tempfile.mkdtemp(prefix="inve-seams-"))
+        self.ready = [mp.get_context("fork").Event() for _ in range(n)]
+        self.parent = os.getpid()
+        self.taken = 0  # (in a worker) packages 1..taken are loaded; segment 0 came with the fork
+
+    def consumer(self) -> bool:
+        """True in a forked worker (which takes packages), False in the carrying process."""
+        return os.getpid() != self.parent
+
+    def publish(self, k: int, package: dict[str, Any]) -> None:
+        import pickle  # noqa: PLC0415
+
+        tmp = self.dir / f"{k}.part"
+        with open(tmp, "wb") as fh:
+            pickle.dump(package, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, self.dir / f"{k}.pkl")
+        self.ready[k].set()
+
+    def fail(self, message: str) -> None:
+        (self.dir / "error").write_text(message, encoding="utf-8")
+        for ev in self.ready:
+            ev.set()
+
+    def take(self, k: int) -> tuple[dict[Any, Any], dict[str, Any] | None]:
+        """(In a worker) every package up to segment k not loaded yet, waiting for them: the
+        carried entries of them all, and package k itself (None: loaded before, or k = 0)."""
+        import pickle  # noqa: PLC0415
+
+        entries: dict[Any, Any] = {}
+        last = None
+        while self.taken < k:
+            n = self.taken + 1
+            while not self.ready[n].wait(1.0):
+                if os.getppid() != self.parent:
+                    raise InveError("the engine stopped while carrying the edits through the seams")
+            path = self.dir / f"{n}.pkl"
+            if not path.is_file():
+                err = self.dir / "error"
+                raise InveError(err.read_text(encoding="utf-8") if err.is_file()
+                                else "carrying the edits through the seams stopped")
+            with open(path, "rb") as fh:
+                last = pickle.load(fh)
+            entries.update(last["carried"])
+            self.taken = n
+        return entries, (last if self.taken == k else None)
+
+    def close(self) -> None:
+        import shutil  # noqa: PLC0415
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class SegmentedSession:
     """An edit session over a segmented project: the interface of :class:`EditSession`.
 
@@ -748,6 +853,8 @@ class SegmentedSession:
     MAX_OPEN = 3
     #: layers no longer in the stack whose seam carries are kept (hidden, then shown again)
     KEEP_CARRIED = 16
+    #: networks of closed segments kept loaded, in bytes of their checkpoints (:meth:`release`)
+    NETWORKS_KEPT_BYTES = 256 * 2**20
 
     def __init__(self, project: Project, layers: list[Any] | None = None, cache_bytes: int = 512 * 2**20,
                  max_open: int | None = None, geometry: Any = None) -> None:
@@ -776,6 +883,11 @@ class SegmentedSession:
         self._coverage: dict[tuple[int, str], np.ndarray] = {}
         self.layers: list[Any] = []
         self.ctx = _Facade(self)
+        # a pipelined pass (:meth:`_render_pipelined`): the seams' packages for the workers, the
+        # frames the carrying thread reads (its own decoder), geometry held until it is done
+        self._feed: _SeamFeed | None = None
+        self._source: Any = None
+        self._held: list[Any] | None = None
         if layers:
             self.set_layers(layers)
 
@@ -806,7 +918,8 @@ class SegmentedSession:
                     raise InveError(f"{sub.path} is inconsistent: {sub.info.n_frames} frames in project.json, "
                                     f"{s.ctx.T} in the baked maps; train it again")
                 a = self.ranges[k][0]
-                s.ctx.frames = _FrameSlice(self.ctx.frames, a - self.ranges[0][0], sub.info.n_frames)
+                s.ctx.frames = _FrameSlice(self._source if self._source is not None else self.ctx.frames,
+                                           a - self.ranges[0][0], sub.info.n_frames)
                 self._sessions[k] = s
             s = self._sessions[k]
             if k in self._recent:
@@ -1204,17 +1317,32 @@ class SegmentedSession:
         return self.session(k), f - self.ranges[k][0]
 
     def release(self, k: int) -> None:
-        """Close segment k's session, networks and memory-mapped maps (a streaming pass that has
-        left it behind: memory stays that of a few segments, not of the whole shot). What its
-        layers' geometry is per frame stays in the store (strokes and tracks are small; atlas
-        textures are kept within ``GeometryStore.max_texture_bytes``)."""
+        """Close segment k's session and memory-mapped maps (a streaming pass that has left it
+        behind: memory stays that of a few segments, not of the whole shot). What its layers'
+        geometry is per frame stays in the store (strokes and tracks are small; atlas textures
+        are kept within ``GeometryStore.max_texture_bytes``).
+
+        Its networks stay loaded while all kept ones fit NETWORKS_KEPT_BYTES (a segment's are a
+        few MB: box.mp4's 13 take 40 MB): the next pass that carries a layer through the seams
+        runs them in every segment, and loading them again cost 0.5 s of each such pass."""
         if k in self._recent:
             self._recent.remove(k)
         if self._sessions[k] is not None:
             self._sessions[k] = None
             self._set[k] = False
             sub = self.subs[k]
-            sub._maps, sub._mapping = None, None
+            sub._maps = None
+            kept = sum(self._network_bytes(j) for j, other in enumerate(self.subs)
+                       if j != k and other._mapping is not None and self._sessions[j] is None)
+            if kept + self._network_bytes(k) > self.NETWORKS_KEPT_BYTES:
+                sub._mapping = None
+
+    def _network_bytes(self, k: int) -> int:
+        """Size of segment k's networks (that of its checkpoint file)."""
+        try:
+            return int((self.subs[k].path / Project.CHECKPOINT).stat().st_size)
+        except OSError:
+            return 0
 
     def prepare(self) -> None:
         for k in range(len(self.subs)):
@@ -1229,7 +1357,25 @@ class SegmentedSession:
         """
         k = self.owner(self.project.info.frames[t])
         if k != current:
-            self.session(k).prepare()
+            fresh = self._sessions[k] is None
+            if self._feed is not None and self._feed.consumer():
+                # a render worker of a pipelined pass: what the parent carried into k
+                entries, package = self._feed.take(k)
+                for key, (idx, out) in entries.items():
+                    self._carried[key] = (self.layers[idx], out)
+                s = self.session(k)
+                if package is not None:
+                    if any(key[1] == k for key in entries) and not fresh:
+                        s.set_layers(self.layers_for(k))  # open since the fork: the layers as carried out
+                    s.ctx.take_over(package["refine"])
+                    for key, c in package["strokes"].items():
+                        if key not in s.geometry.carried:
+                            s.geometry.carried[key] = c
+            else:
+                s = self.session(k)
+            s.prepare()
+            if fresh and self._feed is not None and self._feed.consumer():
+                s.start_pass()  # opened in a worker after the fork: it reports what it adds from here
             for j in range(k):
                 self.release(j)
         return k
@@ -1285,6 +1431,9 @@ class SegmentedSession:
         return (k, found) if found is not None else None
 
     def merge_geometry(self, found: Any) -> None:
+        if self._held is not None:  # the carrying thread still uses the scopes: merged after it
+            self._held.append(found)
+            return
         k, got = found
         if self._scopes[k] is not None:
             self._scopes[k].merge(got)
@@ -1305,12 +1454,19 @@ class SegmentedSession:
             if can_fork():
                 self._pinned = True
                 try:
-                    self.prepare_stack()
-                    self.start_pass()
-                    for t, out in render_parallel(self, workers, overlay=overlay, encode=encode):
-                        if progress is not None:
-                            progress.update("render", t + 1, T)
-                        yield t, out
+                    if self._carried_all():
+                        self.prepare_stack()
+                        self.start_pass()
+                        stream = render_parallel(self, workers, overlay=overlay, encode=encode)
+                    else:  # a layer to carry through the seams: while the workers render
+                        stream = self._render_pipelined(workers, overlay, encode)
+                    try:
+                        for t, out in stream:
+                            if progress is not None:
+                                progress.update("render", t + 1, T)
+                            yield t, out
+                    finally:
+                        stream.close()
                 finally:
                     self._pinned = False
                     last = self.owner(self.project.info.frames[-1])
@@ -1327,6 +1483,123 @@ class SegmentedSession:
             if progress is not None:
                 progress.update("render", t + 1, T)
             yield t, img
+
+    def _carried_all(self) -> bool:
+        """Every visible layer is already carried into every segment (a warm pass after hiding,
+        showing or recolouring one: nothing to carry, nothing to pipeline)."""
+        from core.edits.geometry import geometry_key  # noqa: PLC0415
+
+        for spec in self.layers:
+            if spec.visible:
+                home, g = self._home(spec), geometry_key(spec)
+                if any(k != home and (g, k) not in self._carried for k in range(len(self.subs))):
+                    return False
+        return True
+
+    def _render_pipelined(self, workers: int, overlay: bool, encode: Any) -> Iterator[tuple[int, Any]]:
+        """:func:`~core.edits.parallel.render_parallel` with the seams carried meanwhile.
+
+        Segment 0 is prepared here first (with whatever reaches it backwards: a layer drawn in
+        a later segment is carried down to it now), the workers fork, and a thread of this
+        process carries the layers into segments 1, 2, ... in order, handing each segment's
+        carried layers to the workers (:class:`_SeamFeed`) as soon as they are made, then
+        preparing the segment here too (what the workers find of its geometry lands in it).
+        The frames are those of the serial path: a segment's layers are the same objects,
+        carried the same way, only earlier for the workers than for this process.
+        """
+        import threading  # noqa: PLC0415
+
+        from core.edits.geometry import geometry_key  # noqa: PLC0415
+        from core.edits.parallel import render_parallel  # noqa: PLC0415
+        from core.edits.session import torch_threads  # noqa: PLC0415
+
+        from core.edits.sketch import stroke_key  # noqa: PLC0415
+        from core.edits.spec import SketchLayer  # noqa: PLC0415
+
+        K = len(self.subs)
+        before = set(self._carried)  # carried in earlier passes: the workers have them
+        self.session(0).prepare()
+        if K > 1:
+            self.session(1)  # carried out of 0 here: the workers share its chain links
+        self.start_pass()
+        feed = _SeamFeed(K)
+        self._feed = feed
+        stop = threading.Event()
+        failed: list[BaseException] = []
+
+        def package(k: int) -> dict[str, Any]:
+            # segment k's layers once carried out of k (textures with their anchors and seam
+            # corrections), and what came before it; later segments' in their own packages
+            index = {geometry_key(l): i for i, l in reversed(list(enumerate(self.layers)))}
+            carried = {}
+            for key, (then, out) in list(self._carried.items()):
+                if key not in before and 0 < key[1] and (key[1] <= k or k == K - 1):
+                    idx = next((i for i, l in enumerate(self.layers) if l is then), index.get(key[0]))
+                    if idx is not None:
+                        carried[key] = (idx, out)
+                        before.add(key)
+            s = self._sessions[k]
+            strokes = {}
+            for spec in s.layers:
+                if isinstance(spec, SketchLayer) and spec.visible:
+                    for st in spec.strokes:
+                        sk = stroke_key(st, spec.t, spec.layer)
+                        if sk in s.geometry.carried:
+                            strokes[sk] = s.geometry.carried[sk]
+            drawn = sorted({int(spec.t) for spec in s.layers if getattr(spec, "t", None) is not None})
+            return {"carried": carried, "refine": s.ctx.handover(drawn), "strokes": strokes}
+
+        def carry() -> None:
+            try:
+                with torch_threads(1):  # the workers have the cores
+                    for k in range(1, K):
+                        if stop.is_set():
+                            return
+                        s = self.session(k)  # carried into k (k = 1: before the fork)
+                        s.prepare()
+                        if k + 1 < K:
+                            self.session(k + 1)  # out of k: its chain links, seam textures' corrections
+                        feed.publish(k, package(k))
+            except BaseException as exc:  # noqa: BLE001 - the workers end with its message
+                failed.append(exc)
+                feed.fail(str(exc) if isinstance(exc, InveError)
+                          else f"carrying the edits through the seams failed: {type(exc).__name__}: {exc}")
+
+        stream = render_parallel(self, workers, overlay=overlay, encode=encode)
+        thread = None
+        try:
+            first = next(stream, None)  # forks the workers (they inherit segment 0), renders a frame
+            # the carrying thread reads frames with a decoder of its own: this one may be read
+            # here meanwhile (a movie composites the original frames)
+            self._source = _private_frames(self.ctx.frames)
+            for s in self._sessions:
+                if s is not None and isinstance(s.ctx.frames, _FrameSlice):
+                    s.ctx.frames._frames = self._source
+            self._held = []
+            thread = threading.Thread(target=carry, name="inve-seams", daemon=True)
+            thread.start()
+            if first is not None:
+                yield first
+            for item in stream:
+                yield item
+            if failed:
+                raise failed[0]
+        finally:
+            stop.set()
+            stream.close()
+            if thread is not None:
+                thread.join()
+            if self._source is not None and self._source is not self.ctx.frames:
+                getattr(self._source, "close", lambda: None)()
+            self._source = None
+            for s in self._sessions:
+                if s is not None and isinstance(s.ctx.frames, _FrameSlice):
+                    s.ctx.frames._frames = self.ctx.frames
+            held, self._held = self._held or [], None
+            for found in held:
+                self.merge_geometry(found)
+            self._feed = None
+            feed.close()
 
     # -- tracking ----------------------------------------------------------------------------
     def track(self, points: Sequence[Any]) -> list[Any]:

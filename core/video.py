@@ -360,6 +360,7 @@ class FrameSource:
         self._info: VideoInfo | None = None
         self.decoded = 0  # frames decoded so far (how much work random access cost)
         self._lock = threading.RLock()  # one decoder: a service may render from several threads
+        self._ring: FrameRing | None = None  # (a render worker) frames decoded once for all workers
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -378,6 +379,11 @@ class FrameSource:
         are the parent's) and start with a fresh lock; the next frame starts our own decoder."""
         self._decoder, self._next = None, -1
         self._lock = threading.RLock()
+
+    def read_from(self, ring: "FrameRing | None") -> None:
+        """(A render worker) take frames from ``ring`` (the one decoder of a parallel pass) as
+        long as it has them: frames behind it (long gone from its slots) are decoded here."""
+        self._ring = ring
 
     def _start(self, t: int) -> None:
         self.close()
@@ -407,6 +413,9 @@ class FrameSource:
         if t in self._cache:
             self._cache.move_to_end(t)
             return self._cache[t]
+        shared = self._ring.read(t) if self._ring is not None else None
+        if shared is not None:
+            return self._keep(t, shared)
         if self._decoder is None or not self._next <= t <= self._next + self.MAX_SKIP:
             self._start(t)
         img: np.ndarray | None = None
@@ -421,7 +430,9 @@ class FrameSource:
             self.decoded += 1
             self._next += 1
         assert img is not None
-        img = np.array(img)  # own the pixels (the decoder's buffer is reused)
+        return self._keep(t, np.array(img))  # own the pixels (the decoder's buffer is reused)
+
+    def _keep(self, t: int, img: np.ndarray) -> np.ndarray:
         img.flags.writeable = False
         self._cache[t] = img
         while len(self._cache) > self.cache_frames:
@@ -437,6 +448,118 @@ class FrameSource:
         for t in range(len(self.frames)):
             out[t] = self[t]
         return out if dtype is None else out.astype(dtype)
+
+
+class FrameRing:
+    """A parallel pass's frames, decoded ONCE, in order, into shared memory that every render
+    worker reads.
+
+    Why: each forked render worker used to run its own decoder through the whole clip (its
+    blocks lie between the other workers' blocks, and a decoder cannot skip ahead without
+    decoding: box.mp4 has two keyframes in 458 frames), so a pass on two workers decoded
+    the clip twice: ~1.1 s of ffmpeg and ~0.3 s of pipe reading each on box. Here a thread of
+    the process that forked the workers decodes, and each worker reads every frame in order
+    (copying only those it renders or keeps for refinement's chain links).
+
+    ``slots`` frames live in an anonymous shared mapping (made before the fork, inherited).
+    Per reader two semaphores: ``avail`` (frames decoded it has not read) and ``space``
+    (slots it has released): the decoder writes frame t only after every reader has passed
+    frame t - slots, so memory stays ``slots`` frames whatever the shot's length. A reader
+    that has rendered its last block leaves (:meth:`leave`) and is not waited for any more.
+    The workers read frames in order (a worker reads the frames before each of its blocks,
+    core/edits/parallel.py), so a reader waits only for frames the decoder will reach.
+    """
+
+    def __init__(self, source: "FrameSource", readers: int, slots: int) -> None:
+        import mmap  # noqa: PLC0415
+        import multiprocessing as mp  # noqa: PLC0415
+
+        self.source = source
+        self.n = len(source)
+        self.slots = max(2, min(int(slots), self.n))
+        H, W = source.H, source.W
+        self._mem = mmap.mmap(-1, self.slots * H * W * 3)  # MAP_SHARED | MAP_ANONYMOUS: shared by fork
+        self._buf = np.frombuffer(self._mem, np.uint8).reshape(self.slots, H, W, 3)
+        ctx = mp.get_context("fork")
+        self._avail = [ctx.Semaphore(0) for _ in range(readers)]
+        self._space = [ctx.Semaphore(self.slots) for _ in range(readers)]
+        self._failed = ctx.Value("b", 0, lock=False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None  # what stopped the decoder (raised by the pass)
+        self._reader: int | None = None
+        self._pos = 0  # (in a reader) the next frame it reads
+
+    # -- the decoding side (the process that forked the readers) ---------------------------
+    def start(self) -> None:
+        """Decode on a thread of this process (call after forking the readers)."""
+        self._thread = threading.Thread(target=self._decode, name="inve-frame-ring", daemon=True)
+        self._thread.start()
+
+    def _decode(self) -> None:
+        dec = FrameSource(self.source.path, self.source.frames, (self.source.W, self.source.H))
+        dec._info = self.source._info
+        try:
+            dec._start(0)
+            for t in range(self.n):
+                for sem in self._space:
+                    while not sem.acquire(timeout=0.2):
+                        if self._stop.is_set():
+                            return
+                if self._stop.is_set():
+                    return
+                try:
+                    img = next(dec._decoder)  # type: ignore[arg-type]
+                except StopIteration:
+                    raise InveError(f"the source video {self.source.path} ended before frame "
+                                    f"{self.source.frames[t]}; it changed since the project was made") from None
+                self._buf[t % self.slots] = img
+                for sem in self._avail:
+                    sem.release()
+        except BaseException as exc:  # noqa: BLE001 - raised by the pass (render_parallel)
+            self.error = exc
+            self._failed.value = 1
+            for sem in self._avail:  # wake the readers: they stop, the pass reports this error
+                sem.release()
+        finally:
+            dec.close()
+
+    def close(self) -> None:
+        """Stop decoding (the pass ended or was stopped) and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    # -- the reading side (a forked render worker) ---------------------------------------------
+    def join(self, reader: int) -> None:
+        """This process is reader ``reader`` (0 <= reader < readers), at frame 0."""
+        self._reader, self._pos = int(reader), 0
+
+    def read(self, t: int) -> np.ndarray | None:
+        """Frame t (a copy this process owns), reading past the frames before it; None if the
+        ring has passed t (the caller decodes it itself) or this process is no reader."""
+        r = self._reader
+        if r is None or t < self._pos or t >= self.n:
+            return None
+        img = None
+        while self._pos <= t:
+            self._avail[r].acquire()
+            if self._failed.value:
+                raise InveError("decoding the source video failed (the pass reports why)")
+            if self._pos == t:
+                img = np.array(self._buf[t % self.slots])
+            self._space[r].release()
+            self._pos += 1
+        return img
+
+    def leave(self) -> None:
+        """This reader reads nothing more: the decoder stops waiting for it."""
+        r = self._reader
+        if r is None:
+            return
+        self._reader = None
+        for _ in range(self.n + self.slots):
+            self._space[r].release()
 
 
 def available_ram() -> int | None:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from synth import make_clip, make_gt_project
 from core import png
+from core.errors import InveError
 from core.edits import EditSession, parse_edits
 from core.edits.context import Patch
 from core.edits.raster import stroke_coverage, stroke_coverage_tiles
@@ -220,9 +221,18 @@ def test_edit_command_with_workers_writes_what_one_process_writes(tmp_path, monk
     from core.video import iter_frames
 
     clip = make_clip(T=18, size=(80, 48), camera="pan_zoom", seed=9)
-    make_gt_project(clip, tmp_path / "p", atlas_size=128)
+    proj = make_gt_project(clip, tmp_path / "p", atlas_size=128)
     monkeypatch.setattr(Project, "mapping", lambda self, device="cpu": clip.gt)
     from core import fsutil
+    from core.video import write_movie
+
+    # frames decoded from the source movie, as `inve train` leaves a project: the workers then
+    # read them from the pass's one shared decoder (core.video.FrameRing)
+    write_movie(tmp_path / "src.mp4", iter(clip.frames), clip.fps)
+    (tmp_path / "p" / Project.FRAMES).unlink()
+    proj.info.source = str(tmp_path / "src.mp4")
+    proj.save_info()
+    assert type(Project.open(tmp_path / "p").frames()).__name__ == "FrameSource"
 
     # a paint layer too: its drift correction chains far frames through link frames that lie
     # in the other worker's blocks (read ahead by each worker, never seeked back to)
@@ -243,6 +253,61 @@ def test_edit_command_with_workers_writes_what_one_process_writes(tmp_path, monk
     a = np.stack(list(iter_frames(tmp_path / "m1.mp4", 0, 18)))
     b = np.stack(list(iter_frames(tmp_path / "m2.mp4", 0, 18)))
     assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
+                    reason="forked render workers are Linux-only")
+def test_frame_ring_decodes_once_for_every_reader(tmp_path):
+    """The pass's one decoder: each forked reader gets the frames of a straight decode, in
+    order, whatever it skips; one that leaves early is not waited for; a frame the ring has
+    passed is decoded by the reader itself; a failing decoder stops the readers."""
+    import hashlib
+    import multiprocessing as mp
+
+    from core.video import FrameRing, FrameSource, iter_frames, write_movie
+
+    clip = make_clip(T=20, size=(64, 48), camera="pan_zoom", seed=3)
+    movie = tmp_path / "c.mp4"
+    write_movie(movie, iter(clip.frames), clip.fps)
+    want = [hashlib.sha1(f.tobytes()).hexdigest() for f in iter_frames(movie, 0, 20)]
+    src = FrameSource(movie, list(range(20)), (64, 48))
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+
+    def reader(ring: FrameRing, i: int, frames: list[int]) -> None:
+        ring.join(i)
+        src.forget_decoder()
+        src.read_from(ring)
+        try:
+            out.put((i, [(t, hashlib.sha1(src[t].tobytes()).hexdigest()) for t in frames], src.decoded))
+        finally:
+            ring.leave()
+
+    ring = FrameRing(src, 2, 3)  # 3 slots: the readers hold the decoder back
+    plan = {0: list(range(20)) + [1], 1: [2, 5, 6, 11]}  # 1 leaves at 11; 0 asks for 1 again at the end
+    procs = [ctx.Process(target=reader, args=(ring, i, f)) for i, f in plan.items()]
+    for p in procs:
+        p.start()
+    ring.start()
+    got = {}
+    for _ in procs:
+        i, pairs, decoded = out.get(timeout=60)
+        got[i] = (pairs, decoded)
+    for p in procs:
+        p.join(10)
+    ring.close()
+    assert ring.error is None
+    for i, frames in plan.items():
+        assert got[i][0] == [(t, want[t]) for t in frames]
+    assert got[0][1] == 1 and got[1][1] == 0  # only frame 1, asked for after the ring passed it
+
+    ring = FrameRing(FrameSource(tmp_path / "gone.mp4", list(range(20)), (64, 48)), 1, 3)
+    p = ctx.Process(target=reader, args=(ring, 0, [0]))
+    p.start()
+    ring.start()
+    p.join(30)
+    ring.close()
+    assert p.exitcode != 0 and isinstance(ring.error, InveError) and "gone" in str(ring.error)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="render workers are forked on Linux only")

@@ -265,26 +265,77 @@ def gt_networks(gt, monkeypatch):
                     reason="forked render workers are Linux-only")
 def test_render_workers_walk_the_segments_and_give_the_frames_of_one_process(gt_networks):
     """A segmented pass through forked workers (blocks of 2 frames, so every segment and seam
-    is split between them) gives the bytes of the pass in one process, paint and stroke."""
+    is split between them) gives the bytes of the pass in one process, paint and strokes --
+    with the seams carried while the workers render (a package per segment handed to them)
+    and, after a layer is added, again; a pass with nothing to carry forks at once."""
+    from core import segments
     from core.edits import parallel
 
     root, clip, plain, seg, three, _ = gt_networks
+    late = {**STROKE, "frame": 20, "strokes": [{**STROKE["strokes"][0], "color": [0, 1, 0, 1]}]}
     doc = {"layers": [STROKE, {"type": "paint", "frame": 2, "image": "paint.png", "layer": "bg"}]}
-    one = SegmentedSession(three)
-    one.set_edits(doc, root)
-    seq = [img for _, img in one.render_all(overlay=True)]
+    doc2 = {"layers": doc["layers"] + [late]}  # drawn in the last segment: carried back to the first
+    seq = {}
+    for name, d in (("doc", doc), ("doc2", doc2)):
+        one = SegmentedSession(three)
+        one.set_edits(d, root)
+        seq[name] = [img for _, img in one.render_all(overlay=True)]
+    published = []
     mp = pytest.MonkeyPatch()
     mp.setattr(parallel, "AHEAD_BYTES", 1)  # blocks of 2 frames
+    publish = segments._SeamFeed.publish
+    mp.setattr(segments._SeamFeed, "publish", lambda self, k, e: (published.append((k, len(e["carried"]))), publish(self, k, e)))
     try:
         par_s = SegmentedSession(three)
+        runs = {}
+        # a pass stopped after two frames (a cancel) leaves nothing behind that the next misrenders
         par_s.set_edits(doc, root)
-        par = list(par_s.render_all(overlay=True, workers=2))
+        stopped = par_s.render_all(overlay=True, workers=2)
+        next(stopped), next(stopped)
+        stopped.close()
+        assert par_s._feed is None and par_s._source is None
+        for name, d in (("doc", doc), ("doc2", doc2), ("again", doc2)):
+            par_s.set_edits(d, root)
+            published.clear()
+            runs[name] = (list(par_s.render_all(overlay=True, workers=2)), list(published))
     finally:
         mp.undo()
-    assert [t for t, _ in par] == list(range(T))
-    assert all(np.array_equal(a, b) for a, (_, b) in zip(seq, par))
-    assert seq[20][..., 3].max() > 0 and seq[3][..., 3].max() > 0
+    for name, want in (("doc", "doc"), ("doc2", "doc2"), ("again", "doc2")):
+        par = runs[name][0]
+        assert [t for t, _ in par] == list(range(T))
+        assert all(np.array_equal(a, b) for a, (_, b) in zip(seq[want], par)), name
+    # doc's two layers reach each later segment in its package (once carried out of it; the
+    # stopped pass may have carried some); doc2's late stroke was carried down to segment 0
+    # before the fork (segment 1's package hands it over as carried out of 1); the repeat
+    # carries nothing and forks at once
+    assert [k for k, _ in runs["doc"][1]] in ([1, 2], [])
+    assert runs["doc2"][1] == [(1, 1), (2, 0)]
+    assert runs["again"][1] == []
+    assert seq["doc"][20][..., 3].max() > 0 and seq["doc"][3][..., 3].max() > 0
+    assert not np.array_equal(seq["doc"][3], seq["doc2"][3])  # the late stroke reached frame 3
     assert sum(s is not None for s in par_s._sessions) == 1  # earlier segments closed after the pass
+    assert par_s._feed is None and par_s._source is None and par_s._held is None
+
+
+@pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
+                    reason="forked render workers are Linux-only")
+def test_a_seam_that_fails_to_carry_ends_the_pass_with_its_message(gt_networks, monkeypatch):
+    """Carrying runs beside the render workers: a failure there ends the pass with one clear
+    error (the workers waiting for that segment stop), not a hang."""
+    root, clip, plain, seg, three, _ = gt_networks
+    carry = SegmentedSession._carry
+
+    def failing(self, spec, i, j, s):
+        if j == 2:
+            raise InveError("the seam 1|2 cannot be carried")
+        return carry(self, spec, i, j, s)
+
+    monkeypatch.setattr(SegmentedSession, "_carry", failing)
+    ss = SegmentedSession(three)
+    ss.set_edits({"layers": [STROKE]}, root)
+    with pytest.raises(InveError, match="seam 1|2 cannot be carried"):
+        list(ss.render_all(overlay=True, workers=2))
+    assert ss._feed is None
 
 
 def test_open_segments_are_bounded_least_recently_used_first(gt_networks):
@@ -299,6 +350,16 @@ def test_open_segments_are_bounded_least_recently_used_first(gt_networks):
         assert sum(s is not None for s in ss._sessions) <= 2
     assert ss._sessions[1] is None  # 10's segment was used least recently
     assert np.array_equal(ss.render_frame(20, overlay=True), first)
+    # a closed segment keeps its networks while they fit the budget (the maps are let go)
+    net = object()
+    ss.session(1)
+    ss.subs[1]._mapping = net
+    ss.release(1)
+    assert ss.subs[1]._mapping is net and ss.subs[1]._maps is None
+    ss.session(1)
+    ss.NETWORKS_KEPT_BYTES = -1
+    ss.release(1)
+    assert ss.subs[1]._mapping is None
 
 
 def test_cli_info_edit_track_atlas_on_a_segmented_project(gt_networks, tmp_path, capsys):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -768,6 +768,33 @@ class RenderContext:
             if 0 <= int(t) < self.T:
                 for lv in levels:
                     lv.image(int(t))
+
+    def handover(self, frames: Sequence[int]) -> dict[str, Any]:
+        """What the refinement has found here that another process rendering the same frames
+        would otherwise match and decode again: the chain links matched so far and the grey
+        levels of ``frames`` (drawing frames) that are at hand (none decoded for it).
+
+        Why: a segmented pass carries each seam in the parent while forked workers render
+        (core.segments): the parent matched every chain link of a segment's strokes while
+        carrying out of it, and the workers' decoders have long passed the drawing frame.
+        """
+        levels = []
+        for lv in self._levels or []:
+            got = {int(t): lv._pinned.get(int(t), lv._cache.get(int(t))) for t in frames}
+            levels.append({t: img for t, img in got.items() if img is not None})
+        return {"links": dict(self._links), "levels": levels}
+
+    def take_over(self, state: dict[str, Any]) -> None:
+        """Adopt :meth:`handover` of the same segment from another process (what is known
+        here stays)."""
+        for key, v in state["links"].items():
+            self._links.setdefault(key, v)
+        for lv, imgs in zip(self.levels() if state["levels"] else [], state["levels"]):
+            for t, img in imgs.items():
+                if t not in lv._cache and t not in lv._pinned:
+                    while len(lv._cache) >= lv.KEEP:
+                        lv._cache.pop(next(iter(lv._cache)))
+                    lv._cache[t] = img
 
     def inverse_rect(self, layer: str, t: int, rect: tuple[float, float, float, float], Rw: int, Rh: int) -> torch.Tensor:
         """Source position of every texel of an Rh x Rw grid over the uv ``rect`` at frame t: [2, Rh, Rw].

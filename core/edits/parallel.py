@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from core.errors import InveError
+from core.video import FrameRing
 
 #: frames per block a worker renders in a row (its decoder then reads ahead without restarts),
 #: fewer for large frames: at most AHEAD_BYTES of raw frames wait for the caller per worker
@@ -35,6 +36,13 @@ AHEAD_BYTES = 24 * 2**20
 def block_frames(width: int, height: int) -> int:
     """Frames per block: BLOCK, fewer (down to 2) for frames larger than 640x480-ish."""
     return max(2, min(BLOCK, AHEAD_BYTES // max(1, 3 * width * height)))
+
+
+def ring_slots(workers: int, block: int) -> int:
+    """Frames the pass's shared decoder keeps (core.video.FrameRing): the blocks handed out
+    ahead of the frame the caller waits for (``workers + 1``) and two more, so that the
+    decoder is not held back by a worker rendering the oldest of them."""
+    return (workers + 3) * block
 
 
 def can_fork() -> bool:
@@ -87,8 +95,9 @@ def _die_with_parent() -> None:
 
 
 def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
-            encode: Callable[[np.ndarray], Any] | None, workers: int = 1) -> None:
-    """A forked worker (one of ``workers``): render the blocks it is given until it gets None."""
+            encode: Callable[[np.ndarray], Any] | None, workers: int = 1, ring: Any = None, index: int = 0) -> None:
+    """A forked worker (number ``index`` of ``workers``): render the blocks it is given until
+    it gets None, reading the frames from ``ring`` (core.video.FrameRing) where one is given."""
     try:
         import signal  # noqa: PLC0415
 
@@ -103,6 +112,9 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
         frames = session.ctx.frames
         if hasattr(frames, "forget_decoder"):
             frames.forget_decoder()  # the parent's decoder pipe is not ours to read
+        if ring is not None:
+            ring.join(index)
+            frames.read_from(ring)
         gap = _gap_frames(session, frames, workers)
         after = 0  # the frame after this worker's previous block
         # a segmented session: blocks come in frame order, so the worker walks the segments as
@@ -136,6 +148,8 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
         msg = str(exc) if isinstance(exc, InveError) else "".join(traceback.format_exception(exc))
         results.put((-1, None, (type(exc).__name__, msg, isinstance(exc, InveError)), None))
     finally:
+        if ring is not None:
+            ring.leave()  # the parent's decoder no longer waits for us
         results.close()
         results.join_thread()
 
@@ -154,9 +168,11 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
     frames = session.ctx.frames
     if hasattr(frames, "close"):
         frames.close()  # no decoder process shared with the children
+    # one decoder for the pass, here, its frames shared with every worker (core.video.FrameRing)
+    ring = FrameRing(frames, workers, ring_slots(workers, B)) if hasattr(frames, "read_from") else None
     blocks = [(s, min(T, s + B)) for s in range(0, T, B)]
-    procs = [ctx.Process(target=_worker, args=(session, tasks, results, overlay, encode, workers), daemon=True,
-                         name=f"inve-render-{i}") for i in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(session, tasks, results, overlay, encode, workers, ring, i),
+                         daemon=True, name=f"inve-render-{i}") for i in range(workers)]
     # multiprocessing's child start closes sys.stdin, which takes its lock: in a process where
     # another thread sits in stdin.readline() (the engine service's reader) that lock is held
     # at fork and the child would wait for it forever. Workers never read stdin.
@@ -166,6 +182,8 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
             p.start()
     finally:
         sys.stdin = stdin
+    if ring is not None:
+        ring.start()  # a thread: only after the forks
     sent = 0
     pending: dict[int, Any] = {}
     merge = getattr(session, "merge_geometry", None)
@@ -178,12 +196,16 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
                 try:
                     got, payload, err, found = results.get(timeout=1.0)
                 except queue.Empty:
+                    if ring is not None and ring.error is not None:
+                        raise ring.error
                     dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
                     if dead:
                         raise InveError(f"a render worker stopped unexpectedly (exit code {dead[0].exitcode}); "
                                         "out of memory? try again with fewer frames") from None
                     continue
                 if err is not None:
+                    if ring is not None and ring.error is not None:
+                        raise ring.error  # what stopped the workers: the decoder's own error
                     kind, msg, user = err
                     if user:
                         raise InveError(msg)
@@ -196,6 +218,8 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
                 sent += 1
             yield t, pending.pop(t)
     finally:
+        if ring is not None:
+            ring.close()
         for p in procs:
             if p.is_alive():
                 tasks.put(None)
