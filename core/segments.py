@@ -26,6 +26,10 @@ also carry what the seam does not show (under the foreground, outside the frame)
 go from one atlas to the next through a warp fitted to what both segments show in the overlap
 (:class:`AtlasWarp`).
 
+A whole-shot pass in forked render workers does not wait for every seam: segment 0 is
+prepared, the workers fork, and a thread carries the layers on seam by seam, handing each
+segment to the workers when it is done (:class:`_SeamFeed`).
+
 A new segment starts from its trained neighbour's networks (:func:`warm_start`) when
 ``TrainConfig.segment_warm_start`` is on.
 
@@ -849,6 +853,8 @@ class SegmentedSession:
     MAX_OPEN = 3
     #: layers no longer in the stack whose seam carries are kept (hidden, then shown again)
     KEEP_CARRIED = 16
+    #: networks of closed segments kept loaded, in bytes of their checkpoints (:meth:`release`)
+    NETWORKS_KEPT_BYTES = 256 * 2**20
 
     def __init__(self, project: Project, layers: list[Any] | None = None, cache_bytes: int = 512 * 2**20,
                  max_open: int | None = None, geometry: Any = None) -> None:
@@ -1311,17 +1317,32 @@ class SegmentedSession:
         return self.session(k), f - self.ranges[k][0]
 
     def release(self, k: int) -> None:
-        """Close segment k's session, networks and memory-mapped maps (a streaming pass that has
-        left it behind: memory stays that of a few segments, not of the whole shot). What its
-        layers' geometry is per frame stays in the store (strokes and tracks are small; atlas
-        textures are kept within ``GeometryStore.max_texture_bytes``)."""
+        """Close segment k's session and memory-mapped maps (a streaming pass that has left it
+        behind: memory stays that of a few segments, not of the whole shot). What its layers'
+        geometry is per frame stays in the store (strokes and tracks are small; atlas textures
+        are kept within ``GeometryStore.max_texture_bytes``).
+
+        Its networks stay loaded while all kept ones fit NETWORKS_KEPT_BYTES (a segment's are a
+        few MB: box.mp4's 13 take 40 MB): the next pass that carries a layer through the seams
+        runs them in every segment, and loading them again cost 0.5 s of each such pass."""
         if k in self._recent:
             self._recent.remove(k)
         if self._sessions[k] is not None:
             self._sessions[k] = None
             self._set[k] = False
             sub = self.subs[k]
-            sub._maps, sub._mapping = None, None
+            sub._maps = None
+            kept = sum(self._network_bytes(j) for j, other in enumerate(self.subs)
+                       if j != k and other._mapping is not None and self._sessions[j] is None)
+            if kept + self._network_bytes(k) > self.NETWORKS_KEPT_BYTES:
+                sub._mapping = None
+
+    def _network_bytes(self, k: int) -> int:
+        """Size of segment k's networks (that of its checkpoint file)."""
+        try:
+            return int((self.subs[k].path / Project.CHECKPOINT).stat().st_size)
+        except OSError:
+            return 0
 
     def prepare(self) -> None:
         for k in range(len(self.subs)):

@@ -9,6 +9,7 @@ repeated runs measure only the step. Modes:
     .venv/bin/python scripts/profile_step.py --steps 20 --torch-profile # where the time goes (ops)
     .venv/bin/python scripts/profile_step.py --seconds 60               # a timed fit, PSNR of the networks
     .venv/bin/python scripts/profile_step.py --iters 900 --set batch=4096   # a fit of 900 steps, one setting changed
+    .venv/bin/python scripts/profile_step.py --iters 1500 --set error_share=0  # uniform batches (no error map)
 
 A timed fit runs the default schedules against wall time like ``inve train --minutes`` and
 reports the networks' PSNR over every pixel of every frame (no bake): quick to compare
