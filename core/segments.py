@@ -798,19 +798,37 @@ class _SeamFeed:
         """True in a forked worker (which takes packages), False in the carrying process."""
         return os.getpid() != self.parent
 
+    def _write(self, name: str, data: bytes) -> None:
+        """Write file ``name`` of the package folder whole (a part file renamed into place)."""
+        tmp = self.dir / f"{name}.part"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, self.dir / name)
+
     def publish(self, k: int, package: dict[str, Any]) -> None:
+        """Hand package k to the workers. A package that cannot be written (the temporary
+        folder's disk full) is a clear error of the pass, raised here (the caller fails)."""
         import pickle  # noqa: PLC0415
 
-        tmp = self.dir / f"{k}.part"
-        with open(tmp, "wb") as fh:
-            pickle.dump(package, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.dir / f"{k}.pkl")
+        try:
+            self._write(f"{k}.pkl", pickle.dumps(package, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as exc:
+            raise InveError(f"could not hand the edits carried through the seams to the render workers "
+                            f"(writing {self.dir}: {exc.strerror or exc})") from exc
         self.ready[k].set()
 
     def fail(self, message: str) -> None:
-        (self.dir / "error").write_text(message, encoding="utf-8")
-        for ev in self.ready:
-            ev.set()
+        """Tell the waiting workers that carrying stopped. Their events are set whatever
+        happens (a worker must never wait forever); the message reaches them if it can be
+        written (otherwise they end with a generic line, and the pass raises the carrying
+        thread's own error: :func:`~core.edits.parallel.render_parallel`'s ``check``)."""
+        try:
+            self._write("error", message.encode("utf-8"))
+        except BaseException:  # noqa: BLE001,S110 - best effort: the events below matter
+            pass
+        finally:
+            for ev in self.ready:
+                ev.set()
 
     def take(self, k: int) -> tuple[dict[Any, Any], dict[str, Any] | None]:
         """(In a worker) every package up to segment k not loaded yet, waiting for them: the
@@ -1565,7 +1583,14 @@ class SegmentedSession:
                 feed.fail(str(exc) if isinstance(exc, InveError)
                           else f"carrying the edits through the seams failed: {type(exc).__name__}: {exc}")
 
-        stream = render_parallel(self, workers, overlay=overlay, encode=encode)
+        def check() -> None:
+            # (render_parallel, while it waits and when a worker fails) the carrying thread's
+            # own error first: a worker waiting for a package it stopped ends with a second-hand
+            # line, and an internal error (a bug) must keep its type and traceback
+            if failed:
+                raise failed[0]
+
+        stream = render_parallel(self, workers, overlay=overlay, encode=encode, check=check)
         thread = None
         try:
             first = next(stream, None)  # forks the workers (they inherit segment 0), renders a frame

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -319,22 +320,49 @@ def test_render_workers_walk_the_segments_and_give_the_frames_of_one_process(gt_
 
 @pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
                     reason="forked render workers are Linux-only")
-def test_a_seam_that_fails_to_carry_ends_the_pass_with_its_message(gt_networks, monkeypatch):
+@pytest.mark.parametrize("fault", ["user", "internal", "disk full"])
+def test_a_seam_that_fails_to_carry_ends_the_pass_with_its_message(gt_networks, monkeypatch, fault):
     """Carrying runs beside the render workers: a failure there ends the pass with one clear
-    error (the workers waiting for that segment stop), not a hang."""
+    error (the workers waiting for that segment stop), not a hang -- a user error with its
+    message, a bug with its own type (the CLI prints its traceback), and a package that
+    cannot be written (nor the error for the workers: disk full) with a line saying so."""
+    import signal
+
+    from core import segments
+
     root, clip, plain, seg, three, _ = gt_networks
     carry = SegmentedSession._carry
 
     def failing(self, spec, i, j, s):
         if j == 2:
-            raise InveError("the seam 1|2 cannot be carried")
+            raise InveError("the seam 1|2 cannot be carried") if fault == "user" else KeyError("seam-2")
         return carry(self, spec, i, j, s)
 
-    monkeypatch.setattr(SegmentedSession, "_carry", failing)
-    ss = SegmentedSession(three)
-    ss.set_edits({"layers": [STROKE]}, root)
-    with pytest.raises(InveError, match="seam 1|2 cannot be carried"):
-        list(ss.render_all(overlay=True, workers=2))
+    def full(self, name, data):
+        raise OSError(28, "No space left on device")
+
+    if fault == "disk full":
+        monkeypatch.setattr(segments._SeamFeed, "_write", full)
+        want = pytest.raises(InveError, match=re.escape("could not hand the edits carried through the seams "
+                                                        "to the render workers") + ".*No space left on device")
+    else:
+        monkeypatch.setattr(SegmentedSession, "_carry", failing)
+        want = (pytest.raises(InveError, match="^" + re.escape("the seam 1|2 cannot be carried") + "$")
+                if fault == "user" else pytest.raises(KeyError, match="seam-2"))
+
+    def hung(signum, frame):
+        raise TimeoutError("the pass hangs")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        ss = SegmentedSession(three)
+        ss.set_edits({"layers": [STROKE]}, root)
+        with want:
+            list(ss.render_all(overlay=True, workers=2))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
     assert ss._feed is None
 
 

@@ -155,10 +155,14 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
 
 
 def render_parallel(session: Any, workers: int, overlay: bool = False,
-                    encode: Callable[[np.ndarray], Any] | None = None) -> Iterator[tuple[int, Any]]:
+                    encode: Callable[[np.ndarray], Any] | None = None,
+                    check: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
     """Yield (project frame, frame or ``encode(frame)``) for every frame, in order, rendered by
     ``workers`` forked processes. ``session.prepare()`` must have run (it is shared by fork).
 
+    ``check``: called while waiting for the workers (every second) and before a worker's
+    error is raised; it raises what went wrong beside the workers (core/segments.py: the
+    thread carrying the seams, whose failure the workers may wait on), which wins.
     Stopping the iteration early (an error downstream, a cancel) stops the workers.
     """
     T = session.ctx.T
@@ -196,6 +200,8 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
                 try:
                     got, payload, err, found = results.get(timeout=1.0)
                 except queue.Empty:
+                    if check is not None:
+                        check()
                     if ring is not None and ring.error is not None:
                         raise ring.error
                     dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
@@ -204,6 +210,8 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
                                         "out of memory? try again with fewer frames") from None
                     continue
                 if err is not None:
+                    if check is not None:
+                        check()
                     if ring is not None and ring.error is not None:
                         raise ring.error  # what stopped the workers: the decoder's own error
                     kind, msg, user = err
