@@ -906,6 +906,7 @@ class SegmentedSession:
         self._feed: _SeamFeed | None = None
         self._source: Any = None
         self._held: list[Any] | None = None
+        self._pid = os.getpid()  # the process keeping networks of closed segments (release)
         if layers:
             self.set_layers(layers)
 
@@ -1342,7 +1343,9 @@ class SegmentedSession:
 
         Its networks stay loaded while all kept ones fit NETWORKS_KEPT_BYTES (a segment's are a
         few MB: box.mp4's 13 take 40 MB): the next pass that carries a layer through the seams
-        runs them in every segment, and loading them again cost 0.5 s of each such pass."""
+        runs them in every segment, and loading them again cost 0.5 s of each such pass. Only
+        in the process that made the session: a forked render worker only moves forward and
+        ends with its pass, so what it let go it never needs again."""
         if k in self._recent:
             self._recent.remove(k)
         if self._sessions[k] is not None:
@@ -1352,7 +1355,7 @@ class SegmentedSession:
             sub._maps = None
             kept = sum(self._network_bytes(j) for j, other in enumerate(self.subs)
                        if j != k and other._mapping is not None and self._sessions[j] is None)
-            if kept + self._network_bytes(k) > self.NETWORKS_KEPT_BYTES:
+            if os.getpid() != self._pid or kept + self._network_bytes(k) > self.NETWORKS_KEPT_BYTES:
                 sub._mapping = None
 
     def _network_bytes(self, k: int) -> int:
@@ -1575,6 +1578,8 @@ class SegmentedSession:
                             return
                         s = self.session(k)  # carried into k (k = 1: before the fork)
                         s.prepare()
+                        if stop.is_set():  # a cancel: not the next seam too
+                            return
                         if k + 1 < K:
                             self.session(k + 1)  # out of k: its chain links, seam textures' corrections
                         feed.publish(k, package(k))
