@@ -255,6 +255,20 @@ def test_edit_command_with_workers_writes_what_one_process_writes(tmp_path, monk
     assert np.array_equal(a, b)
 
 
+def test_frame_ring_memory_is_bounded_by_bytes_not_only_frames():
+    """The shared decoder keeps two blocks of slack beyond the blocks handed out, within
+    RING_BYTES: large frames keep only the (workers + 1) blocks it cannot do without."""
+    from core.edits.parallel import RING_BYTES, block_frames, ring_slots
+
+    for (W, H), workers in (((640, 480), 2), ((1920, 1080), 4), ((3840, 2160), 4), ((7680, 4320), 4)):
+        B, fb = block_frames(W, H), 3 * W * H
+        n = ring_slots(workers, B, fb)
+        assert n >= (workers + 1) * B
+        assert n * fb <= RING_BYTES or n == (workers + 1) * B
+    assert ring_slots(2, 8, 3 * 640 * 480) == 5 * 8  # small frames: the slack kept
+    assert ring_slots(4, 2, 3 * 3840 * 2160) == 10  # 4K: 249 MB, not 14 slots' 348 MB
+
+
 @pytest.mark.skipif(not __import__("core.edits.parallel", fromlist=["can_fork"]).can_fork(),
                     reason="forked render workers are Linux-only")
 def test_frame_ring_decodes_once_for_every_reader(tmp_path):

@@ -31,6 +31,8 @@ from core.video import FrameRing
 #: fewer for large frames: at most AHEAD_BYTES of raw frames wait for the caller per worker
 BLOCK = 8
 AHEAD_BYTES = 24 * 2**20
+#: shared memory of the pass's decoder (ring_slots): beyond it only the slots it cannot do without
+RING_BYTES = 256 * 2**20
 
 
 def block_frames(width: int, height: int) -> int:
@@ -38,11 +40,16 @@ def block_frames(width: int, height: int) -> int:
     return max(2, min(BLOCK, AHEAD_BYTES // max(1, 3 * width * height)))
 
 
-def ring_slots(workers: int, block: int) -> int:
+def ring_slots(workers: int, block: int, frame_bytes: int = 0) -> int:
     """Frames the pass's shared decoder keeps (core.video.FrameRing): the blocks handed out
     ahead of the frame the caller waits for (``workers + 1``) and two more, so that the
-    decoder is not held back by a worker rendering the oldest of them."""
-    return (workers + 3) * block
+    decoder is not held back by a worker rendering the oldest of them -- the two more only
+    as far as RING_BYTES allows (frames of ``frame_bytes``): at 4K (25 MB a frame, blocks of
+    2) four workers' 14 slots would take 350 MB of shared memory, 8K's 1.4 GB."""
+    need, ahead = (workers + 1) * block, (workers + 3) * block
+    if frame_bytes > 0:
+        ahead = min(ahead, RING_BYTES // frame_bytes)
+    return max(need, ahead)
 
 
 def can_fork() -> bool:
@@ -173,7 +180,7 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
     if hasattr(frames, "close"):
         frames.close()  # no decoder process shared with the children
     # one decoder for the pass, here, its frames shared with every worker (core.video.FrameRing)
-    ring = FrameRing(frames, workers, ring_slots(workers, B)) if hasattr(frames, "read_from") else None
+    ring = FrameRing(frames, workers, ring_slots(workers, B, 3 * session.ctx.W * session.ctx.H)) if hasattr(frames, "read_from") else None
     blocks = [(s, min(T, s + B)) for s in range(0, T, B)]
     procs = [ctx.Process(target=_worker, args=(session, tasks, results, overlay, encode, workers, ring, i),
                          daemon=True, name=f"inve-render-{i}") for i in range(workers)]
