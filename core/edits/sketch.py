@@ -81,14 +81,12 @@ class CarriedStroke:
         settle(ctx, [self], np.arange(ctx.T) if frames is None else np.asarray(frames))
 
 
-def settle(ctx: RenderContext, strokes: list[CarriedStroke], frames: np.ndarray, independent: bool = False) -> None:
+def settle(ctx: RenderContext, strokes: list[CarriedStroke], frames: np.ndarray) -> None:
     """Carry and refine ``strokes`` into ``frames``: one refinement call per (layer, drawing frame).
 
     Why batched: each refinement call pays for its templates, warps and grid samples; a frame
     shown after a playhead move needs every stroke of the stack there, and one call for all
-    of them costs little more than one for a single stroke. ``independent``: every frame is
-    matched on its own (core.refine.refine_independent), so settling a block of frames in
-    one call gives each frame what settling it alone gives (a render pass's blocks).
+    of them costs little more than one for a single stroke.
     """
     frames = np.asarray(frames, int).reshape(-1)
     groups: dict[tuple[str, int], list[CarriedStroke]] = {}
@@ -102,7 +100,7 @@ def settle(ctx: RenderContext, strokes: list[CarriedStroke], frames: np.ndarray,
         need = np.unique(np.concatenate(todo))
         if ctx.refine_enabled:
             sets = [(c.dense, c.xy[need], c.ok[need] & ~c.done[need][:, None]) for c in cs]
-            for c, xy in zip(cs, ctx.refine_sets(layer, t0, need, sets, independent=independent)):
+            for c, xy in zip(cs, ctx.refine_sets(layer, t0, need, sets)):
                 redo = ~c.done[need]
                 c.xy[need[redo]] = xy[redo]
         for c in cs:
