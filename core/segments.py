@@ -763,6 +763,21 @@ class _Facade:
         return maps[0]
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill would end it there (pipelined passes are Linux-only anyway)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
 class _SeamFeed:
     """Layers carried through the seams, handed segment by segment from the process that
     carries them (a thread of the parent) to its forked render workers.
@@ -785,14 +800,47 @@ class _SeamFeed:
     (they end with its message).
     """
 
+    PREFIX = "inve-seams-"
+    #: a package folder this old is another pass's leftover even if its pid is in use again
+    STALE_SECONDS = 24 * 3600
+
     def __init__(self, n: int) -> None:
         import multiprocessing as mp  # noqa: PLC0415
         import tempfile  # noqa: PLC0415
 
-        self.dir = Path(tempfile.mkdtemp(prefix="inve-seams-"))
+        self.sweep(Path(tempfile.gettempdir()))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-"))
         self.ready = [mp.get_context("fork").Event() for _ in range(n)]
         self.parent = os.getpid()
         self.taken = 0  # (in a worker) packages 1..taken are loaded; segment 0 came with the fork
+
+    @classmethod
+    def sweep(cls, tmp: Path) -> list[Path]:
+        """Remove package folders left by passes that were killed (SIGKILL, a crash: no
+        cleanup ran): this user's, whose owning process is gone or that are older than
+        STALE_SECONDS. Best effort (another pass may sweep the same folder meanwhile).
+        Returns the folders removed."""
+        import shutil  # noqa: PLC0415
+
+        gone = []
+        try:
+            found = list(tmp.glob(cls.PREFIX + "*"))
+        except OSError:
+            return gone
+        now = time.time()
+        for d in found:
+            try:
+                st = d.stat()
+                if not d.is_dir() or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+                    continue
+                pid = d.name[len(cls.PREFIX):].split("-", 1)[0]
+                dead = pid.isdigit() and not _alive(int(pid))  # (no pid in the name: by age only)
+                if dead or now - st.st_mtime > cls.STALE_SECONDS:
+                    shutil.rmtree(d, ignore_errors=True)
+                    gone.append(d)
+            except OSError:
+                continue
+        return gone
 
     def consumer(self) -> bool:
         """True in a forked worker (which takes packages), False in the carrying process."""

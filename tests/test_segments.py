@@ -368,6 +368,33 @@ def test_a_seam_that_fails_to_carry_ends_the_pass_with_its_message(gt_networks, 
     assert ss._feed is None
 
 
+def test_seam_packages_left_by_a_killed_pass_are_swept(tmp_path):
+    """A pass killed without cleanup leaves its package folder in the temporary folder: the
+    next pipelined pass removes those whose process is gone, or older than a day, not a
+    running pass's."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from core.segments import _SeamFeed
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)
+    mine = tmp_path / f"inve-seams-{os.getpid()}-live"
+    killed = tmp_path / f"inve-seams-{dead}-gone"
+    old = tmp_path / f"inve-seams-{os.getpid()}-old"
+    other = tmp_path / "not-ours"
+    unnamed = tmp_path / "inve-seams-abc"  # no pid in its name: removed only once a day old
+    for d in (mine, killed, old, other, unnamed):
+        d.mkdir()
+        (d / "1.pkl").write_bytes(b"x")
+    a_day_ago = time.time() - _SeamFeed.STALE_SECONDS - 60
+    os.utime(old, (a_day_ago, a_day_ago))
+    assert sorted(_SeamFeed.sweep(tmp_path)) == sorted([killed, old])
+    assert mine.is_dir() and other.is_dir() and unnamed.is_dir() and not killed.exists() and not old.exists()
+
+
 def test_open_segments_are_bounded_least_recently_used_first(gt_networks):
     """A preview that visits every segment keeps at most ``max_open`` open, and a segment
     closed and reopened renders the same frame."""
