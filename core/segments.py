@@ -1643,12 +1643,12 @@ class SegmentedSession:
             if failed:
                 raise failed[0]
 
-        stream = render_parallel(self, workers, overlay=overlay, encode=encode, check=check)
-        thread = None
-        try:
-            first = next(stream, None)  # forks the workers (they inherit segment 0), renders a frame
-            # the carrying thread reads frames with a decoder of its own: this one may be read
-            # here meanwhile (a movie composites the original frames)
+        threads: list[threading.Thread] = []
+
+        def start() -> None:
+            # (render_parallel, right after forking the workers: they inherit segment 0 and
+            # the frames as they were) the carrying thread reads frames with a decoder of its
+            # own: this one may be read here meanwhile (a movie composites the original frames)
             self._source = _private_frames(self.ctx.frames)
             for s in self._sessions:
                 if s is not None and isinstance(s.ctx.frames, _FrameSlice):
@@ -1656,16 +1656,17 @@ class SegmentedSession:
             self._held = []
             thread = threading.Thread(target=carry, name="inve-seams", daemon=True)
             thread.start()
-            if first is not None:
-                yield first
-            for item in stream:
-                yield item
+            threads.append(thread)
+
+        stream = render_parallel(self, workers, overlay=overlay, encode=encode, check=check, after_fork=start)
+        try:
+            yield from stream
             if failed:
                 raise failed[0]
         finally:
             stop.set()
             stream.close()
-            if thread is not None:
+            for thread in threads:
                 thread.join()
             if self._source is not None and self._source is not self.ctx.frames:
                 getattr(self._source, "close", lambda: None)()

@@ -163,13 +163,16 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
 
 def render_parallel(session: Any, workers: int, overlay: bool = False,
                     encode: Callable[[np.ndarray], Any] | None = None,
-                    check: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
+                    check: Callable[[], None] | None = None,
+                    after_fork: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
     """Yield (project frame, frame or ``encode(frame)``) for every frame, in order, rendered by
     ``workers`` forked processes. ``session.prepare()`` must have run (it is shared by fork).
 
     ``check``: called while waiting for the workers (every second) and before a worker's
     error is raised; it raises what went wrong beside the workers (core/segments.py: the
     thread carrying the seams, whose failure the workers may wait on), which wins.
+    ``after_fork``: called once the workers are forked and given their first blocks (what
+    the caller starts beside them, which they must not inherit).
     Stopping the iteration early (an error downstream, a cancel) stops the workers.
     """
     T = session.ctx.T
@@ -202,6 +205,8 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
         for _ in range(min(len(blocks), workers + 1)):
             tasks.put(blocks[sent])
             sent += 1
+        if after_fork is not None:
+            after_fork()
         for t in range(T):
             while t not in pending:
                 try:
