@@ -139,7 +139,11 @@ class Objective:
                                        scale_weight=getattr(w, f"rigidity_scale_{layer}")))
         terms["rigidity"] = w.rigidity * sum(rig)
         if "fg" in layers:
-            terms["sparsity"] = w.sparsity * L.sparsity_loss(alpha, fg)
+            # the uniform part of the batch only: the part drawn by error sits on outlines, where
+            # the rough masks are least reliable
+            nu = int(b["n_uniform"]) if "n_uniform" in b else n
+            a_u = alpha[:nu]
+            terms["sparsity"] = w.sparsity * L.sparsity_loss(a_u, fg[:nu])
             if "mask" in b:
                 fade = max(0.0, 1.0 - fr / w.bootstrap_until)
                 if self.mask_source == "user":
@@ -149,10 +153,10 @@ class Objective:
                     # "not marked" is weaker evidence (masks grown from a hint miss thin parts)
                     pos = max(fade, w.bootstrap_keep_user_fg)
                     neg = max(fade, w.bootstrap_floor_user)
-                    mask = b["mask"]
-                    terms["bootstrap"] = w.bootstrap * L.bootstrap_loss(alpha, mask, pos * mask + neg * (1.0 - mask))
+                    mask = b["mask"][:nu]
+                    terms["bootstrap"] = w.bootstrap * L.bootstrap_loss(a_u, mask, pos * mask + neg * (1.0 - mask))
                 elif fade > 0:
-                    terms["bootstrap"] = w.bootstrap * fade * L.bootstrap_loss(alpha, b["mask"])
+                    terms["bootstrap"] = w.bootstrap * fade * L.bootstrap_loss(a_u, b["mask"][:nu])
         cyc = []
         nc = n // self.CYCLE_SHARE
         for layer in layers:

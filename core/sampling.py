@@ -63,8 +63,9 @@ class TrainingData:
         """A batch of ``n`` pixels, stratified over frames.
 
         With ``errors`` and ``share`` > 0 the last ``share`` of the batch is drawn where the
-        fit is worst (see :class:`ErrorMap`); the first part stays uniform, so the
-        regularisers (which read the first samples of a batch) see an unbiased sample.
+        fit is worst (see :class:`ErrorMap`); the first ``n_uniform`` samples stay uniform, and
+        every term but the colour term reads only those (flow, rigidity and cycle read the
+        first samples of a batch; sparsity and mask bootstrapping slice to ``n_uniform``).
         """
         hw = self.h * self.w
         t = self.frame_indices(n, gen)
@@ -76,7 +77,8 @@ class TrainingData:
         t, rem = t.to(self.device), rem.to(self.device)
         y, x = rem // self.w, rem % self.w
         p = torch.stack([(x.float() + 0.5 - self.w / 2) / self.half, (y.float() + 0.5 - self.h / 2) / self.half], 1)
-        batch = {"p": p, "t": t.float(), "rgb": self.rgb[idx].float() / 255.0, "pixel": idx}
+        batch = {"p": p, "t": t.float(), "rgb": self.rgb[idx].float() / 255.0, "pixel": idx,
+                 "n_uniform": torch.tensor(n - k)}
         if self.masks is not None:
             batch["mask"] = self.masks[idx].float() * self.mask_scale
         if self.has_flow:
@@ -119,13 +121,16 @@ class ErrorMap:
         if self._cdf is None:
             e = self.err.view(self.n, self.cells)
             wgt = e + self.floor * e.mean(1, keepdim=True)
+            # float64 (the map lives on the CPU): offset by the frame index, a float32 cdf
+            # quantises a long clip's draws (±30 % per tile at frame 1,500)
+            wgt = torch.as_tensor(wgt, dtype=torch.float64)
             self._cdf = (wgt / wgt.sum(1, keepdim=True)).cumsum(1).add_(
-                torch.arange(self.n, dtype=torch.float32).unsqueeze(1)).view(-1)
+                torch.arange(self.n, dtype=torch.float64).unsqueeze(1)).view(-1)
         return self._cdf
 
     def draw(self, t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """A pixel (row-major index within its frame) of frame ``t[i]`` for every i, drawn by error."""
-        u = t.float() + torch.rand(t.shape[0], generator=gen)
+        u = torch.as_tensor(t, dtype=torch.float64) + torch.rand(t.shape[0], generator=gen, dtype=torch.float64)
         cell = torch.searchsorted(self._frame_cdf(), u).clamp_(t * self.cells, (t + 1) * self.cells - 1)
         cell = cell - t * self.cells
         off = torch.randint(0, self.tile * self.tile, (t.shape[0],), generator=gen)

@@ -180,6 +180,10 @@ class Trainer:
                                           else schedules)
         self.phase = "fit"  # or "polish" (set by schedules)
         self.errors: ErrorMap | None = None  # full fits on the CPU draw part of each batch by error
+        if not 0.0 <= cfg.error_share <= 0.5:
+            # the regularisers read the first half of a batch: more than half drawn by error
+            # would feed them biased samples
+            raise InveError(f"error_share must be between 0 and 0.5, got {cfg.error_share}")
         if cfg.error_share > 0 and schedules is None and data.device.type == "cpu":
             self.errors = ErrorMap(data.n, data.h, data.w)
 
@@ -203,7 +207,9 @@ class Trainer:
         for schedule in self.schedules:
             schedule(self, fr)
         self.model.train()
-        share = self.cfg.error_share if self.errors is not None else 0.0
+        # only the full objective draws by error: the inverse polish trains the cycle term on the
+        # whole batch (and computes no colour error, so the map would be stale)
+        share = self.cfg.error_share if self.errors is not None and self.phase == "fit" else 0.0
         batch = self.data.sample(self.batch, self.gen, self.errors, share)
         total, terms = self.objective(batch, fr, self.phase)
         uniform_mse = None

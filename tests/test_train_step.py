@@ -122,3 +122,43 @@ def test_cpu_fits_sample_by_error_and_fine_tuning_stays_uniform():
     assert _trainer(TrainConfig(minutes=1.0, error_share=0.0)).errors is None
     tuned = _trainer(TrainConfig(minutes=1.0), schedules=[FullDetail()])
     assert tuned.errors is None
+
+
+def test_inverse_polish_and_the_regularisers_see_only_uniform_samples():
+    """The drawn half sits on outlines (where rough masks are least reliable) and is biased:
+    the inverse polish (cycle term over the whole batch) draws none, sparsity and mask
+    bootstrapping read only the uniform part, and more than half drawn is refused."""
+    import pytest
+
+    from core.errors import InveError
+
+    tr = _trainer(TrainConfig(minutes=1.0, batch=512))
+    drawn = []
+    real = tr.data.sample
+    tr.data.sample = lambda n, gen, errors=None, share=0.0: (drawn.append(share), real(n, gen, errors, share))[1]
+    tr.train_step()
+    tr.elapsed = 59.5  # the last percent of the minute: the schedules switch to the inverse polish
+    tr.train_step()
+    assert tr.phase == "polish" and drawn == [0.5, 0.0]
+    with pytest.raises(InveError, match="error_share must be between 0 and 0.5"):
+        _trainer(TrainConfig(minutes=1.0, error_share=0.75))
+
+    # a two-layer objective: a drawn part whose masks say "foreground" changes nothing
+    from core.objectives import Objective
+    from core.train import LossWeights
+
+    model = LayeredAtlasModel(ModelConfig(n_frames=3, work_size=(16, 12), layers=("bg", "fg")))
+    frames = np.random.default_rng(0).integers(0, 256, (3, 12, 16, 3), dtype=np.uint8)
+    masks = np.zeros((3, 12, 16), np.uint8)
+    data = TrainingData(frames, None, masks, torch.device("cpu"))
+    b = data.sample(64, torch.Generator().manual_seed(0))
+    b["n_uniform"] = torch.tensor(32)
+    obj = Objective(model, LossWeights(), data.half, "auto")
+    _, before = obj(dict(b), 0.0)
+    b["mask"] = b["mask"].clone()
+    b["mask"][32:] = 1.0
+    _, after = obj(dict(b), 0.0)
+    assert after["bootstrap"] == before["bootstrap"] and after["sparsity"] == before["sparsity"]
+    b["mask"][:32] = 1.0
+    _, uniform_changed = obj(dict(b), 0.0)
+    assert uniform_changed["bootstrap"] != before["bootstrap"]  # the test can see a change
