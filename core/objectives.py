@@ -140,7 +140,7 @@ class Objective:
         terms["rigidity"] = w.rigidity * sum(rig)
         if "fg" in layers:
             # the uniform part of the batch only: the part drawn by error sits on outlines, where
-            # the rough masks are least reliable
+            # rough automatic masks are least reliable and sparsity would push hardest
             nu = int(b["n_uniform"]) if "n_uniform" in b else n
             a_u = alpha[:nu]
             terms["sparsity"] = w.sparsity * L.sparsity_loss(a_u, fg[:nu])
@@ -153,8 +153,11 @@ class Objective:
                     # "not marked" is weaker evidence (masks grown from a hint miss thin parts)
                     pos = max(fade, w.bootstrap_keep_user_fg)
                     neg = max(fade, w.bootstrap_floor_user)
-                    mask = b["mask"][:nu]
-                    terms["bootstrap"] = w.bootstrap * L.bootstrap_loss(a_u, mask, pos * mask + neg * (1.0 - mask))
+                    # the user's outline is evidence exactly where the drawn half sits (the
+                    # outlines), so user masks read the whole batch; rough automatic masks
+                    # (below) are least reliable there and read the uniform part only
+                    mask = b["mask"]
+                    terms["bootstrap"] = w.bootstrap * L.bootstrap_loss(alpha, mask, pos * mask + neg * (1.0 - mask))
                 elif fade > 0:
                     terms["bootstrap"] = w.bootstrap * fade * L.bootstrap_loss(a_u, b["mask"][:nu])
         cyc = []
