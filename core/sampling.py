@@ -65,7 +65,8 @@ class TrainingData:
         With ``errors`` and ``share`` > 0 the last ``share`` of the batch is drawn where the
         fit is worst (see :class:`ErrorMap`); the first ``n_uniform`` samples stay uniform, and
         every term but the colour term reads only those (flow, rigidity and cycle read the
-        first samples of a batch; sparsity and mask bootstrapping slice to ``n_uniform``).
+        first samples of a batch; sparsity and bootstrapping from automatic masks slice to
+        ``n_uniform``).
         """
         hw = self.h * self.w
         t = self.frame_indices(n, gen)

@@ -126,8 +126,8 @@ def test_cpu_fits_sample_by_error_and_fine_tuning_stays_uniform():
 
 def test_inverse_polish_and_the_regularisers_see_only_uniform_samples():
     """The drawn half sits on outlines (where rough masks are least reliable) and is biased:
-    the inverse polish (cycle term over the whole batch) draws none, sparsity and mask
-    bootstrapping read only the uniform part, and more than half drawn is refused."""
+    the inverse polish (cycle term over the whole batch) draws none, sparsity and bootstrapping
+    from automatic masks read only the uniform part, and more than half drawn is refused."""
     import pytest
 
     from core.errors import InveError
