@@ -822,6 +822,78 @@ def encode_png_frame(img: np.ndarray) -> EncodedPNG:
     return EncodedPNG(data, hashlib.sha256(data).hexdigest())
 
 
+@dataclass(frozen=True)
+class WrittenPNG:
+    """A frame a render worker already encoded and wrote into the output folder under a
+    temporary name (:class:`PNGFrameWriter`), with the SHA-256 of its bytes: the writer of
+    the sequence only moves it into place."""
+
+    path: str
+    sha256: str
+
+    def discard(self) -> None:
+        """Remove the temporary file (the frame will not be used: the pass stopped)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class PNGFrameWriter:
+    """``encode`` for forked render workers that write their own PNGs into ``folder``.
+
+    Why: a worker used to send every encoded PNG through a pipe to the process that forked
+    it, which wrote it again: box.mp4's 458 frames (180 MB) cost that process ~2 s of CPU
+    (pipe reads, temporary files, writes) while both cores were busy. Here each worker
+    encodes and writes its frames under temporary names of the output rule's form
+    (``.frames-TAG.inve-tmp-XXXX.png``: a later run into the folder clears leftovers) and only
+    the name and checksum go back (:class:`WrittenPNG`); :func:`write_png_sequence` moves each
+    into place in frame order with the folder's checks and journal
+    (``fsutil.OutputFolder.adopt``). The folder must exist when a worker writes (the
+    sequence's ``begin`` made it). :meth:`sweep`, once the workers are stopped, removes what
+    never landed (a cancel, an error: frames rendered past the stop)."""
+
+    def __init__(self, folder: Path) -> None:
+        import secrets  # noqa: PLC0415
+
+        self.folder = Path(folder)
+        self.prefix = f".frames-{secrets.token_hex(4)}{fsutil.TMP_TAG}"
+        self.mode = 0o666 & ~fsutil._umask()  # mkstemp makes 0600; files get normal permissions
+
+    def __call__(self, img: np.ndarray) -> WrittenPNG:
+        import tempfile  # noqa: PLC0415
+
+        enc = encode_png_frame(img)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=self.prefix, suffix=".png", dir=self.folder)
+        except OSError as exc:
+            raise fsutil.output_error(self.folder, exc) from None
+        try:
+            try:
+                view = memoryview(enc.data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, self.mode)
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise fsutil.output_error(self.folder / Path(tmp).name, exc) from None
+            raise
+        return WrittenPNG(tmp, enc.sha256)
+
+    def sweep(self) -> list[str]:
+        """Remove this writer's temporary files still in the folder (call once no worker
+        writes any more); returns their names."""
+        gone = []
+        with contextlib.suppress(OSError):
+            for p in self.folder.glob(self.prefix + "*"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    gone.append(p.name)
+        return gone
+
+
 def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
                        last_index: int | None = None,
                        on_written: Callable[[int, Path], None] | None = None) -> list[Path]:
@@ -835,7 +907,10 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
     Numbered PNGs of an earlier run that this run did not rewrite are removed (if unchanged),
     so the folder holds exactly this sequence. ``on_written(index, path)`` is called as soon
     as each PNG is in place, for callers that stream frames onwards. An image may come already
-    encoded (:class:`EncodedPNG`, from a render worker); it is written as it is.
+    encoded (:class:`EncodedPNG`, from a render worker; it is written as it is) or already
+    written into ``folder`` under a temporary name (:class:`WrittenPNG`, from a
+    :class:`PNGFrameWriter` in a render worker; it is moved into place, or removed if the
+    run stops first).
     """
     from collections import deque  # noqa: PLC0415
     from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415
@@ -843,9 +918,15 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
     out = fsutil.OutputFolder(folder, "output folder").begin()
     written: list[Path] = []
 
-    def land(index: int, fut: Future | EncodedPNG) -> None:
-        enc = fut if isinstance(fut, EncodedPNG) else fut.result()
-        p = out.write_bytes(frame_file_name(index, last_index), enc.data, enc.sha256)
+    ready = (EncodedPNG, WrittenPNG)
+
+    def land(index: int, fut: Future | EncodedPNG | WrittenPNG) -> None:
+        name = frame_file_name(index, last_index)
+        if isinstance(fut, WrittenPNG):
+            p = out.adopt(name, fut.path, fut.sha256)
+        else:
+            enc = fut if isinstance(fut, EncodedPNG) else fut.result()
+            p = out.write_bytes(name, enc.data, enc.sha256)
         written.append(p)
         if on_written is not None:
             on_written(index, p)
@@ -855,21 +936,24 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
         # the folder's bookkeeping is touched) on this thread only, in order. At most
         # PNG_IN_FLIGHT frames wait, and a failed write stops the run at the next frame.
         with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="inve-png") as pool:
-            pending: deque[tuple[int, Future | EncodedPNG]] = deque()
+            pending: deque[tuple[int, Future | EncodedPNG | WrittenPNG]] = deque()
             try:
                 for index, img in frames:
                     if int(index) < 0:
+                        if isinstance(img, WrittenPNG):
+                            img.discard()
                         raise ValueError(f"negative frame index {index}")
-                    pending.append((int(index), img if isinstance(img, EncodedPNG) else
-                                    pool.submit(encode_png_frame, img)))
-                    while len(pending) > PNG_IN_FLIGHT or (pending and (isinstance(pending[0][1], EncodedPNG)
+                    pending.append((int(index), img if isinstance(img, ready) else pool.submit(encode_png_frame, img)))
+                    while len(pending) > PNG_IN_FLIGHT or (pending and (isinstance(pending[0][1], ready)
                                                                         or pending[0][1].done())):
                         land(*pending.popleft())
                 while pending:
                     land(*pending.popleft())
             finally:
                 for _, fut in pending:
-                    if not isinstance(fut, EncodedPNG):
+                    if isinstance(fut, WrittenPNG):
+                        fut.discard()
+                    elif not isinstance(fut, EncodedPNG):
                         fut.cancel()
     except BaseException as exc:
         out.abort(type(exc).__name__ if not str(exc) else str(exc).splitlines()[0])
