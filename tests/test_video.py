@@ -211,6 +211,24 @@ def test_movie_round_trip(tmp_path: Path) -> None:
     assert out.read_bytes() == b"user's own cut"
 
 
+def test_frame_source_decodes_without_probing_and_checks_the_source(tmp_path: Path, monkeypatch) -> None:
+    """A project's frames come from its movie without counting it first (a whole decode),
+    the same bytes as load_clip; a frame just behind the decoder is not decoded again from the
+    start; a source that changed size or got shorter is one clear error."""
+    frames = [np.full((48, 64, 3), 20 * t, np.uint8) for t in range(8)]
+    video.write_movie(tmp_path / "a.mp4", iter(frames), fps=12)
+    ref = video.load_clip(tmp_path / "a.mp4", 0, 8, (64, 48), None)
+    monkeypatch.setattr(video, "_probe_movie", lambda path: pytest.fail("FrameSource probed the movie"))
+    src = video.FrameSource(tmp_path / "a.mp4", list(range(2, 8)), (64, 48))
+    assert np.array_equal(src[0], ref[2]) and np.array_equal(src[3], ref[5]) and src.decoded == 4
+    assert np.array_equal(src[2], ref[4]) and np.array_equal(src[1], ref[3]) and src.decoded == 4
+    assert np.array_equal(src[5], ref[7]) and np.array_equal(src.clone()[0], ref[2])
+    with pytest.raises(InveError, match="is 64x48 now"):
+        video.FrameSource(tmp_path / "a.mp4", [0, 1], (80, 48))[0]
+    with pytest.raises(InveError, match="ended after 8 frames"):
+        video.FrameSource(tmp_path / "a.mp4", list(range(12)), (64, 48))[9]
+
+
 def test_even_sized_movie_stays_420(tmp_path: Path) -> None:
     frames = [np.full((48, 64, 3), 30 * t, np.uint8) for t in range(3)]
     assert video.movie_pixel_format(64, 48) == "yuv420p" and video.movie_pixel_format(101, 77) == "yuv444p"
