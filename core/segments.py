@@ -733,7 +733,9 @@ def _private_frames(frames: Any) -> Any:
     from core.video import FrameSource  # noqa: PLC0415
 
     if isinstance(frames, FrameSource):
-        return frames.clone()
+        mine = frames.clone()
+        mine.decode_threads = 1  # beside the render workers (FrameSource.decode_threads)
+        return mine
     return frames
 
 

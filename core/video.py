@@ -309,7 +309,7 @@ class _RawFrames:
 
     PIPE_BYTES = 1 << 20
 
-    def __init__(self, info: VideoInfo, end: int) -> None:
+    def __init__(self, info: VideoInfo, end: int, threads: int = 0) -> None:
         import tempfile  # noqa: PLC0415
 
         self.info = info
@@ -317,7 +317,7 @@ class _RawFrames:
         self.nbytes = info.height * info.width * 3
         self._checked = False
         self._log = tempfile.TemporaryFile()
-        cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-i", info.path,
+        cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-threads", str(int(threads)), "-i", info.path,
                "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe",
                "-map", "0:v:0", "-fps_mode", "cfr", "-frames:v", str(int(end)), "-sws_flags", SWS_FLAGS, "-"]
         try:
@@ -392,9 +392,9 @@ class _RawFrames:
 
 
 def _iter_movie(info: VideoInfo, start: int, end: int, progress: Progress | None,
-                into: Callable[[int], np.ndarray] | None = None) -> Iterator[np.ndarray]:
+                into: Callable[[int], np.ndarray] | None = None, threads: int = 0) -> Iterator[np.ndarray]:
     """Frames ``start..end-1``, each a new array (``into(i)``: the array to read frame i into)."""
-    pipe = _RawFrames(info, end)
+    pipe = _RawFrames(info, end, threads)
     try:
         scratch = np.empty(pipe.shape, np.uint8)  # the frames before start: decoded, not kept
         for i in range(end):
@@ -411,15 +411,16 @@ def _iter_movie(info: VideoInfo, start: int, end: int, progress: Progress | None
 
 def iter_frames(path: str | Path, start: int, end: int, info: VideoInfo | None = None,
                 progress: Progress | None = None,
-                into: Callable[[int], np.ndarray] | None = None) -> Iterator[np.ndarray]:
+                into: Callable[[int], np.ndarray] | None = None, threads: int = 0) -> Iterator[np.ndarray]:
     """Source-resolution RGB uint8 frames ``start..end-1``, one at a time, each an array of
     its own (the caller may keep it). ``into(i)``: for a movie, the array frame i is decoded
-    into (a shared-memory slot: no copy); an image folder's frames come as they are read."""
+    into (a shared-memory slot: no copy); an image folder's frames come as they are read.
+    ``threads``: ffmpeg's decoding threads (0: its choice, one per core and more)."""
     info = info or probe(path)
     start, end = resolve_range(info, (start, end))
     if info.is_folder:
         return _iter_folder(info, start, end)
-    return _iter_movie(info, start, end, progress, into)
+    return _iter_movie(info, start, end, progress, into, threads)
 
 
 class FrameSource:
@@ -443,6 +444,10 @@ class FrameSource:
             raise ValueError("a project's frames are one contiguous range of source frames")
         self.W, self.H = int(size[0]), int(size[1])
         self.cache_frames = max(1, int(cache_frames))
+        #: ffmpeg's decoding threads (0: its choice). A decoder that runs beside render workers
+        #: (a pass's shared frames, the seams' refinement) takes 1: its frames are wanted at the
+        #: workers' pace, and frame threads cost ~10 % more CPU for the same frames
+        self.decode_threads = 0
         self._cache: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._decoder: Iterator[np.ndarray] | None = None
         self._next = -1  # project index the open decoder yields next
@@ -477,7 +482,7 @@ class FrameSource:
     def clone(self) -> "FrameSource":
         """The same frames with a decoder of its own (another thread reads this one)."""
         twin = FrameSource(self.path, self.frames, (self.W, self.H), self.cache_frames)
-        twin._info = self._info
+        twin._info, twin.decode_threads = self._info, self.decode_threads
         return twin
 
     def _source_info(self) -> VideoInfo:
@@ -502,7 +507,8 @@ class FrameSource:
         if self._info is None:
             self._info = self._source_info()
         end = self.frames[-1] + 1
-        self._decoder = iter_frames(self.path, self.frames[t], end, info=self._info, into=into)
+        self._decoder = iter_frames(self.path, self.frames[t], end, info=self._info, into=into,
+                                    threads=self.decode_threads)
         self._next = t
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -611,6 +617,7 @@ class FrameRing:
 
     def _decode(self) -> None:
         dec = self.source.clone()
+        dec.decode_threads = 1  # paced by the workers (FrameSource.decode_threads)
         try:
             dec._start(0, into=lambda i: self._buf[(i - dec.frames[0]) % self.slots])  # no copy for a movie
             for t in range(self.n):

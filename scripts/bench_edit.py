@@ -112,7 +112,8 @@ def edit_pass(project_dir: Path, tmp: Path, workers: int | None) -> None:
         k1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         kids = (k1.ru_utime + k1.ru_stime) - (k0.ru_utime + k0.ru_stime)
         print(f"  to {'PNGs ' if out.suffix != '.mp4' else 'movie'}  {wall:6.2f} s wall ({T / wall:5.1f} frames/s), CPU "
-              f"{time.process_time() - c0:.1f} s here + {kids:.1f} s in workers/ffmpeg (target <= 10 s)", flush=True)
+              f"{time.process_time() - c0:.1f} s here + {kids:.1f} s in workers/ffmpeg (target <= 10 s), "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def main() -> None:
