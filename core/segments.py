@@ -736,7 +736,7 @@ def _private_frames(frames: Any) -> Any:
     from core.video import FrameSource  # noqa: PLC0415
 
     if isinstance(frames, FrameSource):
-        return FrameSource(frames.path, frames.frames, (frames.W, frames.H))
+        return frames.clone()
     return frames
 
 
