@@ -247,16 +247,16 @@ def test_kept_textures_fit_the_store_budget(projects):
     assert list(a.textures) == [geometry_key(specs[3])] and not b.textures
 
 
-@pytest.mark.parametrize("kind", ["plain", "segmented"])
-def test_kept_layers_are_composited_not_rendered_and_give_the_uncached_bytes(projects, service, kind, tmp_path,
+def test_kept_layers_are_composited_not_rendered_and_give_the_uncached_bytes(projects, service, tmp_path,
                                                                               monkeypatch):
     """After a Propagate the service keeps each layer's rendered frames (core/edits/patch_cache.py):
     adding a layer *between* two kept ones renders only the new one, in the forked workers,
-    and the frames are byte for byte those of a service that keeps nothing."""
+    and the frames are byte for byte those of a service that keeps nothing. (A segmented
+    shot: its layers reach the later segments through the seams; a plain project's session
+    is the same code, and the hide/show test above runs it cached.)"""
     from core.edits.paint import TextureRenderer
 
-    root, plain, seg, _ = projects
-    project = plain if kind == "plain" else seg
+    root, _, project, _ = projects
     svc, stream = service()
     before = propagate(svc, stream, 1, project, [ADJUST, PAINT], root, tmp_path / "a")
     assert svc.patches.bytes > 0 and len(svc.patches) >= 2 * T  # the workers' patches came back
