@@ -543,6 +543,9 @@ def _carried_types() -> dict[str, type]:
     @dataclass
     class TextureAdjustLayer(AdjustLayer):
         texture: Any = None  # AtlasTexture of the region's coverage in this segment's atlas
+        # the key it was carried under (recolouring keeps the texture, changes ``key``): what
+        # the region's per-frame lookups are kept under (core/edits/session.py)
+        mask_key: str = ""
 
         def make_renderer(self, stroke_cache: Any) -> Any:
             return TextureAdjustRenderer(self)
@@ -1182,7 +1185,7 @@ class SegmentedSession:
                 out.append(_carried_type("texture_adjust")(
                     type="adjust", frame=t_j + aj, t=t_j, layer=carried.layer, key=key, polygon=None, hue=spec.hue,
                     saturation=spec.saturation, brightness=spec.brightness, contrast=spec.contrast,
-                    feather=spec.feather, texture=carried, **common))
+                    feather=spec.feather, texture=carried, mask_key=key, **common))
             else:
                 out.append(_carried_type("texture_paint")(type="paint", frame=t_j + aj, t=t_j, layer=carried.layer,
                                                           key=key, texture=carried, **common))
