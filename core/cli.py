@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="persistent engine service: JSON-line requests on stdin, replies on stdout")
     s.add_argument("--max-projects", type=_positive_int, default=4,
                    help="projects kept warm at once; the least recently used is closed (default 4)")
+    s.add_argument("--patch-cache-mb", type=float, default=None, metavar="MB",
+                   help="memory for the layers' rendered frames kept between Propagates, all projects "
+                        "together (default 256; 0 keeps none)")
 
     b = sub.add_parser("batch", help="fit many shots (SHOTS.json), one project each, on Ray")
     b.add_argument("shots", help="SHOTS.json")
@@ -201,7 +204,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict:
     if args.command == "serve":
         from core.serve import serve_command
 
-        return serve_command(max_projects=args.max_projects)
+        return serve_command(max_projects=args.max_projects, patch_cache_mb=args.patch_cache_mb)
 
     if args.command == "batch":
         from core.batch import batch_command

@@ -390,6 +390,7 @@ class OutputFolder:
         self.what = what
         self.files: dict[str, str | None] = {}
         self.written: list[str] = []
+        self._journal_fh: Any = None  # the journal, open while the folder is being filled
 
     def begin(self) -> "OutputFolder":
         prepare_output_dir(self.path, self.what)
@@ -397,16 +398,28 @@ class OutputFolder:
         self.files = dict(marker["files"]) if marker else {}
         self.legacy = bool(marker and marker.get("legacy"))
         _write_marker(self.path, self.files, complete=False)
+        self._close_journal()
         with contextlib.suppress(FileNotFoundError):
             (self.path / JOURNAL).unlink()
         return self
 
     def _journal(self, rec: dict[str, Any]) -> None:
+        """Append one record; it is in the file (flushed) before the caller goes on. The
+        journal stays open while the folder is filled (two records a frame: opening it for
+        each cost more than writing the record)."""
         try:
-            with open(self.path / JOURNAL, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
+            if self._journal_fh is None:
+                self._journal_fh = open(self.path / JOURNAL, "a")
+            self._journal_fh.write(json.dumps(rec) + "\n")
+            self._journal_fh.flush()
         except OSError as exc:
             raise output_error(self.path / JOURNAL, exc) from None
+
+    def _close_journal(self) -> None:
+        fh, self._journal_fh = self._journal_fh, None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.close()
 
     def check(self, name: str) -> None:
         """Refuse before writing ``name`` unless it is missing or ours and unchanged."""
@@ -447,6 +460,32 @@ class OutputFolder:
         self.written.append(name)
         return p
 
+    def adopt(self, name: str, tmp: str | os.PathLike, sha: str) -> Path:
+        """Move ``tmp`` -- a complete file another process wrote into this folder under a
+        temporary name (``.X.inve-tmp-Y``, see :data:`TMP_TAG`), whose SHA-256 is ``sha`` --
+        into place as ``name``: the rule and the journal exactly as :meth:`write_bytes`, the
+        bytes written elsewhere (a render worker writes its own PNGs). ``tmp`` is removed
+        whatever happens; a refusal leaves ``name`` as it was."""
+        p = self.path / name
+        tmp = Path(tmp)
+        try:
+            if tmp.parent.resolve() != self.path.resolve():
+                raise ValueError(f"{tmp} is not in {self.path}")  # a rename must not cross folders
+            self.check(name)
+            self._journal({"name": name})
+            try:
+                os.replace(tmp, p)
+            except OSError as exc:
+                raise output_error(p, exc) from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        self._journal({"name": name, "sha256": sha})
+        self.files[name] = sha
+        self.written.append(name)
+        return p
+
     def write_png(self, name: str, image: np.ndarray) -> Path:
         return self.write(name, png_writer(image))
 
@@ -471,12 +510,14 @@ class OutputFolder:
                         with contextlib.suppress(FileNotFoundError):
                             p.unlink()
                         del self.files[name]
+        self._close_journal()
         _write_marker(self.path, self.files, complete=True)
         with contextlib.suppress(FileNotFoundError):
             (self.path / JOURNAL).unlink()
 
     def abort(self, reason: str) -> None:
         """Leave the folder marked incomplete, saying which files this run wrote."""
+        self._close_journal()
         with contextlib.suppress(OSError, InveError):
             self._adopt_records()
             _write_marker(self.path, self.files, complete=False,

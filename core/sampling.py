@@ -105,7 +105,7 @@ class ErrorMap:
     training images) spends the steps where they still buy PSNR. Every step's samples
     (uniform and drawn) update their tiles' estimate; tiles start at ``start`` (so each
     is looked at), and every tile keeps ``floor`` of the frame's mean error as weight.
-    Kept in memory only (a resumed fit starts a new map).
+    Saved in resumable checkpoints (not in a compact, final one), so a resumed fit goes on from it.
     """
 
     def __init__(self, n_frames: int, h: int, w: int, tile: int = 8, start: float = 0.1,

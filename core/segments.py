@@ -733,7 +733,7 @@ def _private_frames(frames: Any) -> Any:
     from core.video import FrameSource  # noqa: PLC0415
 
     if isinstance(frames, FrameSource):
-        return FrameSource(frames.path, frames.frames, (frames.W, frames.H))
+        return frames.clone()
     return frames
 
 
@@ -1552,6 +1552,39 @@ class SegmentedSession:
             if progress is not None:
                 progress.update("render", t + 1, T)
             yield t, img
+
+    def missing(self) -> int:
+        """(Visible layer, frame) pairs whose patches the owner's cache does not keep (as
+        :meth:`EditSession.missing`), over the frames each segment renders. A layer not yet
+        carried into every segment counts all its frames (it is new or changed). Opens no
+        segment: a segment never opened under the current checkpoint counts as missing."""
+        from core.edits.geometry import geometry_key  # noqa: PLC0415
+
+        cache = self.store.patches
+        T = self.ctx.T
+        if cache is None:
+            return T * sum(1 for l in self.layers if l.visible)
+        total = 0
+        for spec in self.layers:
+            if not spec.visible:
+                continue
+            home, g = self._home(spec), geometry_key(spec)
+            if any(k != home and (g, k) not in self._carried for k in range(len(self.subs))):
+                total += T
+                continue
+            for k, sub in enumerate(self.subs):
+                lo, hi = self.owns[k]
+                a = self.ranges[k][0]
+                scope = self._scopes[k] if self._scopes[k] is not None else self.store.peek(sub.path.name)
+                layers = self._layer_in(spec, k)
+                if scope is None:
+                    total += (hi - lo) * len(layers)
+                    continue
+                token = scope.token
+                for l in layers:
+                    kept = cache.kept_frames(token, l.key)  # (marked used by this pass)
+                    total += sum(f - a not in kept for f in range(lo, hi))
+        return total
 
     def _carried_all(self) -> bool:
         """Every visible layer is already carried into every segment (a warm pass after hiding,

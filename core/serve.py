@@ -108,20 +108,23 @@ class OpenProject:
     """A project held by the service: its warm edit session and what it was opened from.
 
     ``geometry``: the layers' per-frame geometry the service keeps for this project folder
-    (core/edits/geometry.py); it outlives a reload, and what belongs to another checkpoint
-    than the one opened now is dropped by identity, not by timing.
+    (core/edits/geometry.py), with their rendered patches in the service's ``patches``
+    (core/edits/patch_cache.py); it outlives a reload, and what belongs to another checkpoint
+    (or source file) than the one opened now is dropped by identity, not by timing.
     """
 
-    def __init__(self, path: Path, geometry: Any = None) -> None:
+    def __init__(self, path: Path, geometry: Any = None, patches: Any = None) -> None:
         from core.edits import EditSession
         from core.edits.context import RenderContext
-        from core.edits.geometry import GeometryStore, geometry_identity
+        from core.edits.geometry import GeometryStore, geometry_identity, project_salt
         from core.project import Project
 
         self.path = path
         self.stamp = self.files_stamp(path)
         self.project = Project.open(path)
-        self.geometry = geometry if geometry is not None else GeometryStore()
+        self.geometry = geometry if geometry is not None else GeometryStore(patches=patches)
+        self.salt = project_salt(self.project)
+        self.geometry.set_salt(self.salt)
         if self.project.is_segmented:  # an edit session per segment, behind one interface
             from core.segments import SegmentedSession
 
@@ -162,9 +165,13 @@ class OpenProject:
 class Service:
     """The request loop; :func:`main` wires it to stdin/stdout."""
 
-    def __init__(self, out: TextIO, max_projects: int = 4) -> None:
+    def __init__(self, out: TextIO, max_projects: int = 4, patch_cache_mb: float | None = None) -> None:
+        from core.edits.patch_cache import DEFAULT_MB, PatchCache
+
         self.emit = Emitter(out)
         self.max_projects = max(1, int(max_projects))
+        # every open project's layers' rendered patches, within one budget (core/edits/patch_cache.py)
+        self.patches = PatchCache(int((DEFAULT_MB if patch_cache_mb is None else patch_cache_mb) * 2**20))
         self.projects: collections.OrderedDict[str, OpenProject] = collections.OrderedDict()
         # per project folder: the layers' geometry kept across reloads (see OpenProject)
         self.geometry: dict[str, Any] = {}
@@ -335,14 +342,14 @@ class Service:
         path = self._path(req, "project", "a project folder path")
         key = self._key(str(path))
         held = self.projects.get(key)
-        if held is not None and OpenProject.files_stamp(Path(key)) != held.stamp:
+        if held is not None and (OpenProject.files_stamp(Path(key)) != held.stamp or self._salt(held) != held.salt):
             del self.projects[key]  # retrained or changed on disk: reload, keep the edit stack
             doc = held.edits_doc
             held = None
         else:
             doc = None
         if held is None:
-            held = OpenProject(Path(key), self.geometry.get(key))
+            held = OpenProject(Path(key), self.geometry.get(key), self.patches)
             self.geometry[key] = held.geometry
             if doc is not None:
                 try:
@@ -353,9 +360,22 @@ class Service:
             self.projects[key] = held
             while len(self.projects) > self.max_projects:
                 gone, _ = self.projects.popitem(last=False)
-                self.geometry.pop(gone, None)
+                store = self.geometry.pop(gone, None)
+                if store is not None:
+                    store.forget_patches()
         self.projects.move_to_end(key)
         return held
+
+    @staticmethod
+    def _salt(held: OpenProject) -> str:
+        """The project's source file and (segmented) every segment's maps as now on disk: a
+        change reloads the project (a segment re-baked alone leaves the top folder as it was)."""
+        from core.edits.geometry import project_salt
+
+        try:
+            return project_salt(held.project)
+        except Exception:  # noqa: BLE001 - unreadable now: reload, which says what is wrong
+            return ""
 
     def hello(self) -> dict[str, Any]:
         from importlib import metadata
@@ -368,7 +388,7 @@ class Service:
                 versions[pkg] = None
         return {"engine": "inve", "version": __version__, "protocol": PROTOCOL_VERSION, "ops": list(OPS),
                 "python": platform.python_version(), **versions, "pid": os.getpid(),
-                "max_projects": self.max_projects}
+                "max_projects": self.max_projects, "patch_cache_mb": round(self.patches.max_bytes / 2**20, 1)}
 
     def _info(self, held: OpenProject) -> dict[str, Any]:
         from core.cli import _info
@@ -393,6 +413,7 @@ class Service:
         base = self._path(req, "base", "a folder for relative image paths") if "base" in req.fields else held.path
         held.session.set_edits(doc, base, fname="edits")
         held.edits_doc = (doc, base)
+        self.patches.begin_pass()  # a new stack: what it uses is kept before older layers
         layers = held.session.layers
         return {"layers": len(layers), "visible_layers": sum(1 for l in layers if l.visible)}
 
@@ -436,6 +457,7 @@ class Service:
         ctx = session.ctx
         progress = RequestProgress(self.emit, req.id, req.cancel)
         T = ctx.T
+        self.patches.begin_pass()
         workers = render_workers(session)
         walk = getattr(session, "enter", None)  # a segmented project: one segment open at a time
         if workers == 1:
@@ -518,6 +540,7 @@ class Service:
         return {"output": str(out.resolve()), "frames": len(written), "overlay": overlay,
                 "movie": str(movie.resolve()) if movie is not None else None, "seconds": round(seconds, 3),
                 "cpu_seconds": round(time.process_time() + _children_cpu() - cpu, 3), "layers": len(session.layers),
+                "patch_cache_mb": round(self.patches.bytes / 2**20, 1),
                 "visible_layers": sum(1 for l in session.layers if l.visible)}
 
     def op_track(self, req: Request) -> dict[str, Any]:
@@ -562,25 +585,17 @@ WORKERS_FROM_FRAMES = 120
 
 def render_workers(session: Any) -> int:
     """Render processes for a Propagate of ``session``: as ``inve edit`` (one per core, at most 4,
-    on Linux) for shots of WORKERS_FROM_FRAMES frames or more, except where this process
-    already holds most of the work (the patches of the visible layers in most frames).
-
-    Why not always: workers rasterise and composite every frame again and keep no patches
-    here, while this process keeps each layer's frames, so hiding, reordering or changing one
-    layer re-composites only what changed (measured on the bundled 48-frame clip: a warm
-    Propagate 0.2 s here, 1.5 s through workers before they sent their refined geometry back;
-    core/edits/geometry.py); a long shot, whose patches would not fit in memory, is where two
-    cores pay, and its warm Propagate refines nothing again."""
+    on Linux) for shots of WORKERS_FROM_FRAMES frames or more, except where the service keeps
+    nearly all the work: the patches of the visible layers (core/edits/patch_cache.py) in all
+    but fewer than WORKERS_FROM_FRAMES (layer, frame) pairs. Then this process composites what
+    it kept (no fork, no frames sent between processes)."""
     from core.edits.parallel import default_workers  # noqa: PLC0415
 
     T = session.ctx.T
     n = default_workers(T) if T >= WORKERS_FROM_FRAMES else 1
-    patches = getattr(session, "_patches", None)
-    if n > 1 and patches is not None:
-        keys = [layer.key for layer in session.layers if layer.visible]
-        have = sum((k, t) in patches for k in keys for t in range(T))
-        if not keys or have >= 0.5 * len(keys) * T:
-            return 1
+    missing = getattr(session, "missing", None)
+    if n > 1 and missing is not None and missing() < WORKERS_FROM_FRAMES:
+        return 1
     return n
 
 
@@ -597,11 +612,13 @@ def protocol_stream() -> TextIO:
     return os.fdopen(fd, "w", encoding="utf-8", newline="\n", buffering=1)
 
 
-def serve_command(max_projects: int = 4) -> dict[str, Any]:
+def serve_command(max_projects: int = 4, patch_cache_mb: float | None = None) -> dict[str, Any]:
     """Run the service on this process's stdin/stdout until shutdown or EOF."""
     import signal
 
-    service = Service(protocol_stream(), max_projects=max_projects)
+    if patch_cache_mb is not None and patch_cache_mb < 0:
+        raise InveError(f"--patch-cache-mb must be 0 or more, got {patch_cache_mb:g}")
+    service = Service(protocol_stream(), max_projects=max_projects, patch_cache_mb=patch_cache_mb)
     if threading.current_thread() is threading.main_thread():  # SIGINT/SIGTERM: stop like EOF
         for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
             if hasattr(signal, name):

@@ -292,45 +292,134 @@ def _iter_folder(info: VideoInfo, start: int, end: int) -> Iterator[np.ndarray]:
         yield img
 
 
-def _iter_movie(info: VideoInfo, start: int, end: int,
-                progress: Progress | None) -> Iterator[np.ndarray]:
-    import imageio_ffmpeg
+class _RawFrames:
+    """One ffmpeg process decoding a movie's frames ``0..end-1`` to RGB24, each read straight
+    into an array the caller gives (:meth:`read_into`).
 
-    gen = imageio_ffmpeg.read_frames(
-        info.path, pix_fmt="rgb24",
-        output_params=["-map", "0:v:0", "-fps_mode", "cfr", "-frames:v", str(end), "-sws_flags", SWS_FLAGS])
-    try:
+    Why not ``imageio_ffmpeg.read_frames``: it hands each frame over as a new ``bytes``
+    (gathered from 64 KB pipe reads) that every reader then copied again into its own array,
+    and a thread of its own caught ffmpeg's log, polled every 10 ms at the start. An edit
+    pass decodes the clip in two threads of the process that renders (the shared frames of
+    the workers, the seams' refinement): those copies were CPU the busy cores paid twice.
+    Here the pipe is widened (1 MB where Linux allows), frames land with ``readinto`` in
+    their final array, and ffmpeg's log goes to a temporary file, read once to check the
+    frame size (the stream header precedes the first frame) and to word errors. The
+    command is ``read_frames``'s, so the pixels are the same bytes.
+    """
+
+    PIPE_BYTES = 1 << 20
+
+    def __init__(self, info: VideoInfo, end: int) -> None:
+        import tempfile  # noqa: PLC0415
+
+        self.info = info
+        self.shape = (info.height, info.width, 3)
+        self.nbytes = info.height * info.width * 3
+        self._checked = False
+        self._log = tempfile.TemporaryFile()
+        cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-i", info.path,
+               "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe",
+               "-map", "0:v:0", "-fps_mode", "cfr", "-frames:v", str(int(end)), "-sws_flags", SWS_FLAGS, "-"]
         try:
-            meta = next(gen)
-        except (OSError, RuntimeError, StopIteration) as exc:
-            raise InveError(f"cannot decode {info.path}: {_last_line(str(exc))}") from None
-        w, h = (int(v) for v in meta["size"])
-        if (w, h) != (info.width, info.height):
-            raise InveError(f"{info.path} decodes at {w}x{h}, probed {info.width}x{info.height}")
-        i = 0
-        for buf in gen:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
+                                          bufsize=0, **_popen_kwargs())
+        except OSError as exc:
+            self._log.close()
+            raise InveError(f"cannot run ffmpeg to read {info.path}: {exc}") from None
+        self._out = self._proc.stdout
+        if sys.platform.startswith("linux"):
+            import fcntl  # noqa: PLC0415
+
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(self._out.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), self.PIPE_BYTES)
+
+    def _logged(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            fd = self._log.fileno()
+            if hasattr(os, "pread"):  # leaves the offset ffmpeg writes at alone
+                return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", errors="replace")
+            self._log.seek(0)
+            return self._log.read().decode("utf-8", errors="replace")
+        return ""
+
+    def _check(self) -> None:
+        """The output stream's frame size is the one frames are read at (the header is
+        written before the first frame)."""
+        from imageio_ffmpeg._parsing import parse_ffmpeg_header  # noqa: PLC0415
+
+        text = self._logged()
+        if "Output #0" not in text:
+            self._proc.wait(timeout=10)  # it failed before writing a frame: its last word
+            text = self._logged()
+            raise InveError(f"cannot decode {self.info.path}: {_last_line(text)}")
+        try:
+            w, h = (int(v) for v in parse_ffmpeg_header(text)["size"])
+        except Exception as exc:  # the header format is ffmpeg's, not ours: say so clearly
+            raise InveError(f"cannot understand ffmpeg's description of {self.info.path}: {exc}") from None
+        if (w, h) != (self.info.width, self.info.height):
+            raise InveError(f"{self.info.path} is {w}x{h} now, expected {self.info.width}x{self.info.height} "
+                            "(it changed since it was read)")
+        self._checked = True
+
+    def read_into(self, out: np.ndarray) -> bool:
+        """Fill ``out`` (uint8 [H, W, 3], C-contiguous) with the next frame; False at the end."""
+        view = memoryview(out).cast("B")
+        got = 0
+        while got < self.nbytes:
+            n = self._out.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        if not self._checked:
+            if got == 0:
+                self._proc.wait(timeout=10)
+            self._check()
+        if got == 0:
+            return False
+        if got < self.nbytes:
+            raise InveError(f"cannot decode {self.info.path}: it ended inside a frame")
+        return True
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()  # stopped early: nothing of its output is wanted any more
+        with contextlib.suppress(OSError):
+            self._out.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=10)
+        with contextlib.suppress(OSError):
+            self._log.close()
+
+
+def _iter_movie(info: VideoInfo, start: int, end: int, progress: Progress | None,
+                into: Callable[[int], np.ndarray] | None = None) -> Iterator[np.ndarray]:
+    """Frames ``start..end-1``, each a new array (``into(i)``: the array to read frame i into)."""
+    pipe = _RawFrames(info, end)
+    try:
+        scratch = np.empty(pipe.shape, np.uint8)  # the frames before start: decoded, not kept
+        for i in range(end):
+            out = scratch if i < start else (into(i) if into is not None else np.empty(pipe.shape, np.uint8))
+            if not pipe.read_into(out):
+                raise InveError(f"{info.path} ended after {i} frames; expected at least {end}")
             if i >= start:
-                yield np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
+                yield out
             elif progress is not None:
                 progress.cancel.raise_if_cancelled()
-            i += 1
-            if i >= end:
-                return
-        raise InveError(f"{info.path} ended after {i} frames; expected at least {end}")
-    except RuntimeError as exc:  # truncated stream
-        raise InveError(f"cannot decode {info.path}: {exc}") from None
     finally:
-        gen.close()
+        pipe.close()
 
 
 def iter_frames(path: str | Path, start: int, end: int, info: VideoInfo | None = None,
-                progress: Progress | None = None) -> Iterator[np.ndarray]:
-    """Source-resolution RGB uint8 frames ``start..end-1``, one at a time."""
+                progress: Progress | None = None,
+                into: Callable[[int], np.ndarray] | None = None) -> Iterator[np.ndarray]:
+    """Source-resolution RGB uint8 frames ``start..end-1``, one at a time, each an array of
+    its own (the caller may keep it). ``into(i)``: for a movie, the array frame i is decoded
+    into (a shared-memory slot: no copy); an image folder's frames come as they are read."""
     info = info or probe(path)
     start, end = resolve_range(info, (start, end))
     if info.is_folder:
         return _iter_folder(info, start, end)
-    return _iter_movie(info, start, end, progress)
+    return _iter_movie(info, start, end, progress, into)
 
 
 class FrameSource:
@@ -385,18 +474,35 @@ class FrameSource:
         long as it has them: frames behind it (long gone from its slots) are decoded here."""
         self._ring = ring
 
-    def _start(self, t: int) -> None:
+    def clone(self) -> "FrameSource":
+        """The same frames with a decoder of its own (another thread reads this one)."""
+        twin = FrameSource(self.path, self.frames, (self.W, self.H), self.cache_frames)
+        twin._info = self._info
+        return twin
+
+    def _source_info(self) -> VideoInfo:
+        """What decoding needs to know of the source. A movie is not probed: counting its frames
+        decodes it whole (0.5 s of ffmpeg for box.mp4's 458 frames, on every pass); the
+        project knows its frames and size, and the decoder checks the size it decodes at
+        and says so if the movie ends before the project's last frame."""
+        path = Path(self.path)
+        if not path.exists():
+            raise InveError(f"the source video {self.path} is gone (moved or deleted); put it back "
+                            "to render this project's frames")
+        if path.is_dir():
+            info = probe(path)
+            if (info.width, info.height) != (self.W, self.H):
+                raise InveError(f"the source video {self.path} is {info.width}x{info.height} now, "
+                                f"the project was made from {self.W}x{self.H}")
+            return info
+        return VideoInfo(str(path), self.frames[-1] + 1, self.W, self.H, FOLDER_FPS)
+
+    def _start(self, t: int, into: Callable[[int], np.ndarray] | None = None) -> None:
         self.close()
         if self._info is None:
-            if not Path(self.path).exists():
-                raise InveError(f"the source video {self.path} is gone (moved or deleted); put it back "
-                                "to render this project's frames")
-            self._info = probe(self.path)
-            if (self._info.width, self._info.height) != (self.W, self.H):
-                raise InveError(f"the source video {self.path} is {self._info.width}x{self._info.height} now, "
-                                f"the project was made from {self.W}x{self.H}")
+            self._info = self._source_info()
         end = self.frames[-1] + 1
-        self._decoder = iter_frames(self.path, self.frames[t], end, info=self._info)
+        self._decoder = iter_frames(self.path, self.frames[t], end, info=self._info, into=into)
         self._next = t
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -427,10 +533,17 @@ class FrameSource:
                 self.close()
                 raise InveError(f"the source video {self.path} ended before frame {want}; "
                                 "it changed since the project was made") from None
+            except InveError:
+                self.close()
+                raise
             self.decoded += 1
+            if self._next < t and t - self._next < self.cache_frames:
+                # decoded on the way to t (each frame is an array of its own): asked for next,
+                # a frame just behind t would otherwise restart the decoder from the clip's start
+                self._keep(self._next, img)
             self._next += 1
         assert img is not None
-        return self._keep(t, np.array(img))  # own the pixels (the decoder's buffer is reused)
+        return self._keep(t, img)
 
     def _keep(self, t: int, img: np.ndarray) -> np.ndarray:
         img.flags.writeable = False
@@ -497,10 +610,9 @@ class FrameRing:
         self._thread.start()
 
     def _decode(self) -> None:
-        dec = FrameSource(self.source.path, self.source.frames, (self.source.W, self.source.H))
-        dec._info = self.source._info
+        dec = self.source.clone()
         try:
-            dec._start(0)
+            dec._start(0, into=lambda i: self._buf[(i - dec.frames[0]) % self.slots])  # no copy for a movie
             for t in range(self.n):
                 for sem in self._space:
                     while not sem.acquire(timeout=0.2):
@@ -513,7 +625,9 @@ class FrameRing:
                 except StopIteration:
                     raise InveError(f"the source video {self.source.path} ended before frame "
                                     f"{self.source.frames[t]}; it changed since the project was made") from None
-                self._buf[t % self.slots] = img
+                slot = self._buf[t % self.slots]
+                if img.ctypes.data != slot.ctypes.data:  # (an image folder's frames come as they are read)
+                    slot[...] = img
                 for sem in self._avail:
                     sem.release()
         except BaseException as exc:  # noqa: BLE001 - raised by the pass (render_parallel)
@@ -822,6 +936,78 @@ def encode_png_frame(img: np.ndarray) -> EncodedPNG:
     return EncodedPNG(data, hashlib.sha256(data).hexdigest())
 
 
+@dataclass(frozen=True)
+class WrittenPNG:
+    """A frame a render worker already encoded and wrote into the output folder under a
+    temporary name (:class:`PNGFrameWriter`), with the SHA-256 of its bytes: the writer of
+    the sequence only moves it into place."""
+
+    path: str
+    sha256: str
+
+    def discard(self) -> None:
+        """Remove the temporary file (the frame will not be used: the pass stopped)."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class PNGFrameWriter:
+    """``encode`` for forked render workers that write their own PNGs into ``folder``.
+
+    Why: a worker used to send every encoded PNG through a pipe to the process that forked
+    it, which wrote it again: box.mp4's 458 frames (180 MB) cost that process ~2 s of CPU
+    (pipe reads, temporary files, writes) while both cores were busy. Here each worker
+    encodes and writes its frames under temporary names of the output rule's form
+    (``.frames-TAG.inve-tmp-XXXX.png``: a later run into the folder clears leftovers) and only
+    the name and checksum go back (:class:`WrittenPNG`); :func:`write_png_sequence` moves each
+    into place in frame order with the folder's checks and journal
+    (``fsutil.OutputFolder.adopt``). The folder must exist when a worker writes (the
+    sequence's ``begin`` made it). :meth:`sweep`, once the workers are stopped, removes what
+    never landed (a cancel, an error: frames rendered past the stop)."""
+
+    def __init__(self, folder: Path) -> None:
+        import secrets  # noqa: PLC0415
+
+        self.folder = Path(folder)
+        self.prefix = f".frames-{secrets.token_hex(4)}{fsutil.TMP_TAG}"
+        self.mode = 0o666 & ~fsutil._umask()  # mkstemp makes 0600; files get normal permissions
+
+    def __call__(self, img: np.ndarray) -> WrittenPNG:
+        import tempfile  # noqa: PLC0415
+
+        enc = encode_png_frame(img)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=self.prefix, suffix=".png", dir=self.folder)
+        except OSError as exc:
+            raise fsutil.output_error(self.folder, exc) from None
+        try:
+            try:
+                view = memoryview(enc.data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, self.mode)
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise fsutil.output_error(self.folder / Path(tmp).name, exc) from None
+            raise
+        return WrittenPNG(tmp, enc.sha256)
+
+    def sweep(self) -> list[str]:
+        """Remove this writer's temporary files still in the folder (call once no worker
+        writes any more); returns their names."""
+        gone = []
+        with contextlib.suppress(OSError):
+            for p in self.folder.glob(self.prefix + "*"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    gone.append(p.name)
+        return gone
+
+
 def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
                        last_index: int | None = None,
                        on_written: Callable[[int, Path], None] | None = None) -> list[Path]:
@@ -835,7 +1021,10 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
     Numbered PNGs of an earlier run that this run did not rewrite are removed (if unchanged),
     so the folder holds exactly this sequence. ``on_written(index, path)`` is called as soon
     as each PNG is in place, for callers that stream frames onwards. An image may come already
-    encoded (:class:`EncodedPNG`, from a render worker); it is written as it is.
+    encoded (:class:`EncodedPNG`, from a render worker; it is written as it is) or already
+    written into ``folder`` under a temporary name (:class:`WrittenPNG`, from a
+    :class:`PNGFrameWriter` in a render worker; it is moved into place, or removed if the
+    run stops first).
     """
     from collections import deque  # noqa: PLC0415
     from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415
@@ -843,9 +1032,15 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
     out = fsutil.OutputFolder(folder, "output folder").begin()
     written: list[Path] = []
 
-    def land(index: int, fut: Future | EncodedPNG) -> None:
-        enc = fut if isinstance(fut, EncodedPNG) else fut.result()
-        p = out.write_bytes(frame_file_name(index, last_index), enc.data, enc.sha256)
+    ready = (EncodedPNG, WrittenPNG)
+
+    def land(index: int, fut: Future | EncodedPNG | WrittenPNG) -> None:
+        name = frame_file_name(index, last_index)
+        if isinstance(fut, WrittenPNG):
+            p = out.adopt(name, fut.path, fut.sha256)
+        else:
+            enc = fut if isinstance(fut, EncodedPNG) else fut.result()
+            p = out.write_bytes(name, enc.data, enc.sha256)
         written.append(p)
         if on_written is not None:
             on_written(index, p)
@@ -855,21 +1050,24 @@ def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
         # the folder's bookkeeping is touched) on this thread only, in order. At most
         # PNG_IN_FLIGHT frames wait, and a failed write stops the run at the next frame.
         with ThreadPoolExecutor(max_workers=PNG_WRITERS, thread_name_prefix="inve-png") as pool:
-            pending: deque[tuple[int, Future | EncodedPNG]] = deque()
+            pending: deque[tuple[int, Future | EncodedPNG | WrittenPNG]] = deque()
             try:
                 for index, img in frames:
                     if int(index) < 0:
+                        if isinstance(img, WrittenPNG):
+                            img.discard()
                         raise ValueError(f"negative frame index {index}")
-                    pending.append((int(index), img if isinstance(img, EncodedPNG) else
-                                    pool.submit(encode_png_frame, img)))
-                    while len(pending) > PNG_IN_FLIGHT or (pending and (isinstance(pending[0][1], EncodedPNG)
+                    pending.append((int(index), img if isinstance(img, ready) else pool.submit(encode_png_frame, img)))
+                    while len(pending) > PNG_IN_FLIGHT or (pending and (isinstance(pending[0][1], ready)
                                                                         or pending[0][1].done())):
                         land(*pending.popleft())
                 while pending:
                     land(*pending.popleft())
             finally:
                 for _, fut in pending:
-                    if not isinstance(fut, EncodedPNG):
+                    if isinstance(fut, WrittenPNG):
+                        fut.discard()
+                    elif not isinstance(fut, EncodedPNG):
                         fut.cancel()
     except BaseException as exc:
         out.abort(type(exc).__name__ if not str(exc) else str(exc).splitlines()[0])

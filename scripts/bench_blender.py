@@ -124,6 +124,8 @@ def bench_long(bpy: Any, project: Path, work: Path) -> dict[str, Any]:
         out[f"{name}_propagate_s"] = round(time.perf_counter() - t0, 2)
         out[f"{name}_engine_cpu_s"] = round(_service_cpu() - c0, 2)
         assert jobs.last().state.ok, jobs.last().outcome
+    rss, peak = rss_mb(service.MANAGER.client.pid)
+    out["service_rss_mb"], out["service_peak_mb"] = round(rss), round(peak)
     return out
 
 
@@ -232,7 +234,8 @@ def main() -> None:
               f"(engine CPU {r['warm_engine_cpu_s']:.1f} s with its workers); shown again "
               f"{r['warm_show_propagate_s']:.2f} s (CPU {r['warm_show_engine_cpu_s']:.1f} s), recoloured "
               f"{r['warm_recolour_propagate_s']:.2f} s (CPU {r['warm_recolour_engine_cpu_s']:.1f} s), a stroke "
-              f"added {r['warm_add_propagate_s']:.2f} s (CPU {r['warm_add_engine_cpu_s']:.1f} s)")
+              f"added {r['warm_add_propagate_s']:.2f} s (CPU {r['warm_add_engine_cpu_s']:.1f} s); service memory "
+              f"{r['service_rss_mb']} MB (peak {r['service_peak_mb']} MB)")
     print(f"\nBlender add-on on the engine service (bpy {bpy.app.version_string}, {os.cpu_count()} CPUs; "
           f"Blender-side CPU {time.process_time() - cpu0:.0f} s)")
     print("| clip | frames | cold Propagate | warm Propagate | preview after a layer change (median / max) "

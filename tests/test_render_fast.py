@@ -253,6 +253,34 @@ def test_edit_command_with_workers_writes_what_one_process_writes(tmp_path, monk
     a = np.stack(list(iter_frames(tmp_path / "m1.mp4", 0, 18)))
     b = np.stack(list(iter_frames(tmp_path / "m2.mp4", 0, 18)))
     assert np.array_equal(a, b)
+    assert fsutil.output_dir_state(tmp_path / "png2")["complete"]
+
+    # the workers write their own PNGs (core.video.PNGFrameWriter); the rule holds as before:
+    # a frame the user changed is not replaced, a cancel keeps what landed, and no temporary
+    # file of a worker stays behind either way
+    from core.errors import Cancelled, InveError
+
+    def temps(folder):
+        return [q.name for q in folder.iterdir() if fsutil.TMP_TAG in q.name]
+
+    (tmp_path / "png2" / "0003.png").write_bytes(b"mine")
+    with pytest.raises(InveError, match="changed after inve wrote it"):
+        edit_command(tmp_path / "p", tmp_path / "EDITS.json", tmp_path / "png2", Progress("none"), render_workers=2)
+    assert (tmp_path / "png2" / "0003.png").read_bytes() == b"mine" and not temps(tmp_path / "png2")
+
+    class CancelAt(Progress):
+        def update(self, stage, step, total, force=False, **extra):
+            if stage == "render" and step >= 7:
+                self.cancel.cancel()
+            super().update(stage, step, total, force, **extra)
+
+    with pytest.raises(Cancelled):
+        edit_command(tmp_path / "p", tmp_path / "EDITS.json", tmp_path / "png3", CancelAt("none"), render_workers=2)
+    state = fsutil.output_dir_state(tmp_path / "png3")
+    landed = sorted(q.name for q in (tmp_path / "png3").glob("*.png"))
+    assert state["complete"] is False and 5 <= len(landed) < 18 and set(landed) <= set(state["files"])
+    assert all((tmp_path / "png3" / n).read_bytes() == (tmp_path / "png1" / n).read_bytes() for n in landed)
+    assert not temps(tmp_path / "png3")
 
 
 def test_frame_ring_memory_is_bounded_by_bytes_not_only_frames():

@@ -74,9 +74,9 @@ def service(projects, monkeypatch):
     monkeypatch.setattr(core.serve, "render_workers", lambda session: 2)
     monkeypatch.setattr(parallel, "AHEAD_BYTES", 1)
 
-    def make():
+    def make(**kwargs):
         stream = _Stream()
-        return core.serve.Service(stream), stream
+        return core.serve.Service(stream, **kwargs), stream
     return make
 
 
@@ -245,3 +245,95 @@ def test_kept_textures_fit_the_store_budget(projects):
     assert geometry_key(specs[0]) in a.textures and store.texture_bytes() == 4 * 2**20
     a.keep(specs[3], Renderer(8))  # bigger than the budget alone: kept (a pass uses it), the rest go
     assert list(a.textures) == [geometry_key(specs[3])] and not b.textures
+
+
+@pytest.mark.parametrize("kind", ["plain", "segmented"])
+def test_kept_layers_are_composited_not_rendered_and_give_the_uncached_bytes(projects, service, kind, tmp_path,
+                                                                              monkeypatch):
+    """After a Propagate the service keeps each layer's rendered frames (core/edits/patch_cache.py):
+    adding a layer *between* two kept ones renders only the new one, in the forked workers,
+    and the frames are byte for byte those of a service that keeps nothing."""
+    from core.edits.paint import TextureRenderer
+
+    root, plain, seg, _ = projects
+    project = plain if kind == "plain" else seg
+    svc, stream = service()
+    before = propagate(svc, stream, 1, project, [ADJUST, PAINT], root, tmp_path / "a")
+    assert svc.patches.bytes > 0 and len(svc.patches) >= 2 * T  # the workers' patches came back
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("a kept layer was rendered again")
+    with monkeypatch.context() as m:
+        m.setattr(TextureRenderer, "render", no_render)  # the paint and adjust layers' renderer
+        kept = propagate(svc, stream, 3, project, [ADJUST, SKETCH, PAINT], root, tmp_path / "b")
+    none_svc, none_stream = service(patch_cache_mb=0)
+    uncached = propagate(none_svc, none_stream, 1, project, [ADJUST, SKETCH, PAINT], root, tmp_path / "c")
+    assert none_svc.patches.bytes == 0
+    assert all(np.array_equal(a, b) for a, b in zip(kept, uncached))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, kept))  # the stroke is there
+
+
+def test_a_segment_retrained_alone_renders_every_layer_again(projects, service, tmp_path, monkeypatch):
+    """A layer reaches a segment through the seams of the others, so re-baking one segment's
+    maps (``inve correct`` of its frames) makes every kept frame of every segment stale: the
+    service reloads the project (its top folder may not have changed) and renders again."""
+    import shutil
+
+    import core.serve
+    from core.edits.paint import TextureRenderer
+
+    root, _, seg0, mappings = projects
+    shutil.copytree(seg0.path, tmp_path / "seg")
+    seg = Project.open(tmp_path / "seg")
+    for sub, sub0 in zip(seg.segments(), seg0.segments()):
+        mappings[sub.path.resolve()] = mappings[sub0.path.resolve()]
+    monkeypatch.setattr(core.serve, "render_workers", lambda session: 1)  # count renders here
+    calls = []
+    render = TextureRenderer.render
+    monkeypatch.setattr(TextureRenderer, "render", lambda self, ctx, t: calls.append(t) or render(self, ctx, t))
+    svc, stream = service()
+    first = propagate(svc, stream, 1, seg, [ADJUST], root, tmp_path / "a")
+    n = len(calls)
+    assert n >= T
+    propagate(svc, stream, 3, seg, [ADJUST], root, tmp_path / "b")
+    assert len(calls) == n  # all kept
+    _set_checkpoint(seg.segments()[2], 300)  # the last segment re-baked; the first two unchanged
+    again = propagate(svc, stream, 5, seg, [ADJUST], root, tmp_path / "c")
+    assert len(calls) == 2 * n  # every segment's frames rendered again
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))  # (the same maps: the same frames)
+
+
+def test_kept_patches_are_exact_and_within_the_budget():
+    """A kept patch composites to the bytes of the rendered one; the cache keeps within its
+    byte budget, dropping layers no pass uses first and never what the current pass uses."""
+    from core.edits.context import Patch
+    from core.edits.patch_cache import Kept, PatchCache
+    from core.edits.render import composite, composite_overlay
+
+    rng = np.random.default_rng(0)
+    a = np.zeros((40, 50), np.float32)
+    a[5:9, 3:40] = rng.random((4, 37), dtype=np.float32)  # a thin stroke: kept sparse
+    rgb = a[..., None] * rng.random((40, 50, 3), dtype=np.float32)
+    rgb[0, 0] = -0.0
+    dense = Patch(10, 12, rng.random((8, 9, 3), dtype=np.float32) * 0.5, rng.random((8, 9), dtype=np.float32))
+    thin = Patch(20, 4, rgb, a)
+    frame = rng.integers(0, 256, (64, 96, 3), np.uint8)
+    kept = [Kept.of(thin), Kept.of(dense)]
+    assert kept[0].index is not None and kept[1].index is None and kept[0].nbytes < thin.nbytes / 3
+    back = [k.patch() for k in kept]
+    assert np.array_equal(composite(frame, [thin, dense]), composite(frame, back))
+    assert np.array_equal(composite_overlay((64, 96), [thin, dense]), composite_overlay((64, 96), back))
+
+    size = sum(k.nbytes for k in kept) + 256
+    cache = PatchCache(max_bytes=10 * size)
+    cache.begin_pass()
+    for t in range(4):
+        cache.put("tok", "old", t, [thin, dense])
+    cache.begin_pass()  # another stack: "old" is not used by it
+    for t in range(8):
+        cache.put("tok", "new", t, [thin, dense])
+    assert cache.bytes <= cache.max_bytes and cache.frames("tok", "new") == 8 and cache.frames("tok", "old") == 0
+    for t in range(4):
+        cache.put("tok", "more", t, [thin, dense])  # this pass uses "new" too: later frames not kept
+    assert cache.frames("tok", "new") == 8 and cache.frames("tok", "more") == 2 and cache.bytes <= cache.max_bytes
+    assert cache.get("tok", "more", 3) is None and cache.get("other", "new", 0) is None

@@ -122,6 +122,11 @@ def test_cpu_fits_sample_by_error_and_fine_tuning_stays_uniform():
     assert _trainer(TrainConfig(minutes=1.0, error_share=0.0)).errors is None
     tuned = _trainer(TrainConfig(minutes=1.0), schedules=[FullDetail()])
     assert tuned.errors is None
+    # a resumed fit goes on from the map it had, not a flat one
+    again = _trainer(TrainConfig(minutes=1.0, batch=512))
+    again.load_state(tr.state())
+    assert torch.allclose(again.errors.err, tr.errors.err, rtol=1e-3, atol=1e-6)
+    assert not torch.equal(again.errors.err, before)
 
 
 def test_inverse_polish_and_the_regularisers_see_only_uniform_samples():

@@ -89,22 +89,28 @@ def _render_out(session: Any, project: Project, layers: list[EditLayer], out: Pa
     info = project.info
     T = session.ctx.T
     from core.edits.parallel import default_workers
-    from core.video import encode_png_frame
+    from core.video import PNGFrameWriter
 
     # several render processes where the platform forks (the frames are the same, in order);
-    # for PNGs each worker also encodes its frames. A segmented session's workers each walk
-    # the segments of their blocks, after the layers were carried through every seam here.
+    # for PNGs each worker also encodes and writes its frames (core.video.PNGFrameWriter:
+    # this process only moves them into place). A segmented session's workers each walk the
+    # segments of their blocks, after the layers were carried through every seam here.
     workers = default_workers(T) if render_workers is None else max(1, int(render_workers))
-    stream = session.render_all(progress, overlay=overlay, workers=workers,
-                                encode=encode_png_frame if kind != "movie" else None)
-    if kind == "movie":
-        from core.video import write_movie
+    writer = PNGFrameWriter(Path(out)) if kind != "movie" else None
+    stream = session.render_all(progress, overlay=overlay, workers=workers, encode=writer)
+    try:
+        if kind == "movie":
+            from core.video import write_movie
 
-        write_movie(Path(out), (img for _, img in stream), info.fps, overwrite=overwrite)
-    else:
-        from core.video import write_png_sequence
+            write_movie(Path(out), (img for _, img in stream), info.fps, overwrite=overwrite)
+        else:
+            from core.video import write_png_sequence
 
-        write_png_sequence(Path(out), ((info.frames[t], img) for t, img in stream), last_index=info.frames[-1])
+            write_png_sequence(Path(out), ((info.frames[t], img) for t, img in stream), last_index=info.frames[-1])
+    finally:
+        stream.close()  # the workers stop (an error, a cancel): nothing is written after this
+        if writer is not None:
+            writer.sweep()  # frames written past the stop, never moved into place
     seconds = time.monotonic() - start
     shown = sum(1 for l in layers if l.visible)
     return {"output": str(Path(out).resolve()), "frames": T, "layers": len(layers), "visible_layers": shown,

@@ -28,6 +28,12 @@ and :meth:`GeometryStore.scope` hands out a new, empty scope -- nothing stale is
 Forked render workers (``core.edits.parallel``) inherit the scopes; what a worker settles
 comes back with its frames (:meth:`GeometryScope.collect` there, :meth:`GeometryScope.merge`
 here), so the service holds every frame's geometry after one pass.
+
+A store the service keeps also holds the layers' rendered patches
+(:class:`~core.edits.patch_cache.PatchCache`, shared by the service's projects): a scope
+keys them by its :attr:`GeometryScope.token` (its name and identity, and the store's
+``salt``: the source file and, for a segmented shot, every segment's checkpoint), and they
+travel from the workers back with the geometry.
 """
 from __future__ import annotations
 
@@ -76,6 +82,34 @@ def geometry_identity(project: Any, maps: Any, refine: bool) -> str:
     return hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def project_salt(project: Any) -> str:
+    """What a project's rendered patches depend on beyond one (sub)project's identity: the
+    source file (its path, size and modification time: an adjust layer recolours its pixels)
+    and, for a segmented shot, every segment's baked maps (``meta.json``, naming their
+    checkpoint): a layer reaches a segment through the seams of the others, so retraining any
+    segment changes every segment's patches. Reads a few small files: cheap at every open."""
+    body: list[Any] = []
+    try:
+        src = project.source_path()
+        st = src.stat()
+        body.append([str(src), st.st_size, st.st_mtime_ns])
+    except (OSError, AttributeError, Exception):  # noqa: BLE001 - no source: frames are stored
+        body.append(None)
+    if getattr(project, "is_segmented", False):
+        for sub in project.segments():
+            path = sub._maps_path()
+            entry: Any = None
+            if path is not None:
+                meta = path / "meta.json" if path.is_dir() else path
+                try:
+                    entry = hashlib.sha1(meta.read_bytes()).hexdigest() if path.is_dir() else \
+                        [path.stat().st_size, path.stat().st_mtime_ns]
+                except OSError:
+                    entry = None
+            body.append([sub.path.name, entry])
+    return hashlib.sha1(json.dumps(body, default=str).encode()).hexdigest()[:20]
+
+
 def geometry_key(spec: Any) -> str:
     """The part of a layer's content its per-frame geometry depends on.
 
@@ -101,9 +135,11 @@ def geometry_key(spec: Any) -> str:
 class GeometryScope:
     """One (sub)project's kept geometry, valid for one :func:`geometry_identity`."""
 
-    def __init__(self, identity: str = "", store: "GeometryStore | None" = None) -> None:
+    def __init__(self, identity: str = "", store: "GeometryStore | None" = None, name: str = "") -> None:
         self.identity = identity
+        self.name = name
         self.store = store  # shares the texture budget with the project's other scopes
+        self._token: tuple[str | None, str] = (None, "")
         self.carried: OrderedDict[str, Any] = _Bounded(MAX_STROKES)  # stroke key -> CarriedStroke
         self.textures: OrderedDict[str, list[Any]] = OrderedDict()  # geometry key -> [AtlasTexture]
         self.tracks: OrderedDict[str, Any] = OrderedDict()  # geometry key -> RigidTrack
@@ -113,6 +149,22 @@ class GeometryScope:
         # what was known when the current pass started (a forked worker reports only what it adds)
         self._known_strokes: dict[str, np.ndarray] = {}
         self._known_corr: dict[tuple[str, int], frozenset[int]] = {}
+
+    # -- kept patches ---------------------------------------------------------------------
+    @property
+    def patches(self) -> Any:
+        """The service's :class:`~core.edits.patch_cache.PatchCache` (None: nothing kept
+        beyond a session, as in ``inve edit``)."""
+        return self.store.patches if self.store is not None else None
+
+    @property
+    def token(self) -> str:
+        """What this scope's patches are kept under: the store's salt, the scope's name and
+        its identity (module docstring)."""
+        salt = self.store.salt if self.store is not None else ""
+        if self._token[0] != salt:
+            self._token = (salt, hashlib.sha1(f"{salt}|{self.name}|{self.identity}".encode()).hexdigest()[:24])
+        return self._token[1]
 
     # -- renderers ----------------------------------------------------------------------
     def attach(self, spec: Any, renderer: Any) -> None:
@@ -215,10 +267,12 @@ class GeometryScope:
             for n, tex in enumerate(texs):
                 if t in tex.corrections and t not in self._known_corr.get((k, n), ()):
                     corr.append((k, n, tex.corrections[t]))
-        if not strokes and not corr and not rendered:
+        cache = self.patches
+        patches = cache.take_new() if cache is not None else []
+        if not strokes and not corr and not rendered and not patches:
             return None
         return {"identity": self.identity, "t": int(t), "strokes": strokes, "corrections": corr,
-                "rendered": rendered}
+                "rendered": rendered, "patches": patches}
 
     def merge(self, found: dict[str, Any]) -> None:
         """Take what a worker found (:meth:`collect`) into the kept geometry. Anything for
@@ -239,6 +293,10 @@ class GeometryScope:
         for k in found["rendered"]:
             if k in self.textures:
                 self.rendered.setdefault(k, set()).add(t)
+        cache = self.patches
+        if cache is not None:
+            for token, key, tt, kept in found.get("patches", ()):
+                cache.add(token, key, tt, kept)
 
 
 class _Bounded(OrderedDict):
@@ -263,19 +321,45 @@ def _trim(d: OrderedDict, n: int) -> None:
 class GeometryStore:
     """The scopes of one project (a segmented project: one per segment), by name."""
 
-    def __init__(self, max_texture_bytes: int | None = None) -> None:
+    def __init__(self, max_texture_bytes: int | None = None, patches: Any = None) -> None:
         self._scopes: dict[str, GeometryScope] = {}
         self.max_texture_bytes = MAX_TEXTURE_BYTES if max_texture_bytes is None else max_texture_bytes
         self.clock = 0  # ticks at every texture use, in any scope: the order to drop them in
+        # the layers' rendered patches (core/edits/patch_cache.py), where the owner keeps them
+        self.patches = patches
+        self.salt = ""
+
+    def set_salt(self, salt: str) -> None:
+        """What the project's patches depend on beyond each scope (:func:`project_salt`); a
+        new salt forgets every patch kept under the old one."""
+        if salt == self.salt:
+            return
+        if self.patches is not None:
+            for s in self._scopes.values():
+                self.patches.drop_token(s.token)
+        self.salt = salt
 
     def scope(self, name: str, identity: str) -> GeometryScope:
         """The scope ``name`` for ``identity``: the kept one when the identity is the same,
-        else a new empty one (the old geometry belongs to another checkpoint and is dropped)."""
+        else a new empty one (the old geometry belongs to another checkpoint and is dropped,
+        with its patches)."""
         s = self._scopes.get(name)
         if s is None or s.identity != identity:
-            s = GeometryScope(identity, self)
+            if s is not None and self.patches is not None:
+                self.patches.drop_token(s.token)
+            s = GeometryScope(identity, self, name)
             self._scopes[name] = s
         return s
+
+    def forget_patches(self) -> None:
+        """Drop every patch kept for this project (the service closed it)."""
+        if self.patches is not None:
+            for s in self._scopes.values():
+                self.patches.drop_token(s.token)
+
+    def peek(self, name: str) -> GeometryScope | None:
+        """The scope kept as ``name``, if any (its identity as when last opened)."""
+        return self._scopes.get(name)
 
     def texture_bytes(self) -> int:
         return sum(s.texture_bytes(k) for s in self._scopes.values() for k in s.textures)

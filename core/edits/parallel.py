@@ -201,6 +201,15 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
     sent = 0
     pending: dict[int, Any] = {}
     merge = getattr(session, "merge_geometry", None)
+
+    def beside() -> None:
+        # what went wrong beside the workers, which may be why they stopped: the caller's
+        # (check) first, then the decoder's own error
+        if check is not None:
+            check()
+        if ring is not None and ring.error is not None:
+            raise ring.error
+
     try:
         for _ in range(min(len(blocks), workers + 1)):
             tasks.put(blocks[sent])
@@ -212,20 +221,14 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
                 try:
                     got, payload, err, found = results.get(timeout=1.0)
                 except queue.Empty:
-                    if check is not None:
-                        check()
-                    if ring is not None and ring.error is not None:
-                        raise ring.error
+                    beside()
                     dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
                     if dead:
                         raise InveError(f"a render worker stopped unexpectedly (exit code {dead[0].exitcode}); "
                                         "out of memory? try again with fewer frames") from None
                     continue
                 if err is not None:
-                    if check is not None:
-                        check()
-                    if ring is not None and ring.error is not None:
-                        raise ring.error  # what stopped the workers: the decoder's own error
+                    beside()
                     kind, msg, user = err
                     if user:
                         raise InveError(msg)
@@ -238,6 +241,8 @@ def render_parallel(session: Any, workers: int, overlay: bool = False,
                 sent += 1
             yield t, pending.pop(t)
     finally:
+        for payload in pending.values():  # rendered ahead, never handed on (say, PNGs already written)
+            getattr(payload, "discard", lambda: None)()
         if ring is not None:
             ring.close()
         for p in procs:

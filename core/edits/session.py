@@ -4,12 +4,14 @@ Why: interactive editing (the Blender add-on, or a script) changes one layer at 
 The session keeps each layer's frame-independent work (carried strokes, atlas textures,
 sticker tracks) keyed by the layer's content hash and each layer's per-frame patches in a
 bounded cache, so adding a stroke costs one batched mapping call for that stroke plus a
-re-composite of the frame shown.
+re-composite of the frame shown. The patches are kept in the service's
+:class:`~core.edits.patch_cache.PatchCache` where the session's geometry scope belongs to
+one (they then outlive the session and come back from forked render workers), else in a
+cache of the session's own.
 """
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -18,6 +20,7 @@ import torch
 
 from core.edits.context import Patch, RenderContext
 from core.edits.geometry import GeometryScope
+from core.edits.patch_cache import PatchCache
 from core.edits.paint import AdjustRenderer, AtlasPaintRenderer, PaintRenderer
 from core.edits.render import composite, composite_overlay
 from core.edits.sketch import SketchRenderer, StrokeCache
@@ -92,8 +95,11 @@ class EditSession:
         self.geometry = geometry if geometry is not None else GeometryScope()
         self._strokes = StrokeCache()
         self._strokes.carried = self.geometry.carried
-        self._patches: OrderedDict[tuple[str, int], list[Patch]] = OrderedDict()
-        self._patch_bytes = 0
+        # each layer's patches per frame: the owner's (kept across sessions and passes, fed by
+        # render workers too) or this session's own (kept only for what renders here)
+        shared = self.geometry.patches
+        self.shared_patches = shared is not None
+        self.patches: PatchCache = shared if shared is not None else PatchCache(cache_bytes)
         self.cache_bytes = cache_bytes
         if layers:
             self.set_layers(layers)
@@ -105,8 +111,10 @@ class EditSession:
         live = {l.key for l in self.layers}
         for k in [k for k in self._renderers if k not in live]:
             del self._renderers[k]
-        for k in [k for k in self._patches if k[0] not in live]:
-            self._drop(k)
+        if not self.shared_patches:  # the owner's cache keeps them for a layer shown again
+            token = self.geometry.token
+            for key in self.patches.layer_keys(token) - live:
+                self.patches.drop((token, key))
 
     def set_edits(self, doc: Any, base: Path, fname: str = "edits") -> None:
         """Validate and set a stack from a decoded EDITS document (images relative to ``base``)."""
@@ -119,10 +127,6 @@ class EditSession:
         return {L: int(a.shape[0]) for L, a in self.ctx.maps.atlas.items()}
 
     # -- caches -------------------------------------------------------------------------
-    def _drop(self, k: tuple[str, int]) -> None:
-        patches = self._patches.pop(k)
-        self._patch_bytes -= sum(p.nbytes for p in patches)
-
     def renderer(self, spec: EditLayer, prepare: bool = True) -> Renderer:
         """The layer's renderer; ``prepare`` does its all-frames work now (else lazily as needed)."""
         r = self._renderers.get(spec.key)
@@ -136,17 +140,29 @@ class EditSession:
         return r
 
     def layer_patches(self, spec: EditLayer, t: int, cache: bool = True) -> list[Patch]:
-        k = (spec.key, t)
-        if k in self._patches:
-            self._patches.move_to_end(k)
-            return self._patches[k]
+        """The layer's patches at frame t: kept ones, or rendered (and kept where ``cache``, or
+        where the owner keeps them: a render worker of the service's Propagate hands them
+        back with the frame; ``inve edit``'s workers keep nothing)."""
+        token = self.geometry.token
+        kept = self.patches.get(token, spec.key, t)
+        if kept is not None:
+            return kept
         patches = self.renderer(spec, prepare=False).render(self.ctx, t)
-        if cache:
-            self._patches[k] = patches
-            self._patch_bytes += sum(p.nbytes for p in patches)
-            while self._patch_bytes > self.cache_bytes and len(self._patches) > 1:
-                self._drop(next(iter(self._patches)))
+        if cache or self.shared_patches:
+            self.patches.put(token, spec.key, t, patches)
         return patches
+
+    def missing(self, frames: range | None = None) -> int:
+        """(Visible layer, frame) pairs of ``frames`` (default: all) whose patches are not kept:
+        what a pass would render rather than composite."""
+        frames = range(self.ctx.T) if frames is None else frames
+        token = self.geometry.token
+        total = 0
+        for l in self.layers:
+            if l.visible:
+                kept = self.patches.kept_frames(token, l.key)  # (marked used by this pass)
+                total += sum(t not in kept for t in frames)
+        return total
 
     # -- rendering ------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -192,6 +208,8 @@ class EditSession:
         geometry is known now is noted (render workers report only what they add)."""
         self.ctx.forget_chains()
         self.geometry.mark()
+        if not self.shared_patches:
+            self.patches.begin_pass()  # (the owner's cache: the owner says when a pass begins)
 
     def settled(self, frames: range | None = None) -> bool:
         """The geometry of the visible layers is kept for every frame of ``frames`` (default:
