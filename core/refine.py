@@ -377,6 +377,8 @@ def _templates(levels: list[Level], t0: int, x0: np.ndarray, offs: torch.Tensor,
     cache = levels[0].templates
     if key in cache:
         cache.move_to_end(key)
+        for lv in levels:  # the drawing frame stays among the recent frames (as when sampled):
+            lv.image(int(t0))  # another point set drawn there needs it (a decoder would restart)
         return cache[key]
     x0t = torch.from_numpy(np.asarray(x0, np.float32))
     tmpl, tmask = [], []

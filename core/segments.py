@@ -1506,6 +1506,14 @@ class SegmentedSession:
 
     def merge_geometry(self, found: Any) -> None:
         if self._held is not None:  # the carrying thread still uses the scopes: merged after it
+            k, got = found
+            cache = self.store.patches
+            if cache is not None and got.get("patches"):
+                # rendered patches go to the owner's cache now (the carrying thread never uses
+                # it): held to the end of the pass they would be a whole shot's, beyond its budget
+                for token, key, t, kept in got["patches"]:
+                    cache.add(token, key, t, kept)
+                found = (k, {**got, "patches": []})
             self._held.append(found)
             return
         k, got = found

@@ -140,6 +140,7 @@ class PatchCache:
         self.epoch = 0  # passes begun: a pass does not drop the groups it used
         self._pid = os.getpid()  # the process that keeps; a forked worker hands on instead
         self._new: list[tuple[str, str, int, tuple[Kept, ...]]] = []
+        self._sent = 0  # (in a render worker) bytes handed to the parent this pass
         self.hits = self.misses = 0
 
     # -- use -------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ class PatchCache:
         """A pass over the frames starts (before its workers fork)."""
         self.epoch += 1
         self._new.clear()
+        self._sent = 0
 
     def has(self, token: str, key: str, t: int) -> bool:
         g = self._groups.get((token, key))
@@ -190,7 +192,11 @@ class PatchCache:
         if self.max_bytes <= 0:
             return
         if os.getpid() != self._pid:
-            self._new.append((token, key, int(t), kept))
+            # a render worker: the parent keeps at most max_bytes, so no worker sends more
+            size = _size(kept)
+            if self._sent + size <= self.max_bytes:
+                self._sent += size
+                self._new.append((token, key, int(t), kept))
             return
         self.add(token, key, int(t), kept)
 
