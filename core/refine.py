@@ -27,6 +27,7 @@ All positions are source pixels; frames are grey float arrays.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,6 +55,15 @@ class RefineConfig:
     affine_iters: int = 6
     min_ncc: float = 0.75  # a worse best match is rejected
     min_texture: float = 3e-5  # smallest eigenvalue of the mean gradient structure tensor (grey 0..1 per sample)
+    #: a point whose patch where the match starts has less than this share of ``min_texture``
+    #: is rejected before the integer search. Why: most points of a stroke on a plain surface
+    #: are flat, and were searched and matched only to be rejected by the texture test at the
+    #: match (box.mp4's edit pass: 70 % of the points searched were; the search and the first
+    #: Gauss-Newton are over half of a match's CPU). Half the threshold at the start dropped
+    #: 44 % of the points searched there, and 5 of the 1479 that passed at the match
+    #: (a match 1-5 samples away from a flat start is mostly a look-alike); refinement's CPU
+    #: fell by ~20 %. 0 turns it off.
+    min_texture_start: float = 0.5
     min_shown: float = 0.4  # share of the template window that must show the point's layer
     max_shift: float = 6.0  # largest accepted correction, in samples of the coarsest level
     #: share of the (Gaussian) window that must lie inside the target frame: a patch cut by
@@ -92,7 +102,8 @@ def grey(img: np.ndarray) -> torch.Tensor:
 
     a = np.asarray(img)
     if a.dtype == np.uint8:
-        g = cv2.cvtColor(a.astype(np.float32) * np.float32(1.0 / 255.0), cv2.COLOR_RGB2GRAY)
+        # one pass (the float32 product of the converted value, as astype then multiply gives)
+        g = cv2.cvtColor(np.multiply(a, np.float32(1.0 / 255.0), dtype=np.float32), cv2.COLOR_RGB2GRAY)
     else:
         g = cv2.cvtColor(np.ascontiguousarray(a, dtype=np.float32), cv2.COLOR_RGB2GRAY)
     return torch.from_numpy(np.ascontiguousarray(g, dtype=np.float32))[None, None]
@@ -106,9 +117,28 @@ def _sample(img: torch.Tensor, xy: torch.Tensor, size: tuple[int, int]) -> torch
     """
     W, H = size
     shape = xy.shape[:-1]
-    g = xy.reshape(1, 1, -1, 2) * torch.tensor([2.0 / W, 2.0 / H]) - 1.0
+    g = _to_grid(xy, torch.tensor([2.0 / W, 2.0 / H])).reshape(1, 1, -1, 2)
     out = F.grid_sample(img, g.float(), mode="bilinear", padding_mode="border", align_corners=False)
     return out.reshape(shape)
+
+
+def _to_grid(xy: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``xy * scale - 1.0`` for positions [..., 2] and a per-axis ``scale`` [2]: the same numbers
+    (element by element the same two operations), computed with the scale repeated along the
+    positions so that the innermost dimension is long (a broadcast over an innermost dimension
+    of 2 runs a scalar loop, ~3x slower: this conversion was a third of a Gauss-Newton step)."""
+    m = xy.shape[-2] if xy.dim() > 1 else 1
+    return (xy.reshape(-1, 2 * m) * scale.repeat(m) - 1.0).reshape(xy.shape)
+
+
+def _add_offsets(x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """``x[:, None] + offs[None, :, None, :]``: positions [n, P, 2] each moved by every offset
+    [K, 2] -> [n, K, P, 2]. The same numbers as the broadcast add, with the offsets laid out
+    along the positions first (a long innermost dimension: see :func:`_to_grid`)."""
+    n, P = x.shape[:2]
+    K = offs.shape[0]
+    rows = offs[:, None, :].expand(K, P, 2).reshape(1, K, 2 * P)
+    return (x.reshape(n, 1, 2 * P) + rows).reshape(n, K, P, 2)
 
 
 def _ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -150,7 +180,8 @@ def _in_frame(pos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     by ``min_shown``.
     """
     W, H = size
-    return ((pos[..., 0] >= 0) & (pos[..., 0] <= W) & (pos[..., 1] >= 0) & (pos[..., 1] <= H)).float()
+    lim = torch.tensor([float(W), float(H)])
+    return ((pos >= 0) & (pos <= lim)).all(-1).float()
 
 
 def _seen_at(levels: list["Level"], mask: LayerMask | None, t: int, xy: np.ndarray) -> np.ndarray:
@@ -178,6 +209,8 @@ class Level:
         self.frames, self.step, self.size = frames, step, size
         self._cache: dict[int, torch.Tensor] = {}
         self._pinned: dict[int, torch.Tensor] = {}
+        #: the templates of the last few point sets (:func:`_templates`; kept on the first level)
+        self.templates: OrderedDict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = OrderedDict()
 
     def pin(self, t: int) -> None:
         """Keep frame t (loaded now, while its pixels are at hand) beyond the recent few."""
@@ -236,7 +269,7 @@ def _gauss_newton(lv: "Level", t: int, p: torch.Tensor, A: torch.Tensor, G: torc
     h = 0.5 * lv.step
     # the value and its four central-difference neighbours: q + (0, 0), (h, 0), (-h, 0),
     # (0, h), (0, -h) (the same numbers as q, q + ex, q - ex, ...: adding 0 or -h is exact)
-    stencil = torch.tensor([[0.0, 0.0], [h, 0.0], [-h, 0.0], [0.0, h], [0.0, -h]])[None, :, None, :]
+    stencil = torch.tensor([[0.0, 0.0], [h, 0.0], [-h, 0.0], [0.0, h], [0.0, -h]])
     fixed = p[:, None, :] + _warp(A + G, o) if ridge is None else None  # G only changes with ridge
     # the template's weighted mean and spread do not change between iterations
     Tm = (w * T_).sum(-1, keepdim=True) / sw1
@@ -249,7 +282,7 @@ def _gauss_newton(lv: "Level", t: int, p: torch.Tensor, A: torch.Tensor, G: torc
         # numbers as five calls (each output depends only on its own position), a fifth of the
         # per-call overhead that dominated this loop (~30 small calls per point set and level);
         # built rows first ([n, 5, P, 2], one broadcast add), as a row sampler reads them
-        S = sample(q[:, None] + stencil, rows_first=True)
+        S = sample(_add_offsets(q, stencil), rows_first=True)
         I, xp, xm, yp, ym = S.unbind(1)
         gxv = (xp - xm) / lv.step
         gyv = (yp - ym) / lv.step
@@ -278,6 +311,24 @@ def _gauss_newton(lv: "Level", t: int, p: torch.Tensor, A: torch.Tensor, G: torc
     return delta, G, (Hxx, Hxy, Hyy), sw
 
 
+def _texture_of(Hs: tuple, sw: torch.Tensor, step: float) -> torch.Tensor:
+    """The smallest eigenvalue of the mean structure tensor (sums ``Hs`` = (Hxx, Hxy, Hyy) of
+    weight ``sw``), per sample of a level of ``step`` source px: how well a patch pins a position."""
+    a_, b_, d_ = (h / sw * step ** 2 for h in Hs)
+    return 0.5 * (a_ + d_) - torch.sqrt((0.5 * (a_ - d_)) ** 2 + b_ * b_)
+
+
+def _texture(sample: Callable[..., torch.Tensor], base: torch.Tensor, w: torch.Tensor, lv: "Level") -> torch.Tensor:
+    """:func:`_texture_of` of the patches at template positions ``base`` [n, P, 2] (weights ``w``),
+    from the central differences :func:`_gauss_newton` takes there."""
+    h = 0.5 * lv.step
+    S = sample(_add_offsets(base.reshape(len(base), -1, 2), torch.tensor([[h, 0.0], [-h, 0.0], [0.0, h], [0.0, -h]])),
+               rows_first=True)
+    gx, gy = (S[:, 0] - S[:, 1]) / lv.step, (S[:, 2] - S[:, 3]) / lv.step
+    return _texture_of(((w * gx * gx).sum(-1), (w * gx * gy).sum(-1), (w * gy * gy).sum(-1)),
+                       w.sum(-1).clamp_min(1e-6), lv.step)
+
+
 def _search(grid: Callable[[torch.Tensor], torch.Tensor], base: torch.Tensor, T_: torch.Tensor,
             w: torch.Tensor, lv: "Level", cfg: RefineConfig) -> torch.Tensor:
     """The integer shift [n, 2] (source px, within +-``cfg.search`` samples of level ``lv``) whose
@@ -293,7 +344,7 @@ def _search(grid: Callable[[torch.Tensor], torch.Tensor], base: torch.Tensor, T_
                                       indexing="xy"), -1).reshape(-1, 2) * lv.step  # [C, 2]
     # candidates built directly in grid_sample coordinates: one pass over [n, C, P, 2]
     scale = torch.tensor([2.0 / lv.size[0], 2.0 / lv.size[1]])
-    scores = _ncc_search(grid((base * scale - 1.0)[:, None] + (cand * scale)[None, :, None, :]), T_, w)
+    scores = _ncc_search(grid(_add_offsets(_to_grid(base, scale), cand * scale)), T_, w)
     return cand[scores.argmax(1)]
 
 
@@ -316,7 +367,19 @@ def _patch_window(r: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _templates(levels: list[Level], t0: int, x0: np.ndarray, offs: torch.Tensor, window: torch.Tensor,
                mask: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per level, the points' patches in the drawing frame [N, P] (the same for every target
-    frame) and their weights: the window, zero outside the frame and, with ``mask``, off the layer."""
+    frame) and their weights: the window, zero outside the frame and, with ``mask``, off the layer.
+
+    Kept for the last TEMPLATES point sets (by drawing frame, points, window and ``mask``, which
+    must then be the same object for the same layer): rendering matches the same stroke or
+    texture anchors again in every frame, and building their templates was ~8 % of a match.
+    Callers never modify them."""
+    key = (int(t0), np.ascontiguousarray(x0, np.float64).tobytes(), len(offs), mask)
+    cache = levels[0].templates
+    if key in cache:
+        cache.move_to_end(key)
+        for lv in levels:  # the drawing frame stays among the recent frames (as when sampled):
+            lv.image(int(t0))  # another point set drawn there needs it (a decoder would restart)
+        return cache[key]
     x0t = torch.from_numpy(np.asarray(x0, np.float32))
     tmpl, tmask = [], []
     for lv in levels:
@@ -324,7 +387,14 @@ def _templates(levels: list[Level], t0: int, x0: np.ndarray, offs: torch.Tensor,
         tmpl.append(lv.sample(t0, pos))
         tw = window[None] * _in_frame(pos, lv.size)
         tmask.append(tw * mask(t0, pos) if mask is not None else tw)
+    cache[key] = (tmpl, tmask)
+    while len(cache) > TEMPLATES:
+        cache.popitem(last=False)
     return tmpl, tmask
+
+
+#: point sets whose templates are kept (:func:`_templates`)
+TEMPLATES = 16
 
 
 def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.ndarray, pred: np.ndarray,
@@ -391,6 +461,9 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
             if li == 0:
                 shown = w.sum(-1) / window.sum()
                 ok &= shown >= cfg.min_shown
+                if cfg.min_texture_start > 0:  # flat at the start (refine_independent drops these)
+                    ok &= _texture(lambda X, rows_first=False: lv.sample(tt, X), base, w, lv) >= \
+                        cfg.min_texture_start * cfg.min_texture
                 # integer search around the prediction (in samples of this level)
                 img = lv.image(tt)
                 delta = _search(lambda g: F.grid_sample(img, g.reshape(1, 1, -1, 2), mode="bilinear",
@@ -476,9 +549,9 @@ class _RowSampler:
         """Source positions [..., R, P, 2] (rows at dim -3) -> values [..., R, P]; with
         ``rows_first``, [R, K..., 2] -> [R, K...]."""
         if rows_first:
-            return self.grid(xy * self.scale - 1.0)
+            return self.grid(_to_grid(xy, self.scale))
         x = xy.movedim(-3, 0) if xy.dim() > 3 else xy
-        out = self.grid(x * self.scale - 1.0)
+        out = self.grid(_to_grid(x, self.scale))
         return out.movedim(0, -2) if xy.dim() > 3 else out
 
 
@@ -558,8 +631,13 @@ def refine_independent(levels: list[Level], t0: int, x0: np.ndarray, frames: np.
         base, w = keep(ok, base, w)
         if len(live) == 0:
             return Refined(out, accepted, ncc_out, shift_out)
-        T_ = tmpl[li][sel_t]
         smp = samplers[li].subset(live)
+        if li == 0 and cfg.min_texture_start > 0:
+            base, w = keep(_texture(smp, base, w, lv) >= cfg.min_texture_start * cfg.min_texture, base, w)
+            if len(live) == 0:
+                return Refined(out, accepted, ncc_out, shift_out)
+            smp = samplers[li].subset(live)
+        T_ = tmpl[li][sel_t]
         if li == 0:
             delta = _search(smp.grid, base, T_, w, lv, cfg)
         delta, _, Hs, sw = _gauss_newton(lv, -1, p, A, G, o, delta, w, T_, _level_iters(cfg, li, levels), None,

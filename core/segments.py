@@ -543,6 +543,9 @@ def _carried_types() -> dict[str, type]:
     @dataclass
     class TextureAdjustLayer(AdjustLayer):
         texture: Any = None  # AtlasTexture of the region's coverage in this segment's atlas
+        # the key it was carried under (recolouring keeps the texture, changes ``key``): what
+        # the region's per-frame lookups are kept under (core/edits/session.py)
+        mask_key: str = ""
 
         def make_renderer(self, stroke_cache: Any) -> Any:
             return TextureAdjustRenderer(self)
@@ -1182,7 +1185,7 @@ class SegmentedSession:
                 out.append(_carried_type("texture_adjust")(
                     type="adjust", frame=t_j + aj, t=t_j, layer=carried.layer, key=key, polygon=None, hue=spec.hue,
                     saturation=spec.saturation, brightness=spec.brightness, contrast=spec.contrast,
-                    feather=spec.feather, texture=carried, **common))
+                    feather=spec.feather, texture=carried, mask_key=key, **common))
             else:
                 out.append(_carried_type("texture_paint")(type="paint", frame=t_j + aj, t=t_j, layer=carried.layer,
                                                           key=key, texture=carried, **common))
@@ -1503,6 +1506,14 @@ class SegmentedSession:
 
     def merge_geometry(self, found: Any) -> None:
         if self._held is not None:  # the carrying thread still uses the scopes: merged after it
+            k, got = found
+            cache = self.store.patches
+            if cache is not None and got.get("patches"):
+                # rendered patches go to the owner's cache now (the carrying thread never uses
+                # it): held to the end of the pass they would be a whole shot's, beyond its budget
+                for token, key, t, kept in got["patches"]:
+                    cache.add(token, key, t, kept)
+                found = (k, {**got, "patches": []})
             self._held.append(found)
             return
         k, got = found

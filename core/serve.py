@@ -624,6 +624,13 @@ def serve_command(max_projects: int = 4, patch_cache_mb: float | None = None) ->
     """Run the service on this process's stdin/stdout until shutdown or EOF."""
     import signal
 
+    if patch_cache_mb is None and os.environ.get("INVE_PATCH_CACHE_MB", "").strip():
+        # the add-on starts the service without flags: its environment can still set the budget
+        try:
+            patch_cache_mb = float(os.environ["INVE_PATCH_CACHE_MB"])
+        except ValueError:
+            raise InveError(f"INVE_PATCH_CACHE_MB must be a number of MB, got "
+                            f"{os.environ['INVE_PATCH_CACHE_MB']!r}") from None
     if patch_cache_mb is not None and patch_cache_mb < 0:
         raise InveError(f"--patch-cache-mb must be 0 or more, got {patch_cache_mb:g}")
     service = Service(protocol_stream(), max_projects=max_projects, patch_cache_mb=patch_cache_mb)

@@ -113,6 +113,30 @@ def test_tracks_report_their_own_error(drifting):
     assert np.median(far) > 1.0
 
 
+def test_frames_matched_in_one_batch_are_each_matched_as_alone(drifting):
+    """Rendering refines one frame at a time, and any batching of frames (a block, a chain
+    depth) must not change a frame's result: a preview, the serial and the parallel pass must
+    agree bit for bit. One ``independent`` call over several frames (on both layers, flat and
+    textured points, some near the border) equals one call per frame, exactly."""
+    clip, project = drifting
+    gt = clip.gt
+    ctx = RenderContext(project, mapping=DriftingMapping(gt, amount=3.0))
+    rng = np.random.default_rng(11)
+    xy0 = np.vstack([rng.uniform([3, 3], [157, 109], (30, 2)), [[1.0, 50.0], [158.0, 5.0]]])
+    frames = np.array([3, 9, 26, 40, 47])
+    accepted = 0
+    for layer in ("bg", "fg"):
+        _, xy, ok = ctx.propagate(layer, xy0, 0, frames=frames, refine=False)
+        batch = ctx.refine(layer, xy0, 0, frames, xy, ok, independent=True)
+        for i, t in enumerate(frames):
+            one = ctx.refine(layer, xy0, 0, np.array([t]), xy[i:i + 1], ok[i:i + 1])
+            for k in ("xy", "accepted", "ncc", "shift"):
+                assert np.array_equal(getattr(batch, k)[i], getattr(one, k)[0], equal_nan=True), (layer, t, k)
+        accepted += int(batch.accepted.sum())
+        assert not batch.accepted.all()  # some points are rejected (hidden, flat or cut by the border)
+    assert accepted >= 40  # and most are matched: the comparison is about real matches
+
+
 def test_dense_stroke_vertices_are_corrected_by_their_matched_neighbours(drifting):
     """Many points in one call (a stroke's vertices): matched on a subset, all corrected."""
     clip, project = drifting

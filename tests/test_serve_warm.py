@@ -247,16 +247,16 @@ def test_kept_textures_fit_the_store_budget(projects):
     assert list(a.textures) == [geometry_key(specs[3])] and not b.textures
 
 
-@pytest.mark.parametrize("kind", ["plain", "segmented"])
-def test_kept_layers_are_composited_not_rendered_and_give_the_uncached_bytes(projects, service, kind, tmp_path,
+def test_kept_layers_are_composited_not_rendered_and_give_the_uncached_bytes(projects, service, tmp_path,
                                                                               monkeypatch):
     """After a Propagate the service keeps each layer's rendered frames (core/edits/patch_cache.py):
     adding a layer *between* two kept ones renders only the new one, in the forked workers,
-    and the frames are byte for byte those of a service that keeps nothing."""
+    and the frames are byte for byte those of a service that keeps nothing. (A segmented
+    shot: its layers reach the later segments through the seams; a plain project's session
+    is the same code, and the hide/show test above runs it cached.)"""
     from core.edits.paint import TextureRenderer
 
-    root, plain, seg, _ = projects
-    project = plain if kind == "plain" else seg
+    root, _, project, _ = projects
     svc, stream = service()
     before = propagate(svc, stream, 1, project, [ADJUST, PAINT], root, tmp_path / "a")
     assert svc.patches.bytes > 0 and len(svc.patches) >= 2 * T  # the workers' patches came back
@@ -264,7 +264,7 @@ def test_kept_layers_are_composited_not_rendered_and_give_the_uncached_bytes(pro
     def no_render(*args, **kwargs):
         raise AssertionError("a kept layer was rendered again")
     with monkeypatch.context() as m:
-        m.setattr(TextureRenderer, "render", no_render)  # the paint and adjust layers' renderer
+        m.setattr(TextureRenderer, "lookups", no_render)  # the paint and adjust layers' renderer
         kept = propagate(svc, stream, 3, project, [ADJUST, SKETCH, PAINT], root, tmp_path / "b")
     none_svc, none_stream = service(patch_cache_mb=0)
     uncached = propagate(none_svc, none_stream, 1, project, [ADJUST, SKETCH, PAINT], root, tmp_path / "c")
@@ -289,14 +289,17 @@ def test_a_segment_retrained_alone_renders_every_layer_again(projects, service, 
         mappings[sub.path.resolve()] = mappings[sub0.path.resolve()]
     monkeypatch.setattr(core.serve, "render_workers", lambda session: 1)  # count renders here
     calls = []
-    render = TextureRenderer.render
-    monkeypatch.setattr(TextureRenderer, "render", lambda self, ctx, t: calls.append(t) or render(self, ctx, t))
+    lookups = TextureRenderer.lookups
+    monkeypatch.setattr(TextureRenderer, "lookups", lambda self, ctx, t: calls.append(t) or lookups(self, ctx, t))
     svc, stream = service()
     first = propagate(svc, stream, 1, seg, [ADJUST], root, tmp_path / "a")
     n = len(calls)
     assert n >= T
     propagate(svc, stream, 3, seg, [ADJUST], root, tmp_path / "b")
     assert len(calls) == n  # all kept
+    recoloured = propagate(svc, stream, 7, seg, [{**ADJUST, "hue": 0.6}], root, tmp_path / "r")
+    assert len(calls) == n  # the region's lookups were kept: only its colours were applied again
+    assert any(not np.array_equal(a, b) for a, b in zip(first, recoloured))
     _set_checkpoint(seg.segments()[2], 300)  # the last segment re-baked; the first two unchanged
     again = propagate(svc, stream, 5, seg, [ADJUST], root, tmp_path / "c")
     assert len(calls) == 2 * n  # every segment's frames rendered again

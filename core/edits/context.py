@@ -112,6 +112,7 @@ class RenderContext:
         self.refine_enabled = self.REFINE
         self.refine_cfg = RefineConfig()
         self._levels: list[Level] | None = None
+        self._masks: dict[str, Any] = {}
         self._links: dict[tuple, np.ndarray] = {}
         # the drawing frame's Jacobian of a point set (the same for every frame it is matched in)
         self._j0: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -299,8 +300,7 @@ class RenderContext:
         return self.refine_sets(layer, t_from, frames, [(xy0, xy, ok)])[0]
 
     def refine_sets(self, layer: str, t_from: int, frames: np.ndarray,
-                    sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                    independent: bool = False) -> list[np.ndarray]:
+                    sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """Refine several point sets drawn on ``layer`` at ``t_from`` in ONE matching call.
 
         ``sets``: (xy0 [n, 2], xy [F, n, 2] propagated to ``frames``, cycle-consistent [F, n]).
@@ -323,7 +323,7 @@ class RenderContext:
         x0_all = np.concatenate([np.asarray(x0, np.float64).reshape(-1, 2)[sub] for (x0, _, _), sub in zip(sets, subs)])
         xy_all = np.concatenate([xy[:, sub] for (_, xy, _), sub in zip(sets, subs)], axis=1)
         ok_all = np.concatenate([ok[:, sub] for (_, _, ok), sub in zip(sets, subs)], axis=1)
-        r = self.refine_chained(layer, x0_all, t_from, frames, xy_all, ok_all, independent=independent)
+        r = self.refine_chained(layer, x0_all, t_from, frames, xy_all, ok_all)
         out = []
         for (xy0, xy, _), sub, a in zip(sets, subs, starts):
             rxy, racc = r.xy[:, a:a + len(sub)], r.accepted[:, a:a + len(sub)]
@@ -361,7 +361,7 @@ class RenderContext:
         return out
 
     def refine_chained(self, layer: str, xy0: np.ndarray, t_from: int, frames: np.ndarray, xy: np.ndarray,
-                       ok: np.ndarray, independent: bool = False) -> Refined:
+                       ok: np.ndarray) -> Refined:
         """:meth:`refine`; a frame far from ``t_from`` where too few points match from the
         mapping's place (CHAIN_BELOW of its points, and of what the link itself matched) is
         matched again from the correction its chain link measured (core.refine.chain_parent;
@@ -376,7 +376,7 @@ class RenderContext:
         frames = np.asarray(frames, int)
         direct = self.CHAIN_BELOW is not None
         self.chain((layer, int(t_from), hash(np.ascontiguousarray(xy0, np.float64).tobytes())), int(t_from))
-        r = self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False, independent=independent) if direct else None
+        r = self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False) if direct else None
         need = []
         for i, f in enumerate(frames):
             if chain_parent(int(f), t_from) is None:
@@ -386,7 +386,7 @@ class RenderContext:
                 need.append(i)
         if not need:
             return self.trust_confirmed(layer, frames, xy, r if r is not None
-                                        else self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False, independent=independent))
+                                        else self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False))
         prior = np.zeros_like(xy)
         keep = []
         for i in need:
@@ -401,12 +401,11 @@ class RenderContext:
         if not need:
             return self.trust_confirmed(layer, frames, xy, r)
         if r is None:
-            r = self.refine(layer, xy0, t_from, frames, xy + prior, ok, confirmed=False, independent=independent)
+            r = self.refine(layer, xy0, t_from, frames, xy + prior, ok, confirmed=False)
             rows = np.arange(len(frames))
         else:
             rows = np.array(need)
-            r2 = self.refine(layer, xy0, t_from, frames[rows], (xy + prior)[rows], ok[rows],
-                             confirmed=False, independent=independent)
+            r2 = self.refine(layer, xy0, t_from, frames[rows], (xy + prior)[rows], ok[rows], confirmed=False)
             better = r2.accepted.sum(1) > r.accepted[rows].sum(1)
             rows = rows[better]
             r.xy[rows], r.accepted[rows], r.ncc[rows] = r2.xy[better], r2.accepted[better], r2.ncc[better]
@@ -731,8 +730,15 @@ class RenderContext:
         return np.stack([(uv[0] - uv[1]) / (2 * h), (uv[2] - uv[3]) / (2 * h)], -1)
 
     def _layer_mask(self, layer: str):
+        """The layer's mask sampler for refinement (None without a foreground): one object per
+        layer, kept, so that core.refine can keep the templates it weighted."""
         if not self.has_fg:
             return None
+        if layer not in self._masks:
+            self._masks[layer] = self._make_layer_mask(layer)
+        return self._masks[layer]
+
+    def _make_layer_mask(self, layer: str):
 
         # the layer's pixels less a band of MASK_ERODE working pixels along its edge: the
         # fitted alpha's edge lags the object's by about a pixel, and the occluder's pixels in

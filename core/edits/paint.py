@@ -46,14 +46,15 @@ class TextureRenderer(abc.ABC):
             self.textures = self.build(ctx)
 
     def render(self, ctx: RenderContext, t: int) -> list[Patch]:
+        return [self.to_patch(ctx, t, box, vals) for box, vals in self.lookups(ctx, t)]
+
+    def lookups(self, ctx: RenderContext, t: int) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+        """The textures looked up at frame t: (box, [h, w, C] values) of those it shows, in
+        order; :meth:`to_patch` makes each a patch (an owner may keep these: an adjust
+        layer's lookups do not depend on its colours, core/edits/session.py)."""
         if self.textures is None:
             self.prepare(ctx)
-        out = []
-        for tex in self.textures:
-            res = sample_texture(ctx, tex, t)
-            if res is not None:
-                out.append(self.to_patch(ctx, t, *res))
-        return out
+        return [res for tex in self.textures if (res := sample_texture(ctx, tex, t)) is not None]
 
     def to_patch(self, ctx: RenderContext, t: int, box: tuple[int, int, int, int], vals: np.ndarray) -> Patch:
         return Patch(box[0], box[1], np.ascontiguousarray(vals[..., :3]), np.ascontiguousarray(vals[..., 3]))

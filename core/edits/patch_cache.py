@@ -72,25 +72,51 @@ class Kept:
         rgba = np.empty((h, w, 4), np.float32)
         rgba[..., :3] = p.rgb
         rgba[..., 3] = p.a
-        if np.count_nonzero(p.a) >= DENSE_FROM * h * w:  # mostly covered: no need to look closer
-            return cls(p.x0, p.y0, h, w, None, rgba)
-        bits = rgba.reshape(-1, 4).view(np.uint32)  # any bit set: a value to keep (-0.0 included)
-        covered = np.flatnonzero((bits[:, 0] | bits[:, 1]) | (bits[:, 2] | bits[:, 3]))
+        return cls.of_array(p.x0, p.y0, rgba, p.a)
+
+    @classmethod
+    def of_array(cls, x0: int, y0: int, values: np.ndarray, alpha: np.ndarray | None = None) -> "Kept":
+        """Any float32 [h, w, C] values at (x0, y0) (``alpha``: their coverage, if known)."""
+        h, w, C = values.shape
+        values = np.ascontiguousarray(values, np.float32)
+        if alpha is not None and np.count_nonzero(alpha) >= DENSE_FROM * h * w:
+            return cls._dense(x0, y0, values)  # mostly covered: no need to look closer
+        bits = values.reshape(-1, C).view(np.uint32)  # any bit set: a value to keep (-0.0 included)
+        nz = bits[:, 0] != 0
+        for c in range(1, C):
+            nz |= bits[:, c] != 0
+        covered = np.flatnonzero(nz)
         if covered.size >= DENSE_FROM * h * w:
-            return cls(p.x0, p.y0, h, w, None, rgba)
+            return cls._dense(x0, y0, values)
         dtype = np.uint16 if h * w <= 1 << 16 else np.int32
-        return cls(p.x0, p.y0, h, w, covered.astype(dtype), rgba.reshape(-1, 4)[covered])
+        kept = values.reshape(-1, C)[covered]
+        kept.setflags(write=False)
+        return cls(int(x0), int(y0), h, w, covered.astype(dtype), kept)
+
+    @classmethod
+    def _dense(cls, x0: int, y0: int, values: np.ndarray) -> "Kept":
+        # handed out as it is (:meth:`patch`): read-only, so no caller can change what is kept
+        if values.flags.writeable:
+            values = values.copy() if values.base is not None or not values.flags.owndata else values
+            values.setflags(write=False)
+        h, w = values.shape[:2]
+        return cls(int(x0), int(y0), h, w, None, values)
+
+    def array(self) -> np.ndarray:
+        """The values as they were given, [h, w, C] (uncovered pixels +0.0)."""
+        if self.index is None:
+            return self.values
+        C = self.values.shape[-1]
+        out = np.zeros((self.h * self.w, C), np.float32)
+        out[self.index] = self.values
+        return out.reshape(self.h, self.w, C)
 
     def patch(self) -> Patch:
-        if self.index is None:
-            rgba = self.values
-        else:
-            rgba = np.zeros((self.h * self.w, 4), np.float32)
-            rgba[self.index] = self.values
-            rgba = rgba.reshape(self.h, self.w, 4)
+        rgba = self.array()
         # uncovered pixels come back as +0.0 where they may have been -0.0: over a frame,
-        # x * 1 + 0 is x for either, so the composite's bytes are the same
-        return Patch(self.x0, self.y0, np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]))
+        # x * 1 + 0 is x for either, so the composite's bytes are the same. Views, not
+        # copies: compositing reads them slice by slice.
+        return Patch(self.x0, self.y0, rgba[..., :3], rgba[..., 3])
 
     @property
     def nbytes(self) -> int:
@@ -114,6 +140,7 @@ class PatchCache:
         self.epoch = 0  # passes begun: a pass does not drop the groups it used
         self._pid = os.getpid()  # the process that keeps; a forked worker hands on instead
         self._new: list[tuple[str, str, int, tuple[Kept, ...]]] = []
+        self._sent = 0  # (in a render worker) bytes handed to the parent this pass
         self.hits = self.misses = 0
 
     # -- use -------------------------------------------------------------------------------
@@ -121,6 +148,7 @@ class PatchCache:
         """A pass over the frames starts (before its workers fork)."""
         self.epoch += 1
         self._new.clear()
+        self._sent = 0
 
     def has(self, token: str, key: str, t: int) -> bool:
         g = self._groups.get((token, key))
@@ -146,14 +174,29 @@ class PatchCache:
         self._touch((token, key))
         return [k.patch() for k in kept]
 
+    def get_kept(self, token: str, key: str, t: int) -> tuple[Kept, ...] | None:
+        """What is kept under ``key`` at frame t, as kept (:meth:`put_kept`)."""
+        g = self._groups.get((token, key))
+        kept = g.get(t) if g is not None else None
+        if kept is not None:
+            self._touch((token, key))
+        return kept
+
     def put(self, token: str, key: str, t: int, patches: Sequence[Patch]) -> None:
         """Keep a layer's freshly rendered patches at frame t (in a forked render worker:
         noted for :meth:`take_new`, the parent keeps them)."""
+        if self.max_bytes > 0:
+            self.put_kept(token, key, t, tuple(Kept.of(p) for p in patches))
+
+    def put_kept(self, token: str, key: str, t: int, kept: tuple[Kept, ...]) -> None:
         if self.max_bytes <= 0:
             return
-        kept = tuple(Kept.of(p) for p in patches)
         if os.getpid() != self._pid:
-            self._new.append((token, key, int(t), kept))
+            # a render worker: the parent keeps at most max_bytes, so no worker sends more
+            size = _size(kept)
+            if self._sent + size <= self.max_bytes:
+                self._sent += size
+                self._new.append((token, key, int(t), kept))
             return
         self.add(token, key, int(t), kept)
 

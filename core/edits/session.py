@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from core.edits.context import Patch, RenderContext
-from core.edits.geometry import GeometryScope
-from core.edits.patch_cache import PatchCache
+from core.edits.geometry import GeometryScope, geometry_key
+from core.edits.patch_cache import Kept, PatchCache
 from core.edits.paint import AdjustRenderer, AtlasPaintRenderer, PaintRenderer
 from core.edits.render import composite, composite_overlay
 from core.edits.sketch import SketchRenderer, StrokeCache
@@ -147,10 +147,27 @@ class EditSession:
         kept = self.patches.get(token, spec.key, t)
         if kept is not None:
             return kept
-        patches = self.renderer(spec, prepare=False).render(self.ctx, t)
+        r = self.renderer(spec, prepare=False)
+        if self.shared_patches and isinstance(r, AdjustRenderer):
+            patches = self._adjust_patches(spec, r, token, t)
+        else:
+            patches = r.render(self.ctx, t)
         if cache or self.shared_patches:
             self.patches.put(token, spec.key, t, patches)
         return patches
+
+    def _adjust_patches(self, spec: EditLayer, r: AdjustRenderer, token: str, t: int) -> list[Patch]:
+        """An adjust layer's patches at t from its region's lookups there, kept by a key without
+        its colours: recolouring a region costs a decode and a colour map per frame, not the
+        region's lookup (and drift correction) again."""
+        key = "lookup|" + (getattr(spec, "mask_key", "") or geometry_key(spec))
+        kept = self.patches.get_kept(token, key, t)
+        if kept is None:
+            looks = r.lookups(self.ctx, t)
+            self.patches.put_kept(token, key, t, tuple(Kept.of_array(b[0], b[1], v) for b, v in looks))
+        else:
+            looks = [((k.x0, k.y0, k.x0 + k.w, k.y0 + k.h), k.array()) for k in kept]
+        return [r.to_patch(self.ctx, t, box, vals) for box, vals in looks]
 
     def missing(self, frames: range | None = None) -> int:
         """(Visible layer, frame) pairs of ``frames`` (default: all) whose patches are not kept:
