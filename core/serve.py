@@ -488,19 +488,24 @@ class Service:
                 while not isinstance(movie_q.get(), (type(None), BaseException)):  # type: ignore[union-attr]
                     pass  # keep the render loop from blocking on a dead writer
 
-        def rendered() -> Iterator[tuple[int, Any]]:
-            """Frames from the render workers (as ``inve edit``): PNGs encoded there unless a
-            movie needs the pixels here too."""
-            from core.video import encode_png_frame  # noqa: PLC0415
+        # PNGs encoded and written by the workers (as ``inve edit``: core.video.PNGFrameWriter)
+        # unless a movie needs the pixels here too
+        from core.video import PNGFrameWriter  # noqa: PLC0415
 
-            stream = session.render_all(progress, overlay=overlay, workers=workers,
-                                        encode=encode_png_frame if movie_q is None else None)
-            for t, img in stream:
-                if movie_error:
-                    raise movie_error[0]
-                if movie_q is not None:
-                    movie_q.put(alpha_over(ctx.frames[t], img) if overlay else img)
-                yield info.frames[t], img
+        png_writer = PNGFrameWriter(out) if workers > 1 and movie_q is None else None
+
+        def rendered() -> Iterator[tuple[int, Any]]:
+            """Frames from the render workers (as ``inve edit``)."""
+            stream = session.render_all(progress, overlay=overlay, workers=workers, encode=png_writer)
+            try:
+                for t, img in stream:
+                    if movie_error:
+                        raise movie_error[0]
+                    if movie_q is not None:
+                        movie_q.put(alpha_over(ctx.frames[t], img) if overlay else img)
+                    yield info.frames[t], img
+            finally:
+                stream.close()
 
         def frames() -> Iterator[tuple[int, np.ndarray]]:
             current = -1
@@ -523,14 +528,17 @@ class Service:
         mover = threading.Thread(target=movie_writer, name="inve-movie-writer", daemon=True) if movie_q else None
         if mover is not None:
             mover.start()
+        source = rendered() if workers > 1 else frames()
         try:
-            write_png_sequence(out, rendered() if workers > 1 else frames(), last_index=info.frames[-1],
-                               on_written=on_written)
+            write_png_sequence(out, source, last_index=info.frames[-1], on_written=on_written)
         except BaseException as exc:
             if movie_q is not None:
                 movie_q.put(exc if isinstance(exc, Cancelled) else InveError("propagate stopped"))
             raise
         finally:
+            source.close()  # the workers stop: nothing is written after this
+            if png_writer is not None:
+                png_writer.sweep()  # frames written past a stop, never moved into place
             if mover is not None:
                 movie_q.put(None)  # type: ignore[union-attr]
                 mover.join()

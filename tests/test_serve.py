@@ -483,6 +483,7 @@ def test_propagate_of_a_long_clip_renders_in_workers_streams_and_cancels(tmp_pat
     announced = [r["frame"] for r in stream.replies if r["id"] == 3 and r["event"] == "frame"]
     assert 3 <= len(announced) < n
     assert sorted(int(p.stem) for p in (tmp_path / "c").glob("*.png")) == announced
+    assert not [p.name for p in (tmp_path / "c").iterdir() if fsutil.TMP_TAG in p.name]  # no worker's leftovers
     assert not multiprocessing.active_children()
 
     # every frame's patches cached in the service (previews): hiding a layer re-composites here
