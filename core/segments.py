@@ -1573,13 +1573,13 @@ class SegmentedSession:
                         if j != last:
                             self.release(j)
                 return
-        from core.edits.parallel import SETTLE_SPARE, block_frames  # noqa: PLC0415
+        from core.edits.parallel import block_frames, settle_cache_frames  # noqa: PLC0415
 
         self.start_pass()
         current = -1
         B = block_frames(self.ctx.W, self.ctx.H)
         if hasattr(self.ctx.frames, "cache_frames"):  # the block's frames are read twice (parallel._worker)
-            self.ctx.frames.cache_frames = max(self.ctx.frames.cache_frames, B + SETTLE_SPARE)
+            self.ctx.frames.cache_frames = max(self.ctx.frames.cache_frames, settle_cache_frames(self.ctx.W, self.ctx.H))
         for t in range(T):
             before, current = current, self.enter(t, current)
             if t % B == 0 or current != before:  # as a render worker does (parallel._worker)

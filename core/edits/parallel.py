@@ -33,15 +33,25 @@ BLOCK = 8
 AHEAD_BYTES = 24 * 2**20
 #: shared memory of the pass's decoder (ring_slots): beyond it only the slots it cannot do without
 RING_BYTES = 256 * 2**20
-#: frames a worker's frame cache keeps beyond a block: refining a block up front reads the
-#: block's frames and a few more (drawing frames, chain links) before compositing reads the
-#: block's again, which must not restart the decoder
-SETTLE_SPARE = 4
+#: bytes of frames a frame cache keeps beyond what a block needs where blocks are refined
+#: up front (:func:`settle_cache_frames`)
+SETTLE_BYTES = 48 * 2**20
 
 
 def block_frames(width: int, height: int) -> int:
     """Frames per block: BLOCK, fewer (down to 2) for frames larger than 640x480-ish."""
     return max(2, min(BLOCK, AHEAD_BYTES // max(1, 3 * width * height)))
+
+
+def settle_cache_frames(width: int, height: int, gap: int = 0) -> int:
+    """Frames a decoder's cache keeps in a pass that refines each block up front
+    (``settle_block``): the ``gap`` frames read before the block, the block, and a few more
+    (within SETTLE_BYTES): refining the block reads its frames and then drawing frames and
+    chain links; compositing reads the block's frames again, and one evicted meanwhile is
+    behind the decoder, which would restart (from the keyframe before it)."""
+    B = block_frames(width, height)
+    spare = max(2, min(4, SETTLE_BYTES // max(1, 3 * width * height)))
+    return gap + B + 2 + spare
 
 
 def ring_slots(workers: int, block: int, frame_bytes: int = 0) -> int:
@@ -131,7 +141,7 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
         # reading the block's frames before they are composited: they must stay in the cache
         settle = getattr(session, "settle_block", None)
         if settle is not None and hasattr(frames, "cache_frames"):
-            frames.cache_frames = max(frames.cache_frames, block_frames(session.ctx.W, session.ctx.H) + SETTLE_SPARE)
+            frames.cache_frames = max(frames.cache_frames, settle_cache_frames(session.ctx.W, session.ctx.H, gap))
         after = 0  # the frame after this worker's previous block
         # a segmented session: blocks come in frame order, so the worker walks the segments as
         # a pass in one process does (opens each once, closes those it has left behind)
@@ -159,6 +169,12 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
                     if settle is not None and current != before and t != start:
                         settle(range(t, end))  # the block's frames in the segment entered here
                 if settle is not None and t == start:
+                    if gap:
+                        # in order first: refinement reads the frames it matches in, which
+                        # skips a frame whose points are all hidden, and the shared decoder
+                        # (FrameRing) does not keep a frame a worker read past
+                        for u in range(start, end):
+                            frames[u]
                     settle(range(start, end))
                 img = session.render_frame(t, cache=False, overlay=overlay)
                 session.visit(t)

@@ -309,11 +309,11 @@ class EditSession:
                         progress.update("render", t + 1, T)
                     yield t, out
                 return
-        from core.edits.parallel import SETTLE_SPARE, block_frames  # noqa: PLC0415
+        from core.edits.parallel import block_frames, settle_cache_frames  # noqa: PLC0415
 
         B = block_frames(self.ctx.W, self.ctx.H)
         if hasattr(self.ctx.frames, "cache_frames"):  # the block's frames are read twice (parallel._worker)
-            self.ctx.frames.cache_frames = max(self.ctx.frames.cache_frames, B + SETTLE_SPARE)
+            self.ctx.frames.cache_frames = max(self.ctx.frames.cache_frames, settle_cache_frames(self.ctx.W, self.ctx.H))
         for t in range(T):
             if t % B == 0:
                 self.settle_block(range(t, min(T, t + B)))  # as a render worker does (parallel._worker)
