@@ -1571,7 +1571,8 @@ class SegmentedSession:
         :meth:`EditSession.missing`), over the frames each segment renders. A layer not yet
         carried into every segment counts all its frames (it is new or changed). Opens no
         segment: a segment never opened under the current checkpoint counts as missing."""
-        from core.edits.geometry import geometry_key  # noqa: PLC0415
+        from core.edits.geometry import geometry_key, lookup_key  # noqa: PLC0415
+        from core.edits.spec import AdjustLayer  # noqa: PLC0415
 
         cache = self.store.patches
         T = self.ctx.T
@@ -1597,6 +1598,8 @@ class SegmentedSession:
                 for l in layers:
                     kept = cache.kept_frames(token, l.key)  # (marked used by this pass)
                     total += sum(f - a not in kept for f in range(lo, hi))
+                    if isinstance(l, AdjustLayer):  # its region's lookups: used once recoloured
+                        cache.kept_frames(token, lookup_key(l))
         return total
 
     def _carried_all(self) -> bool:

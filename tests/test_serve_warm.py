@@ -250,7 +250,8 @@ def test_kept_textures_fit_the_store_budget(projects):
 def test_kept_layers_are_composited_not_rendered_and_give_the_uncached_bytes(projects, service, tmp_path,
                                                                               monkeypatch):
     """After a Propagate the service keeps each layer's rendered frames (core/edits/patch_cache.py):
-    adding a layer *between* two kept ones renders only the new one, in the forked workers,
+    adding a layer *between* two kept ones renders only the new one, in the forked workers
+    (also after a preview of it with the cache full: the kept layers are not dropped for it),
     and the frames are byte for byte those of a service that keeps nothing. (A segmented
     shot: its layers reach the later segments through the seams; a plain project's session
     is the same code, and the hide/show test above runs it cached.)"""
@@ -260,6 +261,15 @@ def test_kept_layers_are_composited_not_rendered_and_give_the_uncached_bytes(pro
     svc, stream = service()
     before = propagate(svc, stream, 1, project, [ADJUST, PAINT], root, tmp_path / "a")
     assert svc.patches.bytes > 0 and len(svc.patches) >= 2 * T  # the workers' patches came back
+    # the cache is full; the stroke is added and previewed (as the add-on does) before the
+    # Propagate: one frame of the new layer must not drop what is kept of the others
+    svc.patches.max_bytes = svc.patches.bytes + 100
+    kept_before = {gk: len(g) for gk, g in svc.patches._groups.items()}
+    run(svc, stream, 10, "set_edits", project=str(project.path),
+        edits={"version": 1, "layers": [ADJUST, SKETCH, PAINT]}, base=str(root))
+    run(svc, stream, 11, "render_frame", project=str(project.path), frame=11, output=str(tmp_path / "p.png"),
+        overlay=True)
+    assert {gk: len(g) for gk, g in svc.patches._groups.items()} == kept_before
 
     def no_render(*args, **kwargs):
         raise AssertionError("a kept layer was rendered again")
@@ -340,3 +350,11 @@ def test_kept_patches_are_exact_and_within_the_budget():
         cache.put("tok", "more", t, [thin, dense])  # this pass uses "new" too: later frames not kept
     assert cache.frames("tok", "new") == 8 and cache.frames("tok", "more") == 2 and cache.bytes <= cache.max_bytes
     assert cache.get("tok", "more", 3) is None and cache.get("other", "new", 0) is None
+    # patches from a render worker arrive unpickled (writeable); a dense one is handed out as
+    # views of what is kept, so kept they are read-only
+    import pickle
+
+    cache.begin_pass()
+    cache.add("tok", "worker", 0, pickle.loads(pickle.dumps(tuple(kept))))
+    dense_back = cache.get("tok", "worker", 0)[1]
+    assert not dense_back.rgb.flags.writeable and not dense_back.a.flags.writeable

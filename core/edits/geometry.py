@@ -132,6 +132,13 @@ def geometry_key(spec: Any) -> str:
     return hashlib.sha1(json.dumps(body).encode()).hexdigest()[:20]
 
 
+def lookup_key(spec: Any) -> str:
+    """What an adjust layer's region lookups per frame are kept under in the patch cache
+    (core/edits/session.py): its region without its colours (a region carried into a
+    segment: the key it was carried under), so a recoloured layer reuses them."""
+    return "lookup|" + (getattr(spec, "mask_key", "") or geometry_key(spec))
+
+
 class GeometryScope:
     """One (sub)project's kept geometry, valid for one :func:`geometry_identity`."""
 

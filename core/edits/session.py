@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from core.edits.context import Patch, RenderContext
-from core.edits.geometry import GeometryScope, geometry_key
+from core.edits.geometry import GeometryScope, lookup_key
 from core.edits.patch_cache import Kept, PatchCache
 from core.edits.paint import AdjustRenderer, AtlasPaintRenderer, PaintRenderer
 from core.edits.render import composite, composite_overlay
@@ -160,7 +160,7 @@ class EditSession:
         """An adjust layer's patches at t from its region's lookups there, kept by a key without
         its colours: recolouring a region costs a decode and a colour map per frame, not the
         region's lookup (and drift correction) again."""
-        key = "lookup|" + (getattr(spec, "mask_key", "") or geometry_key(spec))
+        key = lookup_key(spec)
         kept = self.patches.get_kept(token, key, t)
         if kept is None:
             looks = r.lookups(self.ctx, t)
@@ -179,6 +179,8 @@ class EditSession:
             if l.visible:
                 kept = self.patches.kept_frames(token, l.key)  # (marked used by this pass)
                 total += sum(t not in kept for t in frames)
+                if isinstance(l, AdjustLayer):  # its region's lookups: used once recoloured
+                    self.patches.kept_frames(token, lookup_key(l))
         return total
 
     # -- rendering ------------------------------------------------------------------------
