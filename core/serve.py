@@ -119,7 +119,7 @@ class OpenProject:
     def __init__(self, path: Path, geometry: Any = None, patches: Any = None) -> None:
         from core.edits import EditSession
         from core.edits.context import RenderContext
-        from core.edits.geometry import GeometryStore, geometry_identity, project_salt
+        from core.edits.geometry import GeometryStore, geometry_identity, project_salt, source_stamp
         from core.project import Project
 
         self.path = path
@@ -127,7 +127,7 @@ class OpenProject:
         self.project = Project.open(path)
         self.geometry = geometry if geometry is not None else GeometryStore(patches=patches)
         self.salt = project_salt(self.project)
-        self.geometry.set_salt(self.salt)
+        self.geometry.set_salt(self.salt, source=source_stamp(self.project))
         if self.project.is_segmented:  # an edit session per segment, behind one interface
             from core.segments import SegmentedSession
 

@@ -19,7 +19,7 @@ import pytest
 from synth import make_clip, make_gt_project, make_gt_segmented_project
 from core import fsutil
 from core.edits.context import RenderContext
-from core.edits.geometry import GeometryStore, geometry_identity, geometry_key
+from core.edits.geometry import GeometryStore, geometry_identity, geometry_key, project_salt, source_stamp
 from core.edits.spec import parse_edits
 from core.project import Project
 
@@ -187,6 +187,25 @@ def test_identity_and_keys(projects):
     store = GeometryStore()
     s1 = store.scope("", a)
     assert store.scope("", a) is s1 and store.scope("", "other") is not s1
+    # an image-sequence source re-exported in place (same names, the folder's time unchanged):
+    # another salt, and the geometry matched on the old pixels goes too
+    src = root / "frames_src"
+    src.mkdir()
+    for i in range(3):
+        iio.imwrite(src / f"{i:04d}.png", np.full((4, 4, 3), 10 * i, np.uint8))
+    stub = type("Stub", (), {"source_path": lambda self: src, "is_segmented": False})()
+    salt, st = project_salt(stub), src.stat()
+    store.set_salt(salt, source_stamp(stub))
+    s2 = store.scope("", a)
+    store.set_salt(project_salt(stub), source_stamp(stub))  # reopened, nothing changed
+    assert store.scope("", a) is s2 and store.salt == salt
+    again = src / "0001.png"
+    iio.imwrite(again, np.full((4, 4, 3), 200, np.uint8))
+    os.utime(again, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # (re-exported a second later)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert project_salt(stub) != salt
+    store.set_salt(project_salt(stub), source_stamp(stub))
+    assert store.scope("", a) is not s2
     l1, l2, l3 = parse_edits({"layers": [ADJUST, {**ADJUST, "hue": 0.9, "contrast": 1.2},
                                          {**ADJUST, "region": {"polygon": [[0, 0], [9, 0], [9, 9]]}}]},
                              root, plain.info)
