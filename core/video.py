@@ -1007,7 +1007,8 @@ class PNGFrameWriter:
     it, which wrote it again: box.mp4's 458 frames (180 MB) cost that process ~2 s of CPU
     (pipe reads, temporary files, writes) while both cores were busy. Here each worker
     encodes and writes its frames under temporary names of the output rule's form
-    (``.frames-TAG.inve-tmp-XXXX.png``: a later run into the folder clears leftovers) and only
+    (``.frames-TAG.inve-tmp-PID-XXXX.png``: a later run into the folder clears them once
+    that pid is gone) and only
     the name and checksum go back (:class:`WrittenPNG`); :func:`write_png_sequence` moves each
     into place in frame order with the folder's checks and journal
     (``fsutil.OutputFolder.adopt``). The folder must exist when a worker writes (the
@@ -1018,7 +1019,8 @@ class PNGFrameWriter:
         import secrets  # noqa: PLC0415
 
         self.folder = Path(folder)
-        self.prefix = f".frames-{secrets.token_hex(4)}{fsutil.TMP_TAG}"
+        # (the pid of the process that runs the pass: its workers end with it)
+        self.prefix = f".frames-{secrets.token_hex(4)}{fsutil.tmp_tag()}"
         self.mode = 0o666 & ~fsutil._umask()  # mkstemp makes 0600; files get normal permissions
 
     def __call__(self, img: np.ndarray) -> WrittenPNG:
