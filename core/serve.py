@@ -519,7 +519,7 @@ class Service:
 
         # PNGs encoded and written by the workers (as ``inve edit``: core.video.PNGFrameWriter)
         # unless a movie needs the pixels here too
-        from core.video import PNGFrameWriter  # noqa: PLC0415
+        from core.video import PNGFrameWriter, stopped_then_swept  # noqa: PLC0415
 
         png_writer = PNGFrameWriter(out) if workers > 1 and movie_q is None else None
 
@@ -557,17 +557,14 @@ class Service:
         mover = threading.Thread(target=movie_writer, name="inve-movie-writer", daemon=True) if movie_q else None
         if mover is not None:
             mover.start()
-        source = rendered() if workers > 1 else frames()
         try:
-            write_png_sequence(out, source, last_index=info.frames[-1], on_written=on_written)
+            with stopped_then_swept(rendered() if workers > 1 else frames(), png_writer) as source:
+                write_png_sequence(out, source, last_index=info.frames[-1], on_written=on_written)
         except BaseException as exc:
             if movie_q is not None:
                 movie_q.put(exc if isinstance(exc, Cancelled) else InveError("propagate stopped"))
             raise
         finally:
-            source.close()  # the workers stop: nothing is written after this
-            if png_writer is not None:
-                png_writer.sweep()  # frames written past a stop, never moved into place
             if mover is not None:
                 movie_q.put(None)  # type: ignore[union-attr]
                 mover.join()

@@ -60,7 +60,12 @@ logging.getLogger("imageio_ffmpeg").addFilter(_RotationNotice())
 
 @dataclass
 class VideoInfo:
-    """What a source is: its path, exact frame count, size (W, H) and frame rate."""
+    """What a source is: its path, frame count, size (W, H) and frame rate.
+
+    From :func:`probe`: the exact frame count and rate. Built by :class:`FrameSource` for a
+    movie it does not probe: ``n_frames`` is only the frames it needs (the project's last
+    frame + 1; the decoder says so if the movie is shorter) and ``fps`` a placeholder
+    (``FOLDER_FPS``)."""
 
     path: str
     n_frames: int
@@ -1057,6 +1062,21 @@ class PNGFrameWriter:
                     p.unlink()
                     gone.append(p.name)
         return gone
+
+
+@contextlib.contextmanager
+def stopped_then_swept(stream: Any, writer: "PNGFrameWriter | None") -> Iterator[Any]:
+    """Use ``stream`` (the frames of render workers, or any generator) and, however that
+    ends, close it -- the workers stop: nothing is written after that -- and only then sweep
+    ``writer``'s temporary files (frames written past a stop, never moved into place)."""
+    try:
+        yield stream
+    finally:
+        try:
+            stream.close()
+        finally:
+            if writer is not None:
+                writer.sweep()
 
 
 def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],
