@@ -202,7 +202,9 @@ class Service:
         frames (all of them) only because the preview had not reached that layer yet."""
         missing = getattr(held.session, "missing", None)
         if missing is not None:
-            missing()
+            with self.patches.recording() as used:
+                missing()
+            self.patches.pin(key, used)  # (kept while other projects are worked on, if it can)
         self._stack_used[key] = self.patches.epoch
 
     # -- reader side -----------------------------------------------------------------------
@@ -387,6 +389,8 @@ class Service:
                 store = self.geometry.pop(gone, None)
                 if store is not None:
                     store.forget_patches()
+                self.patches.pin(gone, None)
+                self._stack_used.pop(gone, None)
         self.projects.move_to_end(key)
         return held
 

@@ -369,6 +369,14 @@ def test_kept_patches_are_exact_and_within_the_budget():
         cache.put("tok", "more", t, [thin, dense])  # this pass uses "new" too: later frames not kept
     assert cache.frames("tok", "new") == 8 and cache.frames("tok", "more") == 2 and cache.bytes <= cache.max_bytes
     assert cache.get("tok", "more", 3) is None and cache.get("other", "new", 0) is None
+    # the stack of another open project (pinned) goes only after what no open stack uses
+    cache.pin("other project", {("tok", "new")})
+    cache.begin_pass()
+    for t in range(2):
+        cache.put("tok", "next", t, [thin, dense])  # ("new" is the least recently used)
+    assert cache.frames("tok", "new") == 8 and cache.frames("tok", "more") == 0
+    assert cache.frames("tok", "next") == 2
+    cache.pin("other project", None)
     # patches from a render worker arrive unpickled (writeable); a dense one is handed out as
     # views of what is kept, so kept they are read-only
     import pickle

@@ -33,7 +33,8 @@ next pass needs first, and keep none of use). The service marks a whole stack us
 is set and when a Propagate starts (:meth:`kept_frames` of every visible layer, with an
 adjust layer's region lookups): a preview renders the layers one at a time, so without that
 one frame of a new layer would drop every kept frame of an unchanged layer not reached yet
-(and the next Propagate would render that layer again everywhere).
+(and the next Propagate would render that layer again everywhere). What the stacks of the
+other open projects use is :meth:`pin`-ned: dropped only after what no open stack uses.
 
 Forked render workers (core/edits/parallel.py) inherit the cache; what a worker renders it
 does not keep itself but hands to the parent with the frame's geometry
@@ -42,10 +43,11 @@ does not keep itself but hands to the parent with the frame's geometry
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -144,6 +146,9 @@ class PatchCache:
         self._pid = os.getpid()  # the process that keeps; a forked worker hands on instead
         self._new: list[tuple[str, str, int, tuple[Kept, ...]]] = []
         self._sent = 0  # (in a render worker) bytes handed to the parent this pass
+        # groups the stacks of open projects use, by owner (:meth:`pin`): dropped last
+        self._pinned: dict[Any, frozenset[tuple[str, str]]] = {}
+        self._recording: set[tuple[str, str]] | None = None
 
     # -- use -------------------------------------------------------------------------------
     def begin_pass(self) -> None:
@@ -156,11 +161,31 @@ class PatchCache:
         """The frames kept of a layer; marks it used by the pass now starting (its render
         workers read it without telling this process: it must not be dropped meanwhile)."""
         gk = (token, key)
+        if self._recording is not None:
+            self._recording.add(gk)
         g = self._groups.get(gk)
         if g is None:
             return set()
         self._touch(gk)
         return g
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[set[tuple[str, str]]]:
+        """The groups :meth:`kept_frames` is asked for meanwhile (a stack's, for :meth:`pin`)."""
+        self._recording = used = set()
+        try:
+            yield used
+        finally:
+            self._recording = None
+
+    def pin(self, owner: Any, groups: Iterable[tuple[str, str]] | None) -> None:
+        """``groups`` are what ``owner``'s stack uses (an open project's; None: it closed):
+        they go only once nothing else can (another project's stack stays while the
+        budget allows, dropped after the layers no open stack uses)."""
+        if groups is None:
+            self._pinned.pop(owner, None)
+        else:
+            self._pinned[owner] = frozenset(groups)
 
     def get(self, token: str, key: str, t: int) -> list[Patch] | None:
         g = self._groups.get((token, key))
@@ -230,9 +255,12 @@ class PatchCache:
     def _make_room(self, size: int, keep: tuple[str, str]) -> bool:
         """Drop the least recently used groups not used by this pass until ``size`` more bytes
         fit; False when they do not fit even so."""
+        pinned: set[tuple[str, str]] | None = None
         while self.bytes + size > self.max_bytes:
-            victim = next((gk for gk in self._groups
-                           if gk != keep and self._group_epoch.get(gk, -1) < self.epoch), None)
+            if pinned is None:
+                pinned = set().union(*self._pinned.values())
+            free = [gk for gk in self._groups if gk != keep and self._group_epoch.get(gk, -1) < self.epoch]
+            victim = next((gk for gk in free if gk not in pinned), None) or next(iter(free), None)
             if victim is None:
                 return False
             self.drop(victim)
