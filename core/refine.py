@@ -62,7 +62,8 @@ class RefineConfig:
     #: Gauss-Newton are over half of a match's CPU). Half the threshold at the start dropped
     #: 44 % of the points searched there, and 5 of the 1479 that passed at the match
     #: (a match 1-5 samples away from a flat start is mostly a look-alike); refinement's CPU
-    #: fell by ~20 %. 0 turns it off.
+    #: fell by ~20 %. 0 turns it off. Rendering only (:func:`refine_independent`): tracks
+    #: (:func:`refine_positions`) search every point anyway and were validated without it.
     min_texture_start: float = 0.5
     min_shown: float = 0.4  # share of the template window that must show the point's layer
     max_shift: float = 6.0  # largest accepted correction, in samples of the coarsest level
@@ -461,9 +462,6 @@ def refine_positions(levels: list[Level], t0: int, x0: np.ndarray, frames: np.nd
             if li == 0:
                 shown = w.sum(-1) / window.sum()
                 ok &= shown >= cfg.min_shown
-                if cfg.min_texture_start > 0:  # flat at the start (refine_independent drops these)
-                    ok &= _texture(lambda X, rows_first=False: lv.sample(tt, X), base, w, lv) >= \
-                        cfg.min_texture_start * cfg.min_texture
                 # integer search around the prediction (in samples of this level)
                 img = lv.image(tt)
                 delta = _search(lambda g: F.grid_sample(img, g.reshape(1, 1, -1, 2), mode="bilinear",

@@ -1458,6 +1458,23 @@ class SegmentedSession:
         s, tl = self._local(t)
         return s.frame_patches(tl, cache)
 
+    def settle_block(self, frames: Any) -> None:
+        """:meth:`EditSession.settle_block` of the frames (indices, consecutive) that the
+        segment owning the first one renders (a block that crosses into the next segment is
+        settled there when the pass enters it)."""
+        frames = [int(t) for t in frames]
+        if not frames:
+            return
+        info = self.project.info
+        k = self.owner(info.frames[frames[0]])
+        a = self.ranges[k][0]
+        local = []
+        for t in frames:
+            if self.owner(info.frames[t]) != k:
+                break
+            local.append(info.frames[t] - a)
+        self.session(k).settle_block(local)
+
     def render_frame(self, t: int, cache: bool = True, overlay: bool = False) -> np.ndarray:
         from core.edits.render import composite, composite_overlay  # noqa: PLC0415
 
@@ -1556,10 +1573,17 @@ class SegmentedSession:
                         if j != last:
                             self.release(j)
                 return
+        from core.edits.parallel import SETTLE_SPARE, block_frames  # noqa: PLC0415
+
         self.start_pass()
         current = -1
+        B = block_frames(self.ctx.W, self.ctx.H)
+        if hasattr(self.ctx.frames, "cache_frames"):  # the block's frames are read twice (parallel._worker)
+            self.ctx.frames.cache_frames = max(self.ctx.frames.cache_frames, B + SETTLE_SPARE)
         for t in range(T):
-            current = self.enter(t, current)
+            before, current = current, self.enter(t, current)
+            if t % B == 0 or current != before:  # as a render worker does (parallel._worker)
+                self.settle_block(range(t, min(T, t - t % B + B)))
             img = self.render_frame(t, cache=cache, overlay=overlay)
             self.visit(t)
             if progress is not None:

@@ -129,6 +129,9 @@ def test_frames_matched_in_one_batch_are_each_matched_as_alone(drifting):
         _, xy, ok = ctx.propagate(layer, xy0, 0, frames=frames, refine=False)
         batch = ctx.refine(layer, xy0, 0, frames, xy, ok, independent=True)
         for i, t in enumerate(frames):
+            # templates built afresh for this side: a wrong template key (kept templates of
+            # another point set or layer) would then give the two sides different numbers
+            ctx.levels()[0].templates.clear()
             one = ctx.refine(layer, xy0, 0, np.array([t]), xy[i:i + 1], ok[i:i + 1])
             for k in ("xy", "accepted", "ncc", "shift"):
                 assert np.array_equal(getattr(batch, k)[i], getattr(one, k)[0], equal_nan=True), (layer, t, k)
@@ -417,3 +420,32 @@ def test_error_of_an_unmatched_track_is_the_rate_its_surface_drifts_at(lagging):
     assert np.median(true[far]) > 3.0
     assert np.mean(true[far] <= est[far] + 0.25) > 0.8, (np.round(true[far], 1), np.round(est[far], 1))
     assert np.median(est[far]) < 3.0 * np.median(true[far])  # and not uselessly large
+
+
+def test_a_block_settled_pass_renders_what_frame_by_frame_renders(drifting_maps, monkeypatch):
+    """A pass refines each block of frames in one call per layer (EditSession.settle_block:
+    strokes, paint and adjust corrections, chain links inside the block finished first);
+    every frame must be the one rendered on its own (a preview), bit for bit, on maps that
+    drift enough for chain links and second matches to be used."""
+    from core.edits import EditSession, parse_edits
+
+    clip, proj, _, folder = drifting_maps
+    t0 = 20  # frames on both sides; blocks 8-15 and 24-31 hold the chain links 12 and 28
+    doc = _paint_doc(clip, folder, t0) + [{"type": "sketch", "frame": t0, "strokes": [
+        {"points": [[20, 30], [80, 20], [140, 60], [100, 95]], "color": [1, 0, 0, 1], "width": 3.0}]}]
+    layers = parse_edits({"version": 1, "layers": doc}, folder, proj.info)
+    calls = []
+    refine = RenderContext.refine
+
+    def counted(self, layer, xy0, t_from, frames, *a, **k):
+        calls.append((len(frames), k.get("independent", False)))
+        return refine(self, layer, xy0, t_from, frames, *a, **k)
+
+    monkeypatch.setattr(RenderContext, "refine", counted)
+    block = [img for _, img in EditSession(proj, layers, mapping=proj._mapping).render_all()]
+    batched = sum(n > 1 and ind for n, ind in calls)
+    one = EditSession(proj, layers, mapping=proj._mapping)
+    for t in range(clip.gt.n_frames):
+        assert np.array_equal(one.render_frame(t, cache=False), block[t]), t
+    assert batched >= 2 * (clip.gt.n_frames // 8)  # strokes and textures went block by block
+    assert one.ctx._links  # and far frames were matched again from their chain links

@@ -300,7 +300,8 @@ class RenderContext:
         return self.refine_sets(layer, t_from, frames, [(xy0, xy, ok)])[0]
 
     def refine_sets(self, layer: str, t_from: int, frames: np.ndarray,
-                    sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+                    sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    independent: bool = False) -> list[np.ndarray]:
         """Refine several point sets drawn on ``layer`` at ``t_from`` in ONE matching call.
 
         ``sets``: (xy0 [n, 2], xy [F, n, 2] propagated to ``frames``, cycle-consistent [F, n]).
@@ -308,6 +309,8 @@ class RenderContext:
         take the correction of their nearest matched neighbours *in the same set*, exactly as
         one :meth:`propagate` per set would; but the matching itself (grid samples, Gauss-
         Newton) runs once for all sets: why a frame with many strokes still costs one call.
+        ``independent``: every frame matched as a call for it alone would match it
+        (:meth:`refine_chained`), all frames in one batch (rendering a block of frames).
         """
         frames = np.asarray(frames, int)
         subs, starts, n_tot = [], [], 0
@@ -323,7 +326,7 @@ class RenderContext:
         x0_all = np.concatenate([np.asarray(x0, np.float64).reshape(-1, 2)[sub] for (x0, _, _), sub in zip(sets, subs)])
         xy_all = np.concatenate([xy[:, sub] for (_, xy, _), sub in zip(sets, subs)], axis=1)
         ok_all = np.concatenate([ok[:, sub] for (_, _, ok), sub in zip(sets, subs)], axis=1)
-        r = self.refine_chained(layer, x0_all, t_from, frames, xy_all, ok_all)
+        r = self.refine_chained(layer, x0_all, t_from, frames, xy_all, ok_all, independent)
         out = []
         for (xy0, xy, _), sub, a in zip(sets, subs, starts):
             rxy, racc = r.xy[:, a:a + len(sub)], r.accepted[:, a:a + len(sub)]
@@ -361,7 +364,7 @@ class RenderContext:
         return out
 
     def refine_chained(self, layer: str, xy0: np.ndarray, t_from: int, frames: np.ndarray, xy: np.ndarray,
-                       ok: np.ndarray) -> Refined:
+                       ok: np.ndarray, independent: bool = False) -> Refined:
         """:meth:`refine`; a frame far from ``t_from`` where too few points match from the
         mapping's place (CHAIN_BELOW of its points, and of what the link itself matched) is
         matched again from the correction its chain link measured (core.refine.chain_parent;
@@ -372,11 +375,16 @@ class RenderContext:
         a time, so the links are what carries the correction out; each is matched (and its
         frame decoded) once, and only where the direct match fails: the background's drift
         stays within one search range and never needs them.
+
+        ``independent``: each frame's result is the one a call for that frame alone gives
+        (its matches core.refine.refine_independent's, its links its own), whatever other
+        frames share the call: a render worker refines a block of frames at once.
         """
         frames = np.asarray(frames, int)
         direct = self.CHAIN_BELOW is not None
         self.chain((layer, int(t_from), hash(np.ascontiguousarray(xy0, np.float64).tobytes())), int(t_from))
-        r = self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False) if direct else None
+        r = self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False, independent=independent) \
+            if direct else None
         need = []
         for i, f in enumerate(frames):
             if chain_parent(int(f), t_from) is None:
@@ -386,7 +394,8 @@ class RenderContext:
                 need.append(i)
         if not need:
             return self.trust_confirmed(layer, frames, xy, r if r is not None
-                                        else self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False))
+                                        else self.refine(layer, xy0, t_from, frames, xy, ok, confirmed=False,
+                                                         independent=independent))
         prior = np.zeros_like(xy)
         keep = []
         for i in need:
@@ -401,11 +410,12 @@ class RenderContext:
         if not need:
             return self.trust_confirmed(layer, frames, xy, r)
         if r is None:
-            r = self.refine(layer, xy0, t_from, frames, xy + prior, ok, confirmed=False)
+            r = self.refine(layer, xy0, t_from, frames, xy + prior, ok, confirmed=False, independent=independent)
             rows = np.arange(len(frames))
         else:
             rows = np.array(need)
-            r2 = self.refine(layer, xy0, t_from, frames[rows], (xy + prior)[rows], ok[rows], confirmed=False)
+            r2 = self.refine(layer, xy0, t_from, frames[rows], (xy + prior)[rows], ok[rows], confirmed=False,
+                             independent=independent)
             better = r2.accepted.sum(1) > r.accepted[rows].sum(1)
             rows = rows[better]
             r.xy[rows], r.accepted[rows], r.ncc[rows] = r2.xy[better], r2.accepted[better], r2.ncc[better]

@@ -33,6 +33,10 @@ BLOCK = 8
 AHEAD_BYTES = 24 * 2**20
 #: shared memory of the pass's decoder (ring_slots): beyond it only the slots it cannot do without
 RING_BYTES = 256 * 2**20
+#: frames a worker's frame cache keeps beyond a block: refining a block up front reads the
+#: block's frames and a few more (drawing frames, chain links) before compositing reads the
+#: block's again, which must not restart the decoder
+SETTLE_SPARE = 4
 
 
 def block_frames(width: int, height: int) -> int:
@@ -123,6 +127,11 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
             ring.join(index)
             frames.read_from(ring)
         gap = _gap_frames(session, frames, workers)
+        # each block's refinement runs up front, in one call per layer (EditSession.settle_block),
+        # reading the block's frames before they are composited: they must stay in the cache
+        settle = getattr(session, "settle_block", None)
+        if settle is not None and hasattr(frames, "cache_frames"):
+            frames.cache_frames = max(frames.cache_frames, block_frames(session.ctx.W, session.ctx.H) + SETTLE_SPARE)
         after = 0  # the frame after this worker's previous block
         # a segmented session: blocks come in frame order, so the worker walks the segments as
         # a pass in one process does (opens each once, closes those it has left behind)
@@ -146,7 +155,11 @@ def _worker(session: Any, tasks: Any, results: Any, overlay: bool,
             after = end
             for t in range(start, end):
                 if walk is not None:
-                    current = walk(t, current)
+                    before, current = current, walk(t, current)
+                    if settle is not None and current != before and t != start:
+                        settle(range(t, end))  # the block's frames in the segment entered here
+                if settle is not None and t == start:
+                    settle(range(start, end))
                 img = session.render_frame(t, cache=False, overlay=overlay)
                 session.visit(t)
                 results.put((t, encode(img) if encode is not None else img, None,

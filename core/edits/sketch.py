@@ -81,12 +81,13 @@ class CarriedStroke:
         settle(ctx, [self], np.arange(ctx.T) if frames is None else np.asarray(frames))
 
 
-def settle(ctx: RenderContext, strokes: list[CarriedStroke], frames: np.ndarray) -> None:
+def settle(ctx: RenderContext, strokes: list[CarriedStroke], frames: np.ndarray, independent: bool = False) -> None:
     """Carry and refine ``strokes`` into ``frames``: one refinement call per (layer, drawing frame).
 
     Why batched: each refinement call pays for its templates, warps and grid samples; a frame
     shown after a playhead move needs every stroke of the stack there, and one call for all
-    of them costs little more than one for a single stroke.
+    of them costs little more than one for a single stroke. ``independent``: each frame
+    settles as ``settle(ctx, strokes, [t])`` would settle it (:func:`settle_frames`).
     """
     frames = np.asarray(frames, int).reshape(-1)
     groups: dict[tuple[str, int], list[CarriedStroke]] = {}
@@ -100,7 +101,7 @@ def settle(ctx: RenderContext, strokes: list[CarriedStroke], frames: np.ndarray)
         need = np.unique(np.concatenate(todo))
         if ctx.refine_enabled:
             sets = [(c.dense, c.xy[need], c.ok[need] & ~c.done[need][:, None]) for c in cs]
-            for c, xy in zip(cs, ctx.refine_sets(layer, t0, need, sets)):
+            for c, xy in zip(cs, ctx.refine_sets(layer, t0, need, sets, independent)):
                 redo = ~c.done[need]
                 c.xy[need[redo]] = xy[redo]
         for c in cs:
@@ -109,6 +110,25 @@ def settle(ctx: RenderContext, strokes: list[CarriedStroke], frames: np.ndarray)
             inside = ((xy[..., 0] >= -m) & (xy[..., 0] <= ctx.W + m) & (xy[..., 1] >= -m) & (xy[..., 1] <= ctx.H + m))
             c.visible[f] = c.ok[f] & inside
             c.done[f] = True
+
+
+def settle_frames(ctx: RenderContext, todo: dict[int, list[CarriedStroke]]) -> None:
+    """``settle(ctx, todo[t], [t])`` for every frame t of ``todo``, with the same numbers, but
+    the frames that settle the same strokes refined in ONE call.
+
+    Why: a render worker renders a block of consecutive frames, and a refinement call costs
+    ~100 small tensor operations whatever the number of rows it matches: one call for 8
+    frames took ~25 % less CPU per match than 8 calls. Only frames with the same strokes
+    to settle share a call, because what a frame settles with decides its result (the
+    strokes of a (layer, drawing frame) are matched together, and a far frame's chain
+    decision counts all their points).
+    """
+    groups: dict[tuple[int, ...], tuple[list[CarriedStroke], list[int]]] = {}
+    for t, cs in todo.items():
+        if cs:
+            groups.setdefault(tuple(id(c) for c in cs), (cs, []))[1].append(int(t))
+    for cs, frames in groups.values():
+        settle(ctx, cs, np.asarray(sorted(frames), int), independent=True)
 
 
 def stroke_key(stroke: Stroke, t: int, layer: str | None) -> str:
@@ -231,11 +251,23 @@ class SketchRenderer:
         for c in self._carried:
             c.carry(ctx)
 
+    def _todo(self, t: int) -> list[CarriedStroke]:
+        """The strokes whose patch frame t still needs and that are not settled there."""
+        return [c for c, k in zip(self._carried, self._keys) if (k, t) not in self._cache.patches and not c.done[t]]
+
+    def settle_block(self, ctx: RenderContext, frames: np.ndarray) -> None:
+        """Settle what :meth:`render` at each of ``frames`` would settle, frames that settle the
+        same strokes in one refinement call (:func:`settle_frames`): the frames' patches are
+        then those :meth:`render` makes one frame at a time, bit for bit."""
+        if self._carried is None:
+            self.attach(ctx)
+        settle_frames(ctx, {int(t): self._todo(int(t)) for t in frames})
+
     def render(self, ctx: RenderContext, t: int) -> list[Patch]:
         if self._carried is None:
             self.attach(ctx)
         # every stroke whose patch this frame still needs is settled here in one batched call
-        todo = [c for c, k in zip(self._carried, self._keys) if (k, t) not in self._cache.patches and not c.done[t]]
+        todo = self._todo(t)
         if todo:
             settle(ctx, todo, np.array([t]))
         out = []
