@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from core.errors import InveError
+from core.lock import pid_alive
 
 
 class OutputError(InveError):
@@ -359,7 +360,7 @@ def _clear_temps(folder: Path) -> None:
             if m.group(1) is not None:
                 pid = int(m.group(1))
                 if pid not in alive:
-                    alive[pid] = _writer_alive(pid)
+                    alive[pid] = pid_alive(pid)
                 if alive[pid] and not _older_than(p, TMP_STALE_SECONDS):
                     continue
             with contextlib.suppress(OSError):
@@ -367,20 +368,8 @@ def _clear_temps(folder: Path) -> None:
 
 
 #: a temporary file untouched this long is a leftover even where its pid is a live process
-#: (a reused pid; Windows, where no harmless probe of a pid exists)
+#: (a reused pid)
 TMP_STALE_SECONDS = 24 * 3600.0
-
-
-def _writer_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would send it Ctrl-C there: trust the file's age
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # (PermissionError: alive, another user's)
-        return True
-    return True
 
 
 def _older_than(path: Path, seconds: float) -> bool:
