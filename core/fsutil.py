@@ -5,9 +5,10 @@ where a good one was, and a tool run must never overwrite something a user made.
 writer of inve goes through this module:
 
 * **Atomic**: a file is written to a temporary name in the same folder
-  (``.NAME.inve-tmp-XXXX``) and moved over the target with ``os.replace``; on any error the
-  temporary file is removed. Errors of the destination (read-only, full, no permission)
-  become one :class:`OutputError` line naming the file.
+  (``.NAME.inve-tmp-PID-XXXX``) and moved over the target with ``os.replace``; on any error
+  the temporary file is removed (a killed run's leftovers go when the next run into the
+  folder begins, once their pid is gone). Errors of the destination (read-only, full, no
+  permission) become one :class:`OutputError` line naming the file.
 * **The output rule**: a file inve wrote may be replaced only while it is byte-identical to
   what inve wrote. inve records the SHA-256 of every output file it writes: in the folder's
   marker ``.inve-output`` (JSON) for output folders (PNG sequences, atlas folders, project
@@ -34,6 +35,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from core.errors import InveError
+from core.lock import pid_alive
 
 
 class OutputError(InveError):
@@ -45,7 +47,7 @@ OUTPUT_MARKER = ".inve-output"
 JOURNAL = ".inve-output.journal"
 SIDECAR_SUFFIX = ".inve"
 MARKER_VERSION = 2
-_HIDDEN_OURS = re.compile(r"^\..+" + re.escape(TMP_TAG) + r".+$")
+_HIDDEN_OURS = re.compile(r"^\..+" + re.escape(TMP_TAG) + r"(?:(\d+)-)?.+$")
 
 
 def _umask() -> int:
@@ -88,7 +90,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     suffix = suffix if suffix is not None else "".join(path.suffixes) or ".tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}{TMP_TAG}", suffix=suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}{tmp_tag()}", suffix=suffix, dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise output_error(path, exc) from None
@@ -118,7 +120,7 @@ def probe_writable(folder: str | os.PathLike, what: str = "output folder") -> No
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".probe{TMP_TAG}", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".probe{tmp_tag()}", dir=folder)
         try:
             os.write(fd, b"inve")
         finally:
@@ -340,11 +342,43 @@ def output_dir_state(folder: str | os.PathLike) -> dict[str, Any] | None:
     return _read_marker(Path(folder))
 
 
+def tmp_tag() -> str:
+    """What a temporary file's name holds after its stem: :data:`TMP_TAG` and the pid of the
+    process that writes it (``.NAME.inve-tmp-PID-XXXX``), so that clearing a folder's
+    leftovers spares the temporary files of another run still writing there."""
+    return f"{TMP_TAG}{os.getpid()}-"
+
+
 def _clear_temps(folder: Path) -> None:
+    """Remove temporary files of runs that are gone (their pid is not a live process, or a
+    name from before temporary names carried one). Another live run writing into the folder
+    keeps its own: render workers write their frames ahead and move them into place later."""
+    alive: dict[int, bool] = {}
     for p in folder.iterdir():
-        if _HIDDEN_OURS.match(p.name) and p.is_file():
+        m = _HIDDEN_OURS.match(p.name)
+        if m and p.is_file():
+            if m.group(1) is not None:
+                pid = int(m.group(1))
+                if pid not in alive:
+                    alive[pid] = pid_alive(pid)
+                if alive[pid] and not _older_than(p, TMP_STALE_SECONDS):
+                    continue
             with contextlib.suppress(OSError):
                 p.unlink()
+
+
+#: a temporary file untouched this long is a leftover even where its pid is a live process
+#: (a reused pid)
+TMP_STALE_SECONDS = 24 * 3600.0
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    import time  # noqa: PLC0415
+
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _refuse_project(path: Path, what: str) -> None:

@@ -30,9 +30,18 @@ HEARTBEAT_SECONDS = 5.0
 STALE_SECONDS = 60.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (another user's counts as alive).
+
+    The one probe of a pid in the engine (the project lock, temporary files of a writer,
+    seam packages of a pass). Why not ``os.kill(pid, 0)`` everywhere: on Windows signal 0
+    is ``CTRL_C_EVENT``, so the "probe" would send the process Ctrl-C; there the process
+    is opened for a query and its exit code read instead.
+    """
     if pid <= 0:
         return False
+    if os.name == "nt":
+        return _pid_alive_windows(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -42,6 +51,23 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _pid_alive_windows(pid: int) -> bool:
+    import ctypes  # noqa: PLC0415
+
+    query, still_active, access_denied = 0x1000, 259, 5  # PROCESS_QUERY_LIMITED_INFORMATION
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(query, False, pid)
+    if not handle:  # no such process, or one we may not open (it exists)
+        return ctypes.get_last_error() == access_denied  # type: ignore[attr-defined]
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == still_active
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def read_holder(project_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -69,7 +95,7 @@ def is_stale(holder: dict[str, Any]) -> bool:
         return True
     if holder.get("host") == socket.gethostname():
         try:
-            return not _pid_alive(int(holder.get("pid", -1)))
+            return not pid_alive(int(holder.get("pid", -1)))
         except (TypeError, ValueError):
             return True
     return False

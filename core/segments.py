@@ -51,6 +51,7 @@ import numpy as np
 
 from core import fsutil
 from core.errors import InveError
+from core.lock import pid_alive
 from core.progress import Progress
 from core.project import SEGMENTS_DIR, Project, ProjectInfo
 
@@ -768,21 +769,6 @@ class _Facade:
         return maps[0]
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (one of another user counts as alive)."""
-    if pid <= 0:
-        return False
-    if os.name == "nt":  # os.kill would end it there (pipelined passes are Linux-only anyway)
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 class _SeamFeed:
     """Layers carried through the seams, handed segment by segment from the process that
     carries them (a thread of the parent) to its forked render workers.
@@ -839,7 +825,7 @@ class _SeamFeed:
                 if not d.is_dir() or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
                     continue
                 pid = d.name[len(cls.PREFIX):].split("-", 1)[0]
-                dead = pid.isdigit() and not _alive(int(pid))  # (no pid in the name: by age only)
+                dead = pid.isdigit() and not pid_alive(int(pid))  # (no pid in the name: by age only)
                 if dead or now - st.st_mtime > cls.STALE_SECONDS:
                     shutil.rmtree(d, ignore_errors=True)
                     gone.append(d)
@@ -1595,7 +1581,8 @@ class SegmentedSession:
         :meth:`EditSession.missing`), over the frames each segment renders. A layer not yet
         carried into every segment counts all its frames (it is new or changed). Opens no
         segment: a segment never opened under the current checkpoint counts as missing."""
-        from core.edits.geometry import geometry_key  # noqa: PLC0415
+        from core.edits.geometry import geometry_key, lookup_key  # noqa: PLC0415
+        from core.edits.spec import AdjustLayer  # noqa: PLC0415
 
         cache = self.store.patches
         T = self.ctx.T
@@ -1621,6 +1608,8 @@ class SegmentedSession:
                 for l in layers:
                     kept = cache.kept_frames(token, l.key)  # (marked used by this pass)
                     total += sum(f - a not in kept for f in range(lo, hi))
+                    if isinstance(l, AdjustLayer):  # its region's lookups: used once recoloured
+                        cache.kept_frames(token, lookup_key(l))
         return total
 
     def _carried_all(self) -> bool:

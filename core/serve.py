@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import platform
 import queue
@@ -49,6 +50,8 @@ OPS = ("hello", "open", "info", "set_edits", "render_frame", "propagate", "track
 PNG_LEVEL = 1
 #: frames rendered ahead of the movie writer while propagating (bounds memory at 1080p)
 WRITE_AHEAD = 8
+#: default budget for the layers' kept frames, MB (all open projects together; ``--patch-cache-mb``)
+PATCH_CACHE_MB = 256
 
 
 class Emitter:
@@ -116,7 +119,7 @@ class OpenProject:
     def __init__(self, path: Path, geometry: Any = None, patches: Any = None) -> None:
         from core.edits import EditSession
         from core.edits.context import RenderContext
-        from core.edits.geometry import GeometryStore, geometry_identity, project_salt
+        from core.edits.geometry import GeometryStore, geometry_identity, project_salt, source_stamp
         from core.project import Project
 
         self.path = path
@@ -124,7 +127,7 @@ class OpenProject:
         self.project = Project.open(path)
         self.geometry = geometry if geometry is not None else GeometryStore(patches=patches)
         self.salt = project_salt(self.project)
-        self.geometry.set_salt(self.salt)
+        self.geometry.set_salt(self.salt, source=source_stamp(self.project))
         if self.project.is_segmented:  # an edit session per segment, behind one interface
             from core.segments import SegmentedSession
 
@@ -166,12 +169,12 @@ class Service:
     """The request loop; :func:`main` wires it to stdin/stdout."""
 
     def __init__(self, out: TextIO, max_projects: int = 4, patch_cache_mb: float | None = None) -> None:
-        from core.edits.patch_cache import DEFAULT_MB, PatchCache
-
         self.emit = Emitter(out)
         self.max_projects = max(1, int(max_projects))
-        # every open project's layers' rendered patches, within one budget (core/edits/patch_cache.py)
-        self.patches = PatchCache(int((DEFAULT_MB if patch_cache_mb is None else patch_cache_mb) * 2**20))
+        self.patch_cache_bytes = int((PATCH_CACHE_MB if patch_cache_mb is None else patch_cache_mb) * 2**20)
+        self._patches: Any = None  # see :attr:`patches`
+        # per project: the cache's epoch in which its stack was last marked used (:meth:`_use_stack`)
+        self._stack_used: dict[str, int] = {}
         self.projects: collections.OrderedDict[str, OpenProject] = collections.OrderedDict()
         # per project folder: the layers' geometry kept across reloads (see OpenProject)
         self.geometry: dict[str, Any] = {}
@@ -180,6 +183,29 @@ class Service:
         self._running: Request | None = None
         self._stopping = False
         self._shutdown_id: Any = None
+
+    @property
+    def patches(self) -> Any:
+        """Every open project's layers' rendered frames, within one budget
+        (:class:`core.edits.patch_cache.PatchCache`). Made when a project first opens, not
+        before: importing it imports torch, and ``hello`` is answered without."""
+        if self._patches is None:
+            from core.edits.patch_cache import PatchCache  # noqa: PLC0415
+
+            self._patches = PatchCache(self.patch_cache_bytes)
+        return self._patches
+
+    def _use_stack(self, key: str, held: "OpenProject") -> None:
+        """Mark every visible layer of the project's stack used by the cache's current epoch
+        (``missing`` does, as a Propagate's start does): a preview renders one layer after
+        another, and keeping a frame of a new layer must not drop an unchanged layer's kept
+        frames (all of them) only because the preview had not reached that layer yet."""
+        missing = getattr(held.session, "missing", None)
+        if missing is not None:
+            with self.patches.recording() as used:
+                missing()
+            self.patches.pin(key, used)  # (kept while other projects are worked on, if it can)
+        self._stack_used[key] = self.patches.epoch
 
     # -- reader side -----------------------------------------------------------------------
     def feed(self, line: str) -> None:
@@ -363,6 +389,8 @@ class Service:
                 store = self.geometry.pop(gone, None)
                 if store is not None:
                     store.forget_patches()
+                self.patches.pin(gone, None)
+                self._stack_used.pop(gone, None)
         self.projects.move_to_end(key)
         return held
 
@@ -388,7 +416,7 @@ class Service:
                 versions[pkg] = None
         return {"engine": "inve", "version": __version__, "protocol": PROTOCOL_VERSION, "ops": list(OPS),
                 "python": platform.python_version(), **versions, "pid": os.getpid(),
-                "max_projects": self.max_projects, "patch_cache_mb": round(self.patches.max_bytes / 2**20, 1)}
+                "max_projects": self.max_projects, "patch_cache_mb": round(self.patch_cache_bytes / 2**20, 1)}
 
     def _info(self, held: OpenProject) -> dict[str, Any]:
         from core.cli import _info
@@ -414,6 +442,7 @@ class Service:
         held.session.set_edits(doc, base, fname="edits")
         held.edits_doc = (doc, base)
         self.patches.begin_pass()  # a new stack: what it uses is kept before older layers
+        self._use_stack(str(held.path), held)
         layers = held.session.layers
         return {"layers": len(layers), "visible_layers": sum(1 for l in layers if l.visible)}
 
@@ -428,6 +457,9 @@ class Service:
         if out.is_dir():
             raise InveError(f"render_frame: {out} is a folder; output must name a .png file")
         t = held.project.info.frame_index(frame)
+        key = str(held.path)
+        if self._stack_used.get(key) != self.patches.epoch:  # another project's request came between
+            self._use_stack(key, held)
         img = held.session.render_frame(t, overlay=overlay)
         req.cancel.raise_if_cancelled()
         data = encode_png(img)
@@ -458,6 +490,7 @@ class Service:
         progress = RequestProgress(self.emit, req.id, req.cancel)
         T = ctx.T
         self.patches.begin_pass()
+        self._use_stack(str(held.path), held)  # (serial passes too render layer by layer)
         workers = render_workers(session)
         walk = getattr(session, "enter", None)  # a segmented project: one segment open at a time
         if workers == 1:
@@ -490,7 +523,7 @@ class Service:
 
         # PNGs encoded and written by the workers (as ``inve edit``: core.video.PNGFrameWriter)
         # unless a movie needs the pixels here too
-        from core.video import PNGFrameWriter  # noqa: PLC0415
+        from core.video import PNGFrameWriter, stopped_then_swept  # noqa: PLC0415
 
         png_writer = PNGFrameWriter(out) if workers > 1 and movie_q is None else None
 
@@ -528,17 +561,14 @@ class Service:
         mover = threading.Thread(target=movie_writer, name="inve-movie-writer", daemon=True) if movie_q else None
         if mover is not None:
             mover.start()
-        source = rendered() if workers > 1 else frames()
         try:
-            write_png_sequence(out, source, last_index=info.frames[-1], on_written=on_written)
+            with stopped_then_swept(rendered() if workers > 1 else frames(), png_writer) as source:
+                write_png_sequence(out, source, last_index=info.frames[-1], on_written=on_written)
         except BaseException as exc:
             if movie_q is not None:
                 movie_q.put(exc if isinstance(exc, Cancelled) else InveError("propagate stopped"))
             raise
         finally:
-            source.close()  # the workers stop: nothing is written after this
-            if png_writer is not None:
-                png_writer.sweep()  # frames written past a stop, never moved into place
             if mover is not None:
                 movie_q.put(None)  # type: ignore[union-attr]
                 mover.join()
@@ -624,15 +654,18 @@ def serve_command(max_projects: int = 4, patch_cache_mb: float | None = None) ->
     """Run the service on this process's stdin/stdout until shutdown or EOF."""
     import signal
 
+    given = f"--patch-cache-mb {patch_cache_mb!r}"
     if patch_cache_mb is None and os.environ.get("INVE_PATCH_CACHE_MB", "").strip():
         # the add-on starts the service without flags: its environment can still set the budget
+        given = f"INVE_PATCH_CACHE_MB={os.environ['INVE_PATCH_CACHE_MB']!r}"
         try:
             patch_cache_mb = float(os.environ["INVE_PATCH_CACHE_MB"])
         except ValueError:
             raise InveError(f"INVE_PATCH_CACHE_MB must be a number of MB, got "
                             f"{os.environ['INVE_PATCH_CACHE_MB']!r}") from None
-    if patch_cache_mb is not None and patch_cache_mb < 0:
-        raise InveError(f"--patch-cache-mb must be 0 or more, got {patch_cache_mb:g}")
+    if patch_cache_mb is not None and not (math.isfinite(patch_cache_mb) and patch_cache_mb >= 0):
+        # (nan passes a "< 0" test, and int() of nan or inf raises: one line, not a traceback)
+        raise InveError(f"the patch cache budget must be a finite number of MB, 0 or more; got {given}")
     service = Service(protocol_stream(), max_projects=max_projects, patch_cache_mb=patch_cache_mb)
     if threading.current_thread() is threading.main_thread():  # SIGINT/SIGTERM: stop like EOF
         for name in ("SIGINT", "SIGTERM", "SIGBREAK"):

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,12 @@ logging.getLogger("imageio_ffmpeg").addFilter(_RotationNotice())
 
 @dataclass
 class VideoInfo:
-    """What a source is: its path, exact frame count, size (W, H) and frame rate."""
+    """What a source is: its path, frame count, size (W, H) and frame rate.
+
+    From :func:`probe`: the exact frame count and rate. Built by :class:`FrameSource` for a
+    movie it does not probe: ``n_frames`` is only the frames it needs (the project's last
+    frame + 1; the decoder says so if the movie is shorter) and ``fps`` a placeholder
+    (``FOLDER_FPS``)."""
 
     path: str
     n_frames: int
@@ -308,6 +314,10 @@ class _RawFrames:
     """
 
     PIPE_BYTES = 1 << 20
+    #: seconds to wait for ffmpeg's stream description once a frame came without it (ffmpeg's
+    #: threads may log it a moment after the first frame), or for ffmpeg to end after the pipe
+    #: closed, before it is stopped and the read fails with its last word
+    HEADER_WAIT_S = 5.0
 
     def __init__(self, info: VideoInfo, end: int, threads: int = 0) -> None:
         import tempfile  # noqa: PLC0415
@@ -316,7 +326,15 @@ class _RawFrames:
         self.shape = (info.height, info.width, 3)
         self.nbytes = info.height * info.width * 3
         self._checked = False
-        self._log = tempfile.TemporaryFile()
+        # ffmpeg's log. Where os.pread is missing (Windows) a seek + read on the handle ffmpeg
+        # writes through would move its offset: a named file, read through a handle of our
+        # own (and removed at close: Windows opens a self-deleting temporary file only once)
+        self._log_path: str | None = None
+        if hasattr(os, "pread"):
+            self._log = tempfile.TemporaryFile()
+        else:
+            self._log = tempfile.NamedTemporaryFile(prefix="inve-ffmpeg-", suffix=".log", delete=False)
+            self._log_path = self._log.name
         cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-threads", str(int(threads)), "-i", info.path,
                "-pix_fmt", "rgb24", "-vcodec", "rawvideo", "-f", "image2pipe",
                "-map", "0:v:0", "-fps_mode", "cfr", "-frames:v", str(int(end)), "-sws_flags", SWS_FLAGS, "-"]
@@ -324,7 +342,7 @@ class _RawFrames:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
                                           bufsize=0, **_popen_kwargs())
         except OSError as exc:
-            self._log.close()
+            self._close_log()
             raise InveError(f"cannot run ffmpeg to read {info.path}: {exc}") from None
         self._out = self._proc.stdout
         if sys.platform.startswith("linux"):
@@ -338,20 +356,52 @@ class _RawFrames:
             fd = self._log.fileno()
             if hasattr(os, "pread"):  # leaves the offset ffmpeg writes at alone
                 return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", errors="replace")
-            self._log.seek(0)
-            return self._log.read().decode("utf-8", errors="replace")
+            with open(self._log_path or "", "rb") as fh:  # a handle of our own (see __init__)
+                return fh.read().decode("utf-8", errors="replace")
         return ""
+
+    def _close_log(self) -> None:
+        with contextlib.suppress(OSError):
+            self._log.close()
+        if self._log_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._log_path)
+
+    def _wait(self, until: Callable[[], bool]) -> bool:
+        """Wait (at most HEADER_WAIT_S) until ``until()`` or ffmpeg has ended; True if
+        ``until()``. ffmpeg still running then is stopped: it may sit on a full pipe."""
+        deadline = time.monotonic() + self.HEADER_WAIT_S
+        while not until():
+            if self._proc.poll() is not None:
+                return until()
+            if time.monotonic() > deadline:
+                self._stop()
+                return until()
+            time.sleep(0.005)
+        return True
+
+    def _stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=10)
+
+    def failure(self) -> str:
+        """(After the frames ended early) ffmpeg's last log line where it failed, as
+        ``" (ffmpeg: ...)"``; ``""`` where it ended well (the movie is only shorter)."""
+        self._wait(lambda: False)  # its output is closed: it is ending
+        code = self._proc.poll()
+        return f" (ffmpeg: {_last_line(self._logged())})" if code not in (0, None) else ""
 
     def _check(self) -> None:
         """The output stream's frame size is the one frames are read at (the header is
-        written before the first frame)."""
+        written before the first frame, or -- ffmpeg's threads -- a moment after it)."""
         from imageio_ffmpeg._parsing import parse_ffmpeg_header  # noqa: PLC0415
 
+        if not self._wait(lambda: "Output #0" in self._logged()):
+            # it failed before writing a frame (its last word), or wrote frames it never described
+            raise InveError(f"cannot decode {self.info.path}: {_last_line(self._logged())}")
         text = self._logged()
-        if "Output #0" not in text:
-            self._proc.wait(timeout=10)  # it failed before writing a frame: its last word
-            text = self._logged()
-            raise InveError(f"cannot decode {self.info.path}: {_last_line(text)}")
         try:
             w, h = (int(v) for v in parse_ffmpeg_header(text)["size"])
         except Exception as exc:  # the header format is ffmpeg's, not ours: say so clearly
@@ -371,13 +421,11 @@ class _RawFrames:
                 break
             got += n
         if not self._checked:
-            if got == 0:
-                self._proc.wait(timeout=10)
             self._check()
         if got == 0:
             return False
         if got < self.nbytes:
-            raise InveError(f"cannot decode {self.info.path}: it ended inside a frame")
+            raise InveError(f"cannot decode {self.info.path}: it ended inside a frame{self.failure()}")
         return True
 
     def close(self) -> None:
@@ -387,8 +435,7 @@ class _RawFrames:
             self._out.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=10)
-        with contextlib.suppress(OSError):
-            self._log.close()
+        self._close_log()
 
 
 def _iter_movie(info: VideoInfo, start: int, end: int, progress: Progress | None,
@@ -400,7 +447,7 @@ def _iter_movie(info: VideoInfo, start: int, end: int, progress: Progress | None
         for i in range(end):
             out = scratch if i < start else (into(i) if into is not None else np.empty(pipe.shape, np.uint8))
             if not pipe.read_into(out):
-                raise InveError(f"{info.path} ended after {i} frames; expected at least {end}")
+                raise InveError(f"{info.path} ended after {i} frames; expected at least {end}{pipe.failure()}")
             if i >= start:
                 yield out
             elif progress is not None:
@@ -965,7 +1012,8 @@ class PNGFrameWriter:
     it, which wrote it again: box.mp4's 458 frames (180 MB) cost that process ~2 s of CPU
     (pipe reads, temporary files, writes) while both cores were busy. Here each worker
     encodes and writes its frames under temporary names of the output rule's form
-    (``.frames-TAG.inve-tmp-XXXX.png``: a later run into the folder clears leftovers) and only
+    (``.frames-TAG.inve-tmp-PID-XXXX.png``: a later run into the folder clears them once
+    that pid is gone) and only
     the name and checksum go back (:class:`WrittenPNG`); :func:`write_png_sequence` moves each
     into place in frame order with the folder's checks and journal
     (``fsutil.OutputFolder.adopt``). The folder must exist when a worker writes (the
@@ -976,7 +1024,8 @@ class PNGFrameWriter:
         import secrets  # noqa: PLC0415
 
         self.folder = Path(folder)
-        self.prefix = f".frames-{secrets.token_hex(4)}{fsutil.TMP_TAG}"
+        # (the pid of the process that runs the pass: its workers end with it)
+        self.prefix = f".frames-{secrets.token_hex(4)}{fsutil.tmp_tag()}"
         self.mode = 0o666 & ~fsutil._umask()  # mkstemp makes 0600; files get normal permissions
 
     def __call__(self, img: np.ndarray) -> WrittenPNG:
@@ -1013,6 +1062,21 @@ class PNGFrameWriter:
                     p.unlink()
                     gone.append(p.name)
         return gone
+
+
+@contextlib.contextmanager
+def stopped_then_swept(stream: Any, writer: "PNGFrameWriter | None") -> Iterator[Any]:
+    """Use ``stream`` (the frames of render workers, or any generator) and, however that
+    ends, close it -- the workers stop: nothing is written after that -- and only then sweep
+    ``writer``'s temporary files (frames written past a stop, never moved into place)."""
+    try:
+        yield stream
+    finally:
+        try:
+            stream.close()
+        finally:
+            if writer is not None:
+                writer.sweep()
 
 
 def write_png_sequence(folder: Path, frames: Iterable[tuple[int, np.ndarray]],

@@ -234,7 +234,17 @@ def test_interrupted_sequence_is_marked_and_the_next_run_replaces_it(tmp_path):
     proc.wait()
     state = fsutil.output_dir_state(out)
     assert state["complete"] is False and len(state["files"]) >= 4  # says so, and which frames
+    # leftovers of the killed run (its pid, or names from before pids) go; a frame another run
+    # still writing there wrote ahead under a temporary name stays for it to move into place
+    from core.video import PNGFrameWriter
+
+    live = PNGFrameWriter(out)(img)  # (this process: alive)
+    dead = [out / f".0009{fsutil.TMP_TAG}{proc.pid}-x1.png", out / f".0008{fsutil.TMP_TAG}old1.png"]
+    for p in dead:
+        p.write_bytes(b"left over")
     paths = write_png_sequence(out, [(i, img) for i in range(3)])
+    assert Path(live.path).is_file() and not any(p.exists() for p in dead)
+    live.discard()
     assert [p.name for p in paths] == ["0000.png", "0001.png", "0002.png"]
     assert sorted(p.name for p in out.glob("*.png")) == ["0000.png", "0001.png", "0002.png"]
     assert fsutil.output_dir_state(out)["complete"] is True

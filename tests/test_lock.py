@@ -73,3 +73,14 @@ def test_heartbeat_keeps_a_live_lock_fresh(tmp_path: Path, monkeypatch: pytest.M
         time.sleep(0.3)
         holder = L.read_holder(tmp_path)
         assert holder is not None and holder["heartbeat_age"] < 5 and not L.is_stale(holder)
+
+
+def test_one_pid_probe_for_the_engine_and_it_tells_the_living_from_the_gone() -> None:
+    """The lock, a writer's temporary files and a pass's seam packages all ask core.lock.pid_alive
+    (on Windows ``os.kill(pid, 0)`` would send the process Ctrl-C, so there is one probe to get right)."""
+    from core import fsutil, segments
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert L.pid_alive(os.getpid()) and not L.pid_alive(child.pid) and not L.pid_alive(0)
+    assert fsutil.pid_alive is L.pid_alive and segments.pid_alive is L.pid_alive

@@ -308,6 +308,18 @@ def test_bad_input_gets_errors_and_service_keeps_serving(setup, tmp_path):
     assert call(client, "hello")["pid"] == proc.pid
 
 
+def test_a_patch_cache_budget_that_is_no_finite_number_is_one_line(monkeypatch, capsys):
+    """nan passes a "< 0" test and int() of nan or inf raises: a traceback, not a line."""
+    for bad in ("nan", "inf", "-1"):
+        assert cli.main(["serve", "--patch-cache-mb", bad]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"inve: error: the patch cache budget must be a finite number of MB, 0 or more; got "
+                       f"--patch-cache-mb {float(bad)!r}"]
+    monkeypatch.setenv("INVE_PATCH_CACHE_MB", "NaN")
+    assert cli.main(["serve"]) != 0
+    assert "INVE_PATCH_CACHE_MB='NaN'" in capsys.readouterr().err
+
+
 def test_track_and_fingerprint(setup):
     clip, project, assets, client, _ = setup
     res = call(client, "track", project=str(project.path),
@@ -378,11 +390,14 @@ def test_plain_serve_module_atlas_edit_and_shutdown(setup, tmp_path):
         proc = client._proc
         client.shutdown(20)
     assert proc.returncode == 0 and not client.alive
-    # stdin EOF (Blender exiting) ends it cleanly too
-    p = subprocess.Popen([sys.executable, "-m", "core", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         env=env())
-    out, _ = p.communicate(b'{"id": 1, "op": "hello"}\n', timeout=60)
+    # stdin EOF (Blender exiting) ends it cleanly too; hello is answered without importing
+    # torch (README: at once), which only a project's opening needs
+    p = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "core", "serve"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    out, err = p.communicate(b'{"id": 1, "op": "hello"}\n', timeout=60)
     assert p.returncode == 0 and json.loads(out.decode().splitlines()[0])["event"] == "done"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines() if line.startswith("import time:")}
+    assert "core.serve" in imported and "torch" not in imported
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 from synth import make_clip, make_gt_project, make_gt_segmented_project
 from core import fsutil
 from core.edits.context import RenderContext
-from core.edits.geometry import GeometryStore, geometry_identity, geometry_key
+from core.edits.geometry import GeometryStore, geometry_identity, geometry_key, project_salt, source_stamp
 from core.edits.spec import parse_edits
 from core.project import Project
 
@@ -187,6 +187,25 @@ def test_identity_and_keys(projects):
     store = GeometryStore()
     s1 = store.scope("", a)
     assert store.scope("", a) is s1 and store.scope("", "other") is not s1
+    # an image-sequence source re-exported in place (same names, the folder's time unchanged):
+    # another salt, and the geometry matched on the old pixels goes too
+    src = root / "frames_src"
+    src.mkdir()
+    for i in range(3):
+        iio.imwrite(src / f"{i:04d}.png", np.full((4, 4, 3), 10 * i, np.uint8))
+    stub = type("Stub", (), {"source_path": lambda self: src, "is_segmented": False})()
+    salt, st = project_salt(stub), src.stat()
+    store.set_salt(salt, source_stamp(stub))
+    s2 = store.scope("", a)
+    store.set_salt(project_salt(stub), source_stamp(stub))  # reopened, nothing changed
+    assert store.scope("", a) is s2 and store.salt == salt
+    again = src / "0001.png"
+    iio.imwrite(again, np.full((4, 4, 3), 200, np.uint8))
+    os.utime(again, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # (re-exported a second later)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert project_salt(stub) != salt
+    store.set_salt(project_salt(stub), source_stamp(stub))
+    assert store.scope("", a) is not s2
     l1, l2, l3 = parse_edits({"layers": [ADJUST, {**ADJUST, "hue": 0.9, "contrast": 1.2},
                                          {**ADJUST, "region": {"polygon": [[0, 0], [9, 0], [9, 9]]}}]},
                              root, plain.info)
@@ -250,7 +269,8 @@ def test_kept_textures_fit_the_store_budget(projects):
 def test_kept_layers_are_composited_not_rendered_and_give_the_uncached_bytes(projects, service, tmp_path,
                                                                               monkeypatch):
     """After a Propagate the service keeps each layer's rendered frames (core/edits/patch_cache.py):
-    adding a layer *between* two kept ones renders only the new one, in the forked workers,
+    adding a layer *between* two kept ones renders only the new one, in the forked workers
+    (also after a preview of it with the cache full: the kept layers are not dropped for it),
     and the frames are byte for byte those of a service that keeps nothing. (A segmented
     shot: its layers reach the later segments through the seams; a plain project's session
     is the same code, and the hide/show test above runs it cached.)"""
@@ -260,6 +280,15 @@ def test_kept_layers_are_composited_not_rendered_and_give_the_uncached_bytes(pro
     svc, stream = service()
     before = propagate(svc, stream, 1, project, [ADJUST, PAINT], root, tmp_path / "a")
     assert svc.patches.bytes > 0 and len(svc.patches) >= 2 * T  # the workers' patches came back
+    # the cache is full; the stroke is added and previewed (as the add-on does) before the
+    # Propagate: one frame of the new layer must not drop what is kept of the others
+    svc.patches.max_bytes = svc.patches.bytes + 100
+    kept_before = {gk: len(g) for gk, g in svc.patches._groups.items()}
+    run(svc, stream, 10, "set_edits", project=str(project.path),
+        edits={"version": 1, "layers": [ADJUST, SKETCH, PAINT]}, base=str(root))
+    run(svc, stream, 11, "render_frame", project=str(project.path), frame=11, output=str(tmp_path / "p.png"),
+        overlay=True)
+    assert {gk: len(g) for gk, g in svc.patches._groups.items()} == kept_before
 
     def no_render(*args, **kwargs):
         raise AssertionError("a kept layer was rendered again")
@@ -340,3 +369,19 @@ def test_kept_patches_are_exact_and_within_the_budget():
         cache.put("tok", "more", t, [thin, dense])  # this pass uses "new" too: later frames not kept
     assert cache.frames("tok", "new") == 8 and cache.frames("tok", "more") == 2 and cache.bytes <= cache.max_bytes
     assert cache.get("tok", "more", 3) is None and cache.get("other", "new", 0) is None
+    # the stack of another open project (pinned) goes only after what no open stack uses
+    cache.pin("other project", {("tok", "new")})
+    cache.begin_pass()
+    for t in range(2):
+        cache.put("tok", "next", t, [thin, dense])  # ("new" is the least recently used)
+    assert cache.frames("tok", "new") == 8 and cache.frames("tok", "more") == 0
+    assert cache.frames("tok", "next") == 2
+    cache.pin("other project", None)
+    # patches from a render worker arrive unpickled (writeable); a dense one is handed out as
+    # views of what is kept, so kept they are read-only
+    import pickle
+
+    cache.begin_pass()
+    cache.add("tok", "worker", 0, pickle.loads(pickle.dumps(tuple(kept))))
+    dense_back = cache.get("tok", "worker", 0)[1]
+    assert not dense_back.rgb.flags.writeable and not dense_back.a.flags.writeable

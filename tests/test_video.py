@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -227,6 +228,33 @@ def test_frame_source_decodes_without_probing_and_checks_the_source(tmp_path: Pa
         video.FrameSource(tmp_path / "a.mp4", [0, 1], (80, 48))[0]
     with pytest.raises(InveError, match="ended after 8 frames"):
         video.FrameSource(tmp_path / "a.mp4", list(range(12)), (64, 48))[9]
+
+    # an ffmpeg that fails partway: its last word is in the error; one that writes a frame but
+    # never describes its stream: stopped (not a stall on its full pipe), one clear error
+    pipe = video._RawFrames(video.VideoInfo(str(tmp_path / "a.mp4"), 8, 64, 48, 12.0), 1)
+    assert pipe.read_into(np.empty(pipe.shape, np.uint8))
+    header = pipe._logged()
+    pipe.close()
+    (tmp_path / "header.txt").write_text(header)
+    fake = tmp_path / "ffmpeg"
+    fake.write_text(f"#!{sys.executable}\nimport sys, time\n"
+                    f"mode = [a for a in sys.argv if a.endswith('.mp4')][0]\n"  # (the clip: which way to fail)
+                    f"if mode.endswith('partway.mp4'):\n"
+                    f"    sys.stderr.write(open({str(tmp_path / 'header.txt')!r}).read()); sys.stderr.flush()\n"
+                    f"    sys.stdout.buffer.write(bytes(3 * 64 * 48 * 3)); sys.stdout.flush()\n"
+                    f"    sys.stderr.write('Error while decoding stream #0:0: boom\\n'); sys.exit(1)\n"
+                    f"sys.stdout.buffer.write(bytes(64 * 48 * 3)); sys.stdout.flush(); time.sleep(60)\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(video, "_ffmpeg_exe", lambda: str(fake))
+    monkeypatch.setattr(video._RawFrames, "HEADER_WAIT_S", 0.5)
+    info = video.VideoInfo(str(tmp_path / "partway.mp4"), 8, 64, 48, 12.0)
+    with pytest.raises(InveError, match=r"ended after 3 frames; expected at least 8 \(ffmpeg: Error while decoding"):
+        list(video.iter_frames(info.path, 0, 8, info=info))
+    t0 = time.monotonic()
+    info = video.VideoInfo(str(tmp_path / "silent.mp4"), 8, 64, 48, 12.0)
+    with pytest.raises(InveError, match="cannot decode .*silent.mp4"):
+        list(video.iter_frames(info.path, 0, 8, info=info))
+    assert time.monotonic() - t0 < 5
 
 
 def test_even_sized_movie_stays_420(tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ def _render_out(session: Any, project: Project, layers: list[EditLayer], out: Pa
     info = project.info
     T = session.ctx.T
     from core.edits.parallel import default_workers
-    from core.video import PNGFrameWriter
+    from core.video import PNGFrameWriter, stopped_then_swept
 
     # several render processes where the platform forks (the frames are the same, in order);
     # for PNGs each worker also encodes and writes its frames (core.video.PNGFrameWriter:
@@ -97,8 +97,8 @@ def _render_out(session: Any, project: Project, layers: list[EditLayer], out: Pa
     # segments of their blocks, after the layers were carried through every seam here.
     workers = default_workers(T) if render_workers is None else max(1, int(render_workers))
     writer = PNGFrameWriter(Path(out)) if kind != "movie" else None
-    stream = session.render_all(progress, overlay=overlay, workers=workers, encode=writer)
-    try:
+    with stopped_then_swept(session.render_all(progress, overlay=overlay, workers=workers, encode=writer),
+                            writer) as stream:
         if kind == "movie":
             from core.video import write_movie
 
@@ -107,10 +107,6 @@ def _render_out(session: Any, project: Project, layers: list[EditLayer], out: Pa
             from core.video import write_png_sequence
 
             write_png_sequence(Path(out), ((info.frames[t], img) for t, img in stream), last_index=info.frames[-1])
-    finally:
-        stream.close()  # the workers stop (an error, a cancel): nothing is written after this
-        if writer is not None:
-            writer.sweep()  # frames written past the stop, never moved into place
     seconds = time.monotonic() - start
     shown = sum(1 for l in layers if l.visible)
     return {"output": str(Path(out).resolve()), "frames": T, "layers": len(layers), "visible_layers": shown,

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import OrderedDict
 from typing import Any
 
@@ -82,19 +83,41 @@ def geometry_identity(project: Any, maps: Any, refine: bool) -> str:
     return hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def project_salt(project: Any) -> str:
-    """What a project's rendered patches depend on beyond one (sub)project's identity: the
-    source file (its path, size and modification time: an adjust layer recolours its pixels)
-    and, for a segmented shot, every segment's baked maps (``meta.json``, naming their
-    checkpoint): a layer reaches a segment through the seams of the others, so retraining any
-    segment changes every segment's patches. Reads a few small files: cheap at every open."""
-    body: list[Any] = []
+def source_stamp(project: Any) -> str:
+    """The project's source as it is on disk now: a movie's path, size and modification time;
+    an image folder's path and every image's name, size and modification time (rewriting the
+    frames in place -- a colourist's re-export under the same names -- leaves the folder's own
+    time as it was). ``""`` where the project has no source. A few hundred ``stat`` calls for
+    a long image sequence: cheap enough for every request."""
     try:
         src = project.source_path()
         st = src.stat()
-        body.append([str(src), st.st_size, st.st_mtime_ns])
-    except (OSError, AttributeError, Exception):  # noqa: BLE001 - no source: frames are stored
-        body.append(None)
+    except Exception:  # noqa: BLE001 - no source (frames stored), or moved: nothing to follow
+        return ""
+    body: list[Any] = [str(src), st.st_size, st.st_mtime_ns]
+    if src.is_dir():
+        from core.video import IMAGE_EXTENSIONS  # noqa: PLC0415
+
+        files = []
+        try:
+            with os.scandir(src) as it:
+                for e in it:
+                    if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith("."):
+                        est = e.stat()
+                        files.append((e.name, est.st_size, est.st_mtime_ns))
+        except OSError:
+            files = [("unreadable",)]
+        body = [str(src), sorted(files)]
+    return hashlib.sha1(json.dumps(body).encode()).hexdigest()[:20]
+
+
+def project_salt(project: Any) -> str:
+    """What a project's rendered patches depend on beyond one (sub)project's identity: the
+    source (:func:`source_stamp`: an adjust layer recolours its pixels) and, for a segmented
+    shot, every segment's baked maps (``meta.json``, naming their checkpoint): a layer reaches
+    a segment through the seams of the others, so retraining any segment changes every
+    segment's patches. Reads a few small files: cheap at every request."""
+    body: list[Any] = [source_stamp(project)]
     if getattr(project, "is_segmented", False):
         for sub in project.segments():
             path = sub._maps_path()
@@ -130,6 +153,13 @@ def geometry_key(spec: Any) -> str:
     else:
         return spec.key
     return hashlib.sha1(json.dumps(body).encode()).hexdigest()[:20]
+
+
+def lookup_key(spec: Any) -> str:
+    """What an adjust layer's region lookups per frame are kept under in the patch cache
+    (core/edits/session.py): its region without its colours (a region carried into a
+    segment: the key it was carried under), so a recoloured layer reuses them."""
+    return "lookup|" + (getattr(spec, "mask_key", "") or geometry_key(spec))
 
 
 class GeometryScope:
@@ -328,10 +358,18 @@ class GeometryStore:
         # the layers' rendered patches (core/edits/patch_cache.py), where the owner keeps them
         self.patches = patches
         self.salt = ""
+        self.source: str | None = None  # the source's stamp when last opened (:meth:`set_salt`)
 
-    def set_salt(self, salt: str) -> None:
+    def set_salt(self, salt: str, source: str | None = None) -> None:
         """What the project's patches depend on beyond each scope (:func:`project_salt`); a
-        new salt forgets every patch kept under the old one."""
+        new salt forgets every patch kept under the old one. ``source``
+        (:func:`source_stamp`): when it differs from the last one given, the kept geometry
+        goes too -- drift corrections and refined strokes were matched on the old pixels."""
+        if source is not None:
+            if self.source is not None and source != self.source:
+                self.forget_patches()
+                self._scopes.clear()
+            self.source = source
         if salt == self.salt:
             return
         if self.patches is not None:

@@ -23,12 +23,18 @@ shot, every segment's checkpoint (layers reach a segment through the seams of th
 and the source file: a retrain, ``inve correct`` or a changed source gives other tokens, and
 nothing kept for the old ones is used again.
 
-Memory: bounded by ``max_bytes`` (the service's ``--patch-cache-mb``, 256 MB by default).
+Memory: bounded by ``max_bytes`` (the service's ``--patch-cache-mb``, 256 MB by default:
+``core.serve.PATCH_CACHE_MB``).
 Entries are grouped by (token, layer key); when the budget is exceeded, the groups least
 recently used go first (a layer changed or removed before the ones in use); a pass never
 drops what it uses itself: when what it renders does not fit, later frames are simply not
 kept (a least-recently-used order by frame would drop, during a pass, the very frames the
-next pass needs first, and keep none of use).
+next pass needs first, and keep none of use). The service marks a whole stack used when it
+is set and when a Propagate starts (:meth:`kept_frames` of every visible layer, with an
+adjust layer's region lookups): a preview renders the layers one at a time, so without that
+one frame of a new layer would drop every kept frame of an unchanged layer not reached yet
+(and the next Propagate would render that layer again everywhere). What the stacks of the
+other open projects use is :meth:`pin`-ned: dropped only after what no open stack uses.
 
 Forked render workers (core/edits/parallel.py) inherit the cache; what a worker renders it
 does not keep itself but hands to the parent with the frame's geometry
@@ -37,17 +43,16 @@ does not keep itself but hands to the parent with the frame's geometry
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from core.edits.context import Patch
 
-#: the service's default budget for kept patches, MB (all its open projects together)
-DEFAULT_MB = 256
 #: a patch covered above this fraction is kept as its whole rectangle (16 bytes a pixel)
 #: rather than as covered pixels with their indices (18-20 bytes a pixel)
 DENSE_FROM = 0.8
@@ -130,7 +135,7 @@ def _size(kept: Sequence[Kept]) -> int:
 class PatchCache:
     """Kept per-frame patches of layers, within ``max_bytes`` (module docstring)."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MB * 2**20) -> None:
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max(0, int(max_bytes))
         # (token, layer key) -> {frame: [Kept]}, least recently used group first
         self._groups: OrderedDict[tuple[str, str], dict[int, tuple[Kept, ...]]] = OrderedDict()
@@ -141,7 +146,9 @@ class PatchCache:
         self._pid = os.getpid()  # the process that keeps; a forked worker hands on instead
         self._new: list[tuple[str, str, int, tuple[Kept, ...]]] = []
         self._sent = 0  # (in a render worker) bytes handed to the parent this pass
-        self.hits = self.misses = 0
+        # groups the stacks of open projects use, by owner (:meth:`pin`): dropped last
+        self._pinned: dict[Any, frozenset[tuple[str, str]]] = {}
+        self._recording: set[tuple[str, str]] | None = None
 
     # -- use -------------------------------------------------------------------------------
     def begin_pass(self) -> None:
@@ -150,27 +157,41 @@ class PatchCache:
         self._new.clear()
         self._sent = 0
 
-    def has(self, token: str, key: str, t: int) -> bool:
-        g = self._groups.get((token, key))
-        return g is not None and t in g
-
     def kept_frames(self, token: str, key: str) -> set[int] | dict[int, Any]:
         """The frames kept of a layer; marks it used by the pass now starting (its render
         workers read it without telling this process: it must not be dropped meanwhile)."""
         gk = (token, key)
+        if self._recording is not None:
+            self._recording.add(gk)
         g = self._groups.get(gk)
         if g is None:
             return set()
         self._touch(gk)
         return g
 
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[set[tuple[str, str]]]:
+        """The groups :meth:`kept_frames` is asked for meanwhile (a stack's, for :meth:`pin`)."""
+        self._recording = used = set()
+        try:
+            yield used
+        finally:
+            self._recording = None
+
+    def pin(self, owner: Any, groups: Iterable[tuple[str, str]] | None) -> None:
+        """``groups`` are what ``owner``'s stack uses (an open project's; None: it closed):
+        they go only once nothing else can (another project's stack stays while the
+        budget allows, dropped after the layers no open stack uses)."""
+        if groups is None:
+            self._pinned.pop(owner, None)
+        else:
+            self._pinned[owner] = frozenset(groups)
+
     def get(self, token: str, key: str, t: int) -> list[Patch] | None:
         g = self._groups.get((token, key))
         kept = g.get(t) if g is not None else None
         if kept is None:
-            self.misses += 1
             return None
-        self.hits += 1
         self._touch((token, key))
         return [k.patch() for k in kept]
 
@@ -209,6 +230,10 @@ class PatchCache:
         size = _size(kept)
         if not self._make_room(size, gk):
             return  # what this pass uses fills the budget: later frames are not kept
+        for k in kept:  # (from a render worker: unpickled, writeable) handed out as views
+            k.values.setflags(write=False)
+            if k.index is not None:
+                k.index.setflags(write=False)
         if g is None:
             g = self._groups[gk] = {}
             self._group_bytes[gk] = 0
@@ -230,9 +255,12 @@ class PatchCache:
     def _make_room(self, size: int, keep: tuple[str, str]) -> bool:
         """Drop the least recently used groups not used by this pass until ``size`` more bytes
         fit; False when they do not fit even so."""
+        pinned: set[tuple[str, str]] | None = None
         while self.bytes + size > self.max_bytes:
-            victim = next((gk for gk in self._groups
-                           if gk != keep and self._group_epoch.get(gk, -1) < self.epoch), None)
+            if pinned is None:
+                pinned = set().union(*self._pinned.values())
+            free = [gk for gk in self._groups if gk != keep and self._group_epoch.get(gk, -1) < self.epoch]
+            victim = next((gk for gk in free if gk not in pinned), None) or next(iter(free), None)
             if victim is None:
                 return False
             self.drop(victim)

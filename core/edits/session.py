@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from core.edits.context import Patch, RenderContext
-from core.edits.geometry import GeometryScope, geometry_key
+from core.edits.geometry import GeometryScope, lookup_key
 from core.edits.patch_cache import Kept, PatchCache
 from core.edits.paint import AdjustRenderer, AtlasPaintRenderer, PaintRenderer
 from core.edits.render import composite, composite_overlay
@@ -160,7 +160,7 @@ class EditSession:
         """An adjust layer's patches at t from its region's lookups there, kept by a key without
         its colours: recolouring a region costs a decode and a colour map per frame, not the
         region's lookup (and drift correction) again."""
-        key = self._lookup_key(spec)
+        key = lookup_key(spec)
         kept = self.patches.get_kept(token, key, t)
         if kept is None:
             looks = r.lookups(self.ctx, t)
@@ -168,11 +168,6 @@ class EditSession:
         else:
             looks = [((k.x0, k.y0, k.x0 + k.w, k.y0 + k.h), k.array()) for k in kept]
         return [r.to_patch(self.ctx, t, box, vals) for box, vals in looks]
-
-    @staticmethod
-    def _lookup_key(spec: EditLayer) -> str:
-        """What an adjust layer's region lookups are kept under (:meth:`_adjust_patches`)."""
-        return "lookup|" + (getattr(spec, "mask_key", "") or geometry_key(spec))
 
     def settle_block(self, frames: Iterable[int]) -> None:
         """Find now what rendering ``frames`` (consecutive, about to be rendered one by one)
@@ -203,7 +198,7 @@ class EditSession:
                     continue
                 r = self.renderer(spec, prepare=False)
                 if self.shared_patches and isinstance(r, AdjustRenderer):
-                    looks = self.patches.kept_frames(token, self._lookup_key(spec))
+                    looks = self.patches.kept_frames(token, lookup_key(spec))
                     todo = [t for t in todo if t not in looks]
                 block = getattr(r, "settle_block", None)
                 if block is not None:
@@ -221,6 +216,8 @@ class EditSession:
             if l.visible:
                 kept = self.patches.kept_frames(token, l.key)  # (marked used by this pass)
                 total += sum(t not in kept for t in frames)
+                if isinstance(l, AdjustLayer):  # its region's lookups: used once recoloured
+                    self.patches.kept_frames(token, lookup_key(l))
         return total
 
     # -- rendering ------------------------------------------------------------------------
