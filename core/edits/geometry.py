@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from typing import Any
 
@@ -96,18 +95,13 @@ def source_stamp(project: Any) -> str:
         return ""
     body: list[Any] = [str(src), st.st_size, st.st_mtime_ns]
     if src.is_dir():
-        from core.video import IMAGE_EXTENSIONS  # noqa: PLC0415
+        from core.video import list_images  # noqa: PLC0415 - the frames the project reads
 
-        files = []
         try:
-            with os.scandir(src) as it:
-                for e in it:
-                    if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith("."):
-                        est = e.stat()
-                        files.append((e.name, est.st_size, est.st_mtime_ns))
+            files: list[Any] = [(p.name, st.st_size, st.st_mtime_ns) for p in list_images(src) if (st := p.stat())]
         except OSError:
             files = [("unreadable",)]
-        body = [str(src), sorted(files)]
+        body = [str(src), files]
     return hashlib.sha1(json.dumps(body).encode()).hexdigest()[:20]
 
 
